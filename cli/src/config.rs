@@ -1,0 +1,235 @@
+//! The one place configuration is resolved: defaults, then `ccbt.toml` (working directory, else
+//! `~/.config/ccbt/ccbt.toml`, or `--config FILE`), then `CCBT_*` environment variables; command-line
+//! flags are applied last by the commands themselves. Key names follow the project's seed documents.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub network: Network,
+    pub disk: Disk,
+    pub strategy: Strategy,
+    pub discovery: Discovery,
+    pub limits: Limits,
+    pub observability: Observability,
+    pub xet: Xet,
+    pub fs: Fs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    pub max_global_peers: u32,
+    pub max_peers_per_torrent: u32,
+    pub pipeline_depth: u32,
+    pub block_size_kib: u32,
+    pub listen_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Disk {
+    pub preallocate: String,
+    pub write_batch_kib: u32,
+    pub use_mmap: bool,
+    /// 0 = one per core.
+    pub hash_workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Strategy {
+    pub piece_selection: String,
+    pub endgame_duplicates: u32,
+    pub streaming_mode: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Discovery {
+    pub enable_dht: bool,
+    pub enable_pex: bool,
+    pub enable_udp_trackers: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// KiB/s, 0 = unlimited.
+    pub global_down_kib: u64,
+    pub global_up_kib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Observability {
+    pub log_level: String,
+    pub enable_metrics: bool,
+    pub metrics_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Xet {
+    /// Versions of each share kept by `ccbt cas gc`.
+    pub keep_versions: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fs {
+    /// Delay after the last close/fsync before a dirty file is published.
+    pub publish_debounce_ms: u64,
+    /// How long a read waits for missing chunks before failing with EIO.
+    pub read_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network: Network {
+                max_global_peers: 200,
+                max_peers_per_torrent: 50,
+                pipeline_depth: 16,
+                block_size_kib: 16,
+                listen_port: 6881,
+            },
+            disk: Disk {
+                preallocate: "sparse".into(),
+                write_batch_kib: 64,
+                use_mmap: false,
+                hash_workers: 0,
+            },
+            strategy: Strategy {
+                piece_selection: "rarest_first".into(),
+                endgame_duplicates: 2,
+                streaming_mode: false,
+            },
+            discovery: Discovery {
+                enable_dht: true,
+                enable_pex: true,
+                enable_udp_trackers: true,
+            },
+            limits: Limits {
+                global_down_kib: 0,
+                global_up_kib: 0,
+            },
+            observability: Observability {
+                log_level: "INFO".into(),
+                enable_metrics: false,
+                metrics_port: 9090,
+            },
+            xet: Xet { keep_versions: 10 },
+            fs: Fs {
+                publish_debounce_ms: 500,
+                read_timeout_secs: 30,
+            },
+        }
+    }
+}
+
+macro_rules! defaults_from_config {
+    ($($t:ident => $field:ident),*) => {
+        $(impl Default for $t {
+            fn default() -> Self {
+                Config::default().$field
+            }
+        })*
+    };
+}
+defaults_from_config!(Network => network, Disk => disk, Strategy => strategy,
+    Discovery => discovery, Limits => limits, Observability => observability, Xet => xet, Fs => fs);
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// Default data directory: `~/.local/share/ccbt`.
+pub fn default_data_dir() -> PathBuf {
+    home()
+        .map(|h| h.join(".local/share/ccbt"))
+        .unwrap_or_else(|| PathBuf::from(".ccbt"))
+}
+
+impl Config {
+    /// Loads the configuration. An explicit `--config` file must exist; the implicit ones are optional.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => [
+                Some(PathBuf::from("ccbt.toml")),
+                home().map(|h| h.join(".config/ccbt/ccbt.toml")),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|p| p.is_file()),
+        };
+        let mut cfg = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// `CCBT_*` environment overrides (the names the seed documents use).
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn parse<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("environment variable {k}={v:?} is not a valid value"))
+        }
+        if let Some(v) = get("CCBT_MAX_PEERS") {
+            self.network.max_global_peers = parse("CCBT_MAX_PEERS", v)?;
+        }
+        if let Some(v) = get("CCBT_LISTEN_PORT") {
+            self.network.listen_port = parse("CCBT_LISTEN_PORT", v)?;
+        }
+        if let Some(v) = get("CCBT_PIECE_SELECTION") {
+            self.strategy.piece_selection = v;
+        }
+        if let Some(v) = get("CCBT_DOWN_LIMIT") {
+            self.limits.global_down_kib = parse("CCBT_DOWN_LIMIT", v)?;
+        }
+        if let Some(v) = get("CCBT_UP_LIMIT") {
+            self.limits.global_up_kib = parse("CCBT_UP_LIMIT", v)?;
+        }
+        if let Some(v) = get("CCBT_LOG_LEVEL") {
+            self.observability.log_level = v;
+        }
+        if let Some(v) = get("CCBT_KEEP_VERSIONS") {
+            self.xet.keep_versions = parse("CCBT_KEEP_VERSIONS", v)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env() {
+        let mut c: Config = toml::from_str("[limits]\nglobal_down_kib = 5\n[network]\nlisten_port = 7000\n").unwrap();
+        assert_eq!(c.limits.global_down_kib, 5);
+        assert_eq!(c.network.pipeline_depth, 16);
+        c.apply_env(|k| (k == "CCBT_LISTEN_PORT").then(|| "7001".to_string()))
+            .unwrap();
+        assert_eq!(c.network.listen_port, 7001);
+        assert!(c
+            .apply_env(|k| (k == "CCBT_UP_LIMIT").then(|| "fast".to_string()))
+            .is_err());
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        assert!(toml::from_str::<Config>("[network]\nlisten_prot = 1\n").is_err());
+    }
+}

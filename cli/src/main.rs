@@ -1,0 +1,98 @@
+//! `ccbt`: the command-line binary. Parses flags, resolves configuration ([`config`]) and runs one
+//! command; library crates do the work. Errors reach the user as one line on stderr and exit code 1.
+
+mod config;
+mod progress;
+mod torrent_cmds;
+mod xet_cmds;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ccbt",
+    version,
+    about = "An updatable peer-to-peer filesystem and a BitTorrent client",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Where ccbt keeps its store, keys and resume data
+    #[arg(long, global = true, env = "CCBT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file (default: ./ccbt.toml, then ~/.config/ccbt/ccbt.toml)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Print only errors and the requested data
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print machine-readable JSON (commands that print data)
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a .torrent file (hybrid v1+v2 by default)
+    Create(torrent_cmds::CreateArgs),
+    /// Show what a .torrent file or magnet link contains
+    Info(torrent_cmds::InfoArgs),
+    /// Print Xet file hashes (like sha256sum), optionally with every chunk
+    Hash(xet_cmds::HashArgs),
+}
+
+/// Settings every command sees.
+pub struct Ctx {
+    pub config: config::Config,
+    pub quiet: bool,
+    pub json: bool,
+    #[allow(dead_code)] // used by the storage commands
+    pub data_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = config::Config::load(cli.config.as_deref())?;
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| config.observability.log_level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(if cli.quiet {
+        "error".to_string()
+    } else {
+        level.to_lowercase()
+    })
+    .map_err(|_| anyhow::anyhow!("invalid log level {level:?}: use error, warn, info, debug or trace"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let ctx = Ctx {
+        data_dir: cli.data_dir.clone().unwrap_or_else(config::default_data_dir),
+        config,
+        quiet: cli.quiet,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Create(a) => torrent_cmds::create(&ctx, a),
+        Command::Info(a) => torrent_cmds::info(&ctx, a),
+        Command::Hash(a) => xet_cmds::hash(&ctx, a),
+    }
+}

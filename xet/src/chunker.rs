@@ -1,0 +1,288 @@
+//! Content-defined chunking, bit-compatible with xet-core (DESIGN.md §3).
+//!
+//! The gear hash at a position depends only on the last 64 bytes (older bytes are shifted out of the
+//! u64), so a position is a *candidate* cut ("hit") independently of where chunks begin, and any cut
+//! rule can be applied to the list of hits afterwards. That lets the scan run as several independent
+//! lanes (instruction-level parallelism on one core, threads over regions on several) and still give
+//! exactly the boundaries of the byte-at-a-time definition, whatever way the input was split.
+
+/// The gearhash crate's default table (DESIGN.md §3 fixes it).
+pub use gearhash::DEFAULT_TABLE as GEAR;
+
+pub const MIN_CHUNK: usize = 8 * 1024;
+pub const TARGET_CHUNK: usize = 64 * 1024;
+pub const MAX_CHUNK: usize = 128 * 1024;
+pub const MASK: u64 = 0xFFFF_0000_0000_0000;
+/// Bytes of history that determine the gear hash.
+pub const WINDOW: usize = 64;
+
+#[inline(always)]
+fn step(h: u64, b: u8) -> u64 {
+    (h << 1).wrapping_add(GEAR[b as usize])
+}
+
+/// Lanes scanned together; 4 independent dependency chains keep one core's ALUs busy.
+const LANES: usize = 4;
+
+/// Appends to `out` every position `p` in `from..to` (indices into `data`) where the gear hash of
+/// `data[..=p]` has `h & MASK == 0`. The hash at `p` is exact when `p >= 63` (or when `data` begins
+/// a chunk and only positions at least [`MIN_CHUNK`] into it matter).
+pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
+    debug_assert!(from <= to && to <= data.len());
+    let n = to - from;
+    let lane_len = n / LANES;
+    if lane_len < 4 * WINDOW {
+        scan_scalar(data, from, to, out);
+        return;
+    }
+    let starts: [usize; LANES] = core::array::from_fn(|k| from + k * lane_len);
+    let mut h = [0u64; LANES];
+    // Warm each lane up on the 64 bytes before its range so its first positions are exact.
+    for k in 0..LANES {
+        for &b in &data[starts[k].saturating_sub(WINDOW)..starts[k]] {
+            h[k] = step(h[k], b);
+        }
+    }
+    let mut lane_hits: [Vec<usize>; LANES] = Default::default();
+    let s: [&[u8]; LANES] = core::array::from_fn(|k| &data[starts[k]..starts[k] + lane_len]);
+    for t in 0..lane_len {
+        // Independent chains: the CPU overlaps them.
+        for k in 0..LANES {
+            h[k] = step(h[k], s[k][t]);
+        }
+        for k in 0..LANES {
+            if h[k] & MASK == 0 {
+                lane_hits[k].push(starts[k] + t);
+            }
+        }
+    }
+    for hits in &lane_hits {
+        out.extend_from_slice(hits);
+    }
+    // The remainder after the last lane continues lane 3's hash.
+    let mut hh = h[LANES - 1];
+    for (p, &b) in data.iter().enumerate().take(to).skip(from + LANES * lane_len) {
+        hh = step(hh, b);
+        if hh & MASK == 0 {
+            out.push(p);
+        }
+    }
+}
+
+fn scan_scalar(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
+    let mut h = 0u64;
+    for &b in &data[from.saturating_sub(WINDOW)..from] {
+        h = step(h, b);
+    }
+    for (p, &b) in data.iter().enumerate().take(to).skip(from) {
+        h = step(h, b);
+        if h & MASK == 0 {
+            out.push(p);
+        }
+    }
+}
+
+/// Applies the cut rule to sorted hits in a region that begins a chunk at offset 0 and ends at
+/// `end`. Returns the chunk end offsets; bytes after the last one form an incomplete chunk, unless
+/// `eof`, when they are the file's last chunk.
+pub fn resolve_cuts(hits: &[usize], end: usize, eof: bool, cuts: &mut Vec<usize>) {
+    let mut start = 0usize;
+    for &p in hits {
+        let cut = p + 1;
+        while cut - start > MAX_CHUNK {
+            start += MAX_CHUNK;
+            cuts.push(start);
+        }
+        if cut - start >= MIN_CHUNK {
+            cuts.push(cut);
+            start = cut;
+        }
+    }
+    while end - start >= MAX_CHUNK {
+        start += MAX_CHUNK;
+        cuts.push(start);
+    }
+    if eof && end > start {
+        cuts.push(end);
+    }
+}
+
+/// A streaming chunker: feed buffers of any size, get the same boundaries as for one buffer.
+#[derive(Debug, Clone, Default)]
+pub struct Chunker {
+    /// Gear hash state (exact once 64 bytes of the chunk's scan window are absorbed).
+    h: u64,
+    /// Bytes in the current, unfinished chunk.
+    len: usize,
+    /// Absolute offset of the next byte.
+    pos: u64,
+}
+
+/// Scan block for the lane kernel: small enough that the work done past the first hit stays small.
+const BLOCK: usize = 8 * 1024;
+
+impl Chunker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes received so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Bytes of the unfinished chunk.
+    pub fn pending(&self) -> usize {
+        self.len
+    }
+
+    /// Consumes `buf`, appending the absolute end offset of every chunk completed inside it.
+    pub fn feed(&mut self, buf: &[u8], cuts: &mut Vec<u64>) {
+        let base = self.pos;
+        let mut i = 0usize;
+        let mut hits = Vec::new();
+        while i < buf.len() {
+            // The first MIN-64 bytes of a chunk cannot influence its first possible cut.
+            let skip_to = MIN_CHUNK - WINDOW;
+            if self.len < skip_to {
+                let k = (skip_to - self.len).min(buf.len() - i);
+                i += k;
+                self.len += k;
+                self.h = 0;
+                continue;
+            }
+            // Scalar until the chunk may be cut and the lanes have 64 bytes of history in `buf`.
+            if self.len < MIN_CHUNK - 1 || i < WINDOW {
+                let b = buf[i];
+                self.h = step(self.h, b);
+                i += 1;
+                self.len += 1;
+                if self.h & MASK == 0 && self.len >= MIN_CHUNK || self.len == MAX_CHUNK {
+                    self.cut(base + i as u64, cuts);
+                }
+                continue;
+            }
+            // Lane scan of the next block, bounded by the max-size cut.
+            let n = BLOCK.min(buf.len() - i).min(MAX_CHUNK - self.len);
+            hits.clear();
+            find_hits(buf, i, i + n, &mut hits);
+            match hits.first() {
+                Some(&p) => {
+                    self.len += p + 1 - i;
+                    i = p + 1;
+                    self.cut(base + i as u64, cuts);
+                }
+                None => {
+                    // Recompute the carried hash from the block's last 64 bytes (window property).
+                    self.h = buf[i + n - WINDOW..i + n]
+                        .iter()
+                        .fold(0, |h, &b| step(h, b));
+                    i += n;
+                    self.len += n;
+                    if self.len == MAX_CHUNK {
+                        self.cut(base + i as u64, cuts);
+                    }
+                }
+            }
+        }
+        self.pos = base + buf.len() as u64;
+    }
+
+    fn cut(&mut self, at: u64, cuts: &mut Vec<u64>) {
+        cuts.push(at);
+        self.h = 0;
+        self.len = 0;
+    }
+
+    /// Ends the input: the unfinished chunk, if any, is the last one.
+    pub fn finish(&mut self, cuts: &mut Vec<u64>) {
+        if self.len > 0 {
+            let at = self.pos;
+            self.cut(at, cuts);
+        }
+    }
+}
+
+/// The definition, byte at a time: the baseline for tests and benchmarks.
+pub fn chunk_reference(data: &[u8]) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut h = 0u64;
+    let mut len = 0usize;
+    for (i, &b) in data.iter().enumerate() {
+        h = step(h, b);
+        len += 1;
+        if (h & MASK == 0 && len >= MIN_CHUNK) || len >= MAX_CHUNK {
+            cuts.push(i + 1);
+            h = 0;
+            len = 0;
+        }
+    }
+    if len > 0 {
+        cuts.push(data.len());
+    }
+    cuts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, RngCore, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
+    }
+
+    fn stream(data: &[u8], splits: &[usize]) -> Vec<usize> {
+        let mut c = Chunker::new();
+        let mut cuts = Vec::new();
+        let mut at = 0;
+        for &s in splits {
+            c.feed(&data[at..s], &mut cuts);
+            at = s;
+        }
+        c.feed(&data[at..], &mut cuts);
+        c.finish(&mut cuts);
+        cuts.into_iter().map(|c| c as usize).collect()
+    }
+
+    fn parallel_style(data: &[u8]) -> Vec<usize> {
+        let mut hits = Vec::new();
+        find_hits(data, 0, data.len(), &mut hits);
+        let mut cuts = Vec::new();
+        resolve_cuts(&hits, data.len(), true, &mut cuts);
+        cuts
+    }
+
+    #[test]
+    fn streaming_equals_reference_for_random_splits() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        for case in 0..40u64 {
+            let n = rng.gen_range(0..3_000_000);
+            let data = if case % 5 == 0 {
+                vec![(case % 3) as u8; n] // long runs force max-size cuts
+            } else {
+                random(n, case)
+            };
+            let want = chunk_reference(&data);
+            let mut splits: Vec<usize> = (0..rng.gen_range(0..20))
+                .map(|_| rng.gen_range(0..=n))
+                .collect();
+            if case % 4 == 1 {
+                splits.extend((1..n.min(200)).step_by(7)); // tiny buffers
+            }
+            splits.sort();
+            assert_eq!(stream(&data, &splits), want, "case {case} n {n}");
+            assert_eq!(parallel_style(&data), want, "case {case} n {n}");
+        }
+    }
+
+    #[test]
+    fn small_inputs() {
+        assert!(chunk_reference(&[]).is_empty());
+        assert_eq!(stream(&[7], &[]), vec![1]);
+        let d = random(MIN_CHUNK - 1, 1);
+        assert_eq!(stream(&d, &[100]), vec![MIN_CHUNK - 1]);
+    }
+}
