@@ -217,7 +217,9 @@ mod tests {
 
     #[test]
     fn file_then_env() {
-        let mut c: Config = toml::from_str("[limits]\nglobal_down_kib = 5\n[network]\nlisten_port = 7000\n").unwrap();
+        let mut c: Config =
+            toml::from_str("[limits]\nglobal_down_kib = 5\n[network]\nlisten_port = 7000\n")
+                .unwrap();
         assert_eq!(c.limits.global_down_kib, 5);
         assert_eq!(c.network.pipeline_depth, 16);
         c.apply_env(|k| (k == "CCBT_LISTEN_PORT").then(|| "7001".to_string()))

@@ -78,14 +78,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         level.to_lowercase()
     })
-    .map_err(|_| anyhow::anyhow!("invalid log level {level:?}: use error, warn, info, debug or trace"))?;
+    .map_err(|_| {
+        anyhow::anyhow!("invalid log level {level:?}: use error, warn, info, debug or trace")
+    })?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
     let ctx = Ctx {
-        data_dir: cli.data_dir.clone().unwrap_or_else(config::default_data_dir),
+        data_dir: cli
+            .data_dir
+            .clone()
+            .unwrap_or_else(config::default_data_dir),
         config,
         quiet: cli.quiet,
         json: cli.json,

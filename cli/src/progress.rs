@@ -84,7 +84,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("{s:?} has an unknown unit (use K, M or G)")),
     };
-    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

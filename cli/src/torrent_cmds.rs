@@ -110,7 +110,8 @@ pub fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
 }
 
 fn tree_size(p: &Path) -> Result<u64> {
-    let meta = std::fs::symlink_metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let meta =
+        std::fs::symlink_metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
     if meta.is_file() {
         return Ok(meta.len());
     }
@@ -194,7 +195,10 @@ pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
                 }))?
             );
         } else {
-            println!("name:         {}", mg.name.as_deref().unwrap_or("(not given)"));
+            println!(
+                "name:         {}",
+                mg.name.as_deref().unwrap_or("(not given)")
+            );
             if let Some(h) = mg.v1 {
                 println!("info-hash v1: {}", to_hex(&h));
             }
@@ -217,7 +221,11 @@ pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
     let path = Path::new(&a.target);
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if bytes.len() > ccbt_core::bencode::MAX_INPUT {
-        bail!("{} is {} bytes, too large to be a torrent", path.display(), bytes.len());
+        bail!(
+            "{} is {} bytes, too large to be a torrent",
+            path.display(),
+            bytes.len()
+        );
     }
     let m = Metainfo::from_bytes(&bytes).with_context(|| format!("{}", path.display()))?;
     if ctx.json {

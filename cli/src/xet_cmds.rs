@@ -30,7 +30,8 @@ pub fn hash(ctx: &Ctx, a: HashArgs) -> Result<()> {
             if p.as_os_str() == "-" {
                 return Ok(hash_reader(std::io::stdin().lock())?);
             }
-            let f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
             if f.metadata()?.is_dir() {
                 anyhow::bail!("{} is a directory", p.display());
             }

@@ -348,7 +348,12 @@ mod tests {
         ];
         for c in cases {
             let v = decode(c).unwrap();
-            assert_eq!(v.to_owned_value().encode(), *c, "{}", String::from_utf8_lossy(c));
+            assert_eq!(
+                v.to_owned_value().encode(),
+                *c,
+                "{}",
+                String::from_utf8_lossy(c)
+            );
         }
     }
 
@@ -356,7 +361,13 @@ mod tests {
     fn raw_span_is_original_bytes() {
         let input = b"d4:infod1:xi1ee1:zi2ee";
         let v = decode(input).unwrap();
-        let info = v.as_dict().unwrap().get(b"info").unwrap().as_dict().unwrap();
+        let info = v
+            .as_dict()
+            .unwrap()
+            .get(b"info")
+            .unwrap()
+            .as_dict()
+            .unwrap();
         assert_eq!(info.raw, b"d1:xi1ee");
     }
 

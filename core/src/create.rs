@@ -167,8 +167,10 @@ pub fn create_torrent(
             "nothing to hash: every file is empty".into(),
         ));
     }
-    let piece_length = opts.piece_length.unwrap_or_else(|| auto_piece_length(total));
-    if !piece_length.is_power_of_two() || piece_length < BLOCK || piece_length > 1 << 28 {
+    let piece_length = opts
+        .piece_length
+        .unwrap_or_else(|| auto_piece_length(total));
+    if !piece_length.is_power_of_two() || !(BLOCK..=1 << 28).contains(&piece_length) {
         return Err(CreateError::Invalid(format!(
             "piece length {piece_length} must be a power of two between 16 KiB and 256 MiB"
         )));
@@ -232,16 +234,16 @@ pub fn create_torrent(
                     match e.file {
                         Some(fi) => {
                             let f = &files[fi];
-                            handles[fi]
-                                .read_exact_at(dst, s - e.start)
-                                .map_err(|err| CreateError::Io {
+                            handles[fi].read_exact_at(dst, s - e.start).map_err(|err| {
+                                CreateError::Io {
                                     path: f.disk.clone(),
                                     source: if err.kind() == std::io::ErrorKind::UnexpectedEof {
                                         std::io::Error::other("file shrank while being hashed")
                                     } else {
                                         err
                                     },
-                                })?;
+                                }
+                            })?;
                             first_file.get_or_insert(fi);
                             data_len = (t - start) as usize;
                         }
@@ -261,7 +263,11 @@ pub fn create_torrent(
                             .chunks(BLOCK as usize)
                             .map(merkle::sha256)
                             .collect();
-                        merkle::piece_subtree(&leaves, piece_length, files[fi].length > piece_length)
+                        merkle::piece_subtree(
+                            &leaves,
+                            piece_length,
+                            files[fi].length > piece_length,
+                        )
                     }
                     _ => [0u8; 32],
                 };
@@ -303,7 +309,10 @@ pub fn create_torrent(
                     (
                         "path",
                         OwnedValue::List(
-                            f.path.iter().map(|c| OwnedValue::bytes(c.as_bytes())).collect(),
+                            f.path
+                                .iter()
+                                .map(|c| OwnedValue::bytes(c.as_bytes()))
+                                .collect(),
                         ),
                     ),
                 ]));
@@ -335,7 +344,8 @@ pub fn create_torrent(
             if f.length > 0 {
                 let first = (file_start[i] / piece_length) as usize;
                 let count = f.length.div_ceil(piece_length) as usize;
-                let layer: Vec<Hash32> = results[first..first + count].iter().map(|r| r.1).collect();
+                let layer: Vec<Hash32> =
+                    results[first..first + count].iter().map(|r| r.1).collect();
                 let root = if count == 1 {
                     layer[0]
                 } else {

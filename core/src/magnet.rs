@@ -55,15 +55,17 @@ impl Magnet {
                             .strip_prefix(MH_SHA256)
                             .ok_or_else(|| bad("btmh must be a SHA-256 multihash (1220...)"))?;
                         m.v2 = Some(
-                            hex_array(h).ok_or_else(|| bad("btmh digest must be 64 hex characters"))?,
+                            hex_array(h)
+                                .ok_or_else(|| bad("btmh digest must be 64 hex characters"))?,
                         );
                     }
                     // Other URNs (sha1, ed2k...) are ignored: a magnet may carry several.
                 }
                 "xs" => {
                     if let Some(h) = v.strip_prefix("urn:btpk:") {
-                        m.public_key =
-                            Some(hex_array(h).ok_or_else(|| bad("btpk must be 64 hex characters"))?);
+                        m.public_key = Some(
+                            hex_array(h).ok_or_else(|| bad("btpk must be 64 hex characters"))?,
+                        );
                     }
                 }
                 "dn" => m.name = Some(v),
@@ -130,7 +132,10 @@ mod tests {
         assert_eq!(m.v1, Some(v1));
         assert_eq!(m.v2, Some(v2));
         assert_eq!(m.name.as_deref(), Some("My File!"));
-        assert_eq!(m.trackers, vec!["http://127.0.0.1:6969/announce", "udp://t:1"]);
+        assert_eq!(
+            m.trackers,
+            vec!["http://127.0.0.1:6969/announce", "udp://t:1"]
+        );
         assert_eq!(m.peers, vec!["127.0.0.1:6881"]);
         assert_eq!(m.web_seeds, vec!["http://w/"]);
         assert_eq!(Magnet::parse(&m.format()).unwrap(), m);
@@ -149,8 +154,14 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(Magnet::parse("http://x").unwrap_err(), MagnetError::NotMagnet);
-        assert_eq!(Magnet::parse("magnet:?dn=x").unwrap_err(), MagnetError::NoTarget);
+        assert_eq!(
+            Magnet::parse("http://x").unwrap_err(),
+            MagnetError::NotMagnet
+        );
+        assert_eq!(
+            Magnet::parse("magnet:?dn=x").unwrap_err(),
+            MagnetError::NoTarget
+        );
         assert!(Magnet::parse("magnet:?xt=urn:btih:abc").is_err());
         assert!(Magnet::parse("magnet:?xt=urn:btmh:1114abcd").is_err());
         assert!(Magnet::parse("magnet:?xs=urn:btpk:zz").is_err());

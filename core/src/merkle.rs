@@ -88,7 +88,10 @@ mod tests {
         let mut explicit = leaves.clone();
         explicit.resize(8, [0; 32]);
         let manual = {
-            let l1: Vec<_> = explicit.chunks(2).map(|p| hash_pair(&p[0], &p[1])).collect();
+            let l1: Vec<_> = explicit
+                .chunks(2)
+                .map(|p| hash_pair(&p[0], &p[1]))
+                .collect();
             let l2: Vec<_> = l1.chunks(2).map(|p| hash_pair(&p[0], &p[1])).collect();
             hash_pair(&l2[0], &l2[1])
         };

@@ -17,12 +17,19 @@ pub const MAX_FILES: usize = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
+    /// Not `#[from]`: that would make the cause a `source` too and print it twice.
     #[error("not a valid torrent: {0}")]
-    Bencode(#[from] BencodeError),
+    Bencode(BencodeError),
     #[error("not a valid torrent: {0}")]
     Invalid(String),
     #[error("unsafe file path in torrent: {0}")]
     UnsafePath(String),
+}
+
+impl From<BencodeError> for MetainfoError {
+    fn from(e: BencodeError) -> Self {
+        MetainfoError::Bencode(e)
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> MetainfoError {
@@ -281,8 +288,8 @@ fn parse_info(info: &Dict) -> Result<Metainfo, MetainfoError> {
         .as_bytes()
         .ok_or_else(|| invalid("'name' is not a string"))?;
     let name = check_component(name_raw)?;
-    let piece_length = get_int(info, "piece length")?
-        .ok_or_else(|| invalid("info has no 'piece length'"))?;
+    let piece_length =
+        get_int(info, "piece length")?.ok_or_else(|| invalid("info has no 'piece length'"))?;
     if piece_length <= 0 || piece_length as u64 > MAX_PIECE_LENGTH {
         return Err(invalid(format!("absurd piece length {piece_length}")));
     }
@@ -295,7 +302,9 @@ fn parse_info(info: &Dict) -> Result<Metainfo, MetainfoError> {
     };
     let has_v1 = info.get(b"pieces").is_some();
     if !has_v1 && !has_v2 {
-        return Err(invalid("info has neither 'pieces' (v1) nor 'meta version' 2"));
+        return Err(invalid(
+            "info has neither 'pieces' (v1) nor 'meta version' 2",
+        ));
     }
     let private = matches!(get_int(info, "private")?, Some(1));
 
@@ -486,7 +495,9 @@ fn v1_files(info: &Dict, name: &str, multi: &mut bool) -> Result<Vec<FileEntry>,
                     .as_list()
                     .ok_or_else(|| invalid(format!("files[{i}].path is not a list")))?;
                 if path.is_empty() {
-                    return Err(MetainfoError::UnsafePath(format!("files[{i}] has an empty path")));
+                    return Err(MetainfoError::UnsafePath(format!(
+                        "files[{i}] has an empty path"
+                    )));
                 }
                 let path = path
                     .iter()
@@ -598,7 +609,11 @@ fn parse_top_level(root: &Dict, m: &mut Metainfo) -> Result<(), MetainfoError> {
             ),
             None => None,
         };
-        for f in m.files.iter().filter(|f| !f.pad && f.length > m.piece_length) {
+        for f in m
+            .files
+            .iter()
+            .filter(|f| !f.pad && f.length > m.piece_length)
+        {
             let root_hash = f.pieces_root.expect("checked in walk_file_tree");
             let Some(layers) = layers else {
                 return Err(invalid("v2 torrent has no 'piece layers'"));
@@ -606,9 +621,7 @@ fn parse_top_level(root: &Dict, m: &mut Metainfo) -> Result<(), MetainfoError> {
             let layer = layers
                 .get(&root_hash)
                 .and_then(Value::as_bytes)
-                .ok_or_else(|| {
-                    invalid(format!("no piece layer for file '{}'", f.path_string()))
-                })?;
+                .ok_or_else(|| invalid(format!("no piece layer for file '{}'", f.path_string())))?;
             let want = f.length.div_ceil(m.piece_length) as usize * 32;
             if layer.len() != want {
                 return Err(invalid(format!(

@@ -45,6 +45,8 @@ pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
     }
     let mut lane_hits: [Vec<usize>; LANES] = Default::default();
     let s: [&[u8]; LANES] = core::array::from_fn(|k| &data[starts[k]..starts[k] + lane_len]);
+    // Indexing by `t` keeps the four chains in one loop body, which is the point.
+    #[allow(clippy::needless_range_loop)]
     for t in 0..lane_len {
         // Independent chains: the CPU overlaps them.
         for k in 0..LANES {
@@ -61,7 +63,12 @@ pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
     }
     // The remainder after the last lane continues lane 3's hash.
     let mut hh = h[LANES - 1];
-    for (p, &b) in data.iter().enumerate().take(to).skip(from + LANES * lane_len) {
+    for (p, &b) in data
+        .iter()
+        .enumerate()
+        .take(to)
+        .skip(from + LANES * lane_len)
+    {
         hh = step(hh, b);
         if hh & MASK == 0 {
             out.push(p);

@@ -89,7 +89,11 @@ impl FileHasher {
     }
 
     fn emit(&mut self, data: &[u8], sink: &mut dyn FnMut(&ChunkInfo, &[u8])) {
-        let offset = self.chunks.last().map(|c| c.offset + c.len as u64).unwrap_or(0);
+        let offset = self
+            .chunks
+            .last()
+            .map(|c| c.offset + c.len as u64)
+            .unwrap_or(0);
         let c = ChunkInfo {
             offset,
             len: data.len() as u32,
@@ -182,11 +186,8 @@ pub fn hash_reader_parallel_with<R: Read + Send>(
         let mut offset = 0u64;
         let mut hits = Vec::new();
         let mut cuts = Vec::new();
-        loop {
-            let (mut buf, n) = match full_rx.recv() {
-                Ok(r) => r?,
-                Err(_) => break,
-            };
+        while let Ok(r) = full_rx.recv() {
+            let (mut buf, n) = r?;
             let eof = n == 0;
             let start = MAX_CHUNK - carry.len();
             buf[start..MAX_CHUNK].copy_from_slice(&carry);
@@ -259,7 +260,12 @@ mod tests {
 
     #[test]
     fn parallel_equals_streaming() {
-        for (n, seed) in [(0usize, 0u64), (1, 1), (PAR_BLOCK - 5, 2), (3 * PAR_BLOCK + 12345, 3)] {
+        for (n, seed) in [
+            (0usize, 0u64),
+            (1, 1),
+            (PAR_BLOCK - 5, 2),
+            (3 * PAR_BLOCK + 12345, 3),
+        ] {
             let mut data = vec![0u8; n];
             rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
             if seed == 3 {
@@ -268,7 +274,11 @@ mod tests {
             let a = hash_bytes(&data);
             let b = hash_reader_parallel(&data[..]).unwrap();
             assert_eq!(a, b, "n={n}");
-            let ends: Vec<usize> = a.chunks.iter().map(|c| (c.offset + c.len as u64) as usize).collect();
+            let ends: Vec<usize> = a
+                .chunks
+                .iter()
+                .map(|c| (c.offset + c.len as u64) as usize)
+                .collect();
             assert_eq!(ends, chunk_reference(&data));
         }
     }

@@ -10,4 +10,4 @@ pub mod file;
 pub mod hash;
 
 pub use file::{hash_bytes, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest, FileHasher};
-pub use hash::{XetHash, Node};
+pub use hash::{Node, XetHash};

@@ -24,19 +24,60 @@ fn all_vectors_reproduce() {
         let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         let input = std::fs::read(dir().join(v["file"].as_str().unwrap())).unwrap();
         assert_eq!(input.len() as u64, v["size"].as_u64().unwrap());
-        for d in [hash_bytes(&input), hash_reader_parallel(&input[..]).unwrap()] {
+        for d in [
+            hash_bytes(&input),
+            hash_reader_parallel(&input[..]).unwrap(),
+        ] {
             let name = v["file"].as_str().unwrap();
-            assert_eq!(d.chunks.len() as u64, v["num_chunks"].as_u64().unwrap(), "{name}");
-            for (i, (c, want)) in d.chunks.iter().zip(v["chunks"].as_array().unwrap()).enumerate() {
-                assert_eq!(c.offset, want[0].as_u64().unwrap(), "{name} chunk {i} offset");
-                assert_eq!(c.len as u64, want[1].as_u64().unwrap(), "{name} chunk {i} length");
-                assert_eq!(c.hash.to_hex(), want[2].as_str().unwrap(), "{name} chunk {i} hash");
-                assert_eq!(raw_hex(&c.hash), v["chunk_hashes_raw_hex"][i].as_str().unwrap());
+            assert_eq!(
+                d.chunks.len() as u64,
+                v["num_chunks"].as_u64().unwrap(),
+                "{name}"
+            );
+            for (i, (c, want)) in d
+                .chunks
+                .iter()
+                .zip(v["chunks"].as_array().unwrap())
+                .enumerate()
+            {
+                assert_eq!(
+                    c.offset,
+                    want[0].as_u64().unwrap(),
+                    "{name} chunk {i} offset"
+                );
+                assert_eq!(
+                    c.len as u64,
+                    want[1].as_u64().unwrap(),
+                    "{name} chunk {i} length"
+                );
+                assert_eq!(
+                    c.hash.to_hex(),
+                    want[2].as_str().unwrap(),
+                    "{name} chunk {i} hash"
+                );
+                assert_eq!(
+                    raw_hex(&c.hash),
+                    v["chunk_hashes_raw_hex"][i].as_str().unwrap()
+                );
             }
-            assert_eq!(d.merkle_root.to_hex(), v["merkle_root"].as_str().unwrap(), "{name} root");
-            assert_eq!(raw_hex(&d.merkle_root), v["merkle_root_raw_hex"].as_str().unwrap());
-            assert_eq!(d.file_hash.to_hex(), v["file_hash"].as_str().unwrap(), "{name} file hash");
-            assert_eq!(raw_hex(&d.file_hash), v["file_hash_raw_hex"].as_str().unwrap());
+            assert_eq!(
+                d.merkle_root.to_hex(),
+                v["merkle_root"].as_str().unwrap(),
+                "{name} root"
+            );
+            assert_eq!(
+                raw_hex(&d.merkle_root),
+                v["merkle_root_raw_hex"].as_str().unwrap()
+            );
+            assert_eq!(
+                d.file_hash.to_hex(),
+                v["file_hash"].as_str().unwrap(),
+                "{name} file hash"
+            );
+            assert_eq!(
+                raw_hex(&d.file_hash),
+                v["file_hash_raw_hex"].as_str().unwrap()
+            );
         }
         n += 1;
     }

@@ -1,0 +1,25 @@
+# The README's two commands: `make demo` and `make test`.
+CARGO ?= cargo
+
+.PHONY: deps demo test lint unit bench
+deps:
+	./scripts/deps.sh
+
+# Installs what is missing, builds, and runs the loopback demo.
+demo: deps
+	$(CARGO) build --release -p ccbt
+	./target/release/ccbt demo
+
+# The whole suite: unit, end-to-end and interop tests, then format and lint checks.
+test: deps
+	$(CARGO) build -p ccbt
+	$(CARGO) test --workspace
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Fast unit tests only.
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+bench: deps
+	$(CARGO) bench -p ccbt-benches

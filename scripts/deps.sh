@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ccbt builds and tests with, only those that are missing.
+# librocksdb-dev + libclang-dev: link Debian's RocksDB (see .cargo/config.toml) instead of a 20-minute build.
+# python3-libtorrent, mktorrent: independent BitTorrent software the interop tests compare against.
+# fuse3: mount/umount helpers for the FUSE tests.
+set -euo pipefail
+PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all Debian packages present"
+else
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The lint half of `make test` needs these rustup components.
+if command -v rustup >/dev/null; then
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+fi

@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""libtorrent (python3-libtorrent, Debian) as an independent reference for ccbt's tests.
+
+  lt_tool.py info TORRENT                 -> JSON: hashes, piece info, files (pads flagged)
+  lt_tool.py check TORRENT SAVE_PATH      -> JSON: libtorrent re-checks the data, counts valid pieces
+  lt_tool.py create SRC OUT v1|v2|hybrid PIECE_BYTES  -> JSON: hashes, seconds spent hashing
+
+Sessions listen on 127.0.0.1 only, with DHT, LSD, UPnP and NAT-PMP off.
+"""
+import json, os, sys, tempfile, time
+import libtorrent as lt
+
+
+def hashes(ti):
+    ih = ti.info_hashes()
+    return (str(ih.v1) if ih.has_v1() else None, str(ih.v2) if ih.has_v2() else None)
+
+
+def info(path):
+    ti = lt.torrent_info(path)
+    v1, v2 = hashes(ti)
+    fs = ti.files()
+    files = []
+    for i in range(fs.num_files()):
+        files.append(dict(path=fs.file_path(i), length=fs.file_size(i),
+                          pad=bool(fs.file_flags(i) & lt.file_storage.flag_pad_file)))
+    return dict(name=ti.name(), info_hash_v1=v1, info_hash_v2=v2, piece_length=ti.piece_length(),
+                num_pieces=ti.num_pieces(), total_size=ti.total_size(), files=files,
+                private=ti.priv())
+
+
+def check(path, save):
+    s = lt.session({'listen_interfaces': '127.0.0.1:0', 'enable_dht': False, 'enable_lsd': False,
+                    'enable_upnp': False, 'enable_natpmp': False,
+                    'alert_mask': lt.alert.category_t.error_notification
+                    | lt.alert.category_t.status_notification | lt.alert.category_t.storage_notification})
+    ti = lt.torrent_info(path)
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = save
+    atp.flags &= ~lt.torrent_flags.auto_managed
+    atp.flags |= lt.torrent_flags.paused
+    h = s.add_torrent(atp)
+    h.force_recheck()
+    h.resume()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        st = h.status()
+        if st.state not in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data,
+                            lt.torrent_status.allocating) and st.progress_ppm in (0, 1000000) \
+                and time.time() > deadline - 298:
+            break
+        time.sleep(0.1)
+    st = h.status()
+    errors = [a.message() for a in s.pop_alerts() if a.category() & lt.alert.category_t.error_notification]
+    return dict(num_pieces=ti.num_pieces(), pieces_have=st.num_pieces, is_seeding=st.is_seeding,
+                state=str(st.state), errors=errors)
+
+
+def create(src, out, mode, piece):
+    src = os.path.abspath(src)
+    fs = lt.file_storage()
+    lt.add_files(fs, src)
+    flags = {'v1': lt.create_torrent.v1_only, 'v2': lt.create_torrent.v2_only, 'hybrid': 0}[mode]
+    ct = lt.create_torrent(fs, int(piece), flags=flags)
+    t0 = time.time()
+    lt.set_piece_hashes(ct, os.path.dirname(src))
+    dt = time.time() - t0
+    with open(out, 'wb') as f:
+        f.write(lt.bencode(ct.generate()))
+    r = info(out)
+    r['seconds'] = dt
+    return r
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == 'info':
+        r = info(sys.argv[2])
+    elif cmd == 'check':
+        r = check(sys.argv[2], sys.argv[3])
+    elif cmd == 'create':
+        r = create(*sys.argv[2:6])
+    else:
+        sys.exit(f'unknown command {cmd}')
+    print(json.dumps(r))
+
+
+main()
