@@ -3,6 +3,7 @@
 
 mod config;
 mod progress;
+mod share_cmds;
 mod torrent_cmds;
 mod xet_cmds;
 
@@ -45,6 +46,21 @@ pub enum Command {
     Info(torrent_cmds::InfoArgs),
     /// Print Xet file hashes (like sha256sum), optionally with every chunk
     Hash(xet_cmds::HashArgs),
+    /// Publish a folder as a new version of a share (prints the share id)
+    Publish(share_cmds::PublishArgs),
+    /// List the versions of a share
+    Versions(share_cmds::VersionsArgs),
+    /// Write a version of a share (ID or ID@VERSION) into a new directory
+    Export(share_cmds::ExportArgs),
+    /// List the shares in the data dir
+    Shares,
+    /// Keep a version through `ccbt cas gc`
+    Pin(share_cmds::PinArgs),
+    /// Undo `ccbt pin`
+    Unpin(share_cmds::PinArgs),
+    /// The content-addressed store: stats, verify, gc
+    #[command(subcommand)]
+    Cas(share_cmds::CasCmd),
 }
 
 /// Settings every command sees.
@@ -52,7 +68,6 @@ pub struct Ctx {
     pub config: config::Config,
     pub quiet: bool,
     pub json: bool,
-    #[allow(dead_code)] // used by the storage commands
     pub data_dir: PathBuf,
 }
 
@@ -99,5 +114,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Create(a) => torrent_cmds::create(&ctx, a),
         Command::Info(a) => torrent_cmds::info(&ctx, a),
         Command::Hash(a) => xet_cmds::hash(&ctx, a),
+        Command::Publish(a) => share_cmds::publish(&ctx, a),
+        Command::Versions(a) => share_cmds::versions(&ctx, a),
+        Command::Export(a) => share_cmds::export(&ctx, a),
+        Command::Shares => share_cmds::list(&ctx),
+        Command::Pin(a) => share_cmds::pin(&ctx, a, true),
+        Command::Unpin(a) => share_cmds::pin(&ctx, a, false),
+        Command::Cas(c) => share_cmds::cas(&ctx, c),
     }
 }

@@ -1,13 +1,23 @@
 //! `ccbt-xet`: the share layer.
 //!
-//! Today: Xet-compatible content-defined chunking ([`chunker`]), Xet hashes and the
-//! variable-branching Merkle tree ([`hash`]), and whole-file chunk+hash, streaming or on all cores
-//! ([`file`]). Boundaries and hashes are bit-identical to HuggingFace xet-core (DESIGN.md §3); the
-//! reference vectors in `tests/data/xet-vectors` are checked by `tests/vectors.rs`.
+//! - [`chunker`]: Xet-compatible content-defined chunking (bit-identical to xet-core, DESIGN.md §3),
+//!   streaming, with a multi-lane scan.
+//! - [`hash`]: chunk hashes, the variable-branching Merkle tree, file hashes, the Xet hex form.
+//! - [`file`]: whole-file chunk + hash, streaming or on all cores, bounded memory.
+//! - [`head`]: share keys, share ids, BEP 44-signed heads.
+//! - [`listing`]: version listings (canonical bencode, strictly validated).
+//! - [`tree`]: files as Merkle trees in the CAS: store, walk, read back verified.
+//! - [`shares`]: publish a folder as a version, list versions, export, gc and verify.
+//!
+//! The reference vectors in `tests/data/xet-vectors` are checked by `tests/vectors.rs`.
 
 pub mod chunker;
 pub mod file;
 pub mod hash;
+pub mod head;
+pub mod listing;
+pub mod shares;
+pub mod tree;
 
 pub use file::{hash_bytes, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest, FileHasher};
 pub use hash::{Node, XetHash};

@@ -1,0 +1,658 @@
+//! `ccbt-cas`: the content-addressed store, on RocksDB. It knows nothing of networks or of how
+//! hashes are computed; the share layer hands it bytes under 32-byte hashes and small records.
+//!
+//! Column families:
+//! - `chunks`: chunk hash → bytes (BlobDB: big values live in blob files, out of compaction's way)
+//! - `chunk_index`: chunk hash → length (u32 LE); existence checks and stats never touch the bytes
+//! - `nodes`: Merkle node hash → node text
+//! - `shares`: share id → share record (opaque to the store)
+//! - `heads`: share id ‖ seq (u64 BE) → head record (every version kept until gc)
+//! - `bindings`: folder path → share id (which share `publish DIR` continues)
+//! - `pins`: share id ‖ seq → empty (versions gc must keep)
+//! - `resume`: info-hash → resume data
+//! - `meta`: counters
+//!
+//! Crash safety: chunk bytes go in with the WAL off (written once, at flush). Their `chunk_index`
+//! entries are not written then: [`Store::commit_version`] first flushes the chunk bytes to disk,
+//! then writes the index entries, nodes, head and share record in one synced batch. So an indexed
+//! chunk always has its bytes, and a crash at any point leaves the old version or the new one plus,
+//! at worst, unindexed orphan chunks that `verify` reports and `sweep` (gc) removes.
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub type Hash = [u8; 32];
+pub type ShareId = [u8; 20];
+
+const CF_CHUNKS: &str = "chunks";
+const CF_CHUNK_INDEX: &str = "chunk_index";
+const CF_NODES: &str = "nodes";
+const CF_SHARES: &str = "shares";
+const CF_HEADS: &str = "heads";
+const CF_BINDINGS: &str = "bindings";
+const CF_PINS: &str = "pins";
+const CF_RESUME: &str = "resume";
+const CF_META: &str = "meta";
+const ALL_CFS: [&str; 9] = [
+    CF_CHUNKS,
+    CF_CHUNK_INDEX,
+    CF_NODES,
+    CF_SHARES,
+    CF_HEADS,
+    CF_BINDINGS,
+    CF_PINS,
+    CF_RESUME,
+    CF_META,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    #[error(
+        "the store at {0} is in use by another ccbt process; stop it or use another --data-dir"
+    )]
+    Locked(PathBuf),
+    #[error("store error: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("store is damaged: {0}; run `ccbt cas verify`")]
+    Corrupt(String),
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, CasError>;
+
+/// Store-wide statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub chunk_count: u64,
+    pub chunk_bytes: u64,
+    pub node_count: u64,
+    pub node_bytes: u64,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub damage: Vec<String>,
+    /// Chunks written by a publish that never committed (harmless; gc removes them).
+    pub orphans: u64,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub heads_removed: u64,
+    pub chunks_removed: u64,
+    pub chunk_bytes_removed: u64,
+    pub nodes_removed: u64,
+}
+
+/// Chunks waiting to be written; the store keeps stats consistent when they land.
+#[derive(Default)]
+pub struct ChunkBatch {
+    batch: WriteBatch,
+    new_bytes: u64,
+    pending: HashMap<Hash, u32>,
+}
+
+impl ChunkBatch {
+    pub fn len_bytes(&self) -> u64 {
+        self.new_bytes
+    }
+}
+
+/// A version's reachable records: nodes plus the head and share record, committed atomically.
+#[derive(Default)]
+pub struct VersionBatch {
+    nodes: Vec<(Hash, Vec<u8>)>,
+    heads: Vec<(ShareId, u64, Vec<u8>)>,
+    shares: Vec<(ShareId, Vec<u8>)>,
+    bindings: Vec<(Vec<u8>, ShareId)>,
+}
+
+impl VersionBatch {
+    pub fn node(&mut self, hash: Hash, text: Vec<u8>) {
+        self.nodes.push((hash, text));
+    }
+    pub fn head(&mut self, share: ShareId, seq: u64, record: Vec<u8>) {
+        self.heads.push((share, seq, record));
+    }
+    pub fn share(&mut self, share: ShareId, record: Vec<u8>) {
+        self.shares.push((share, record));
+    }
+    pub fn binding(&mut self, folder: Vec<u8>, share: ShareId) {
+        self.bindings.push((folder, share));
+    }
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    /// Serialises counter read-modify-write (one process owns the DB; threads share it).
+    counters: Mutex<()>,
+    /// Chunks written but not yet indexed: they become indexed at the next commit.
+    unindexed: Mutex<HashMap<Hash, u32>>,
+}
+
+fn head_key(share: &ShareId, seq: u64) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    k[..20].copy_from_slice(share);
+    k[20..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        std::fs::create_dir_all(path).map_err(|source| CasError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(3);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut o = Options::default();
+            match *name {
+                CF_CHUNKS => {
+                    // Chunk bytes are mostly incompressible and large: keep them in blob files.
+                    o.set_enable_blob_files(true);
+                    o.set_min_blob_size(2048);
+                    o.set_blob_compression_type(DBCompressionType::None);
+                    o.set_enable_blob_gc(true);
+                    o.set_compression_type(DBCompressionType::None);
+                    o.set_write_buffer_size(128 << 20);
+                }
+                CF_CHUNK_INDEX | CF_NODES => {
+                    let mut b = BlockBasedOptions::default();
+                    b.set_bloom_filter(10.0, false);
+                    o.set_block_based_table_factory(&b);
+                }
+                _ => {}
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
+            if e.to_string().contains("lock") {
+                CasError::Locked(path.to_path_buf())
+            } else {
+                CasError::Db(e)
+            }
+        })?;
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+            counters: Mutex::new(()),
+            unindexed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    // ---- chunks ----
+
+    pub fn has_chunk(&self, hash: &Hash) -> Result<bool> {
+        Ok(self.chunk_len(hash)?.is_some())
+    }
+
+    pub fn chunk_len(&self, hash: &Hash) -> Result<Option<u32>> {
+        if let Some(n) = self.unindexed.lock().unwrap().get(hash) {
+            return Ok(Some(*n));
+        }
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNK_INDEX), hash)?
+            .map(|v| u32::from_le_bytes(v[..4].try_into().unwrap_or([0; 4]))))
+    }
+
+    pub fn get_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_CHUNKS), hash)?)
+    }
+
+    /// Adds a chunk to `batch` unless the store (or the batch) already has it. Returns whether it
+    /// was new. The caller guarantees `hash` is the chunk's hash.
+    pub fn stage_chunk(&self, batch: &mut ChunkBatch, hash: &Hash, data: &[u8]) -> Result<bool> {
+        if batch.pending.contains_key(hash) || self.has_chunk(hash)? {
+            return Ok(false);
+        }
+        batch.batch.put_cf(self.cf(CF_CHUNKS), hash, data);
+        batch.pending.insert(*hash, data.len() as u32);
+        batch.new_bytes += data.len() as u64;
+        Ok(true)
+    }
+
+    /// Writes staged chunk bytes (WAL off: they become durable at the flush in `commit_version`,
+    /// which also indexes them).
+    pub fn write_chunks(&self, batch: ChunkBatch) -> Result<()> {
+        if batch.pending.is_empty() {
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch.batch, &wo)?;
+        self.unindexed.lock().unwrap().extend(batch.pending);
+        Ok(())
+    }
+
+    // ---- nodes ----
+
+    pub fn get_node(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_NODES), hash)?)
+    }
+
+    pub fn has_node(&self, hash: &Hash) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_NODES), hash)?.is_some())
+    }
+
+    // ---- versions ----
+
+    /// Makes a version reachable: flushes chunk data to disk, then writes nodes, head, share
+    /// record and binding in one synced batch.
+    pub fn commit_version(&self, v: VersionBatch) -> Result<()> {
+        let _g = self.counters.lock().unwrap();
+        let fresh: Vec<(Hash, u32)> = self.unindexed.lock().unwrap().drain().collect();
+        let mut b = WriteBatch::default();
+        if !fresh.is_empty() {
+            // The bytes must be on disk before anything can point at them.
+            self.db.flush_cf(self.cf(CF_CHUNKS))?;
+            let mut total = 0i64;
+            for (h, n) in &fresh {
+                b.put_cf(self.cf(CF_CHUNK_INDEX), h, n.to_le_bytes());
+                total += *n as i64;
+            }
+            self.add_counter(&mut b, b"chunk_count", fresh.len() as i64)?;
+            self.add_counter(&mut b, b"chunk_bytes", total)?;
+        }
+        let (mut n, mut bytes) = (0i64, 0i64);
+        let mut seen = HashSet::new();
+        for (h, text) in &v.nodes {
+            if seen.insert(*h) && !self.has_node(h)? {
+                b.put_cf(self.cf(CF_NODES), h, text);
+                n += 1;
+                bytes += text.len() as i64;
+            }
+        }
+        self.add_counter(&mut b, b"node_count", n)?;
+        self.add_counter(&mut b, b"node_bytes", bytes)?;
+        for (s, seq, rec) in &v.heads {
+            b.put_cf(self.cf(CF_HEADS), head_key(s, *seq), rec);
+        }
+        for (s, rec) in &v.shares {
+            b.put_cf(self.cf(CF_SHARES), s, rec);
+        }
+        for (f, s) in &v.bindings {
+            b.put_cf(self.cf(CF_BINDINGS), f, s);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
+    pub fn get_share(&self, id: &ShareId) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_SHARES), id)?)
+    }
+
+    pub fn shares(&self) -> Result<Vec<(ShareId, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_SHARES), IteratorMode::Start) {
+            let (k, v) = item?;
+            let id: ShareId = k[..]
+                .try_into()
+                .map_err(|_| CasError::Corrupt("share key is not 20 bytes".into()))?;
+            out.push((id, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn get_head(&self, id: &ShareId, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_HEADS), head_key(id, seq))?)
+    }
+
+    /// Every stored head of a share, oldest first.
+    pub fn heads(&self, id: &ShareId) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_HEADS),
+            IteratorMode::From(&head_key(id, 0), rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if k.len() != 28 || &k[..20] != id {
+                break;
+            }
+            out.push((u64::from_be_bytes(k[20..].try_into().unwrap()), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn binding(&self, folder: &[u8]) -> Result<Option<ShareId>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_BINDINGS), folder)?
+            .and_then(|v| v.try_into().ok()))
+    }
+
+    // ---- pins ----
+
+    pub fn pin(&self, id: &ShareId, seq: u64) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_PINS), head_key(id, seq), [], &wo)?;
+        Ok(())
+    }
+
+    pub fn unpin(&self, id: &ShareId, seq: u64) -> Result<bool> {
+        let k = head_key(id, seq);
+        let had = self.db.get_pinned_cf(self.cf(CF_PINS), k)?.is_some();
+        self.db.delete_cf(self.cf(CF_PINS), k)?;
+        Ok(had)
+    }
+
+    pub fn pins(&self) -> Result<Vec<(ShareId, u64)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PINS), IteratorMode::Start) {
+            let (k, _) = item?;
+            if k.len() == 28 {
+                out.push((
+                    k[..20].try_into().unwrap(),
+                    u64::from_be_bytes(k[20..].try_into().unwrap()),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- resume data ----
+
+    pub fn put_resume(&self, key: &[u8], data: &[u8]) -> Result<()> {
+        self.db.put_cf(self.cf(CF_RESUME), key, data)?;
+        Ok(())
+    }
+
+    pub fn get_resume(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_RESUME), key)?)
+    }
+
+    pub fn delete_resume(&self, key: &[u8]) -> Result<()> {
+        self.db.delete_cf(self.cf(CF_RESUME), key)?;
+        Ok(())
+    }
+
+    pub fn resume_keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_RESUME), IteratorMode::Start) {
+            out.push(item?.0.to_vec());
+        }
+        Ok(out)
+    }
+
+    // ---- stats, verify, gc ----
+
+    fn counter(&self, name: &[u8]) -> Result<i64> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_META), name)?
+            .and_then(|v| v[..].try_into().ok())
+            .map(i64::from_le_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Adds `delta` to a counter inside `b`; call with `self.counters` held.
+    fn add_counter(&self, b: &mut WriteBatch, name: &[u8], delta: i64) -> Result<()> {
+        if delta != 0 {
+            let v = self.counter(name)? + delta;
+            b.put_cf(self.cf(CF_META), name, v.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(Stats {
+            chunk_count: self.counter(b"chunk_count")?.max(0) as u64,
+            chunk_bytes: self.counter(b"chunk_bytes")?.max(0) as u64,
+            node_count: self.counter(b"node_count")?.max(0) as u64,
+            node_bytes: self.counter(b"node_bytes")?.max(0) as u64,
+        })
+    }
+
+    /// Re-hashes every chunk and node with `chunk_hash` / `node_hash`; returns what is damaged.
+    pub fn verify(
+        &self,
+        chunk_hash: &(dyn Fn(&[u8]) -> Hash + Sync),
+        node_hash: &(dyn Fn(&[u8]) -> Hash + Sync),
+        progress: &dyn Fn(u64),
+    ) -> Result<VerifyReport> {
+        let mut damage = Vec::new();
+        let mut orphans = 0;
+        let mut index: HashSet<Hash> = HashSet::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CHUNK_INDEX), IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            if let Ok(h) = k[..].try_into() {
+                index.insert(h);
+            }
+        }
+        let mut seen = 0usize;
+        for item in self.db.iterator_cf(self.cf(CF_CHUNKS), IteratorMode::Start) {
+            let (k, v) = item?;
+            progress(v.len() as u64);
+            let key: Hash = match k[..].try_into() {
+                Ok(h) => h,
+                Err(_) => {
+                    damage.push(format!("chunk key of {} bytes", k.len()));
+                    continue;
+                }
+            };
+            if chunk_hash(&v) != key {
+                damage.push(format!("chunk {} does not match its hash", hex(&key)));
+            }
+            if index.contains(&key) {
+                seen += 1;
+            } else {
+                orphans += 1;
+            }
+        }
+        if seen != index.len() {
+            damage.push(format!(
+                "{} indexed chunks have no bytes",
+                index.len() - seen
+            ));
+        }
+        for item in self.db.iterator_cf(self.cf(CF_NODES), IteratorMode::Start) {
+            let (k, v) = item?;
+            if node_hash(&v)[..] != k[..] {
+                damage.push(format!("node {} does not match its hash", hex(&k)));
+            }
+        }
+        Ok(VerifyReport { damage, orphans })
+    }
+
+    /// Removes heads not in `keep` (share id, seq) and every chunk and node outside `reachable`.
+    pub fn sweep(
+        &self,
+        keep: &HashSet<(ShareId, u64)>,
+        reachable: &HashSet<Hash>,
+    ) -> Result<GcReport> {
+        let mut r = GcReport::default();
+        let mut b = WriteBatch::default();
+        for item in self.db.iterator_cf(self.cf(CF_HEADS), IteratorMode::Start) {
+            let (k, _) = item?;
+            if k.len() == 28 {
+                let id: ShareId = k[..20].try_into().unwrap();
+                let seq = u64::from_be_bytes(k[20..].try_into().unwrap());
+                if !keep.contains(&(id, seq)) {
+                    b.delete_cf(self.cf(CF_HEADS), &k);
+                    r.heads_removed += 1;
+                }
+            }
+        }
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CHUNK_INDEX), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if let Ok(h) = <Hash>::try_from(&k[..]) {
+                if !reachable.contains(&h) {
+                    b.delete_cf(self.cf(CF_CHUNK_INDEX), h);
+                    b.delete_cf(self.cf(CF_CHUNKS), h);
+                    r.chunks_removed += 1;
+                    r.chunk_bytes_removed +=
+                        u32::from_le_bytes(v[..4].try_into().unwrap_or([0; 4])) as u64;
+                }
+            }
+        }
+        // Orphans: bytes without an index entry (a publish that never committed).
+        let unindexed = self.unindexed.lock().unwrap();
+        for item in self.db.iterator_cf(self.cf(CF_CHUNKS), IteratorMode::Start) {
+            let (k, _) = item?;
+            if let Ok(h) = <Hash>::try_from(&k[..]) {
+                if self.db.get_pinned_cf(self.cf(CF_CHUNK_INDEX), h)?.is_none()
+                    && !unindexed.contains_key(&h)
+                {
+                    b.delete_cf(self.cf(CF_CHUNKS), h);
+                }
+            }
+        }
+        drop(unindexed);
+        let mut node_bytes = 0i64;
+        for item in self.db.iterator_cf(self.cf(CF_NODES), IteratorMode::Start) {
+            let (k, v) = item?;
+            if let Ok(h) = <Hash>::try_from(&k[..]) {
+                if !reachable.contains(&h) {
+                    b.delete_cf(self.cf(CF_NODES), h);
+                    r.nodes_removed += 1;
+                    node_bytes += v.len() as i64;
+                }
+            }
+        }
+        {
+            let _g = self.counters.lock().unwrap();
+            self.add_counter(&mut b, b"chunk_count", -(r.chunks_removed as i64))?;
+            self.add_counter(&mut b, b"chunk_bytes", -(r.chunk_bytes_removed as i64))?;
+            self.add_counter(&mut b, b"node_count", -(r.nodes_removed as i64))?;
+            self.add_counter(&mut b, b"node_bytes", -node_bytes)?;
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(b, &wo)?;
+        }
+        // Reclaim the space now rather than at some later compaction.
+        for cf in [CF_CHUNKS, CF_CHUNK_INDEX, CF_NODES, CF_HEADS] {
+            self.db
+                .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(r)
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn disk_usage(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.path)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_hash(d: &[u8]) -> Hash {
+        let mut h = [0u8; 32];
+        for (i, b) in d.iter().enumerate() {
+            h[i % 32] ^= b.wrapping_add(i as u8);
+        }
+        h[31] = d.len() as u8;
+        h
+    }
+
+    #[test]
+    fn chunks_dedupe_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = ChunkBatch::default();
+        let a = b"hello world".to_vec();
+        assert!(s.stage_chunk(&mut b, &fake_hash(&a), &a).unwrap());
+        assert!(!s.stage_chunk(&mut b, &fake_hash(&a), &a).unwrap());
+        s.write_chunks(b).unwrap();
+        let mut b = ChunkBatch::default();
+        assert!(!s.stage_chunk(&mut b, &fake_hash(&a), &a).unwrap());
+        assert_eq!(s.get_chunk(&fake_hash(&a)).unwrap().unwrap(), a);
+        // Counted (and indexed on disk) only once a version commits.
+        assert_eq!(s.stats().unwrap().chunk_count, 0);
+        let mut v = VersionBatch::default();
+        v.node([7; 32], b"node".to_vec());
+        v.head([1; 20], 1, b"head1".to_vec());
+        v.share([1; 20], b"rec".to_vec());
+        s.commit_version(v).unwrap();
+        let st = s.stats().unwrap();
+        assert_eq!((st.chunk_count, st.chunk_bytes), (1, 11));
+        // A chunk written by a publish that never commits is an orphan after a restart.
+        let o = b"orphan bytes".to_vec();
+        let mut b = ChunkBatch::default();
+        assert!(s.stage_chunk(&mut b, &fake_hash(&o), &o).unwrap());
+        s.write_chunks(b).unwrap();
+        s.db.flush_cf(s.cf(CF_CHUNKS)).unwrap();
+        assert_eq!(s.heads(&[1; 20]).unwrap(), vec![(1, b"head1".to_vec())]);
+        drop(s);
+        // Reopen: everything committed is there; a second open while held fails clearly.
+        let s = Store::open(dir.path()).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(CasError::Locked(_))));
+        assert_eq!(s.get_node(&[7; 32]).unwrap().unwrap(), b"node");
+        assert!(!s.has_chunk(&fake_hash(&o)).unwrap());
+        let rep = s.verify(&fake_hash, &|_| [7; 32], &|_| {}).unwrap();
+        assert_eq!(
+            rep,
+            VerifyReport {
+                damage: vec![],
+                orphans: 1
+            }
+        );
+        let keep = HashSet::new();
+        let r = s.sweep(&keep, &HashSet::new()).unwrap();
+        assert_eq!(
+            (r.chunks_removed, r.nodes_removed, r.heads_removed),
+            (1, 1, 1)
+        );
+        assert_eq!(s.stats().unwrap(), Stats::default());
+        assert!(
+            s.get_chunk(&fake_hash(&o)).unwrap().is_none(),
+            "orphan not swept"
+        );
+    }
+}

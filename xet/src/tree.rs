@@ -1,0 +1,185 @@
+//! Files in the CAS: a file is its Merkle tree (DESIGN.md §4). Storing chunks a file's bytes and
+//! collects its internal nodes; reading walks the tree from the root and verifies every chunk.
+
+use crate::file::{hash_reader_parallel_with, ChunkInfo, FileDigest, FileHasher};
+use crate::hash::{chunk_hash, internal_node, merkle_tree, node_text, Node, XetHash};
+use ccbt_cas::{CasError, ChunkBatch, Store};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Staged chunk bytes are written to the store in batches of about this size.
+const BATCH_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("data for {0} is missing from the store")]
+    Missing(XetHash),
+    #[error("stored data for {0} is damaged (hash mismatch); run `ccbt cas verify`")]
+    Damaged(XetHash),
+    #[error("Merkle node {0} is malformed: {1}")]
+    BadNode(XetHash, String),
+}
+
+/// Internal nodes of a file, ready for a version batch: (hash, text).
+pub type NodeList = Vec<([u8; 32], Vec<u8>)>;
+
+/// Collects the internal nodes of the tree over `chunks` and returns the root.
+pub fn tree_nodes(chunks: &[ChunkInfo], out: &mut NodeList) -> XetHash {
+    let leaves: Vec<Node> = chunks.iter().map(ChunkInfo::node).collect();
+    merkle_tree(&leaves, |n, children| {
+        out.push((n.hash.0, node_text(children).into_bytes()))
+    })
+    .hash
+}
+
+/// Chunks, hashes and stores a reader's bytes; only chunks the store lacks are written.
+/// `parallel` uses all cores (for big files). Returns the digest; nodes go to `nodes`.
+pub fn store_reader<R: Read + Send>(
+    store: &Store,
+    reader: R,
+    parallel: bool,
+    progress: &AtomicU64,
+    nodes: &mut NodeList,
+) -> Result<FileDigest, TreeError> {
+    let mut batch = ChunkBatch::default();
+    let mut err: Option<CasError> = None;
+    let mut sink = |c: &ChunkInfo, data: &[u8]| {
+        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if err.is_some() {
+            return;
+        }
+        let res = store
+            .stage_chunk(&mut batch, &c.hash.0, data)
+            .and_then(|_| {
+                if batch.len_bytes() >= BATCH_BYTES {
+                    store.write_chunks(std::mem::take(&mut batch))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = res {
+            err = Some(e);
+        }
+    };
+    let digest = if parallel {
+        hash_reader_parallel_with(reader, &mut sink)?
+    } else {
+        let mut reader = reader;
+        let mut h = FileHasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update_with(&buf[..n], &mut sink);
+        }
+        h.finish_with(&mut sink)
+    };
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    store.write_chunks(batch)?;
+    let root = tree_nodes(&digest.chunks, nodes);
+    debug_assert_eq!(root, digest.merkle_root);
+    Ok(digest)
+}
+
+/// Parses a node's text into its children, strictly.
+pub fn parse_node(hash: XetHash, text: &[u8]) -> Result<Vec<Node>, TreeError> {
+    let bad = |m: &str| TreeError::BadNode(hash, m.to_string());
+    let s = std::str::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
+    let mut out = Vec::new();
+    for line in s.split_terminator('\n') {
+        let (h, size) = line.split_once(" : ").ok_or_else(|| bad("bad line"))?;
+        let h = XetHash::from_hex(h).ok_or_else(|| bad("bad child hash"))?;
+        let size: u64 = size.parse().map_err(|_| bad("bad child size"))?;
+        out.push(Node { hash: h, size });
+    }
+    if out.is_empty() || !s.ends_with('\n') {
+        return Err(bad("no children"));
+    }
+    if internal_node(&out).hash != hash {
+        return Err(TreeError::Damaged(hash));
+    }
+    Ok(out)
+}
+
+/// Walks a file's tree, calling `leaf` with each chunk (hash, size) in order; `node` sees every
+/// internal node hash. Nothing but node texts is read.
+pub fn walk_tree(
+    store: &Store,
+    root: XetHash,
+    size: u64,
+    leaf: &mut dyn FnMut(XetHash, u64) -> Result<(), TreeError>,
+    node: &mut dyn FnMut(XetHash),
+) -> Result<(), TreeError> {
+    if size == 0 {
+        return Ok(());
+    }
+    match store.get_node(&root.0)? {
+        Some(text) => {
+            node(root);
+            for c in parse_node(root, &text)? {
+                walk_tree(store, c.hash, c.size, leaf, node)?;
+            }
+            Ok(())
+        }
+        None => leaf(root, size),
+    }
+}
+
+/// Reads a chunk and checks it against its hash.
+pub fn read_chunk(store: &Store, h: XetHash) -> Result<Vec<u8>, TreeError> {
+    let data = store.get_chunk(&h.0)?.ok_or(TreeError::Missing(h))?;
+    if chunk_hash(&data) != h {
+        return Err(TreeError::Damaged(h));
+    }
+    Ok(data)
+}
+
+/// Writes a file's bytes to `out`. With `sparse`, all-zero chunks become holes (seeks); the
+/// caller sets the final length.
+pub fn read_into<W: Write + Seek>(
+    store: &Store,
+    root: XetHash,
+    size: u64,
+    out: &mut W,
+    sparse: bool,
+) -> Result<(), TreeError> {
+    let mut written = 0u64;
+    walk_tree(
+        store,
+        root,
+        size,
+        &mut |h, len| {
+            let data = read_chunk(store, h)?;
+            if data.len() as u64 != len {
+                return Err(TreeError::Damaged(h));
+            }
+            if sparse && data.iter().all(|&b| b == 0) {
+                out.seek(SeekFrom::Current(len as i64))?;
+            } else {
+                out.write_all(&data)?;
+            }
+            written += len;
+            Ok(())
+        },
+        &mut |_| {},
+    )?;
+    if written != size {
+        return Err(TreeError::Damaged(root));
+    }
+    Ok(())
+}
+
+/// Reads a whole (small) file, such as a listing, into memory.
+pub fn read_to_vec(store: &Store, root: XetHash, size: u64) -> Result<Vec<u8>, TreeError> {
+    let mut c = std::io::Cursor::new(Vec::with_capacity(size as usize));
+    read_into(store, root, size, &mut c, false)?;
+    Ok(c.into_inner())
+}
