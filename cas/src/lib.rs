@@ -171,7 +171,9 @@ impl Store {
                     o.set_blob_compression_type(DBCompressionType::None);
                     o.set_enable_blob_gc(true);
                     o.set_compression_type(DBCompressionType::None);
-                    o.set_write_buffer_size(128 << 20);
+                    // Three 64 MiB memtables: one filling while one flushes, bounded memory.
+                    o.set_write_buffer_size(64 << 20);
+                    o.set_max_write_buffer_number(3);
                 }
                 CF_CHUNK_INDEX | CF_NODES => {
                     let mut b = BlockBasedOptions::default();

@@ -4,11 +4,12 @@
 use crate::file::{hash_reader_parallel_with, ChunkInfo, FileDigest, FileHasher};
 use crate::hash::{chunk_hash, internal_node, merkle_tree, node_text, Node, XetHash};
 use ccbt_cas::{CasError, ChunkBatch, Store};
+use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Staged chunk bytes are written to the store in batches of about this size.
-const BATCH_BYTES: u64 = 64 << 20;
+/// Staged chunk bytes are handed to the writer thread in batches of about this size.
+const BATCH_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -45,48 +46,64 @@ pub fn store_reader<R: Read + Send>(
     progress: &AtomicU64,
     nodes: &mut NodeList,
 ) -> Result<FileDigest, TreeError> {
-    let mut batch = ChunkBatch::default();
-    let mut err: Option<CasError> = None;
-    let mut sink = |c: &ChunkInfo, data: &[u8]| {
-        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if err.is_some() {
-            return;
-        }
-        let res = store
-            .stage_chunk(&mut batch, &c.hash.0, data)
-            .and_then(|_| {
-                if batch.len_bytes() >= BATCH_BYTES {
-                    store.write_chunks(std::mem::take(&mut batch))
-                } else {
-                    Ok(())
-                }
-            });
-        if let Err(e) = res {
-            err = Some(e);
-        }
-    };
-    let digest = if parallel {
-        hash_reader_parallel_with(reader, &mut sink)?
-    } else {
-        let mut reader = reader;
-        let mut h = FileHasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
+    // Hashing and store writes overlap: full batches go to a writer thread (two in flight at most,
+    // which bounds memory), so the cores keep chunking while RocksDB copies bytes.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkBatch>(1);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<(), CasError> {
+            for b in rx {
+                store.write_chunks(b)?;
             }
-            h.update_with(&buf[..n], &mut sink);
+            Ok(())
+        });
+        let mut batch = ChunkBatch::default();
+        let mut seen: HashSet<[u8; 32]> = HashSet::new();
+        let mut err: Option<CasError> = None;
+        let mut sink = |c: &ChunkInfo, data: &[u8]| {
+            progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if err.is_some() || !seen.insert(c.hash.0) {
+                return;
+            }
+            if let Err(e) = store.stage_chunk(&mut batch, &c.hash.0, data) {
+                err = Some(e);
+            } else if batch.len_bytes() >= BATCH_BYTES
+                && tx.send(std::mem::take(&mut batch)).is_err()
+            {
+                err = Some(CasError::Corrupt("chunk writer stopped".into()));
+            }
+        };
+        let digest = if parallel {
+            hash_reader_parallel_with(reader, &mut sink)
+        } else {
+            let mut reader = reader;
+            let mut h = FileHasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut res = Ok(());
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => h.update_with(&buf[..n], &mut sink),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        res = Err(e);
+                        break;
+                    }
+                }
+            }
+            res.map(|_| h.finish_with(&mut sink))
+        };
+        let _ = tx.send(batch);
+        drop(tx);
+        let written = writer.join().expect("chunk writer panicked");
+        let digest = digest?;
+        if let Some(e) = err {
+            return Err(e.into());
         }
-        h.finish_with(&mut sink)
-    };
-    if let Some(e) = err {
-        return Err(e.into());
-    }
-    store.write_chunks(batch)?;
-    let root = tree_nodes(&digest.chunks, nodes);
-    debug_assert_eq!(root, digest.merkle_root);
-    Ok(digest)
+        written?;
+        let root = tree_nodes(&digest.chunks, nodes);
+        debug_assert_eq!(root, digest.merkle_root);
+        Ok(digest)
+    })
 }
 
 /// Parses a node's text into its children, strictly.
