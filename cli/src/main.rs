@@ -2,6 +2,7 @@
 //! command; library crates do the work. Errors reach the user as one line on stderr and exit code 1.
 
 mod config;
+mod demo;
 mod progress;
 mod share_cmds;
 mod torrent_cmds;
@@ -61,6 +62,8 @@ pub enum Command {
     /// The content-addressed store: stats, verify, gc
     #[command(subcommand)]
     Cas(share_cmds::CasCmd),
+    /// Show the whole idea on this machine, in a temporary directory
+    Demo,
 }
 
 /// Settings every command sees.
@@ -121,5 +124,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pin(a) => share_cmds::pin(&ctx, a, true),
         Command::Unpin(a) => share_cmds::pin(&ctx, a, false),
         Command::Cas(c) => share_cmds::cas(&ctx, c),
+        Command::Demo => demo::demo(&ctx),
     }
 }

@@ -369,3 +369,16 @@ fn bad_inputs_give_clear_errors_and_commit_nothing() {
     let o = ccbt(&["--data-dir", s(&data), "versions", "not-an-id"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a share id"));
 }
+
+#[test]
+fn demo_runs_and_cleans_up() {
+    let out = ccbt_ok(&["demo"]);
+    assert!(out.contains("demo finished"), "{out}");
+    assert!(out.contains("version 2: new bytes stored"));
+    let left = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ccbt-demo-"))
+        .count();
+    assert_eq!(left, 0, "demo left its temporary directory behind");
+}
