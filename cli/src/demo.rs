@@ -70,7 +70,10 @@ fn run(ctx: &Ctx, tmp: &Path) -> Result<()> {
         human_bytes(r1.new_chunk_bytes + r1.new_node_bytes)
     );
 
-    step(ctx, "A edits 4 KiB in the middle of the 64 MiB video, in place, and republishes");
+    step(
+        ctx,
+        "A edits 4 KiB in the middle of the 64 MiB video, in place, and republishes",
+    );
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -88,21 +91,34 @@ fn run(ctx: &Ctx, tmp: &Path) -> Result<()> {
         human_bytes(r2.logical_bytes),
         100.0 * moved as f64 / r2.logical_bytes as f64
     );
-    ensure!(moved < 1 << 20, "a 4 KiB edit should not store {moved} bytes");
+    ensure!(
+        moved < 1 << 20,
+        "a 4 KiB edit should not store {moved} bytes"
+    );
 
     step(ctx, "both versions export byte-identical");
     for (seq, want_notes) in [(1, "eggs\n"), (2, "coffee\n")] {
         let out = tmp.join(format!("export-v{seq}"));
         shares.export(&r1.share, Some(seq), &out)?;
         let notes = std::fs::read_to_string(out.join("notes.txt"))?;
-        ensure!(notes.ends_with(want_notes), "version {seq} has the wrong notes");
+        ensure!(
+            notes.ends_with(want_notes),
+            "version {seq} has the wrong notes"
+        );
         println!("version {seq}: notes.txt = {:?}", notes.trim());
     }
     let out2 = std::fs::read(tmp.join("export-v2/2026/video.mp4"))?;
-    ensure!(out2 == std::fs::read(folder.join("2026/video.mp4"))?, "video differs");
+    ensure!(
+        out2 == std::fs::read(folder.join("2026/video.mp4"))?,
+        "video differs"
+    );
     println!("version 2 video.mp4 equals the edited file");
     let report = shares.verify(&|_| {})?;
-    ensure!(report.damage.is_empty(), "store damaged: {:?}", report.damage);
+    ensure!(
+        report.damage.is_empty(),
+        "store damaged: {:?}",
+        report.damage
+    );
     println!("cas verify: clean");
 
     step(ctx, "the same folder as a classic hybrid torrent");

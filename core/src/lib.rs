@@ -11,6 +11,8 @@ pub mod encoding;
 pub mod magnet;
 pub mod merkle;
 pub mod metainfo;
+pub mod tracker;
+pub mod wire;
 
 pub use magnet::Magnet;
 pub use metainfo::{FileEntry, Metainfo, MetainfoError};

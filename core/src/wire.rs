@@ -1,0 +1,454 @@
+//! The BEP 3 peer wire protocol with BEP 10 extended messages: a sans-IO codec.
+//!
+//! [`Decoder`] takes bytes as they arrive and yields whole messages; it never allocates more than
+//! one message and refuses lengths above its limit, so a hostile peer cannot make us buffer
+//! gigabytes. Encoding writes into a caller's buffer.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
+pub const HANDSHAKE_LEN: usize = 68;
+/// Standard request size.
+pub const BLOCK_SIZE: u32 = 16 * 1024;
+/// Largest message accepted: a 16 KiB piece block plus header, or a big bitfield / extension
+/// message (ut_metadata pieces are 16 KiB). 1 MiB covers a bitfield of 8M pieces.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Largest block we serve (BEP 3 clients never ask for more than 16 KiB; some allow 128 KiB).
+pub const MAX_REQUEST: u32 = 128 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    pub reserved: [u8; 8],
+    pub info_hash: [u8; 20],
+    pub peer_id: [u8; 20],
+}
+
+impl Handshake {
+    pub fn new(info_hash: [u8; 20], peer_id: [u8; 20]) -> Self {
+        let mut reserved = [0u8; 8];
+        reserved[5] |= 0x10; // BEP 10 extension protocol
+        Handshake {
+            reserved,
+            info_hash,
+            peer_id,
+        }
+    }
+
+    pub fn supports_extensions(&self) -> bool {
+        self.reserved[5] & 0x10 != 0
+    }
+
+    pub fn encode(&self) -> [u8; HANDSHAKE_LEN] {
+        let mut b = [0u8; HANDSHAKE_LEN];
+        b[0] = 19;
+        b[1..20].copy_from_slice(PROTOCOL);
+        b[20..28].copy_from_slice(&self.reserved);
+        b[28..48].copy_from_slice(&self.info_hash);
+        b[48..68].copy_from_slice(&self.peer_id);
+        b
+    }
+
+    pub fn decode(b: &[u8; HANDSHAKE_LEN]) -> Result<Handshake, WireError> {
+        if b[0] != 19 || &b[1..20] != PROTOCOL {
+            return Err(WireError::BadHandshake);
+        }
+        Ok(Handshake {
+            reserved: b[20..28].try_into().unwrap(),
+            info_hash: b[28..48].try_into().unwrap(),
+            peer_id: b[48..68].try_into().unwrap(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    KeepAlive,
+    Choke,
+    Unchoke,
+    Interested,
+    NotInterested,
+    Have(u32),
+    Bitfield(Bytes),
+    Request {
+        index: u32,
+        begin: u32,
+        length: u32,
+    },
+    Piece {
+        index: u32,
+        begin: u32,
+        data: Bytes,
+    },
+    Cancel {
+        index: u32,
+        begin: u32,
+        length: u32,
+    },
+    Port(u16),
+    /// BEP 10: extension id (0 = handshake) and payload.
+    Extended {
+        id: u8,
+        payload: Bytes,
+    },
+    /// An id we do not implement; ignored, not an error (BEP 3 says to skip unknown messages).
+    Unknown {
+        id: u8,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("peer sent a malformed handshake")]
+    BadHandshake,
+    #[error("peer sent a {0}-byte message (limit {MAX_MESSAGE})")]
+    TooLarge(usize),
+    #[error("peer sent a malformed message (id {id}, {len} bytes)")]
+    Malformed { id: u8, len: usize },
+}
+
+impl Message {
+    /// Appends the encoded message to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut simple = |id: u8, body: &[u32]| {
+            out.put_u32(1 + 4 * body.len() as u32);
+            out.put_u8(id);
+            for v in body {
+                out.put_u32(*v);
+            }
+        };
+        match self {
+            Message::KeepAlive => out.put_u32(0),
+            Message::Choke => simple(0, &[]),
+            Message::Unchoke => simple(1, &[]),
+            Message::Interested => simple(2, &[]),
+            Message::NotInterested => simple(3, &[]),
+            Message::Have(i) => simple(4, &[*i]),
+            Message::Request {
+                index,
+                begin,
+                length,
+            } => simple(6, &[*index, *begin, *length]),
+            Message::Cancel {
+                index,
+                begin,
+                length,
+            } => simple(8, &[*index, *begin, *length]),
+            Message::Bitfield(b) => {
+                out.put_u32(1 + b.len() as u32);
+                out.put_u8(5);
+                out.put_slice(b);
+            }
+            Message::Piece { index, begin, data } => {
+                out.put_u32(9 + data.len() as u32);
+                out.put_u8(7);
+                out.put_u32(*index);
+                out.put_u32(*begin);
+                out.put_slice(data);
+            }
+            Message::Port(p) => {
+                out.put_u32(3);
+                out.put_u8(9);
+                out.put_u16(*p);
+            }
+            Message::Extended { id, payload } => {
+                out.put_u32(2 + payload.len() as u32);
+                out.put_u8(20);
+                out.put_u8(*id);
+                out.put_slice(payload);
+            }
+            Message::Unknown { .. } => {}
+        }
+    }
+
+    /// Parses one message body (after the length prefix).
+    pub fn parse(mut body: Bytes) -> Result<Message, WireError> {
+        if body.is_empty() {
+            return Ok(Message::KeepAlive);
+        }
+        let id = body.get_u8();
+        let len = body.len();
+        let bad = || WireError::Malformed { id, len: len + 1 };
+        let want = |n: usize| if len == n { Ok(()) } else { Err(bad()) };
+        Ok(match id {
+            0 => want(0).map(|_| Message::Choke)?,
+            1 => want(0).map(|_| Message::Unchoke)?,
+            2 => want(0).map(|_| Message::Interested)?,
+            3 => want(0).map(|_| Message::NotInterested)?,
+            4 => {
+                want(4)?;
+                Message::Have(body.get_u32())
+            }
+            5 => Message::Bitfield(body),
+            6 | 8 => {
+                want(12)?;
+                let (index, begin, length) = (body.get_u32(), body.get_u32(), body.get_u32());
+                if id == 6 {
+                    Message::Request {
+                        index,
+                        begin,
+                        length,
+                    }
+                } else {
+                    Message::Cancel {
+                        index,
+                        begin,
+                        length,
+                    }
+                }
+            }
+            7 => {
+                if len < 8 {
+                    return Err(bad());
+                }
+                let index = body.get_u32();
+                let begin = body.get_u32();
+                Message::Piece {
+                    index,
+                    begin,
+                    data: body,
+                }
+            }
+            9 => {
+                want(2)?;
+                Message::Port(body.get_u16())
+            }
+            20 => {
+                if len < 1 {
+                    return Err(bad());
+                }
+                let eid = body.get_u8();
+                Message::Extended {
+                    id: eid,
+                    payload: body,
+                }
+            }
+            other => Message::Unknown { id: other },
+        })
+    }
+}
+
+/// Incremental decoder: push bytes, pull messages.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: BytesMut,
+    limit: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            buf: BytesMut::with_capacity(64 * 1024),
+            limit: MAX_MESSAGE,
+        }
+    }
+}
+
+impl Decoder {
+    pub fn with_limit(limit: usize) -> Self {
+        Decoder {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    /// The buffer to read socket data into (the caller extends it).
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Next complete message, if any.
+    pub fn next(&mut self) -> Result<Option<Message>, WireError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+        if len > self.limit {
+            return Err(WireError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            self.buf.reserve(4 + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        let body = self.buf.split_to(len).freeze();
+        Message::parse(body).map(Some)
+    }
+}
+
+/// A piece bitfield (BEP 3: high bit of byte 0 is piece 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitfield {
+    bits: Vec<u8>,
+    len: usize,
+}
+
+impl Bitfield {
+    pub fn new(len: usize) -> Self {
+        Bitfield {
+            bits: vec![0; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    pub fn full(len: usize) -> Self {
+        let mut b = Self::new(len);
+        for i in 0..len {
+            b.set(i);
+        }
+        b
+    }
+
+    /// From the wire; spare bits must be zero and the length must match.
+    pub fn from_bytes(bytes: &[u8], len: usize) -> Option<Self> {
+        if bytes.len() != len.div_ceil(8) {
+            return None;
+        }
+        let b = Bitfield {
+            bits: bytes.to_vec(),
+            len,
+        };
+        if (len..bytes.len() * 8).any(|i| b.get_raw(i)) {
+            return None;
+        }
+        Some(b)
+    }
+
+    fn get_raw(&self, i: usize) -> bool {
+        self.bits[i / 8] & (0x80 >> (i % 8)) != 0
+    }
+
+    pub fn get(&self, i: usize) -> bool {
+        i < self.len && self.get_raw(i)
+    }
+
+    pub fn set(&mut self, i: usize) {
+        if i < self.len {
+            self.bits[i / 8] |= 0x80 >> (i % 8);
+        }
+    }
+
+    pub fn clear(&mut self, i: usize) {
+        if i < self.len {
+            self.bits[i / 8] &= !(0x80 >> (i % 8));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    pub fn all(&self) -> bool {
+        self.count() == self.len
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).filter(|&i| self.get_raw(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_vector() {
+        let h = Handshake::new([0xaa; 20], *b"-CC0100-abcdefghijkl");
+        let e = h.encode();
+        assert_eq!(e[0], 19);
+        assert_eq!(&e[1..20], b"BitTorrent protocol");
+        assert_eq!(&e[20..28], &[0, 0, 0, 0, 0, 0x10, 0, 0]);
+        assert_eq!(Handshake::decode(&e).unwrap(), h);
+        let mut bad = e;
+        bad[0] = 18;
+        assert_eq!(Handshake::decode(&bad), Err(WireError::BadHandshake));
+    }
+
+    #[test]
+    fn message_vectors() {
+        let cases: Vec<(Message, Vec<u8>)> = vec![
+            (Message::KeepAlive, vec![0, 0, 0, 0]),
+            (Message::Interested, vec![0, 0, 0, 1, 2]),
+            (Message::Have(258), vec![0, 0, 0, 5, 4, 0, 0, 1, 2]),
+            (
+                Message::Request {
+                    index: 1,
+                    begin: 16384,
+                    length: 16384,
+                },
+                vec![0, 0, 0, 13, 6, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
+            ),
+            (
+                Message::Piece {
+                    index: 2,
+                    begin: 0,
+                    data: Bytes::from_static(b"xyz"),
+                },
+                vec![0, 0, 0, 12, 7, 0, 0, 0, 2, 0, 0, 0, 0, b'x', b'y', b'z'],
+            ),
+            (
+                Message::Extended {
+                    id: 0,
+                    payload: Bytes::from_static(b"de"),
+                },
+                vec![0, 0, 0, 4, 20, 0, b'd', b'e'],
+            ),
+            (Message::Port(6881), vec![0, 0, 0, 3, 9, 0x1a, 0xe1]),
+        ];
+        let mut d = Decoder::default();
+        for (m, bytes) in &cases {
+            let mut out = BytesMut::new();
+            m.encode(&mut out);
+            assert_eq!(&out[..], &bytes[..], "{m:?}");
+            // Feed one byte at a time.
+            for b in bytes {
+                assert!(d.next().unwrap().is_none());
+                d.buffer().put_u8(*b);
+            }
+            assert_eq!(d.next().unwrap().as_ref(), Some(m));
+        }
+    }
+
+    #[test]
+    fn hostile_messages() {
+        let mut d = Decoder::default();
+        d.buffer().put_u32(MAX_MESSAGE as u32 + 1);
+        assert!(matches!(d.next(), Err(WireError::TooLarge(_))));
+        let mut d = Decoder::default();
+        d.buffer().put_slice(&[0, 0, 0, 3, 4, 0, 0]); // have with 2 bytes
+        assert!(matches!(d.next(), Err(WireError::Malformed { id: 4, .. })));
+        let mut d = Decoder::default();
+        d.buffer().put_slice(&[0, 0, 0, 5, 7, 0, 0, 0, 1]); // piece too short
+        assert!(matches!(d.next(), Err(WireError::Malformed { id: 7, .. })));
+        let mut d = Decoder::default();
+        d.buffer().put_slice(&[0, 0, 0, 1, 99]);
+        assert_eq!(d.next().unwrap(), Some(Message::Unknown { id: 99 }));
+    }
+
+    #[test]
+    fn bitfield() {
+        let mut b = Bitfield::new(10);
+        b.set(0);
+        b.set(9);
+        assert_eq!(b.as_bytes(), &[0x80, 0x40]);
+        assert_eq!(b.count(), 2);
+        assert!(Bitfield::from_bytes(&[0x80, 0x40], 10).is_some());
+        assert!(
+            Bitfield::from_bytes(&[0x80, 0x41], 10).is_none(),
+            "spare bit set"
+        );
+        assert!(Bitfield::from_bytes(&[0x80], 10).is_none(), "wrong length");
+        assert_eq!(b.ones().collect::<Vec<_>>(), vec![0, 9]);
+    }
+}
