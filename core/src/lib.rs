@@ -6,11 +6,16 @@
 //! files in [`create`].
 
 pub mod bencode;
+pub mod choker;
 pub mod create;
 pub mod encoding;
 pub mod magnet;
 pub mod merkle;
 pub mod metainfo;
+pub mod picker;
+pub mod ratelimit;
+pub mod resume;
+pub mod storage;
 pub mod tracker;
 pub mod wire;
 

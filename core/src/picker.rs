@@ -1,0 +1,451 @@
+//! The piece picker: which blocks to request from which peer. A pure state machine.
+//!
+//! Strategies: rarest-first (default), sequential, round-robin, and a streaming mode (a priority window
+//! ahead of a reader plus the first and last pieces of a file, then rarest-first). Partially
+//! downloaded pieces are always finished first (fewer pieces in flight, sooner verified). When every
+//! missing block is already requested, endgame mode lets a block be requested from up to
+//! `endgame_duplicates` peers; the first copy wins and the others are cancelled.
+
+use crate::wire::{Bitfield, BLOCK_SIZE};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    #[default]
+    RarestFirst,
+    Sequential,
+    RoundRobin,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rarest_first" | "rarest-first" => Ok(Strategy::RarestFirst),
+            "sequential" => Ok(Strategy::Sequential),
+            "round_robin" | "round-robin" => Ok(Strategy::RoundRobin),
+            _ => Err(format!(
+                "unknown piece selection {s:?}: use rarest_first, sequential or round_robin"
+            )),
+        }
+    }
+}
+
+/// A block: piece index and block index within the piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Block {
+    pub piece: u32,
+    pub block: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Partial {
+    /// Peers a block is requested from (0 = missing); `u8::MAX` = received.
+    requested: Vec<u8>,
+    received: u32,
+}
+
+const RECEIVED: u8 = u8::MAX;
+
+/// Peers are identified by a small key the session chooses.
+pub type PeerKey = u64;
+
+#[derive(Debug, Clone)]
+pub struct Picker {
+    piece_length: u64,
+    total: u64,
+    have: Bitfield,
+    availability: Vec<u16>,
+    /// 0 = do not download; higher first.
+    priority: Vec<u8>,
+    partial: BTreeMap<u32, Partial>,
+    strategy: Strategy,
+    endgame_duplicates: u8,
+    rr_cursor: u32,
+    /// Streaming: pieces from here on within the window get top priority.
+    stream_from: Option<(u32, u32)>,
+    seed: u64,
+}
+
+impl Picker {
+    pub fn new(piece_length: u64, total: u64, have: Bitfield) -> Self {
+        let n = have.len();
+        Picker {
+            piece_length,
+            total,
+            have,
+            availability: vec![0; n],
+            priority: vec![1; n],
+            partial: BTreeMap::new(),
+            strategy: Strategy::RarestFirst,
+            endgame_duplicates: 2,
+            rr_cursor: 0,
+            stream_from: None,
+            seed: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    pub fn set_strategy(&mut self, s: Strategy) {
+        self.strategy = s;
+    }
+
+    pub fn set_endgame_duplicates(&mut self, n: u8) {
+        self.endgame_duplicates = n.clamp(1, 8);
+    }
+
+    /// Piece priorities (0 = skip), e.g. from file selection.
+    pub fn set_priority(&mut self, piece: u32, p: u8) {
+        if let Some(x) = self.priority.get_mut(piece as usize) {
+            *x = p;
+        }
+    }
+
+    /// Streaming: raise the priority of `count` pieces from `from` (a reader's position).
+    pub fn set_stream_window(&mut self, from: u32, count: u32) {
+        self.stream_from = Some((from, count));
+    }
+
+    pub fn num_pieces(&self) -> u32 {
+        self.have.len() as u32
+    }
+
+    pub fn piece_size(&self, piece: u32) -> u32 {
+        let start = piece as u64 * self.piece_length;
+        (self.total - start).min(self.piece_length) as u32
+    }
+
+    pub fn blocks_in(&self, piece: u32) -> u32 {
+        self.piece_size(piece).div_ceil(BLOCK_SIZE)
+    }
+
+    pub fn block_len(&self, b: Block) -> u32 {
+        let size = self.piece_size(b.piece);
+        (size - b.block * BLOCK_SIZE).min(BLOCK_SIZE)
+    }
+
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// All wanted pieces are verified.
+    pub fn complete(&self) -> bool {
+        (0..self.num_pieces()).all(|i| self.have.get(i as usize) || self.priority[i as usize] == 0)
+    }
+
+    pub fn wanted_left_bytes(&self) -> u64 {
+        (0..self.num_pieces())
+            .filter(|&i| !self.have.get(i as usize) && self.priority[i as usize] > 0)
+            .map(|i| self.piece_size(i) as u64)
+            .sum()
+    }
+
+    /// Whether a peer with `bf` has anything we want.
+    pub fn interesting(&self, bf: &Bitfield) -> bool {
+        bf.ones().any(|i| !self.have.get(i) && self.priority[i] > 0)
+    }
+
+    pub fn peer_has(&mut self, piece: u32) {
+        if let Some(a) = self.availability.get_mut(piece as usize) {
+            *a = a.saturating_add(1);
+        }
+    }
+
+    pub fn peer_bitfield(&mut self, bf: &Bitfield) {
+        for i in bf.ones() {
+            self.availability[i] = self.availability[i].saturating_add(1);
+        }
+    }
+
+    /// A peer left: forget its pieces and return its outstanding requests.
+    pub fn peer_gone(&mut self, bf: &Bitfield, outstanding: &[Block]) {
+        for i in bf.ones() {
+            self.availability[i] = self.availability[i].saturating_sub(1);
+        }
+        for b in outstanding {
+            self.unrequest(*b);
+        }
+    }
+
+    /// A request was cancelled, rejected or timed out.
+    pub fn unrequest(&mut self, b: Block) {
+        if let Some(p) = self.partial.get_mut(&b.piece) {
+            if let Some(r) = p.requested.get_mut(b.block as usize) {
+                if *r != RECEIVED && *r > 0 {
+                    *r -= 1;
+                }
+            }
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    fn wanted(&self, i: usize, bf: &Bitfield) -> bool {
+        bf.get(i)
+            && !self.have.get(i)
+            && self.priority[i] > 0
+            && !self.partial.contains_key(&(i as u32))
+    }
+
+    /// Chooses a new piece for a peer with `bf`.
+    fn new_piece(&mut self, bf: &Bitfield) -> Option<u32> {
+        let n = self.num_pieces() as usize;
+        if let Some((from, count)) = self.stream_from {
+            let end = (from as usize + count as usize).min(n);
+            if let Some(i) = (from as usize..end).find(|&i| self.wanted(i, bf)) {
+                return Some(i as u32);
+            }
+        }
+        let top = (0..n)
+            .filter(|&i| self.wanted(i, bf))
+            .map(|i| self.priority[i])
+            .max()?;
+        match self.strategy {
+            Strategy::Sequential => (0..n)
+                .find(|&i| self.wanted(i, bf) && self.priority[i] == top)
+                .map(|i| i as u32),
+            Strategy::RoundRobin => {
+                let start = self.rr_cursor as usize % n.max(1);
+                let pick = (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| self.wanted(i, bf) && self.priority[i] == top)?;
+                self.rr_cursor = (pick + 1) as u32;
+                Some(pick as u32)
+            }
+            Strategy::RarestFirst => {
+                let mut best: Option<(u16, u64, usize)> = None;
+                for i in 0..n {
+                    if self.wanted(i, bf) && self.priority[i] == top {
+                        let key = (self.availability[i], self.rand(), i);
+                        if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+                            best = Some(key);
+                        }
+                    }
+                }
+                best.map(|b| b.2 as u32)
+            }
+        }
+    }
+
+    /// Picks up to `max` blocks to request from a peer with `bf`. `already` lists blocks this peer
+    /// has outstanding (never requested twice from the same peer).
+    pub fn pick(
+        &mut self,
+        bf: &Bitfield,
+        max: usize,
+        already: &dyn Fn(Block) -> bool,
+    ) -> Vec<Block> {
+        let mut out = Vec::new();
+        // 1. Finish partial pieces this peer has.
+        let partials: Vec<u32> = self.partial.keys().copied().collect();
+        for &piece in &partials {
+            if out.len() >= max {
+                return out;
+            }
+            if bf.get(piece as usize) {
+                self.take_from(piece, max, 0, &mut out, already);
+            }
+        }
+        // 2. Start new pieces.
+        while out.len() < max {
+            let Some(piece) = self.new_piece(bf) else {
+                break;
+            };
+            let blocks = self.blocks_in(piece) as usize;
+            self.partial.insert(
+                piece,
+                Partial {
+                    requested: vec![0; blocks],
+                    received: 0,
+                },
+            );
+            self.take_from(piece, max, 0, &mut out, already);
+        }
+        // 3. Endgame: nothing left unrequested; duplicate requests, rarest-requested first.
+        if out.len() < max && self.all_requested() {
+            for dup in 1..self.endgame_duplicates {
+                for &piece in &partials {
+                    if out.len() >= max {
+                        return out;
+                    }
+                    if bf.get(piece as usize) {
+                        self.take_from(piece, max, dup, &mut out, already);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn take_from(
+        &mut self,
+        piece: u32,
+        max: usize,
+        level: u8,
+        out: &mut Vec<Block>,
+        already: &dyn Fn(Block) -> bool,
+    ) {
+        let Some(p) = self.partial.get_mut(&piece) else {
+            return;
+        };
+        for (bi, r) in p.requested.iter_mut().enumerate() {
+            if out.len() >= max {
+                return;
+            }
+            let b = Block {
+                piece,
+                block: bi as u32,
+            };
+            if *r == level && !already(b) {
+                *r += 1;
+                out.push(b);
+            }
+        }
+    }
+
+    fn all_requested(&self) -> bool {
+        let n = self.num_pieces() as usize;
+        let no_new = (0..n).all(|i| {
+            self.have.get(i) || self.priority[i] == 0 || self.partial.contains_key(&(i as u32))
+        });
+        no_new
+            && self
+                .partial
+                .values()
+                .all(|p| p.requested.iter().all(|&r| r > 0))
+    }
+
+    /// A block arrived. Returns false for a duplicate or unexpected block.
+    pub fn block_received(&mut self, b: Block) -> bool {
+        let Some(p) = self.partial.get_mut(&b.piece) else {
+            return false;
+        };
+        match p.requested.get_mut(b.block as usize) {
+            Some(r) if *r != RECEIVED => {
+                *r = RECEIVED;
+                p.received += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every block of the piece has arrived.
+    pub fn piece_complete(&self, piece: u32) -> bool {
+        self.partial
+            .get(&piece)
+            .is_some_and(|p| p.received as usize == p.requested.len())
+    }
+
+    /// The piece verified.
+    pub fn piece_done(&mut self, piece: u32) {
+        self.partial.remove(&piece);
+        self.have.set(piece as usize);
+    }
+
+    /// The piece failed its hash check: everything must be fetched again.
+    pub fn piece_failed(&mut self, piece: u32) {
+        self.partial.remove(&piece);
+    }
+
+    /// Marks a piece as had (resume, recheck) without downloading it.
+    pub fn mark_have(&mut self, piece: u32) {
+        self.partial.remove(&piece);
+        self.have.set(piece as usize);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.partial.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u64 = 4 * BLOCK_SIZE as u64;
+
+    fn bf(n: usize, ones: &[usize]) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for &i in ones {
+            b.set(i);
+        }
+        b
+    }
+
+    #[test]
+    fn rarest_first_and_partials_first() {
+        let mut p = Picker::new(P, 4 * P, Bitfield::new(4));
+        p.peer_bitfield(&bf(4, &[0, 1, 2, 3]));
+        p.peer_bitfield(&bf(4, &[0, 1, 3]));
+        p.peer_bitfield(&bf(4, &[0, 3]));
+        // Piece 2 is rarest (1 peer).
+        let got = p.pick(&bf(4, &[0, 1, 2, 3]), 2, &|_| false);
+        assert!(got.iter().all(|b| b.piece == 2));
+        // The partial piece is finished before a new one starts.
+        let got = p.pick(&bf(4, &[0, 1, 2, 3]), 3, &|_| false);
+        assert_eq!(got[0].piece, 2);
+        assert_eq!(got[1].piece, 2);
+        assert_eq!(got[2].piece, 1, "then the next rarest");
+    }
+
+    #[test]
+    fn sequential_and_priorities() {
+        let mut p = Picker::new(P, 4 * P, Bitfield::new(4));
+        p.set_strategy(Strategy::Sequential);
+        p.set_priority(0, 0);
+        let all = bf(4, &[0, 1, 2, 3]);
+        let got = p.pick(&all, 8, &|_| false);
+        assert_eq!(
+            got.iter().map(|b| b.piece).collect::<Vec<_>>(),
+            vec![1, 1, 1, 1, 2, 2, 2, 2]
+        );
+        p.set_stream_window(3, 1);
+        let got = p.pick(&all, 1, &|_| false);
+        assert_eq!(got[0].piece, 3, "streaming window first");
+    }
+
+    #[test]
+    fn receive_verify_fail_and_endgame() {
+        let mut p = Picker::new(P, P + 100, Bitfield::new(2));
+        assert_eq!(p.blocks_in(1), 1);
+        assert_eq!(p.block_len(Block { piece: 1, block: 0 }), 100);
+        let all = bf(2, &[0, 1]);
+        let got = p.pick(&all, 10, &|_| false);
+        assert_eq!(got.len(), 5);
+        // Everything is requested: a second peer gets endgame duplicates.
+        let dup = p.pick(&all, 10, &|_| false);
+        assert_eq!(dup.len(), 5);
+        // The same peer never gets a block twice.
+        let none = p.pick(&all, 10, &|b| got.contains(&b));
+        assert!(none.is_empty());
+        for b in &got {
+            assert!(p.block_received(*b));
+            assert!(!p.block_received(*b), "duplicate");
+        }
+        assert!(p.piece_complete(0) && p.piece_complete(1));
+        p.piece_failed(1);
+        p.piece_done(0);
+        assert!(!p.complete());
+        let again = p.pick(&all, 10, &|_| false);
+        assert_eq!(again, vec![Block { piece: 1, block: 0 }]);
+        p.block_received(again[0]);
+        p.piece_done(1);
+        assert!(p.complete());
+    }
+
+    #[test]
+    fn peer_gone_returns_requests() {
+        let mut p = Picker::new(P, P, Bitfield::new(1));
+        let all = bf(1, &[0]);
+        p.peer_bitfield(&all);
+        let got = p.pick(&all, 2, &|_| false);
+        p.peer_gone(&all, &got);
+        let again = p.pick(&all, 4, &|_| false);
+        assert_eq!(again.len(), 4, "returned blocks are picked again");
+    }
+}
