@@ -1,6 +1,7 @@
 //! `ccbt`: the command-line binary. Parses flags, resolves configuration ([`config`]) and runs one
 //! command; library crates do the work. Errors reach the user as one line on stderr and exit code 1.
 
+mod bt_cmds;
 mod config;
 mod demo;
 mod progress;
@@ -64,6 +65,15 @@ pub enum Command {
     Cas(share_cmds::CasCmd),
     /// Show the whole idea on this machine, in a temporary directory
     Demo,
+    /// Download a .torrent from its swarm (and optionally keep seeding)
+    Download(bt_cmds::DownloadArgs),
+    /// Seed a .torrent from data already on disk
+    Seed(bt_cmds::SeedArgs),
+    /// Continue a checkpointed download by info-hash
+    Resume(bt_cmds::ResumeArgs),
+    /// Checkpointed downloads: list, clean, delete
+    #[command(subcommand)]
+    Checkpoints(bt_cmds::CheckpointCmd),
 }
 
 /// Settings every command sees.
@@ -125,5 +135,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unpin(a) => share_cmds::pin(&ctx, a, false),
         Command::Cas(c) => share_cmds::cas(&ctx, c),
         Command::Demo => demo::demo(&ctx),
+        Command::Download(a) => bt_cmds::download(&ctx, a),
+        Command::Seed(a) => bt_cmds::seed(&ctx, a),
+        Command::Resume(a) => bt_cmds::resume(&ctx, a),
+        Command::Checkpoints(c) => bt_cmds::checkpoints(&ctx, c),
     }
 }

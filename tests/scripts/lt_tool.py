@@ -4,6 +4,8 @@
   lt_tool.py info TORRENT                 -> JSON: hashes, piece info, files (pads flagged)
   lt_tool.py check TORRENT SAVE_PATH      -> JSON: libtorrent re-checks the data, counts valid pieces
   lt_tool.py create SRC OUT v1|v2|hybrid PIECE_BYTES  -> JSON: hashes, seconds spent hashing
+  lt_tool.py seed TORRENT SAVE_PATH PORT [PEER...]    -> seeds until killed (prints "ready" JSON)
+  lt_tool.py leech TORRENT SAVE_PATH PORT TIMEOUT [PEER...] -> downloads, prints JSON with seconds
 
 Sessions listen on 127.0.0.1 only, with DHT, LSD, UPnP and NAT-PMP off.
 """
@@ -73,6 +75,65 @@ def create(src, out, mode, piece):
     return r
 
 
+def session(port):
+    return lt.session({
+        'listen_interfaces': f'127.0.0.1:{port}', 'listen_system_port_fallback': False,
+        'outgoing_interfaces': '127.0.0.1',
+        'enable_dht': False, 'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,
+        'enable_incoming_utp': False, 'enable_outgoing_utp': False,
+        'allow_multiple_connections_per_ip': True,
+        'announce_to_all_trackers': True, 'announce_to_all_tiers': True,
+        'alert_mask': lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,
+    })
+
+
+def add(s, path, save, peers, seed_mode=False):
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(path)
+    atp.save_path = save
+    if seed_mode:
+        atp.flags |= lt.torrent_flags.seed_mode
+    h = s.add_torrent(atp)
+    for p in peers:
+        host, port = p.rsplit(':', 1)
+        h.connect_peer((host, int(port)))
+    return h
+
+
+def seed(path, save, port, peers):
+    s = session(port)
+    h = add(s, path, save, peers)
+    h.force_recheck()
+    deadline = time.time() + 120
+    while time.time() < deadline and not h.status().is_seeding:
+        time.sleep(0.05)
+    print(json.dumps(dict(ready=h.status().is_seeding, port=port)), flush=True)
+    while True:  # until killed; re-dial peers now and then (some never dial us)
+        time.sleep(1)
+        for p in peers:
+            host, pp = p.rsplit(':', 1)
+            h.connect_peer((host, int(pp)))
+
+
+def leech(path, save, port, timeout, peers):
+    s = session(port)
+    t0 = time.time()
+    h = add(s, path, save, peers)
+    deadline = t0 + float(timeout)
+    while time.time() < deadline:
+        st = h.status()
+        if st.is_seeding:
+            break
+        if int(time.time() - t0) % 2 == 0:
+            for p in peers:
+                host, pp = p.rsplit(':', 1)
+                h.connect_peer((host, int(pp)))
+        time.sleep(0.05)
+    st = h.status()
+    return dict(done=st.is_seeding, seconds=time.time() - t0, total_download=st.total_payload_download,
+                peers=st.num_peers)
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == 'info':
@@ -81,6 +142,11 @@ def main():
         r = check(sys.argv[2], sys.argv[3])
     elif cmd == 'create':
         r = create(*sys.argv[2:6])
+    elif cmd == 'seed':
+        seed(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])
+        return
+    elif cmd == 'leech':
+        r = leech(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6:])
     else:
         sys.exit(f'unknown command {cmd}')
     print(json.dumps(r))

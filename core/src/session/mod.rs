@@ -1,0 +1,804 @@
+//! The async BitTorrent session (tokio) on top of the pure protocol cores: one listener, torrents
+//! keyed by info-hash, a task per peer connection, tracker announcers, and a driver per torrent that
+//! connects peers, rechokes, checkpoints and notices completion.
+
+mod peer;
+pub mod tracker_client;
+
+use crate::choker::{self, PeerStat};
+use crate::encoding::to_hex;
+use crate::extension::Registry;
+use crate::metainfo::Metainfo;
+use crate::picker::{Picker, Strategy};
+use crate::ratelimit::TokenBucket;
+use crate::resume::Checkpoint;
+use crate::storage::{self, Expected, PieceHasher, Prealloc, Storage};
+use crate::tracker::{Announce, Event};
+use crate::wire::{Bitfield, Handshake, HANDSHAKE_LEN};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Checkpoint(#[from] crate::resume::CheckpointError),
+    #[error("this torrent is already running in this session")]
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub listen: SocketAddr,
+    /// Bytes/s, 0 = unlimited.
+    pub global_down: u64,
+    pub global_up: u64,
+}
+
+/// Per-torrent settings (the CLI fills them from config and flags).
+#[derive(Debug, Clone)]
+pub struct TorrentConfig {
+    pub out_dir: PathBuf,
+    pub prealloc: Prealloc,
+    pub strategy: Strategy,
+    pub endgame_duplicates: u8,
+    /// Minimum request pipeline per peer (it grows with the peer's rate).
+    pub pipeline_depth: usize,
+    pub max_peers: usize,
+    pub upload_slots: usize,
+    /// Glob patterns on file paths: download only matching files / skip matching files.
+    pub only: Vec<String>,
+    pub skip: Vec<String>,
+    /// Keep seeding after completion (until `seed_ratio`, if set).
+    pub seed: bool,
+    pub seed_ratio: Option<f64>,
+    pub down_limit: u64,
+    pub up_limit: u64,
+    /// Where checkpoints live (`None`: no checkpoints).
+    pub data_dir: Option<PathBuf>,
+    /// Use an existing checkpoint.
+    pub resume: bool,
+    pub peers: Vec<SocketAddr>,
+    pub use_trackers: bool,
+}
+
+impl Default for TorrentConfig {
+    fn default() -> Self {
+        TorrentConfig {
+            out_dir: PathBuf::from("."),
+            prealloc: Prealloc::Sparse,
+            strategy: Strategy::RarestFirst,
+            endgame_duplicates: 2,
+            pipeline_depth: 64,
+            max_peers: 50,
+            upload_slots: 8,
+            only: Vec::new(),
+            skip: Vec::new(),
+            seed: false,
+            seed_ratio: None,
+            down_limit: 0,
+            up_limit: 0,
+            data_dir: None,
+            resume: true,
+            peers: Vec::new(),
+            use_trackers: true,
+        }
+    }
+}
+
+/// A snapshot for progress displays and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub name: String,
+    pub pieces_have: u64,
+    pub pieces_total: u64,
+    pub wanted_left: u64,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub download_rate: f64,
+    pub upload_rate: f64,
+    pub peers: usize,
+    pub complete: bool,
+    pub hash_failures: u64,
+    pub banned: usize,
+    pub resumed_pieces: u64,
+    pub rechecked: bool,
+    pub tracker_errors: u64,
+    pub tracker_ok: u64,
+}
+
+pub(crate) enum Cmd {
+    Have(u32),
+    Choke,
+    Unchoke,
+    Cancel(crate::picker::Block),
+    Close,
+}
+
+pub(crate) struct PeerEntry {
+    pub addr: SocketAddr,
+    pub peer_id: [u8; 20],
+    pub cmd: mpsc::UnboundedSender<Cmd>,
+    pub bitfield: Bitfield,
+    pub interested: bool,
+    pub choked_by_us: bool,
+    pub down_total: u64,
+    pub up_total: u64,
+    last_down: u64,
+    last_up: u64,
+    pub down_rate: f64,
+    pub up_rate: f64,
+}
+
+pub(crate) struct PieceProgress {
+    pub hasher: PieceHasher,
+    pub from: HashMap<u64, u32>,
+}
+
+pub(crate) struct State {
+    pub picker: Picker,
+    pub progress: HashMap<u32, PieceProgress>,
+    pub peers: HashMap<u64, PeerEntry>,
+    known: HashMap<SocketAddr, (Option<Instant>, u32)>,
+    pub banned: HashSet<SocketAddr>,
+    pub banned_ids: HashSet<[u8; 20]>,
+    pub strikes: HashMap<SocketAddr, u32>,
+    pub connecting: HashSet<SocketAddr>,
+    pub dirty: bool,
+    pub hash_failures: u64,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    optimistic: Option<u64>,
+    tracker_errors: u64,
+    tracker_ok: u64,
+}
+
+impl State {
+    pub(crate) fn add_known(&mut self, addr: SocketAddr) {
+        self.known.entry(addr).or_insert((None, 0));
+    }
+}
+
+pub(crate) struct TorrentShared {
+    pub meta: Metainfo,
+    pub info_hash: [u8; 20],
+    pub storage: Storage,
+    pub expected: Vec<Expected>,
+    pub cfg: TorrentConfig,
+    pub session: Arc<SessionInner>,
+    pub state: Mutex<State>,
+    pub down: TokenBucket,
+    pub up: TokenBucket,
+    pub stopping: AtomicBool,
+    resumed_pieces: u64,
+    rechecked: bool,
+}
+
+pub(crate) struct SessionInner {
+    pub peer_id: [u8; 20],
+    pub listen_addr: SocketAddr,
+    pub torrents: Mutex<HashMap<[u8; 20], Arc<TorrentShared>>>,
+    pub down: TokenBucket,
+    pub up: TokenBucket,
+    pub registry: Registry,
+    next_key: AtomicU64,
+}
+
+impl SessionInner {
+    pub(crate) fn key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A running session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+fn new_peer_id() -> [u8; 20] {
+    let mut id = *b"-CC0100-000000000000";
+    for b in &mut id[8..] {
+        *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[rand::random::<usize>() % 36];
+    }
+    id
+}
+
+/// Simple glob: `*` any run, `?` one character; matched against the whole path.
+pub fn glob_match(pat: &str, s: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pat.chars().collect(), s.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+impl Session {
+    /// Binds the listener and starts accepting peers.
+    pub async fn start(cfg: SessionConfig, registry: Registry) -> Result<Session, SessionError> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| SessionError::Listen(cfg.listen, e))?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| SessionError::Listen(cfg.listen, e))?;
+        let inner = Arc::new(SessionInner {
+            peer_id: new_peer_id(),
+            listen_addr,
+            torrents: Mutex::new(HashMap::new()),
+            down: TokenBucket::new(cfg.global_down),
+            up: TokenBucket::new(cfg.global_up),
+            registry,
+            next_key: AtomicU64::new(1),
+        });
+        let acc = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, addr)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let inner = acc.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = accept_peer(inner, stream, addr).await {
+                        tracing::debug!("incoming {addr}: {e}");
+                    }
+                });
+            }
+        });
+        Ok(Session { inner })
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen_addr
+    }
+
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.inner.peer_id
+    }
+
+    /// Adds a torrent: maps its files, restores or rechecks progress, and starts it.
+    pub fn add_torrent(
+        &self,
+        meta: Metainfo,
+        cfg: TorrentConfig,
+    ) -> Result<TorrentHandle, SessionError> {
+        let info_hash = meta
+            .v1_hash
+            .or_else(|| meta.v2_hash.map(|h| h[..20].try_into().unwrap()))
+            .expect("a torrent has an info-hash");
+        if self.inner.torrents.lock().unwrap().contains_key(&info_hash) {
+            return Err(SessionError::Duplicate);
+        }
+        let storage = Storage::new(&meta, &cfg.out_dir, cfg.prealloc);
+        let expected = storage::expected_hashes(&meta);
+        let n = expected.len();
+        let mut picker = Picker::new(meta.piece_length, meta.total_length(), Bitfield::new(n));
+        picker.set_strategy(cfg.strategy);
+        picker.set_endgame_duplicates(cfg.endgame_duplicates);
+        // File selection: pieces touching no wanted file are skipped.
+        if !cfg.only.is_empty() || !cfg.skip.is_empty() {
+            let mut wanted = vec![false; n];
+            for f in meta.files.iter().filter(|f| !f.pad) {
+                let p = f.path_string();
+                let want = (cfg.only.is_empty() || cfg.only.iter().any(|g| glob_match(g, &p)))
+                    && !cfg.skip.iter().any(|g| glob_match(g, &p));
+                if want && f.length > 0 {
+                    let a = f.offset / meta.piece_length;
+                    let b = (f.offset + f.length - 1) / meta.piece_length;
+                    for i in a..=b {
+                        wanted[i as usize] = true;
+                    }
+                }
+            }
+            for (i, w) in wanted.iter().enumerate() {
+                if !w {
+                    picker.set_priority(i as u32, 0);
+                }
+            }
+        }
+        // Progress: a checkpoint whose file states still match is trusted; otherwise any data on
+        // disk is rechecked (in parallel).
+        let hex = to_hex(&info_hash);
+        let mut resumed = 0u64;
+        let mut rechecked = false;
+        let ckpt = match (&cfg.data_dir, cfg.resume) {
+            (Some(d), true) => Checkpoint::load(d, &hex)?,
+            _ => None,
+        };
+        let trusted = ckpt.as_ref().and_then(|c| {
+            (c.files == storage.file_states())
+                .then(|| Bitfield::from_bytes(&c.have, n))
+                .flatten()
+        });
+        if let Some(bf) = trusted {
+            for i in bf.ones() {
+                picker.mark_have(i as u32);
+                resumed += 1;
+            }
+        } else if storage.any_data() {
+            rechecked = true;
+            let pl = meta.piece_length;
+            let good: Vec<bool> = (0..n as u32)
+                .into_par_iter()
+                .map_init(Vec::new, |buf, p| {
+                    storage::check_piece(&storage, &expected[p as usize], p, pl, buf)
+                        .unwrap_or(false)
+                })
+                .collect();
+            for (i, g) in good.iter().enumerate() {
+                if *g {
+                    picker.mark_have(i as u32);
+                    resumed += 1;
+                }
+            }
+        }
+        let mut state = State {
+            picker,
+            progress: HashMap::new(),
+            peers: HashMap::new(),
+            known: HashMap::new(),
+            banned: HashSet::new(),
+            banned_ids: HashSet::new(),
+            strikes: HashMap::new(),
+            connecting: HashSet::new(),
+            dirty: true,
+            hash_failures: 0,
+            downloaded: 0,
+            uploaded: 0,
+            optimistic: None,
+            tracker_errors: 0,
+            tracker_ok: 0,
+        };
+        for p in &cfg.peers {
+            state.add_known(*p);
+        }
+        let shared = Arc::new(TorrentShared {
+            down: TokenBucket::new(cfg.down_limit),
+            up: TokenBucket::new(cfg.up_limit),
+            meta,
+            info_hash,
+            storage,
+            expected,
+            cfg,
+            session: self.inner.clone(),
+            state: Mutex::new(state),
+            stopping: AtomicBool::new(false),
+            resumed_pieces: resumed,
+            rechecked,
+        });
+        if shared.state.lock().unwrap().picker.complete() {
+            shared
+                .storage
+                .create_all()
+                .map_err(|e| SessionError::Io(format!("cannot create files: {e}")))?;
+        }
+        {
+            let mut t = self.inner.torrents.lock().unwrap();
+            t.insert(info_hash, shared.clone());
+            if let Some(v2) = shared.meta.v2_hash {
+                t.insert(v2[..20].try_into().unwrap(), shared.clone());
+            }
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (fin_tx, fin_rx) = watch::channel(false);
+        let inner = self.inner.clone();
+        let s2 = shared.clone();
+        tokio::spawn(async move {
+            drive(s2.clone(), stop_rx).await;
+            inner
+                .torrents
+                .lock()
+                .unwrap()
+                .retain(|_, v| !Arc::ptr_eq(v, &s2));
+            let _ = fin_tx.send(true);
+        });
+        Ok(TorrentHandle {
+            shared,
+            stop: stop_tx,
+            finished: fin_rx,
+        })
+    }
+}
+
+/// A running torrent.
+pub struct TorrentHandle {
+    shared: Arc<TorrentShared>,
+    stop: watch::Sender<bool>,
+    finished: watch::Receiver<bool>,
+}
+
+impl TorrentHandle {
+    pub fn stats(&self) -> Stats {
+        stats(&self.shared)
+    }
+
+    pub fn info_hash(&self) -> [u8; 20] {
+        self.shared.info_hash
+    }
+
+    /// Asks the torrent to stop (announce `stopped`, checkpoint, close peers).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Resolves when the torrent has stopped (after completion when not seeding, or after `stop`).
+    pub async fn finished(&self) {
+        let mut rx = self.finished.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.shared.storage.paths()
+    }
+}
+
+fn stats(t: &TorrentShared) -> Stats {
+    let s = t.state.lock().unwrap();
+    Stats {
+        name: t.meta.name.clone(),
+        pieces_have: s.picker.have().count() as u64,
+        pieces_total: s.picker.num_pieces() as u64,
+        wanted_left: s.picker.wanted_left_bytes(),
+        downloaded: s.downloaded,
+        uploaded: s.uploaded,
+        download_rate: s.peers.values().map(|p| p.down_rate).sum(),
+        upload_rate: s.peers.values().map(|p| p.up_rate).sum(),
+        peers: s.peers.len(),
+        complete: s.picker.complete(),
+        hash_failures: s.hash_failures,
+        banned: s.banned.len(),
+        resumed_pieces: t.resumed_pieces,
+        rechecked: t.rechecked,
+        tracker_errors: s.tracker_errors,
+        tracker_ok: s.tracker_ok,
+    }
+}
+
+async fn accept_peer(
+    inner: Arc<SessionInner>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
+    let mut hs = [0u8; HANDSHAKE_LEN];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut hs))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+    let theirs = Handshake::decode(&hs).map_err(std::io::Error::other)?;
+    let t = inner
+        .torrents
+        .lock()
+        .unwrap()
+        .get(&theirs.info_hash)
+        .cloned();
+    let Some(t) = t else {
+        return Err(std::io::Error::other("unknown info-hash"));
+    };
+    peer::run(t, stream, addr, Some(theirs)).await;
+    Ok(())
+}
+
+fn save_checkpoint(t: &TorrentShared) {
+    let Some(dir) = &t.cfg.data_dir else { return };
+    let (have, count, total) = {
+        let s = t.state.lock().unwrap();
+        (
+            s.picker.have().as_bytes().to_vec(),
+            s.picker.have().count(),
+            s.picker.num_pieces(),
+        )
+    };
+    let c = Checkpoint {
+        info_hash_hex: to_hex(&t.info_hash),
+        torrent: t.meta.to_torrent_bytes(),
+        out_dir: t.cfg.out_dir.clone(),
+        have,
+        files: t.storage.file_states(),
+        saved: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        only: t.cfg.only.clone(),
+        skip: t.cfg.skip.clone(),
+        name: t.meta.name.clone(),
+        pieces_have: count as u64,
+        pieces_total: total as u64,
+    };
+    if let Err(e) = c.save(dir) {
+        tracing::warn!("cannot save checkpoint: {e}");
+    }
+}
+
+fn announce_params(t: &TorrentShared, event: Event) -> Announce {
+    let s = t.state.lock().unwrap();
+    Announce {
+        info_hash: t.info_hash,
+        peer_id: t.session.peer_id,
+        port: t.session.listen_addr.port(),
+        uploaded: s.uploaded,
+        downloaded: s.downloaded,
+        left: s.picker.wanted_left_bytes(),
+        event,
+        numwant: 200,
+        key: u32::from_be_bytes(t.session.peer_id[16..20].try_into().unwrap()),
+    }
+}
+
+/// One tracker URL: announce `started`, then on the interval; `completed` when done.
+async fn tracker_loop(
+    t: Arc<TorrentShared>,
+    url: String,
+    mut done: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut event = Event::Started;
+    let mut failures = 0u32;
+    let mut sent_completed = *done.borrow();
+    loop {
+        let a = announce_params(&t, event);
+        let wait = match tracker_client::announce(&url, &a).await {
+            Ok(r) => {
+                failures = 0;
+                let mut s = t.state.lock().unwrap();
+                s.tracker_ok += 1;
+                for p in r.peers {
+                    if !is_self(&t, p) {
+                        s.add_known(p);
+                    }
+                }
+                if let Some(w) = r.warning {
+                    tracing::warn!("tracker {url}: {w}");
+                }
+                event = Event::None;
+                // Ask again soon while we know few peers; otherwise follow the tracker.
+                let iv = if s.peers.len() < 3 {
+                    r.min_interval.unwrap_or(30).clamp(5, 60)
+                } else {
+                    r.interval.clamp(30, 1800)
+                };
+                Duration::from_secs(iv as u64)
+            }
+            Err(e) => {
+                failures += 1;
+                t.state.lock().unwrap().tracker_errors += 1;
+                let backoff = Duration::from_secs((1u64 << failures.min(7)).min(120));
+                tracing::warn!("tracker {url}: {e} (retrying in {}s)", backoff.as_secs());
+                backoff
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = done.changed() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            let a = announce_params(&t, Event::Stopped);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), tracker_client::announce(&url, &a))
+                    .await;
+            return;
+        }
+        if *done.borrow() && !sent_completed {
+            sent_completed = true;
+            event = Event::Completed;
+        }
+    }
+}
+
+/// Trackers list the announcing peer too; never dial ourselves.
+fn is_self(t: &TorrentShared, a: SocketAddr) -> bool {
+    let me = t.session.listen_addr;
+    a.port() == me.port() && (a.ip() == me.ip() || me.ip().is_unspecified())
+}
+
+async fn connect_peer(t: Arc<TorrentShared>, addr: SocketAddr) {
+    let res = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await;
+    t.state.lock().unwrap().connecting.remove(&addr);
+    match res {
+        Ok(Ok(stream)) => peer::run(t, stream, addr, None).await,
+        Ok(Err(e)) => tracing::debug!("connect {addr}: {e}"),
+        Err(_) => tracing::debug!("connect {addr}: timed out"),
+    }
+}
+
+fn rechoke(t: &TorrentShared, rotate: bool, turn: u64) {
+    let mut s = t.state.lock().unwrap();
+    let seeding = s.picker.complete();
+    let stats: Vec<PeerStat> = s
+        .peers
+        .iter()
+        .map(|(k, p)| PeerStat {
+            key: *k,
+            interested: p.interested,
+            download_rate: p.down_rate,
+            upload_rate: p.up_rate,
+        })
+        .collect();
+    let slots = t.cfg.upload_slots.max(1);
+    if rotate || s.optimistic.is_none_or(|o| !s.peers.contains_key(&o)) {
+        let base = choker::rechoke(&stats, slots, seeding, None);
+        s.optimistic = choker::next_optimistic(&stats, &base, turn);
+    }
+    let unchoke: HashSet<u64> = choker::rechoke(&stats, slots, seeding, s.optimistic)
+        .into_iter()
+        .collect();
+    for (k, p) in s.peers.iter_mut() {
+        let want_choked = !unchoke.contains(k);
+        if want_choked != p.choked_by_us {
+            p.choked_by_us = want_choked;
+            let _ = p.cmd.send(if want_choked {
+                Cmd::Choke
+            } else {
+                Cmd::Unchoke
+            });
+        }
+    }
+}
+
+/// The torrent's driver: peers, choking, rates, checkpoints, completion, shutdown.
+async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
+    let (done_tx, done_rx) = watch::channel(t.state.lock().unwrap().picker.complete());
+    let (quit_tx, quit_rx) = watch::channel(false);
+    let mut trackers = Vec::new();
+    if t.cfg.use_trackers {
+        for url in t.meta.trackers.iter().flatten() {
+            trackers.push(tokio::spawn(tracker_loop(
+                t.clone(),
+                url.clone(),
+                done_rx.clone(),
+                quit_rx.clone(),
+            )));
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut last_choke = Instant::now() - Duration::from_secs(60);
+    let mut last_opt = Instant::now();
+    let mut last_ckpt = Instant::now();
+    let mut turn = 0u64;
+    let mut completed_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+        // Rates from byte deltas over the tick.
+        let complete;
+        let to_dial: Vec<SocketAddr>;
+        {
+            let mut s = t.state.lock().unwrap();
+            for p in s.peers.values_mut() {
+                let dd = p.down_total - p.last_down;
+                let du = p.up_total - p.last_up;
+                p.last_down = p.down_total;
+                p.last_up = p.up_total;
+                p.down_rate = p.down_rate * 0.6 + (dd as f64 / 0.5) * 0.4;
+                p.up_rate = p.up_rate * 0.6 + (du as f64 / 0.5) * 0.4;
+            }
+            complete = s.picker.complete();
+            // Dial known peers we are not connected to, within the limit, with backoff.
+            let connected: HashSet<SocketAddr> = s.peers.values().map(|p| p.addr).collect();
+            let room = t
+                .cfg
+                .max_peers
+                .saturating_sub(s.peers.len() + s.connecting.len());
+            let now = Instant::now();
+            let mut cands: Vec<SocketAddr> = s
+                .known
+                .iter()
+                .filter(|(a, (last, fails))| {
+                    !connected.contains(a)
+                        && !s.connecting.contains(a)
+                        && !s.banned.contains(a)
+                        && !is_self(&t, **a)
+                        && last.is_none_or(|l| {
+                            now.duration_since(l) > Duration::from_secs(5u64 << (*fails).min(6))
+                        })
+                })
+                .map(|(a, _)| *a)
+                .collect();
+            if complete {
+                // Seeds do not dial seeds; leechers find us through the tracker too.
+                cands.clear();
+            }
+            cands.truncate(room);
+            for a in &cands {
+                s.connecting.insert(*a);
+                if let Some(k) = s.known.get_mut(a) {
+                    k.0 = Some(now);
+                    k.1 += 1;
+                }
+            }
+            to_dial = cands;
+        }
+        for a in to_dial {
+            tokio::spawn(connect_peer(t.clone(), a));
+        }
+        if last_choke.elapsed() >= Duration::from_secs(10)
+            || started.elapsed() < Duration::from_secs(10)
+        {
+            let rotate = last_opt.elapsed() >= Duration::from_secs(30);
+            if rotate {
+                last_opt = Instant::now();
+                turn += 1;
+            }
+            rechoke(&t, rotate, turn);
+            last_choke = Instant::now();
+        }
+        if t.state.lock().unwrap().dirty && last_ckpt.elapsed() >= Duration::from_secs(1) {
+            t.state.lock().unwrap().dirty = false;
+            save_checkpoint(&t);
+            last_ckpt = Instant::now();
+        }
+        if complete && completed_at.is_none() {
+            completed_at = Some(Instant::now());
+            let _ = t.storage.create_all();
+            let _ = t.storage.sync();
+            save_checkpoint(&t);
+            let _ = done_tx.send(true);
+            if !t.cfg.seed {
+                // Let the tracker hear `completed` before we go.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                break;
+            }
+        }
+        if complete {
+            if let Some(r) = t.cfg.seed_ratio {
+                let s = t.state.lock().unwrap();
+                let base = t.meta.content_length().max(1) as f64;
+                if s.uploaded as f64 / base >= r {
+                    break;
+                }
+            }
+        }
+    }
+    t.stopping.store(true, Ordering::Relaxed);
+    {
+        let s = t.state.lock().unwrap();
+        for p in s.peers.values() {
+            let _ = p.cmd.send(Cmd::Close);
+        }
+    }
+    let _ = t.storage.sync();
+    save_checkpoint(&t);
+    // Trackers hear `stopped` (bounded: a dead tracker must not hold up the exit).
+    let _ = quit_tx.send(true);
+    for tr in trackers {
+        let _ = tokio::time::timeout(Duration::from_secs(3), tr).await;
+    }
+}

@@ -1,0 +1,664 @@
+//! One peer connection: handshake, then a reader loop (messages in, requests out, uploads served)
+//! and a writer task fed by a bounded channel (backpressure, upload rate limits).
+
+use super::{Cmd, PeerEntry, PieceProgress, TorrentShared};
+use crate::extension::{ExtHandshake, PeerCtx};
+use crate::picker::Block;
+use crate::storage::PieceHasher;
+use crate::wire::{Bitfield, Decoder, Handshake, Message, BLOCK_SIZE, HANDSHAKE_LEN, MAX_REQUEST};
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Strikes (failed pieces mostly from this peer) before a ban.
+const BAN_STRIKES: u32 = 2;
+/// Upload requests queued per peer; more are dropped (the peer re-requests).
+const MAX_UPLOAD_QUEUE: usize = 512;
+/// Deepest request pipeline.
+const MAX_PIPELINE: usize = 1024;
+/// A peer that sends nothing for this long while we wait on it loses its requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+enum Out {
+    Msg(Message),
+    /// A piece block: rate-limited and counted as upload.
+    Block(Message, usize),
+}
+
+async fn writer(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    t: Arc<TorrentShared>,
+    key: u64,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Batch what is queued into one write.
+        while let Some(o) = next.take() {
+            match o {
+                Out::Msg(m) => m.encode(&mut buf),
+                Out::Block(m, n) => {
+                    let d = t.up.take(n).max(t.session.up.take(n));
+                    if !d.is_zero() {
+                        if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+                            return;
+                        }
+                        buf.clear();
+                        tokio::time::sleep(d).await;
+                    }
+                    m.encode(&mut buf);
+                    let mut s = t.state.lock().unwrap();
+                    s.uploaded += n as u64;
+                    if let Some(p) = s.peers.get_mut(&key) {
+                        p.up_total += n as u64;
+                    }
+                }
+            }
+            if buf.len() < 256 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if w.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = w.shutdown().await;
+}
+
+struct Conn {
+    t: Arc<TorrentShared>,
+    key: u64,
+    ctx: PeerCtx,
+    out: mpsc::Sender<Out>,
+    peer_choking: bool,
+    am_interested: bool,
+    bitfield: Bitfield,
+    got_first: bool,
+    outstanding: HashSet<Block>,
+    last_block: Instant,
+    last_recv: Instant,
+    ext: Option<ExtHandshake>,
+    peer_reqq: usize,
+    uploads: VecDeque<(u32, u32, u32)>,
+    pipeline: usize,
+    blocks_this_second: usize,
+}
+
+#[derive(Debug)]
+enum Reason {
+    Closed,
+    Protocol(String),
+    Ban(String),
+}
+
+pub(crate) async fn run(
+    t: Arc<TorrentShared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    incoming: Option<Handshake>,
+) {
+    let key = t.session.key();
+    let r = run_inner(t.clone(), stream, addr, incoming, key).await;
+    let mut s = t.state.lock().unwrap();
+    s.peers.remove(&key);
+    match r {
+        Ok(()) | Err(Reason::Closed) => tracing::debug!("peer {addr} closed"),
+        Err(Reason::Protocol(m)) => tracing::info!("dropped peer {addr}: {m}"),
+        Err(Reason::Ban(m)) => {
+            tracing::warn!("banned peer {addr}: {m}");
+            s.banned.insert(addr);
+        }
+    }
+}
+
+async fn run_inner(
+    t: Arc<TorrentShared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    incoming: Option<Handshake>,
+    key: u64,
+) -> Result<(), Reason> {
+    let _ = stream.set_nodelay(true);
+    let ours = Handshake::new(t.info_hash, t.session.peer_id);
+    let io = |e: std::io::Error| Reason::Protocol(e.to_string());
+    let theirs = match incoming {
+        Some(h) => {
+            stream.write_all(&ours.encode()).await.map_err(io)?;
+            h
+        }
+        None => {
+            stream.write_all(&ours.encode()).await.map_err(io)?;
+            let mut hs = [0u8; HANDSHAKE_LEN];
+            tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut hs))
+                .await
+                .map_err(|_| Reason::Protocol("handshake timed out".into()))?
+                .map_err(io)?;
+            let h = Handshake::decode(&hs).map_err(|e| Reason::Protocol(e.to_string()))?;
+            if h.info_hash != t.info_hash {
+                return Err(Reason::Protocol("peer answered for another torrent".into()));
+            }
+            h
+        }
+    };
+    if theirs.peer_id == t.session.peer_id {
+        return Err(Reason::Protocol("connected to ourselves".into()));
+    }
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let n = t.expected.len();
+    {
+        let mut s = t.state.lock().unwrap();
+        if s.banned.contains(&addr) || s.banned_ids.contains(&theirs.peer_id) {
+            return Err(Reason::Protocol("banned".into()));
+        }
+        if s.peers.values().any(|p| p.peer_id == theirs.peer_id) {
+            return Err(Reason::Protocol("already connected to this peer".into()));
+        }
+        if s.peers.len() >= t.cfg.max_peers {
+            return Err(Reason::Protocol("peer limit reached".into()));
+        }
+        s.peers.insert(
+            key,
+            PeerEntry {
+                addr,
+                peer_id: theirs.peer_id,
+                cmd: cmd_tx,
+                bitfield: Bitfield::new(n),
+                interested: false,
+                choked_by_us: true,
+                down_total: 0,
+                up_total: 0,
+                last_down: 0,
+                last_up: 0,
+                down_rate: 0.0,
+                up_rate: 0.0,
+            },
+        );
+        s.add_known_connected(addr);
+    }
+    let (rd, wr) = stream.into_split();
+    let (out_tx, out_rx) = mpsc::channel(256);
+    tokio::spawn(writer(wr, out_rx, t.clone(), key));
+    let mut c = Conn {
+        ctx: PeerCtx {
+            addr,
+            peer_id: theirs.peer_id,
+            info_hash: t.info_hash,
+            key,
+        },
+        t: t.clone(),
+        key,
+        out: out_tx,
+        peer_choking: true,
+        am_interested: false,
+        bitfield: Bitfield::new(n),
+        got_first: false,
+        outstanding: HashSet::new(),
+        last_block: Instant::now(),
+        last_recv: Instant::now(),
+        ext: None,
+        peer_reqq: 250,
+        uploads: VecDeque::new(),
+        pipeline: t.cfg.pipeline_depth.max(4),
+        blocks_this_second: 0,
+    };
+    let res = c.session(rd, &theirs, &mut cmd_rx).await;
+    // Give back what we asked this peer for.
+    {
+        let mut s = t.state.lock().unwrap();
+        let out: Vec<Block> = c.outstanding.drain().collect();
+        s.picker.peer_gone(&c.bitfield, &out);
+    }
+    if c.ext.is_some() {
+        for h in t.session.registry.handlers() {
+            h.on_disconnect(&c.ctx);
+        }
+    }
+    res
+}
+
+impl Conn {
+    async fn send(&self, m: Message) -> Result<(), Reason> {
+        self.out.send(Out::Msg(m)).await.map_err(|_| Reason::Closed)
+    }
+
+    async fn session(
+        &mut self,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        theirs: &Handshake,
+        cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<(), Reason> {
+        // Opening messages: our pieces first (BEP 3: a bitfield is only valid as the first
+        // message), then the extension handshake.
+        let have = self.t.state.lock().unwrap().picker.have().clone();
+        if have.count() > 0 {
+            self.send(Message::Bitfield(Bytes::copy_from_slice(have.as_bytes())))
+                .await?;
+        }
+        if theirs.supports_extensions() {
+            let h = ExtHandshake {
+                m: self.t.session.registry.advertised(),
+                client: Some(format!("ccbt {}", env!("CARGO_PKG_VERSION"))),
+                listen_port: Some(self.t.session.listen_addr.port()),
+                reqq: Some(MAX_UPLOAD_QUEUE as u32),
+                metadata_size: None,
+            };
+            self.send(Message::Extended {
+                id: 0,
+                payload: Bytes::from(h.encode()),
+            })
+            .await?;
+        }
+        let mut dec = Decoder::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_sent_keepalive = Instant::now();
+        loop {
+            tokio::select! {
+                r = rd.read_buf(dec.buffer()) => {
+                    let n = r.map_err(|e| Reason::Protocol(e.to_string()))?;
+                    if n == 0 {
+                        return Err(Reason::Closed);
+                    }
+                    self.last_recv = Instant::now();
+                    loop {
+                        match dec.next() {
+                            Ok(Some(m)) => {
+                                let limited = matches!(m, Message::Piece { .. });
+                                let len = if let Message::Piece { data, .. } = &m { data.len() } else { 0 };
+                                self.handle(m).await?;
+                                if limited {
+                                    let d = self.t.down.take(len).max(self.t.session.down.take(len));
+                                    if !d.is_zero() {
+                                        tokio::time::sleep(d).await;
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => return Err(Reason::Ban(format!("protocol violation: {e}"))),
+                        }
+                    }
+                }
+                cmd = cmd_rx.recv() => {
+                    match cmd {
+                        None | Some(Cmd::Close) => return Ok(()),
+                        Some(Cmd::Have(i)) => {
+                            self.send(Message::Have(i)).await?;
+                            self.update_interest().await?;
+                        }
+                        Some(Cmd::Choke) => {
+                            self.uploads.clear();
+                            self.send(Message::Choke).await?;
+                        }
+                        Some(Cmd::Unchoke) => self.send(Message::Unchoke).await?,
+                        Some(Cmd::Cancel(b)) => {
+                            if self.outstanding.remove(&b) {
+                                let length = self.t.state.lock().unwrap().picker.block_len(b);
+                                self.send(Message::Cancel { index: b.piece, begin: b.block * BLOCK_SIZE, length }).await?;
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
+                        return Err(Reason::Protocol("idle".into()));
+                    }
+                    if !self.outstanding.is_empty() && now.duration_since(self.last_block) > REQUEST_TIMEOUT {
+                        // Snubbed: hand its requests to others.
+                        let mut s = self.t.state.lock().unwrap();
+                        for b in self.outstanding.drain() {
+                            s.picker.unrequest(b);
+                        }
+                        self.last_block = now;
+                    }
+                    if now.duration_since(last_sent_keepalive) > Duration::from_secs(60) {
+                        self.send(Message::KeepAlive).await?;
+                        last_sent_keepalive = now;
+                    }
+                    // Adapt the pipeline to about a second of this peer's rate.
+                    let want = (self.blocks_this_second * 2).clamp(self.t.cfg.pipeline_depth.max(4), MAX_PIPELINE);
+                    self.pipeline = want.min(self.peer_reqq.max(16));
+                    self.blocks_this_second = 0;
+                    if self.t.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                }
+            }
+            self.serve_uploads().await?;
+            self.fill_requests().await?;
+        }
+    }
+
+    async fn update_interest(&mut self) -> Result<(), Reason> {
+        let want = self
+            .t
+            .state
+            .lock()
+            .unwrap()
+            .picker
+            .interesting(&self.bitfield);
+        if want != self.am_interested {
+            self.am_interested = want;
+            self.send(if want {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn fill_requests(&mut self) -> Result<(), Reason> {
+        if self.peer_choking || !self.am_interested || self.outstanding.len() >= self.pipeline / 2 {
+            return Ok(());
+        }
+        let want = self.pipeline - self.outstanding.len();
+        let reqs: Vec<(Block, u32)> = {
+            let mut s = self.t.state.lock().unwrap();
+            let out = &self.outstanding;
+            let picked = s.picker.pick(&self.bitfield, want, &|b| out.contains(&b));
+            picked
+                .into_iter()
+                .map(|b| (b, s.picker.block_len(b)))
+                .collect()
+        };
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        if self.outstanding.is_empty() {
+            self.last_block = Instant::now();
+        }
+        for (b, length) in reqs {
+            self.outstanding.insert(b);
+            self.send(Message::Request {
+                index: b.piece,
+                begin: b.block * BLOCK_SIZE,
+                length,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn serve_uploads(&mut self) -> Result<(), Reason> {
+        while let Some((index, begin, length)) = self.uploads.pop_front() {
+            let off = index as u64 * self.t.meta.piece_length + begin as u64;
+            let mut buf = vec![0u8; length as usize];
+            if let Err(e) = self.t.storage.read(off, &mut buf) {
+                tracing::warn!("cannot read piece {index} for upload: {e}");
+                continue;
+            }
+            let m = Message::Piece {
+                index,
+                begin,
+                data: Bytes::from(buf),
+            };
+            self.out
+                .send(Out::Block(m, length as usize))
+                .await
+                .map_err(|_| Reason::Closed)?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, m: Message) -> Result<(), Reason> {
+        // Extension messages may precede the bitfield (some clients send their handshake first).
+        let first = !self.got_first;
+        if !matches!(m, Message::Extended { .. } | Message::KeepAlive) {
+            self.got_first = true;
+        }
+        match m {
+            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Choke => {
+                self.peer_choking = true;
+                let mut s = self.t.state.lock().unwrap();
+                for b in self.outstanding.drain() {
+                    s.picker.unrequest(b);
+                }
+            }
+            Message::Unchoke => {
+                self.peer_choking = false;
+                self.last_block = Instant::now();
+            }
+            Message::Interested | Message::NotInterested => {
+                let on = matches!(m, Message::Interested);
+                let mut s = self.t.state.lock().unwrap();
+                let free_slot =
+                    s.peers.values().filter(|p| !p.choked_by_us).count() < self.t.cfg.upload_slots;
+                if let Some(p) = s.peers.get_mut(&self.key) {
+                    p.interested = on;
+                    // Do not make a newcomer wait for the next rechoke when a slot is free.
+                    if on && p.choked_by_us && free_slot {
+                        p.choked_by_us = false;
+                        let _ = p.cmd.send(Cmd::Unchoke);
+                    }
+                }
+            }
+            Message::Have(i) => {
+                if i as usize >= self.bitfield.len() {
+                    return Err(Reason::Ban(format!(
+                        "have for piece {i} of {}",
+                        self.bitfield.len()
+                    )));
+                }
+                if !self.bitfield.get(i as usize) {
+                    self.bitfield.set(i as usize);
+                    let mut s = self.t.state.lock().unwrap();
+                    s.picker.peer_has(i);
+                    if let Some(p) = s.peers.get_mut(&self.key) {
+                        p.bitfield.set(i as usize);
+                    }
+                }
+                self.update_interest().await?;
+            }
+            Message::Bitfield(b) => {
+                if !first {
+                    return Err(Reason::Ban("bitfield after the first message".into()));
+                }
+                let bf = Bitfield::from_bytes(&b, self.bitfield.len())
+                    .ok_or_else(|| Reason::Ban("malformed bitfield".into()))?;
+                {
+                    let mut s = self.t.state.lock().unwrap();
+                    s.picker.peer_bitfield(&bf);
+                    if let Some(p) = s.peers.get_mut(&self.key) {
+                        p.bitfield = bf.clone();
+                    }
+                }
+                self.bitfield = bf;
+                self.update_interest().await?;
+            }
+            Message::Request {
+                index,
+                begin,
+                length,
+            } => {
+                let (ok, choked) = {
+                    let s = self.t.state.lock().unwrap();
+                    let choked = s.peers.get(&self.key).is_none_or(|p| p.choked_by_us);
+                    let ok = (index as usize) < s.picker.num_pieces() as usize
+                        && s.picker.have().get(index as usize)
+                        && length > 0
+                        && length <= MAX_REQUEST
+                        && begin as u64 + length as u64 <= s.picker.piece_size(index) as u64;
+                    (ok, choked)
+                };
+                if !ok {
+                    return Err(Reason::Protocol(format!(
+                        "invalid request {index}/{begin}/{length}"
+                    )));
+                }
+                if !choked && self.uploads.len() < MAX_UPLOAD_QUEUE {
+                    self.uploads.push_back((index, begin, length));
+                }
+            }
+            Message::Cancel {
+                index,
+                begin,
+                length,
+            } => {
+                self.uploads.retain(|u| *u != (index, begin, length));
+            }
+            Message::Piece { index, begin, data } => self.on_block(index, begin, data)?,
+            Message::Extended { id, payload } => self.on_extended(id, payload).await?,
+        }
+        Ok(())
+    }
+
+    fn on_block(&mut self, index: u32, begin: u32, data: Bytes) -> Result<(), Reason> {
+        let b = Block {
+            piece: index,
+            block: begin / BLOCK_SIZE,
+        };
+        let t = self.t.clone();
+        let expected_len = {
+            let s = t.state.lock().unwrap();
+            if index >= s.picker.num_pieces() {
+                return Err(Reason::Ban(format!(
+                    "block for piece {index} that does not exist"
+                )));
+            }
+            s.picker.block_len(b)
+        };
+        if !self.outstanding.remove(&b)
+            || begin % BLOCK_SIZE != 0
+            || data.len() as u32 != expected_len
+        {
+            // Unrequested (or cancelled in endgame): ignore, count nothing.
+            return Ok(());
+        }
+        self.last_block = Instant::now();
+        self.blocks_this_second += 1;
+        let off = index as u64 * t.meta.piece_length + begin as u64;
+        let mut s = t.state.lock().unwrap();
+        if let Some(p) = s.peers.get_mut(&self.key) {
+            p.down_total += data.len() as u64;
+        }
+        s.downloaded += data.len() as u64;
+        if !s.picker.block_received(b) {
+            return Ok(()); // another peer's copy won
+        }
+        // Endgame: others asked for this block too.
+        for (k, p) in &s.peers {
+            if *k != self.key {
+                let _ = p.cmd.send(Cmd::Cancel(b));
+            }
+        }
+        if let Err(e) = t.storage.write(off, &data) {
+            tracing::error!("cannot write piece {index}: {e}");
+            s.picker.unrequest(b);
+            return Ok(());
+        }
+        let pl = t.meta.piece_length;
+        let exp = t.expected[index as usize].clone();
+        let prog = s.progress.entry(index).or_insert_with(|| PieceProgress {
+            hasher: PieceHasher::new(exp, pl),
+            from: HashMap::new(),
+        });
+        prog.hasher.add(begin, data);
+        *prog.from.entry(self.key).or_default() += 1;
+        if !s.picker.piece_complete(index) {
+            return Ok(());
+        }
+        let prog = s.progress.remove(&index).expect("present");
+        let total_blocks: u32 = prog.from.values().sum();
+        if prog.hasher.finish() {
+            s.picker.piece_done(index);
+            s.dirty = true;
+            for p in s.peers.values() {
+                let _ = p.cmd.send(Cmd::Have(index));
+            }
+            Ok(())
+        } else {
+            s.picker.piece_failed(index);
+            s.hash_failures += 1;
+            tracing::warn!("piece {index} failed its hash check");
+            let mut ban_me = false;
+            for (k, n) in prog.from {
+                if n * 2 > total_blocks {
+                    let addr = s.peers.get(&k).map(|p| p.addr);
+                    if let Some(a) = addr {
+                        let st = s.strikes.entry(a).or_default();
+                        *st += 1;
+                        if *st >= BAN_STRIKES {
+                            if k == self.key {
+                                ban_me = true;
+                            } else if let Some(p) = s.peers.get(&k) {
+                                let _ = p.cmd.send(Cmd::Close);
+                                s.banned.insert(a);
+                            }
+                        }
+                    }
+                }
+            }
+            if ban_me {
+                let id = self.ctx.peer_id;
+                s.banned_ids.insert(id);
+                return Err(Reason::Ban(format!(
+                    "sent corrupt data for {BAN_STRIKES} pieces"
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    async fn on_extended(&mut self, id: u8, payload: Bytes) -> Result<(), Reason> {
+        if id == 0 {
+            let h = ExtHandshake::decode(&payload)
+                .ok_or_else(|| Reason::Protocol("malformed extension handshake".into()))?;
+            if let Some(q) = h.reqq {
+                self.peer_reqq = (q as usize).clamp(16, MAX_PIPELINE);
+            }
+            let first = self.ext.is_none();
+            self.ext = Some(h);
+            if first {
+                for handler in self.t.session.registry.handlers().to_vec() {
+                    if self.peer_ext_id(handler.name()).is_some() {
+                        let r = handler.on_connect(&self.ctx);
+                        self.apply_ext_reply(handler.name(), r).await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let Some(handler) = self.t.session.registry.by_local_id(id).cloned() else {
+            return Ok(()); // an extension we never advertised: ignore
+        };
+        let r = handler.on_message(&self.ctx, payload);
+        self.apply_ext_reply(handler.name(), r).await
+    }
+
+    fn peer_ext_id(&self, name: &str) -> Option<u8> {
+        self.ext.as_ref()?.m.get(name).copied().filter(|&i| i != 0)
+    }
+
+    async fn apply_ext_reply(
+        &mut self,
+        name: &str,
+        r: crate::extension::ExtReply,
+    ) -> Result<(), Reason> {
+        if let Some(why) = r.ban {
+            return Err(Reason::Ban(why));
+        }
+        if let Some(pid) = self.peer_ext_id(name) {
+            for payload in r.send {
+                self.send(Message::Extended { id: pid, payload }).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl super::State {
+    /// An address we are connected to is known (so the driver does not dial it again).
+    pub(crate) fn add_known_connected(&mut self, addr: SocketAddr) {
+        self.add_known(addr);
+    }
+}
