@@ -87,12 +87,21 @@ impl Storage {
                 std::fs::create_dir_all(parent)?;
             }
         }
-        let h = OpenOptions::new()
+        // Read-write whenever possible: the handle is cached, and one opened read-only for a
+        // recheck must not turn later writes into EBADF. Read-only data still seeds.
+        let h = match OpenOptions::new()
             .read(true)
-            .write(create)
+            .write(true)
             .create(create)
             .truncate(false)
-            .open(&f.path)?;
+            .open(&f.path)
+        {
+            Ok(h) => h,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                OpenOptions::new().read(true).open(&f.path)?
+            }
+            Err(e) => return Err(e),
+        };
         if create {
             let len = h.metadata()?.len();
             if len < f.length {

@@ -244,7 +244,7 @@ pub fn parse_announce_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> 
     let mut peers = Vec::new();
     match d.get(b"peers") {
         Some(Value::Bytes(b)) => {
-            if b.len() % 6 != 0 {
+            if !b.len().is_multiple_of(6) {
                 return Err(TrackerError::Malformed(format!(
                     "compact peers of {} bytes (not a multiple of 6)",
                     b.len()
@@ -388,7 +388,7 @@ pub fn udp_parse_announce(b: &[u8], tid: u32) -> Result<AnnounceReply, TrackerEr
     udp_check(b, 1, tid, 20)?;
     let be = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap());
     let rest = &b[20..];
-    if rest.len() % 6 != 0 {
+    if !rest.len().is_multiple_of(6) {
         return Err(TrackerError::Malformed(format!(
             "UDP peer list of {} bytes (not a multiple of 6)",
             rest.len()

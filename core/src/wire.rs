@@ -257,7 +257,7 @@ impl Decoder {
     }
 
     /// Next complete message, if any.
-    pub fn next(&mut self) -> Result<Option<Message>, WireError> {
+    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -413,10 +413,10 @@ mod tests {
             assert_eq!(&out[..], &bytes[..], "{m:?}");
             // Feed one byte at a time.
             for b in bytes {
-                assert!(d.next().unwrap().is_none());
+                assert!(d.next_message().unwrap().is_none());
                 d.buffer().put_u8(*b);
             }
-            assert_eq!(d.next().unwrap().as_ref(), Some(m));
+            assert_eq!(d.next_message().unwrap().as_ref(), Some(m));
         }
     }
 
@@ -424,16 +424,16 @@ mod tests {
     fn hostile_messages() {
         let mut d = Decoder::default();
         d.buffer().put_u32(MAX_MESSAGE as u32 + 1);
-        assert!(matches!(d.next(), Err(WireError::TooLarge(_))));
+        assert!(matches!(d.next_message(), Err(WireError::TooLarge(_))));
         let mut d = Decoder::default();
         d.buffer().put_slice(&[0, 0, 0, 3, 4, 0, 0]); // have with 2 bytes
-        assert!(matches!(d.next(), Err(WireError::Malformed { id: 4, .. })));
+        assert!(matches!(d.next_message(), Err(WireError::Malformed { id: 4, .. })));
         let mut d = Decoder::default();
         d.buffer().put_slice(&[0, 0, 0, 5, 7, 0, 0, 0, 1]); // piece too short
-        assert!(matches!(d.next(), Err(WireError::Malformed { id: 7, .. })));
+        assert!(matches!(d.next_message(), Err(WireError::Malformed { id: 7, .. })));
         let mut d = Decoder::default();
         d.buffer().put_slice(&[0, 0, 0, 1, 99]);
-        assert_eq!(d.next().unwrap(), Some(Message::Unknown { id: 99 }));
+        assert_eq!(d.next_message().unwrap(), Some(Message::Unknown { id: 99 }));
     }
 
     #[test]

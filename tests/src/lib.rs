@@ -121,3 +121,122 @@ pub fn make_tree(dir: &Path, files: &[(&str, usize)]) {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, so no test leaves one behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP+UDP port on 127.0.0.1 (bound then released; tests use distinct ranges to avoid races).
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Waits (bounded) until `addr` accepts TCP connections.
+pub fn wait_listening(addr: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("nothing listening on {addr} after {secs}s");
+}
+
+/// opentracker on 127.0.0.1:`port` (HTTP and UDP) with `hashes` (40 hex) whitelisted.
+pub fn start_opentracker(dir: &Path, port: u16, hashes: &[String]) -> ChildGuard {
+    require("opentracker", "opentracker");
+    std::fs::create_dir_all(dir).unwrap();
+    // It chroots into its rootdir and drops to nobody: the whitelist path is relative.
+    std::fs::write(
+        dir.join("opentracker.conf"),
+        format!(
+            "listen.tcp 127.0.0.1:{port}\nlisten.udp 127.0.0.1:{port}\naccess.whitelist whitelist.txt\ntracker.rootdir {}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("whitelist.txt"), hashes.join("\n") + "\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.join("whitelist.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let child = Command::new("opentracker")
+        .arg("-f")
+        .arg(dir.join("opentracker.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start opentracker");
+    let g = ChildGuard(child);
+    wait_listening(&format!("127.0.0.1:{port}"), 10);
+    g
+}
+
+/// Spawns ccbt with `args` (stdout/stderr to files in `log_dir`).
+pub fn spawn_ccbt(args: &[&str], log: &Path) -> ChildGuard {
+    let f = std::fs::File::create(log).unwrap();
+    ChildGuard(
+        Command::new(ccbt_bin())
+            .args(args)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("spawn ccbt"),
+    )
+}
+
+/// Spawns `lt_tool.py seed` and waits for it to report ready.
+pub fn spawn_lt_seed(torrent: &Path, save: &Path, port: u16, peers: &[String]) -> ChildGuard {
+    spawn_lt_seed_limited(torrent, save, port, peers, 0)
+}
+
+/// As [`spawn_lt_seed`] with an upload limit in bytes/s (0 = none).
+pub fn spawn_lt_seed_limited(
+    torrent: &Path,
+    save: &Path,
+    port: u16,
+    peers: &[String],
+    up: u64,
+) -> ChildGuard {
+    require_libtorrent();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.env("LT_UPLOAD_LIMIT", up.to_string());
+    cmd.arg(root().join("tests/scripts/lt_tool.py"))
+        .args(["seed", s(torrent), s(save), &port.to_string()])
+        .args(peers)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn libtorrent seeder");
+    let out = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    assert!(
+        line.contains("\"ready\": true"),
+        "libtorrent seeder not ready: {line}"
+    );
+    ChildGuard(child)
+}
+
+/// Byte-compares two files.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(x), Ok(y)) = (std::fs::read(a), std::fs::read(b)) else {
+        return false;
+    };
+    x == y
+}

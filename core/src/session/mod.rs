@@ -733,8 +733,9 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
                 .map(|(a, _)| *a)
                 .collect();
             if complete {
-                // Seeds do not dial seeds; leechers find us through the tracker too.
-                cands.clear();
+                // Seeds only dial the peers they were told about (some clients never dial
+                // loopback peers); the rest find us through trackers.
+                cands.retain(|a| t.cfg.peers.contains(a));
             }
             cands.truncate(room);
             for a in &cands {

@@ -81,7 +81,6 @@ struct Conn {
     peer_choking: bool,
     am_interested: bool,
     bitfield: Bitfield,
-    got_first: bool,
     outstanding: HashSet<Block>,
     last_block: Instant,
     last_recv: Instant,
@@ -199,7 +198,6 @@ async fn run_inner(
         peer_choking: true,
         am_interested: false,
         bitfield: Bitfield::new(n),
-        got_first: false,
         outstanding: HashSet::new(),
         last_block: Instant::now(),
         last_recv: Instant::now(),
@@ -268,7 +266,7 @@ impl Conn {
                     }
                     self.last_recv = Instant::now();
                     loop {
-                        match dec.next() {
+                        match dec.next_message() {
                             Ok(Some(m)) => {
                                 let limited = matches!(m, Message::Piece { .. });
                                 let len = if let Message::Piece { data, .. } = &m { data.len() } else { 0 };
@@ -410,11 +408,6 @@ impl Conn {
     }
 
     async fn handle(&mut self, m: Message) -> Result<(), Reason> {
-        // Extension messages may precede the bitfield (some clients send their handshake first).
-        let first = !self.got_first;
-        if !matches!(m, Message::Extended { .. } | Message::KeepAlive) {
-            self.got_first = true;
-        }
         match m {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Choke => {
@@ -460,13 +453,13 @@ impl Conn {
                 self.update_interest().await?;
             }
             Message::Bitfield(b) => {
-                if !first {
-                    return Err(Reason::Ban("bitfield after the first message".into()));
-                }
+                // BEP 3 puts the bitfield first, but clients differ (aria2 sends it later):
+                // accept it any time, replacing what we knew; only a malformed one is fatal.
                 let bf = Bitfield::from_bytes(&b, self.bitfield.len())
                     .ok_or_else(|| Reason::Ban("malformed bitfield".into()))?;
                 {
                     let mut s = self.t.state.lock().unwrap();
+                    s.picker.peer_gone(&self.bitfield, &[]);
                     s.picker.peer_bitfield(&bf);
                     if let Some(p) = s.peers.get_mut(&self.key) {
                         p.bitfield = bf.clone();
@@ -528,7 +521,7 @@ impl Conn {
             s.picker.block_len(b)
         };
         if !self.outstanding.remove(&b)
-            || begin % BLOCK_SIZE != 0
+            || !begin.is_multiple_of(BLOCK_SIZE)
             || data.len() as u32 != expected_len
         {
             // Unrequested (or cancelled in endgame): ignore, count nothing.

@@ -1,0 +1,839 @@
+//! Classic BitTorrent against independent clients on loopback: libtorrent, aria2, Transmission,
+//! opentracker (HTTP and UDP); hostile peers and trackers; kill -9 and resume; rate limits.
+
+use ccbt_tests::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const FILES: &[(&str, usize)] = &[
+    ("movie.bin", 5_000_001),
+    ("extras/notes.txt", 777),
+    ("extras/deep/clip.bin", 3_333_333),
+];
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    src_parent: PathBuf,
+    torrent: PathBuf,
+    info: Value,
+}
+
+/// Data under `root/seed/data` and a torrent of it.
+fn fixture(kind: &str, trackers: &[String], files: &[(&str, usize)], piece: &str) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let src_parent = root.join("seed");
+    make_tree(&src_parent.join("data"), files);
+    let torrent = root.join("t.torrent");
+    let mut args = vec![
+        "create".to_string(),
+        s(&src_parent.join("data")).to_string(),
+        format!("--{kind}"),
+        "--piece-length".into(),
+        piece.into(),
+        "-o".into(),
+        s(&torrent).to_string(),
+        "-q".into(),
+    ];
+    for t in trackers {
+        args.push("-t".into());
+        args.push(t.clone());
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    ccbt_ok(&a);
+    let info = ccbt_json(&["info", s(&torrent)]);
+    Fixture {
+        _tmp: tmp,
+        root,
+        src_parent,
+        torrent,
+        info,
+    }
+}
+
+impl Fixture {
+    fn tracker_hashes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(h) = self.info["info_hash_v1"].as_str() {
+            v.push(h.to_string());
+        }
+        if let Some(h) = self.info["info_hash_v2"].as_str() {
+            v.push(h[..40].to_string());
+        }
+        v
+    }
+
+    fn v1(&self) -> String {
+        self.info["info_hash_v1"]
+            .as_str()
+            .or(self.info["info_hash_v2"].as_str().map(|h| &h[..40]))
+            .unwrap()
+            .to_string()
+    }
+
+    /// True when `dl/data` equals the source.
+    fn same_as_source(&self, dl: &Path, files: &[(&str, usize)]) -> bool {
+        files.iter().all(|(p, _)| {
+            same_file(
+                &self.src_parent.join("data").join(p),
+                &dl.join("data").join(p),
+            )
+        })
+    }
+
+    fn assert_same(&self, dl: &Path, files: &[(&str, usize)]) {
+        for (p, _) in files {
+            assert!(
+                same_file(
+                    &self.src_parent.join("data").join(p),
+                    &dl.join("data").join(p)
+                ),
+                "{p} differs from the source"
+            );
+        }
+    }
+}
+
+fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// Runs a ccbt download to completion (bounded) and returns its --json summary.
+fn ccbt_download(args: &[&str], secs: u64) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let mut child = Command::new(ccbt_bin())
+        .args(&a)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "ccbt {args:?} did not finish in {secs}s: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "ccbt {args:?} failed: {err}");
+    let mut v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("no JSON from ccbt: {}", String::from_utf8_lossy(&o.stdout)));
+    v["stderr"] = Value::String(err);
+    v
+}
+
+fn lt_leech(torrent: &Path, save: &Path, peers: &[String], secs: u64) -> Value {
+    let port = free_port().to_string();
+    let secs = secs.to_string();
+    let mut args = vec!["leech", s(torrent), s(save), &port, &secs];
+    for p in peers {
+        args.push(p);
+    }
+    lt_tool(&args)
+}
+
+#[test]
+fn libtorrent_seeder_to_ccbt_over_http_tracker() {
+    let tport = free_port();
+    let fx = fixture(
+        "hybrid",
+        &[format!("http://127.0.0.1:{tport}/announce")],
+        FILES,
+        "64K",
+    );
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+    let _seed = spawn_lt_seed(&fx.torrent, &fx.src_parent, free_port(), &[]);
+    let dl = fx.root.join("dl");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &listen,
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    assert!(r["tracker_ok"].as_u64().unwrap() >= 1);
+    fx.assert_same(&dl, FILES);
+}
+
+#[test]
+fn ccbt_seeder_to_libtorrent_over_udp_tracker() {
+    let tport = free_port();
+    let fx = fixture(
+        "v1",
+        &[format!("udp://127.0.0.1:{tport}/announce")],
+        FILES,
+        "32K",
+    );
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "seed",
+            s(&fx.torrent),
+            s(&fx.src_parent),
+            "--listen",
+            &listen,
+        ],
+        &fx.root.join("seed.log"),
+    );
+    wait_listening(&listen, 20);
+    let dl = fx.root.join("lt");
+    let r = lt_leech(&fx.torrent, &dl, &[], 90);
+    assert_eq!(r["done"], true, "libtorrent did not finish: {r}");
+    fx.assert_same(&dl, FILES);
+}
+
+fn aria2_common(port: u16) -> Vec<String> {
+    [
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--disable-ipv6=true",
+        "--interface=127.0.0.1",
+        "--file-allocation=none",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+        "--bt-stop-timeout=120",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--listen-port={port}")])
+    .collect()
+}
+
+#[test]
+fn aria2_seeds_to_ccbt_and_leeches_from_ccbt() {
+    require("aria2c", "aria2");
+    let tport = free_port();
+    // aria2 1.36 mis-hashes hybrid torrents; v1 is what it speaks.
+    let fx = fixture(
+        "v1",
+        &[format!("http://127.0.0.1:{tport}/announce")],
+        FILES,
+        "64K",
+    );
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+
+    // aria2 seeds, ccbt downloads.
+    let seeder = ChildGuard(
+        Command::new("aria2c")
+            .args(aria2_common(free_port()))
+            .args([
+                "-V",
+                "--seed-ratio=0.0",
+                &format!("--dir={}", s(&fx.src_parent)),
+                s(&fx.torrent),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let dl = fx.root.join("dl");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &listen,
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true);
+    fx.assert_same(&dl, FILES);
+    drop(seeder);
+
+    // ccbt seeds, aria2 downloads.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d2")),
+            "seed",
+            s(&fx.torrent),
+            s(&fx.src_parent),
+            "--listen",
+            &listen,
+        ],
+        &fx.root.join("seed.log"),
+    );
+    wait_listening(&listen, 20);
+    let adl = fx.root.join("aria");
+    let mut child = ChildGuard(
+        Command::new("aria2c")
+            .args(aria2_common(free_port()))
+            .args([
+                "--seed-time=0",
+                &format!("--dir={}", s(&adl)),
+                s(&fx.torrent),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(120, "aria2 to finish", || {
+        child.0.try_wait().unwrap().is_some()
+    });
+    fx.assert_same(&adl, FILES);
+}
+
+/// transmission-daemon with its own config dir; returns (guard, peer port, rpc port).
+fn transmission(dir: &Path, download: &Path) -> (ChildGuard, u16, u16) {
+    require("transmission-daemon", "transmission-daemon");
+    require("transmission-remote", "transmission-cli");
+    let (pport, rport) = (free_port(), free_port());
+    let cfg = dir.join("cfg");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(download).unwrap();
+    std::fs::write(
+        cfg.join("settings.json"),
+        format!(
+            r#"{{"bind-address-ipv4": "127.0.0.1", "peer-port": {pport}, "peer-port-random-on-start": false,
+ "port-forwarding-enabled": false, "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
+ "utp-enabled": false, "blocklist-enabled": false, "encryption": 1, "rpc-enabled": true,
+ "rpc-bind-address": "127.0.0.1", "rpc-port": {rport}, "rpc-authentication-required": false,
+ "rpc-whitelist-enabled": false, "rpc-host-whitelist-enabled": false, "download-dir": "{}",
+ "incomplete-dir-enabled": false, "start-added-torrents": true, "ratio-limit-enabled": false,
+ "speed-limit-down-enabled": false, "speed-limit-up-enabled": false, "message-level": 2}}"#,
+            s(download)
+        ),
+    )
+    .unwrap();
+    let g = ChildGuard(
+        Command::new("transmission-daemon")
+            .args(["-f", "-g", s(&cfg)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rpc = format!("127.0.0.1:{rport}");
+    wait_until(20, "transmission RPC", || {
+        Command::new("transmission-remote")
+            .args([&rpc, "-l"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    (g, pport, rport)
+}
+
+fn tr_remote(rport: u16, args: &[&str]) -> String {
+    let o = Command::new("transmission-remote")
+        .arg(format!("127.0.0.1:{rport}"))
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn transmission_seeds_to_ccbt_and_leeches_from_ccbt() {
+    // Transmission 3.00 cannot parse hybrid torrents and ignores 127/8 peers from trackers, so
+    // the ccbt side dials it (--peer) and the torrent is v1 with no tracker.
+    let fx = fixture("v1", &[], FILES, "64K");
+
+    // ccbt seeds, Transmission downloads.
+    let tdl = fx.root.join("trdl");
+    let (_t, pport, rport) = transmission(&fx.root.join("tr1"), &tdl);
+    tr_remote(rport, &["-a", s(&fx.torrent)]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "seed",
+            s(&fx.torrent),
+            s(&fx.src_parent),
+            "--listen",
+            &listen,
+            "--peer",
+            &format!("127.0.0.1:{pport}"),
+            "--no-trackers",
+        ],
+        &fx.root.join("seed.log"),
+    );
+    wait_until(120, "Transmission to finish downloading from ccbt", || {
+        fx.same_as_source(&tdl, FILES)
+    });
+    drop(_seed);
+    drop(_t);
+
+    // Transmission seeds, ccbt downloads.
+    let (_t2, pport2, rport2) = transmission(&fx.root.join("tr2"), &fx.src_parent);
+    tr_remote(rport2, &["-a", s(&fx.torrent)]);
+    wait_until(60, "Transmission to verify its data", || {
+        tr_remote(rport2, &["-l"]).contains("100%")
+    });
+    let dl = fx.root.join("dl");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d2")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &listen,
+            "--peer",
+            &format!("127.0.0.1:{pport2}"),
+            "--no-trackers",
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true);
+    fx.assert_same(&dl, FILES);
+}
+
+#[test]
+fn swarm_of_libtorrent_ccbt_and_aria2() {
+    require("aria2c", "aria2");
+    let tport = free_port();
+    let files: &[(&str, usize)] = &[("big.bin", 24 << 20), ("small.bin", 100_001)];
+    let fx = fixture(
+        "v1",
+        &[format!("http://127.0.0.1:{tport}/announce")],
+        files,
+        "64K",
+    );
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+    // A slow seeder (2 MiB/s) makes the leechers trade pieces among themselves.
+    let _seed = spawn_lt_seed_limited(&fx.torrent, &fx.src_parent, free_port(), &[], 2 << 20);
+    let mut leechers = Vec::new();
+    for i in 0..3 {
+        let dl = fx.root.join(format!("ccbt{i}"));
+        let listen = format!("127.0.0.1:{}", free_port());
+        let g = spawn_ccbt(
+            &[
+                "--json",
+                "--data-dir",
+                s(&fx.root.join(format!("d{i}"))),
+                "download",
+                s(&fx.torrent),
+                "-o",
+                s(&dl),
+                "--listen",
+                &listen,
+                "--seed",
+            ],
+            &fx.root.join(format!("ccbt{i}.log")),
+        );
+        leechers.push((g, dl));
+    }
+    let adl = fx.root.join("aria");
+    let _aria = ChildGuard(
+        Command::new("aria2c")
+            .args(aria2_common(free_port()))
+            .args([
+                "--seed-time=0",
+                &format!("--dir={}", s(&adl)),
+                s(&fx.torrent),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(180, "every leecher to finish", || {
+        leechers.iter().all(|(_, dl)| fx.same_as_source(dl, files))
+            && fx.same_as_source(&adl, files)
+    });
+    // Stop the ccbt leechers cleanly and read how much each uploaded.
+    let mut uploaded = Vec::new();
+    for (i, (g, _)) in leechers.iter_mut().enumerate() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &g.0.id().to_string()])
+            .status();
+        wait_until(20, "ccbt to stop", || g.0.try_wait().unwrap().is_some());
+        let log = std::fs::read_to_string(fx.root.join(format!("ccbt{i}.log"))).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .expect("json summary");
+        let v: Value = serde_json::from_str(line).unwrap();
+        uploaded.push(v["uploaded"].as_u64().unwrap());
+    }
+    eprintln!("ccbt leechers uploaded {uploaded:?}");
+    assert!(
+        uploaded.iter().filter(|&&u| u > 0).count() >= 2,
+        "ccbt leechers did not upload to each other: {uploaded:?}"
+    );
+}
+
+/// A hostile seeder: claims every piece and answers every request with garbage.
+fn hostile_seeder(info_hash: [u8; 20], pieces: usize) -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        l.set_nonblocking(false).unwrap();
+        for conn in l.incoming().take(3) {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut hs = [0u8; 68];
+            if c.read_exact(&mut hs).is_err() {
+                continue;
+            }
+            let mut out = vec![19u8];
+            out.extend_from_slice(b"BitTorrent protocol");
+            out.extend_from_slice(&[0; 8]);
+            out.extend_from_slice(&info_hash);
+            out.extend_from_slice(b"-EV0001-hostilepeer!");
+            let nbytes = pieces.div_ceil(8);
+            out.extend_from_slice(&((1 + nbytes) as u32).to_be_bytes());
+            out.push(5);
+            let mut bits = vec![0xffu8; nbytes];
+            if !pieces.is_multiple_of(8) {
+                bits[nbytes - 1] = 0xff << (8 - pieces % 8);
+            }
+            out.extend_from_slice(&bits);
+            out.extend_from_slice(&[0, 0, 0, 1, 1]); // unchoke
+            if c.write_all(&out).is_err() {
+                continue;
+            }
+            let mut hdr = [0u8; 4];
+            while c.read_exact(&mut hdr).is_ok() {
+                let len = u32::from_be_bytes(hdr) as usize;
+                let mut body = vec![0u8; len];
+                if c.read_exact(&mut body).is_err() {
+                    break;
+                }
+                if len == 13 && body[0] == 6 {
+                    let length = u32::from_be_bytes(body[9..13].try_into().unwrap()) as usize;
+                    let mut m = ((9 + length) as u32).to_be_bytes().to_vec();
+                    m.push(7);
+                    m.extend_from_slice(&body[1..9]);
+                    m.extend(std::iter::repeat_n(0xEEu8, length));
+                    if c.write_all(&m).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (port, h)
+}
+
+/// A peer that completes the handshake and then sends a 2 GiB message length.
+fn oversized_peer(info_hash: [u8; 20]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut c)) = l.incoming().next() {
+            let mut hs = [0u8; 68];
+            let _ = c.read_exact(&mut hs);
+            let mut out = vec![19u8];
+            out.extend_from_slice(b"BitTorrent protocol");
+            out.extend_from_slice(&[0; 8]);
+            out.extend_from_slice(&info_hash);
+            out.extend_from_slice(b"-EV0001-oversizedmsg");
+            out.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+            let _ = c.write_all(&out);
+            let mut sink = [0u8; 1024];
+            let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+            while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    });
+    port
+}
+
+fn hex20(s: &str) -> [u8; 20] {
+    let v: Vec<u8> = (0..20)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+#[test]
+fn hostile_peers_are_banned_and_the_file_is_exact() {
+    let fx = fixture("v1", &[], FILES, "64K");
+    let ih = hex20(&fx.v1());
+    let pieces = fx.info["piece_count"].as_u64().unwrap() as usize;
+    let (hostile, _h) = hostile_seeder(ih, pieces);
+    let big = oversized_peer(ih);
+    // The honest seeder is slow so the hostile one gets plenty of requests.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "seed",
+            s(&fx.torrent),
+            s(&fx.src_parent),
+            "--listen",
+            &listen,
+            "--no-trackers",
+            "--up-limit",
+            "2048",
+        ],
+        &fx.root.join("seed.log"),
+    );
+    wait_listening(&listen, 20);
+    let dl = fx.root.join("dl");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d2")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &format!("127.0.0.1:{hostile}"),
+            "--peer",
+            &format!("127.0.0.1:{big}"),
+            "--peer",
+            &listen,
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true);
+    fx.assert_same(&dl, FILES);
+    assert!(r["hash_failures"].as_u64().unwrap() >= 2, "{r}");
+    assert!(
+        r["banned_peers"].as_u64().unwrap() >= 2,
+        "hostile and oversized peers not banned: {r}"
+    );
+    let err = r["stderr"].as_str().unwrap();
+    assert!(err.contains("corrupt data"), "{err}");
+    assert!(
+        err.contains("message") && err.contains("limit"),
+        "oversized message not reported: {err}"
+    );
+}
+
+/// An HTTP "tracker" that answers every announce with a truncated, garbled reply.
+fn garbage_tracker() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten().take(50) {
+            let mut buf = [0u8; 4096];
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nd8:intervali1800e5:peers12:\x7f\x00");
+        }
+    });
+    port
+}
+
+#[test]
+fn garbage_tracker_is_reported_and_the_other_tracker_works() {
+    let tport = free_port();
+    let bad = garbage_tracker();
+    let fx = fixture(
+        "hybrid",
+        &[
+            format!("http://127.0.0.1:{bad}/announce"),
+            format!("http://127.0.0.1:{tport}/announce"),
+        ],
+        FILES,
+        "64K",
+    );
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+    let _seed = spawn_lt_seed(&fx.torrent, &fx.src_parent, free_port(), &[]);
+    let dl = fx.root.join("dl");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true);
+    fx.assert_same(&dl, FILES);
+    assert!(r["tracker_errors"].as_u64().unwrap() >= 1, "{r}");
+    let err = r["stderr"].as_str().unwrap();
+    assert!(
+        err.contains("malformed") && err.contains("retrying"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kill_9_mid_download_then_resume() {
+    let files: &[(&str, usize)] = &[("big.bin", 256 << 20)];
+    let fx = fixture("v1", &[], files, "256K");
+    let listen = format!("127.0.0.1:{}", free_port());
+    // 48 MiB/s: the download takes ~5 s, long enough to interrupt.
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&fx.root.join("seed-d")),
+            "seed",
+            s(&fx.torrent),
+            s(&fx.src_parent),
+            "--listen",
+            &listen,
+            "--no-trackers",
+            "--up-limit",
+            "49152",
+        ],
+        &fx.root.join("seed.log"),
+    );
+    wait_listening(&listen, 60);
+    let data = fx.root.join("d");
+    let dl = fx.root.join("dl");
+    let mut child = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&data),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &listen,
+        ],
+        &fx.root.join("dl.log"),
+    );
+    let ih = fx.v1();
+    // Wait until a checkpoint shows real progress, then kill -9.
+    wait_until(60, "download progress", || {
+        let v = ccbt_json(&["--data-dir", s(&data), "checkpoints", "list"]);
+        v.as_array()
+            .and_then(|a| a.first())
+            .map(|c| c["pieces_have"].as_u64().unwrap() > 200)
+            .unwrap_or(false)
+    });
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // What is on disk and valid now (libtorrent's independent count).
+    let check = lt_tool(&["check", s(&fx.torrent), s(&dl)]);
+    let valid = check["pieces_have"].as_u64().unwrap();
+    let total = check["num_pieces"].as_u64().unwrap();
+    assert!(
+        valid > 0 && valid < total,
+        "kill came too late or too early: {valid}/{total}"
+    );
+    let list = ccbt_ok(&["--data-dir", s(&data), "checkpoints", "list"]);
+    assert!(list.contains(&ih), "{list}");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&data),
+            "resume",
+            &ih,
+            "--peer",
+            &listen,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true);
+    fx.assert_same(&dl, files);
+    // Every piece that was valid on disk was kept: only the rest (in flight at the kill) moved.
+    assert_eq!(r["resumed_pieces"].as_u64().unwrap(), valid, "{r}");
+    let moved = r["downloaded"].as_u64().unwrap();
+    assert!(
+        moved <= (total - valid) * 256 * 1024,
+        "re-downloaded {moved} bytes for {} missing pieces",
+        total - valid
+    );
+    ccbt_ok(&["--data-dir", s(&data), "checkpoints", "delete", &ih]);
+    assert!(!ccbt_ok(&["--data-dir", s(&data), "checkpoints", "list"]).contains(&ih));
+}
+
+#[test]
+fn download_rate_limit_holds() {
+    let files: &[(&str, usize)] = &[("f.bin", 24 << 20)];
+    let fx = fixture("v1", &[], files, "256K");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&fx.root.join("sd")),
+            "seed",
+            s(&fx.torrent),
+            s(&fx.src_parent),
+            "--listen",
+            &listen,
+            "--no-trackers",
+        ],
+        &fx.root.join("seed.log"),
+    );
+    wait_listening(&listen, 30);
+    let dl = fx.root.join("dl");
+    let t0 = Instant::now();
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &listen,
+            "--down-limit",
+            "2048",
+        ],
+        60,
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(r["complete"], true);
+    fx.assert_same(&dl, files);
+    let rate = (24u64 << 20) as f64 / secs / (1 << 20) as f64;
+    eprintln!("24 MiB in {secs:.2}s = {rate:.3} MiB/s at a 2 MiB/s limit");
+    assert!(secs >= 10.0, "{secs}s is too short a measurement");
+    assert!(
+        (rate - 2.0).abs() <= 0.3,
+        "rate {rate:.3} MiB/s is not within 15% of 2 MiB/s"
+    );
+}
