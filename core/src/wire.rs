@@ -427,10 +427,16 @@ mod tests {
         assert!(matches!(d.next_message(), Err(WireError::TooLarge(_))));
         let mut d = Decoder::default();
         d.buffer().put_slice(&[0, 0, 0, 3, 4, 0, 0]); // have with 2 bytes
-        assert!(matches!(d.next_message(), Err(WireError::Malformed { id: 4, .. })));
+        assert!(matches!(
+            d.next_message(),
+            Err(WireError::Malformed { id: 4, .. })
+        ));
         let mut d = Decoder::default();
         d.buffer().put_slice(&[0, 0, 0, 5, 7, 0, 0, 0, 1]); // piece too short
-        assert!(matches!(d.next_message(), Err(WireError::Malformed { id: 7, .. })));
+        assert!(matches!(
+            d.next_message(),
+            Err(WireError::Malformed { id: 7, .. })
+        ));
         let mut d = Decoder::default();
         d.buffer().put_slice(&[0, 0, 0, 1, 99]);
         assert_eq!(d.next_message().unwrap(), Some(Message::Unknown { id: 99 }));
