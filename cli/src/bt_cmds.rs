@@ -66,9 +66,13 @@ pub struct DownloadArgs {
 
 #[derive(Args)]
 pub struct SeedArgs {
-    pub torrent: PathBuf,
+    /// The .torrent to seed (omit to serve every share in the data dir)
+    pub torrent: Option<PathBuf>,
     /// Directory holding the data (the torrent's name inside it)
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
+    /// Tracker for the shares' swarms (share mode; repeatable)
+    #[arg(long = "tracker", value_name = "URL")]
+    pub trackers: Vec<String>,
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     #[arg(long = "peer", value_name = "ADDR")]
@@ -192,9 +196,15 @@ pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
 }
 
 pub fn seed(ctx: &Ctx, a: SeedArgs) -> Result<()> {
-    let (meta, _) = load_torrent(&a.torrent)?;
+    let (Some(torrent), Some(dir)) = (&a.torrent, &a.dir) else {
+        if a.torrent.is_some() {
+            bail!("give the data directory too: ccbt seed FILE.torrent DIR");
+        }
+        return crate::sync_cmds::serve(ctx, a.listen, a.trackers.clone(), a.peers.clone());
+    };
+    let (meta, _) = load_torrent(torrent)?;
     let mut cfg = base_cfg(ctx)?;
-    cfg.out_dir = a.dir.clone();
+    cfg.out_dir = dir.clone();
     cfg.seed = true;
     cfg.resume = true;
     cfg.peers = a.peers.clone();

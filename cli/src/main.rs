@@ -4,8 +4,10 @@
 mod bt_cmds;
 mod config;
 mod demo;
+mod node;
 mod progress;
 mod share_cmds;
+mod sync_cmds;
 mod torrent_cmds;
 mod xet_cmds;
 
@@ -67,8 +69,12 @@ pub enum Command {
     Demo,
     /// Download a .torrent from its swarm (and optionally keep seeding)
     Download(bt_cmds::DownloadArgs),
-    /// Seed a .torrent from data already on disk
+    /// Seed a .torrent from data on disk; without a torrent, serve every share in the data dir
     Seed(bt_cmds::SeedArgs),
+    /// Keep a directory in step with a share (fetching only missing chunks); --follow keeps going
+    Sync(sync_cmds::SyncArgs),
+    /// Shares, peers and counters of the node running on this data dir
+    Status,
     /// Continue a checkpointed download by info-hash
     Resume(bt_cmds::ResumeArgs),
     /// Checkpointed downloads: list, clean, delete
@@ -137,6 +143,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => demo::demo(&ctx),
         Command::Download(a) => bt_cmds::download(&ctx, a),
         Command::Seed(a) => bt_cmds::seed(&ctx, a),
+        Command::Sync(a) => sync_cmds::sync(&ctx, a),
+        Command::Status => sync_cmds::status(&ctx),
         Command::Resume(a) => bt_cmds::resume(&ctx, a),
         Command::Checkpoints(c) => bt_cmds::checkpoints(&ctx, c),
     }

@@ -86,6 +86,30 @@ fn tree_bytes(p: &Path) -> u64 {
 }
 
 pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
+    // A node running on this data dir owns the store: hand it the work (it also pushes the head).
+    let dir = std::fs::canonicalize(&a.dir)
+        .with_context(|| format!("cannot publish {}", a.dir.display()))?;
+    if let Some(v) = crate::node::client_request(
+        &ctx.data_dir,
+        json!({"cmd": "publish", "dir": dir, "share": a.share, "new": a.new}),
+    )? {
+        if ctx.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if ctx.quiet {
+            println!("{}", v["share"].as_str().unwrap_or(""));
+        } else {
+            println!(
+                "share:    {} (published through the running node, pushed to its peers)",
+                v["share"].as_str().unwrap_or("")
+            );
+            println!("version:  {}", v["version"]);
+            println!(
+                "stored:   {} new",
+                human_bytes(v["new_bytes"].as_u64().unwrap_or(0))
+            );
+        }
+        return Ok(());
+    }
     let shares = open(ctx)?;
     let choice = match (&a.share, a.new) {
         (Some(id), _) => ShareChoice::Existing(parse_id(id)?),
@@ -160,13 +184,32 @@ pub struct VersionsArgs {
 }
 
 pub fn versions(ctx: &Ctx, a: VersionsArgs) -> Result<()> {
-    let shares = open(ctx)?;
     let id = parse_id(&a.share)?;
+    if let Some(v) = crate::node::client_request(
+        &ctx.data_dir,
+        json!({"cmd": "versions", "share": share_id_hex(&id)}),
+    )? {
+        if ctx.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            for x in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:>5}  {:<20}  {:>12}  {}",
+                    x["seq"],
+                    fmt_time(x["time"].as_i64().unwrap_or(0)),
+                    human_bytes(x["size"].as_u64().unwrap_or(0)),
+                    x["root"].as_str().unwrap_or("")
+                );
+            }
+        }
+        return Ok(());
+    }
+    let shares = open(ctx)?;
     let vs = shares.versions(&id)?;
     if ctx.json {
         let v: Vec<_> = vs
             .iter()
-            .map(|v| json!({"seq": v.seq, "time": v.time, "size": v.size, "root": v.root.to_hex()}))
+            .map(|v| json!({"seq": v.seq, "time": v.time, "size": v.size, "root": v.root.to_hex(), "head": ccbt_core::encoding::to_hex(&v.head)}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

@@ -77,6 +77,29 @@ impl ExtHandshake {
     }
 }
 
+/// What an extension may ask of a connection at any time.
+#[derive(Debug)]
+pub enum ExtCommand {
+    /// Send `payload` under the extension `name` (dropped if the peer does not support it).
+    Send(&'static str, Bytes),
+    /// Drop and ban the peer.
+    Ban(String),
+}
+
+/// A handle to push messages to one peer connection (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ExtSender(pub(crate) tokio::sync::mpsc::UnboundedSender<ExtCommand>);
+
+impl ExtSender {
+    /// False once the connection is gone.
+    pub fn send(&self, name: &'static str, payload: Bytes) -> bool {
+        self.0.send(ExtCommand::Send(name, payload)).is_ok()
+    }
+    pub fn ban(&self, why: impl Into<String>) {
+        let _ = self.0.send(ExtCommand::Ban(why.into()));
+    }
+}
+
 /// What an extension knows about the peer a message came from.
 #[derive(Debug, Clone)]
 pub struct PeerCtx {
@@ -85,6 +108,7 @@ pub struct PeerCtx {
     pub info_hash: [u8; 20],
     /// A session-unique key for the connection.
     pub key: u64,
+    pub sender: ExtSender,
 }
 
 /// An extension's verdict on a message.

@@ -16,7 +16,9 @@ pub mod file;
 pub mod hash;
 pub mod head;
 pub mod listing;
+pub mod net;
 pub mod shares;
+pub mod sync;
 pub mod tree;
 
 pub use file::{hash_bytes, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest, FileHasher};

@@ -127,6 +127,8 @@ pub struct VersionInfo {
     pub time: i64,
     pub size: u64,
     pub root: XetHash,
+    /// The signed head record (BEP 44 item) as stored.
+    pub head: Vec<u8>,
 }
 
 /// Local shares on top of a store and a keys directory.
@@ -257,6 +259,7 @@ impl Shares {
                     time: h.value.time,
                     size: h.value.size,
                     root: XetHash(h.value.root),
+                    head: b.clone(),
                 })
             })
             .collect()

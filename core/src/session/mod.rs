@@ -71,6 +71,9 @@ pub struct TorrentConfig {
     pub resume: bool,
     pub peers: Vec<SocketAddr>,
     pub use_trackers: bool,
+    /// An extension-only swarm (a share): no pieces, always "seeding", dials every known peer and
+    /// announces `left = 1` so trackers hand out every member.
+    pub swarm: bool,
 }
 
 impl Default for TorrentConfig {
@@ -93,6 +96,7 @@ impl Default for TorrentConfig {
             resume: true,
             peers: Vec::new(),
             use_trackers: true,
+            swarm: false,
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct Stats {
     pub rechecked: bool,
     pub tracker_errors: u64,
     pub tracker_ok: u64,
+    pub wire_in: u64,
+    pub wire_out: u64,
 }
 
 pub(crate) enum Cmd {
@@ -181,6 +187,9 @@ pub(crate) struct TorrentShared {
     pub down: TokenBucket,
     pub up: TokenBucket,
     pub stopping: AtomicBool,
+    /// Every byte read from / written to this torrent's peer sockets (protocol overhead included).
+    pub wire_in: AtomicU64,
+    pub wire_out: AtomicU64,
     resumed_pieces: u64,
     rechecked: bool,
 }
@@ -283,6 +292,42 @@ impl Session {
 
     pub fn peer_id(&self) -> [u8; 20] {
         self.inner.peer_id
+    }
+
+    /// Joins an extension-only swarm (a share: info-hash = share id) announced to `trackers` and
+    /// dialing `peers`. Extensions in the registry see its connections.
+    pub fn add_swarm(
+        &self,
+        info_hash: [u8; 20],
+        trackers: Vec<String>,
+        peers: Vec<SocketAddr>,
+    ) -> Result<TorrentHandle, SessionError> {
+        let meta = Metainfo {
+            name: format!("swarm-{}", to_hex(&info_hash)),
+            info_bytes: Vec::new(),
+            v1_hash: Some(info_hash),
+            v2_hash: None,
+            piece_length: 16384,
+            multi_file: false,
+            files: Vec::new(),
+            pieces: Vec::new(),
+            piece_layers: Default::default(),
+            trackers: trackers.into_iter().map(|t| vec![t]).collect(),
+            url_list: Vec::new(),
+            private: false,
+            comment: None,
+            created_by: None,
+            creation_date: None,
+        };
+        let cfg = TorrentConfig {
+            seed: true,
+            swarm: true,
+            resume: false,
+            data_dir: None,
+            peers,
+            ..Default::default()
+        };
+        self.add_torrent(meta, cfg)
     }
 
     /// Adds a torrent: maps its files, restores or rechecks progress, and starts it.
@@ -392,6 +437,8 @@ impl Session {
             session: self.inner.clone(),
             state: Mutex::new(state),
             stopping: AtomicBool::new(false),
+            wire_in: AtomicU64::new(0),
+            wire_out: AtomicU64::new(0),
             resumed_pieces: resumed,
             rechecked,
         });
@@ -463,6 +510,11 @@ impl TorrentHandle {
     pub fn paths(&self) -> Vec<PathBuf> {
         self.shared.storage.paths()
     }
+
+    /// Dials `addr` (now and on later retries).
+    pub fn add_peer(&self, addr: SocketAddr) {
+        self.shared.state.lock().unwrap().add_known(addr);
+    }
 }
 
 fn stats(t: &TorrentShared) -> Stats {
@@ -484,6 +536,8 @@ fn stats(t: &TorrentShared) -> Stats {
         rechecked: t.rechecked,
         tracker_errors: s.tracker_errors,
         tracker_ok: s.tracker_ok,
+        wire_in: t.wire_in.load(Ordering::Relaxed),
+        wire_out: t.wire_out.load(Ordering::Relaxed),
     }
 }
 
@@ -549,7 +603,11 @@ fn announce_params(t: &TorrentShared, event: Event) -> Announce {
         port: t.session.listen_addr.port(),
         uploaded: s.uploaded,
         downloaded: s.downloaded,
-        left: s.picker.wanted_left_bytes(),
+        left: if t.cfg.swarm {
+            1
+        } else {
+            s.picker.wanted_left_bytes()
+        },
         event,
         numwant: 200,
         key: u32::from_be_bytes(t.session.peer_id[16..20].try_into().unwrap()),
@@ -732,7 +790,7 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
                 })
                 .map(|(a, _)| *a)
                 .collect();
-            if complete {
+            if complete && !t.cfg.swarm {
                 // Seeds only dial the peers they were told about (some clients never dial
                 // loopback peers); the rest find us through trackers.
                 cands.retain(|a| t.cfg.peers.contains(a));
@@ -766,7 +824,7 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
             save_checkpoint(&t);
             last_ckpt = Instant::now();
         }
-        if complete && completed_at.is_none() {
+        if complete && completed_at.is_none() && !t.cfg.swarm {
             completed_at = Some(Instant::now());
             let _ = t.storage.create_all();
             let _ = t.storage.sync();

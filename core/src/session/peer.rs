@@ -68,6 +68,8 @@ async fn writer(
         if w.write_all(&buf).await.is_err() {
             return;
         }
+        t.wire_out
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         buf.clear();
     }
     let _ = w.shutdown().await;
@@ -184,6 +186,7 @@ async fn run_inner(
     }
     let (rd, wr) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel(256);
+    let (ext_tx, mut ext_rx) = mpsc::unbounded_channel();
     tokio::spawn(writer(wr, out_rx, t.clone(), key));
     let mut c = Conn {
         ctx: PeerCtx {
@@ -191,6 +194,7 @@ async fn run_inner(
             peer_id: theirs.peer_id,
             info_hash: t.info_hash,
             key,
+            sender: crate::extension::ExtSender(ext_tx),
         },
         t: t.clone(),
         key,
@@ -207,7 +211,7 @@ async fn run_inner(
         pipeline: t.cfg.pipeline_depth.max(4),
         blocks_this_second: 0,
     };
-    let res = c.session(rd, &theirs, &mut cmd_rx).await;
+    let res = c.session(rd, &theirs, &mut cmd_rx, &mut ext_rx).await;
     // Give back what we asked this peer for.
     {
         let mut s = t.state.lock().unwrap();
@@ -232,6 +236,7 @@ impl Conn {
         mut rd: tokio::net::tcp::OwnedReadHalf,
         theirs: &Handshake,
         cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>,
+        ext_rx: &mut mpsc::UnboundedReceiver<crate::extension::ExtCommand>,
     ) -> Result<(), Reason> {
         // Opening messages: our pieces first (BEP 3: a bitfield is only valid as the first
         // message), then the extension handshake.
@@ -264,6 +269,7 @@ impl Conn {
                     if n == 0 {
                         return Err(Reason::Closed);
                     }
+                    self.t.wire_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     self.last_recv = Instant::now();
                     loop {
                         match dec.next_message() {
@@ -281,6 +287,16 @@ impl Conn {
                             Ok(None) => break,
                             Err(e) => return Err(Reason::Ban(format!("protocol violation: {e}"))),
                         }
+                    }
+                }
+                Some(ec) = ext_rx.recv() => {
+                    match ec {
+                        crate::extension::ExtCommand::Send(name, payload) => {
+                            if let Some(pid) = self.peer_ext_id(name) {
+                                self.send(Message::Extended { id: pid, payload }).await?;
+                            }
+                        }
+                        crate::extension::ExtCommand::Ban(why) => return Err(Reason::Ban(why)),
                     }
                 }
                 cmd = cmd_rx.recv() => {

@@ -1,0 +1,218 @@
+//! A running node: the BitTorrent session with the `ccbt_xet` extension, the store, every share's
+//! swarm, and a local socket (`<data dir>/ccbt.sock`, owner-only) through which other commands on
+//! the same data dir (`publish`, `status`, `versions`) reach it instead of failing on the RocksDB lock.
+
+use crate::Ctx;
+use anyhow::{bail, Context, Result};
+use ccbt_core::extension::Registry;
+use ccbt_core::session::{Session, SessionConfig, TorrentHandle};
+use ccbt_xet::head::{parse_share_id, share_id_hex, ShareId};
+use ccbt_xet::net::XetNode;
+use ccbt_xet::shares::{ShareChoice, Shares};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("ccbt.sock")
+}
+
+pub struct Node {
+    pub session: Session,
+    pub xet: Arc<XetNode>,
+    pub shares: Arc<Shares>,
+    swarms: Mutex<HashMap<ShareId, TorrentHandle>>,
+    trackers: Vec<String>,
+    peers: Vec<SocketAddr>,
+}
+
+impl Node {
+    pub async fn start(
+        ctx: &Ctx,
+        listen: SocketAddr,
+        trackers: Vec<String>,
+        peers: Vec<SocketAddr>,
+    ) -> Result<Arc<Node>> {
+        let shares = Arc::new(
+            Shares::open(&ctx.data_dir)
+                .with_context(|| format!("cannot open the data dir {}", ctx.data_dir.display()))?,
+        );
+        let xet = XetNode::new(shares.clone());
+        let mut reg = Registry::default();
+        reg.register(xet.extension());
+        let session = Session::start(
+            SessionConfig {
+                listen,
+                global_down: ctx.config.limits.global_down_kib * 1024,
+                global_up: ctx.config.limits.global_up_kib * 1024,
+            },
+            reg,
+        )
+        .await?;
+        let node = Arc::new(Node {
+            session,
+            xet,
+            shares,
+            swarms: Mutex::new(HashMap::new()),
+            trackers,
+            peers,
+        });
+        node.serve_socket(&ctx.data_dir)?;
+        Ok(node)
+    }
+
+    /// Joins a share's swarm (idempotent).
+    pub fn join(&self, id: ShareId) -> Result<()> {
+        let mut g = self.swarms.lock().unwrap();
+        if !g.contains_key(&id) {
+            let h = self
+                .session
+                .add_swarm(id, self.trackers.clone(), self.peers.clone())?;
+            g.insert(id, h);
+        }
+        Ok(())
+    }
+
+    pub fn join_all(&self) -> Result<usize> {
+        let list = self.shares.list()?;
+        for (id, _) in &list {
+            self.join(*id)?;
+        }
+        Ok(list.len())
+    }
+
+    pub fn wire_in(&self, id: &ShareId) -> u64 {
+        self.swarms
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|h| h.stats().wire_in)
+            .unwrap_or(0)
+    }
+
+    pub fn status(&self) -> Value {
+        let list = self.shares.list().unwrap_or_default();
+        let swarms = self.swarms.lock().unwrap();
+        let v: Vec<Value> = list
+            .iter()
+            .map(|(id, r)| {
+                let c = self.xet.counters(id);
+                let st = swarms.get(id).map(|h| h.stats());
+                json!({
+                    "share": share_id_hex(id), "version": r.seq, "owner": r.owner,
+                    "peers": self.xet.peer_count(id),
+                    "fetched_chunks": c.fetched_chunks, "fetched_bytes": c.fetched_chunk_bytes + c.fetched_node_bytes,
+                    "served_chunks": c.served_chunks, "served_bytes": c.served_bytes,
+                    "dedup_chunks": c.dedup_chunks, "dedup_bytes": c.dedup_bytes,
+                    "wire_in": st.as_ref().map(|s| s.wire_in), "wire_out": st.as_ref().map(|s| s.wire_out),
+                    "fetched_from": c.fetched_from.iter().map(|(a, b)| (a.to_string(), *b)).collect::<HashMap<_, _>>(),
+                })
+            })
+            .collect();
+        json!({"listen": self.session.listen_addr().to_string(), "shares": v})
+    }
+
+    fn serve_socket(self: &Arc<Self>, data_dir: &Path) -> Result<()> {
+        let path = socket_path(data_dir);
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let node = self.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let _ = node.handle_client(s).await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn handle_client(self: Arc<Self>, s: UnixStream) -> Result<()> {
+        let (r, mut w) = s.into_split();
+        let mut line = String::new();
+        BufReader::new(r).read_line(&mut line).await?;
+        let req: Value = serde_json::from_str(&line)?;
+        let resp = match self.clone().request(req).await {
+            Ok(v) => json!({"ok": v}),
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        w.write_all(format!("{resp}\n").as_bytes()).await?;
+        Ok(())
+    }
+
+    async fn request(self: Arc<Self>, req: Value) -> Result<Value> {
+        match req["cmd"].as_str().unwrap_or("") {
+            "status" => Ok(self.status()),
+            "versions" => {
+                let id =
+                    parse_share_id(req["share"].as_str().unwrap_or("")).context("bad share id")?;
+                let v = self.shares.versions(&id)?;
+                Ok(json!(v.iter().map(|v| json!({"seq": v.seq, "time": v.time, "size": v.size, "root": v.root.to_hex(), "head": ccbt_core::encoding::to_hex(&v.head)})).collect::<Vec<_>>()))
+            }
+            "publish" => {
+                let dir = PathBuf::from(req["dir"].as_str().context("no dir")?);
+                let choice = match (req["share"].as_str(), req["new"].as_bool().unwrap_or(false)) {
+                    (Some(s), _) => {
+                        ShareChoice::Existing(parse_share_id(s).context("bad share id")?)
+                    }
+                    (None, true) => ShareChoice::New,
+                    _ => ShareChoice::Auto,
+                };
+                let node = self.clone();
+                let started = std::time::Instant::now();
+                let r = tokio::task::spawn_blocking(move || {
+                    node.shares.publish(&dir, choice, &AtomicU64::new(0))
+                })
+                .await??;
+                // Push the new head to every connected peer at once.
+                let head = self.shares.head(&r.share, Some(r.seq))?;
+                self.join(r.share)?;
+                self.xet.offer_head(head, None);
+                self.xet.have_version(&r.share, r.seq);
+                Ok(json!({
+                    "share": share_id_hex(&r.share), "version": r.seq, "new_share": r.created_share,
+                    "files": r.files, "dirs": r.dirs, "symlinks": r.links, "logical_bytes": r.logical_bytes,
+                    "new_chunk_bytes": r.new_chunk_bytes, "new_node_bytes": r.new_node_bytes,
+                    "new_bytes": r.new_chunk_bytes + r.new_node_bytes, "new_chunks": r.new_chunks,
+                    "listing_root": r.listing_root.to_hex(), "seconds": started.elapsed().as_secs_f64(),
+                    "warnings": r.warnings, "via_node": true,
+                }))
+            }
+            other => bail!("unknown request {other:?}"),
+        }
+    }
+}
+
+/// Sends a request to the node running on `data_dir`, if one is. `Ok(None)`: no node.
+pub fn client_request(data_dir: &Path, req: Value) -> Result<Option<Value>> {
+    let path = socket_path(data_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut s = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(_) => {
+            // A node that died left its socket behind.
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+    };
+    use std::io::{BufRead, Write};
+    writeln!(s, "{req}")?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line)?;
+    let v: Value = serde_json::from_str(&line).context("bad reply from the running node")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("{e}");
+    }
+    Ok(Some(v["ok"].clone()))
+}

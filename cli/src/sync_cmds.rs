@@ -1,0 +1,171 @@
+//! `ccbt seed` (no torrent: serve every share), `ccbt sync` and `ccbt status`.
+
+use crate::node::{client_request, Node};
+use crate::progress::human_bytes;
+use crate::Ctx;
+use anyhow::{bail, Context, Result};
+use ccbt_xet::head::{parse_share_id, share_id_hex};
+use ccbt_xet::sync::{sync_version, synced_seq};
+use clap::Args;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct SyncArgs {
+    /// Share id (40 hex or magnet:?xs=urn:btpk:...)
+    pub share: String,
+    /// Directory to keep as a copy of the newest version
+    pub dir: PathBuf,
+    /// Keep running and apply every new version as it arrives
+    #[arg(long)]
+    pub follow: bool,
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// A peer of the share to connect to (repeatable)
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<SocketAddr>,
+    /// A tracker to announce the share's swarm to (repeatable)
+    #[arg(long = "tracker", value_name = "URL")]
+    pub trackers: Vec<String>,
+    /// Seconds to wait for a first version from peers
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn until_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `ccbt seed` without a torrent: serve every share in the data dir until stopped.
+pub fn serve(
+    ctx: &Ctx,
+    listen: Option<SocketAddr>,
+    trackers: Vec<String>,
+    peers: Vec<SocketAddr>,
+) -> Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listen = listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+        let node = Node::start(ctx, listen, trackers, peers).await?;
+        let n = node.join_all()?;
+        if !ctx.quiet {
+            eprintln!(
+                "serving {n} shares on {}; `ccbt publish DIR` on this data dir pushes new versions",
+                node.session.listen_addr()
+            );
+        }
+        until_signal().await;
+        let _ = std::fs::remove_file(crate::node::socket_path(&ctx.data_dir));
+        Ok(())
+    })
+}
+
+pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
+    let id =
+        parse_share_id(&a.share).with_context(|| format!("{:?} is not a share id", a.share))?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listen = a.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+        let node = Node::start(ctx, listen, a.trackers.clone(), a.peers.clone()).await?;
+        node.join(id)?;
+        let mut heads = node.xet.subscribe();
+        let mut done = match synced_seq(&a.dir) {
+            Some((s, seq)) if s == id => seq,
+            _ => 0,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
+        let stop = until_signal();
+        tokio::pin!(stop);
+        loop {
+            if let Some(h) = node.xet.newest_head(&id) {
+                if h.seq > done {
+                    let wire0 = node.wire_in(&id);
+                    let r = sync_version(&node.xet, id, &h, &a.dir).await.with_context(|| format!("cannot sync version {}", h.seq))?;
+                    done = h.seq;
+                    let wire = node.wire_in(&id) - wire0;
+                    let c = node.xet.counters(&id);
+                    if ctx.json {
+                        println!("{}", json!({
+                            "event": "version", "share": share_id_hex(&id), "seq": r.seq,
+                            "files_written": r.files_written, "files_deleted": r.files_deleted,
+                            "fetched_chunks": r.fetched_chunks, "fetched_bytes": r.fetched_bytes,
+                            "fetched_nodes": r.fetched_nodes, "dedup_chunks": r.dedup_chunks,
+                            "seconds": r.seconds, "wire_in": wire,
+                            "fetched_from": c.fetched_from.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::HashMap<_, _>>(),
+                        }));
+                    } else if !ctx.quiet {
+                        println!(
+                            "version {}: {} files written, {} removed; fetched {} chunks ({}) and {} nodes, {} chunks already here, {} on the wire, {:.2}s",
+                            r.seq, r.files_written, r.files_deleted, r.fetched_chunks, human_bytes(r.fetched_bytes),
+                            r.fetched_nodes, r.dedup_chunks, human_bytes(wire), r.seconds
+                        );
+                    }
+                    if !a.follow {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = heads.recv() => {}
+                _ = tokio::time::sleep_until(deadline), if done == 0 => {
+                    bail!("no peer of share {} offered a version within {}s (give --peer or --tracker)", share_id_hex(&id), a.timeout);
+                }
+                _ = &mut stop => return Ok(()),
+            }
+        }
+    })
+}
+
+pub fn status(ctx: &Ctx) -> Result<()> {
+    let v = match client_request(&ctx.data_dir, json!({"cmd": "status"}))? {
+        Some(v) => v,
+        None => {
+            let shares = ccbt_xet::shares::Shares::open(&ctx.data_dir)?;
+            let list: Vec<_> = shares.list()?.iter().map(|(id, r)| json!({"share": share_id_hex(id), "version": r.seq, "owner": r.owner, "peers": 0})).collect();
+            json!({"listen": null, "shares": list})
+        }
+    };
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match v["listen"].as_str() {
+        Some(l) => println!("node running, listening on {l}"),
+        None => println!("no node running on this data dir (start one with `ccbt seed`)"),
+    }
+    for s in v["shares"].as_array().into_iter().flatten() {
+        println!(
+            "{}  v{}  {}  peers {}  fetched {}  served {}  dedup {}",
+            s["share"].as_str().unwrap_or(""),
+            s["version"],
+            if s["owner"].as_bool().unwrap_or(false) {
+                "owner"
+            } else {
+                "follower"
+            },
+            s["peers"],
+            human_bytes(s["fetched_bytes"].as_u64().unwrap_or(0)),
+            human_bytes(s["served_bytes"].as_u64().unwrap_or(0)),
+            human_bytes(s["dedup_bytes"].as_u64().unwrap_or(0)),
+        );
+    }
+    Ok(())
+}

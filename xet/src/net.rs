@@ -1,0 +1,607 @@
+//! The `ccbt_xet` BEP 10 extension (DESIGN.md §6): head gossip, requests for chunks and Merkle
+//! nodes by hash, data and not-found replies, have-version notices.
+//!
+//! Wire form: a bencoded header dictionary, then (for `data`) the raw bytes, whose length the
+//! header states, so a truncated message is detected. Every reply is re-hashed against the hash that
+//! was asked for; heads are checked by signature, share and strictly increasing seq. A peer that
+//! sends bad data, a forged head, an oversized reply or a malformed message is banned.
+
+use crate::hash::{chunk_hash, XetHash};
+use crate::head::{share_id_hex, Head, ShareId};
+use crate::shares::Shares;
+use crate::tree;
+use bytes::Bytes;
+use ccbt_core::bencode::{self, OwnedValue, Value};
+use ccbt_core::extension::{ExtReply, ExtensionHandler, PeerCtx};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+
+pub const EXT_NAME: &str = "ccbt_xet";
+/// Largest reply payload accepted (a max-size chunk).
+pub const MAX_REPLY: usize = 128 * 1024;
+/// Requests in flight to one peer.
+pub const MAX_OUTSTANDING: usize = 32;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a hash names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chunk,
+    Node,
+    /// Either (the asker does not know yet).
+    Any,
+}
+
+impl Kind {
+    fn code(self) -> &'static str {
+        match self {
+            Kind::Chunk => "c",
+            Kind::Node => "n",
+            Kind::Any => "x",
+        }
+    }
+    fn from_code(b: &[u8]) -> Option<Kind> {
+        match b {
+            b"c" => Some(Kind::Chunk),
+            b"n" => Some(Kind::Node),
+            b"x" => Some(Kind::Any),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Head(Vec<u8>),
+    Req { id: u32, kind: Kind, hash: [u8; 32] },
+    Data { id: u32, kind: Kind, data: Bytes },
+    NotFound { id: u32 },
+    HaveVersion { seq: u64 },
+}
+
+impl Msg {
+    pub fn encode(&self) -> Bytes {
+        let (hdr, data): (OwnedValue, Option<&Bytes>) = match self {
+            Msg::Head(h) => (
+                OwnedValue::dict([
+                    ("t", OwnedValue::bytes("head")),
+                    ("h", OwnedValue::bytes(h.clone())),
+                ]),
+                None,
+            ),
+            Msg::Req { id, kind, hash } => (
+                OwnedValue::dict([
+                    ("t", OwnedValue::bytes("req")),
+                    ("id", OwnedValue::Int(*id as i64)),
+                    ("k", OwnedValue::bytes(kind.code())),
+                    ("h", OwnedValue::bytes(hash.to_vec())),
+                ]),
+                None,
+            ),
+            Msg::Data { id, kind, data } => (
+                OwnedValue::dict([
+                    ("t", OwnedValue::bytes("data")),
+                    ("id", OwnedValue::Int(*id as i64)),
+                    ("k", OwnedValue::bytes(kind.code())),
+                    ("len", OwnedValue::Int(data.len() as i64)),
+                ]),
+                Some(data),
+            ),
+            Msg::NotFound { id } => (
+                OwnedValue::dict([
+                    ("t", OwnedValue::bytes("nf")),
+                    ("id", OwnedValue::Int(*id as i64)),
+                ]),
+                None,
+            ),
+            Msg::HaveVersion { seq } => (
+                OwnedValue::dict([
+                    ("t", OwnedValue::bytes("hv")),
+                    ("seq", OwnedValue::Int(*seq as i64)),
+                ]),
+                None,
+            ),
+        };
+        let mut out = hdr.encode();
+        if let Some(d) = data {
+            out.extend_from_slice(d);
+        }
+        Bytes::from(out)
+    }
+
+    pub fn decode(b: Bytes) -> Result<Msg, String> {
+        let (v, used) = bencode::decode_prefix(&b).map_err(|e| format!("bad header: {e}"))?;
+        let d = v.as_dict().ok_or("header is not a dictionary")?;
+        let t = d
+            .get(b"t")
+            .and_then(Value::as_bytes)
+            .ok_or("no message type")?;
+        let int = |k: &[u8]| {
+            d.get(k)
+                .and_then(Value::as_int)
+                .ok_or_else(|| format!("no '{}'", String::from_utf8_lossy(k)))
+        };
+        let id = || int(b"id").and_then(|i| u32::try_from(i).map_err(|_| "bad id".to_string()));
+        let rest = b.slice(used..);
+        let msg = match t {
+            b"head" => Msg::Head(
+                d.get(b"h")
+                    .and_then(Value::as_bytes)
+                    .ok_or("head without 'h'")?
+                    .to_vec(),
+            ),
+            b"req" => Msg::Req {
+                id: id()?,
+                kind: d
+                    .get(b"k")
+                    .and_then(Value::as_bytes)
+                    .and_then(Kind::from_code)
+                    .ok_or("bad kind")?,
+                hash: d
+                    .get(b"h")
+                    .and_then(Value::as_bytes)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or("bad hash")?,
+            },
+            b"data" => {
+                let len = int(b"len")?;
+                if len < 0 || len as usize > MAX_REPLY {
+                    return Err(format!("reply of {len} bytes exceeds {MAX_REPLY}"));
+                }
+                if rest.len() != len as usize {
+                    return Err(format!(
+                        "truncated data: header says {len} bytes, {} present",
+                        rest.len()
+                    ));
+                }
+                let kind = d
+                    .get(b"k")
+                    .and_then(Value::as_bytes)
+                    .and_then(Kind::from_code)
+                    .ok_or("bad kind")?;
+                return Ok(Msg::Data {
+                    id: id()?,
+                    kind,
+                    data: rest,
+                });
+            }
+            b"nf" => Msg::NotFound { id: id()? },
+            b"hv" => Msg::HaveVersion {
+                seq: int(b"seq")?.max(0) as u64,
+            },
+            other => {
+                return Err(format!(
+                    "unknown message type {:?}",
+                    String::from_utf8_lossy(other)
+                ))
+            }
+        };
+        if !rest.is_empty() {
+            return Err("trailing bytes after the header".into());
+        }
+        Ok(msg)
+    }
+}
+
+/// Per-share counters (shown by `ccbt status`).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub fetched_chunks: u64,
+    pub fetched_chunk_bytes: u64,
+    pub fetched_nodes: u64,
+    pub fetched_node_bytes: u64,
+    pub served_chunks: u64,
+    pub served_bytes: u64,
+    pub dedup_chunks: u64,
+    pub dedup_bytes: u64,
+    pub fetched_from: HashMap<SocketAddr, u64>,
+}
+
+struct PeerState {
+    ctx: PeerCtx,
+    outstanding: usize,
+    seq: u64,
+}
+
+struct Inner {
+    heads: HashMap<ShareId, Head>,
+    peers: HashMap<u64, PeerState>,
+    pending: HashMap<(u64, u32), oneshot::Sender<(Kind, Bytes)>>,
+    next_id: u32,
+    counters: HashMap<ShareId, Counters>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("no peer of share {0} could supply {1}")]
+    Unavailable(String, XetHash),
+    #[error(transparent)]
+    Tree(#[from] tree::TreeError),
+}
+
+/// A node's share-networking state; the extension handler and the sync engine share it.
+pub struct XetNode {
+    pub shares: Arc<Shares>,
+    inner: Mutex<Inner>,
+    heads_tx: broadcast::Sender<(ShareId, u64)>,
+    peers_changed: tokio::sync::Notify,
+}
+
+impl XetNode {
+    pub fn new(shares: Arc<Shares>) -> Arc<XetNode> {
+        let mut heads = HashMap::new();
+        if let Ok(list) = shares.list() {
+            for (id, _) in list {
+                if let Ok(h) = shares.head(&id, None) {
+                    heads.insert(id, h);
+                }
+            }
+        }
+        Arc::new(XetNode {
+            shares,
+            inner: Mutex::new(Inner {
+                heads,
+                peers: HashMap::new(),
+                pending: HashMap::new(),
+                next_id: 1,
+                counters: HashMap::new(),
+            }),
+            heads_tx: broadcast::channel(64).0,
+            peers_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The BEP 10 handler to register with the session.
+    pub fn extension(self: &Arc<Self>) -> Arc<dyn ExtensionHandler> {
+        Arc::new(XetExt(self.clone()))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<(ShareId, u64)> {
+        self.heads_tx.subscribe()
+    }
+
+    pub fn newest_head(&self, share: &ShareId) -> Option<Head> {
+        self.inner.lock().unwrap().heads.get(share).cloned()
+    }
+
+    pub fn counters(&self, share: &ShareId) -> Counters {
+        self.inner
+            .lock()
+            .unwrap()
+            .counters
+            .get(share)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn peer_count(&self, share: &ShareId) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .peers
+            .values()
+            .filter(|p| &p.ctx.info_hash == share)
+            .count()
+    }
+
+    pub(crate) fn count(&self, share: &ShareId, f: impl FnOnce(&mut Counters)) {
+        f(self
+            .inner
+            .lock()
+            .unwrap()
+            .counters
+            .entry(*share)
+            .or_default());
+    }
+
+    /// Records a verified head; true if it is newer than any known for its share. Newer heads are
+    /// pushed to every connected peer of the share at once.
+    pub fn offer_head(&self, head: Head, from: Option<u64>) -> bool {
+        let share = head.share_id();
+        let targets: Vec<PeerCtx> = {
+            let mut g = self.inner.lock().unwrap();
+            if g.heads.get(&share).is_some_and(|h| h.seq >= head.seq) {
+                return false;
+            }
+            g.heads.insert(share, head.clone());
+            g.peers
+                .values()
+                .filter(|p| p.ctx.info_hash == share && Some(p.ctx.key) != from)
+                .map(|p| p.ctx.clone())
+                .collect()
+        };
+        let msg = Msg::Head(head.encode()).encode();
+        for p in targets {
+            p.sender.send(EXT_NAME, msg.clone());
+        }
+        let _ = self.heads_tx.send((share, head.seq));
+        true
+    }
+
+    /// Tells peers we now hold version `seq` completely.
+    pub fn have_version(&self, share: &ShareId, seq: u64) {
+        let g = self.inner.lock().unwrap();
+        let msg = Msg::HaveVersion { seq }.encode();
+        for p in g.peers.values().filter(|p| &p.ctx.info_hash == share) {
+            p.ctx.sender.send(EXT_NAME, msg.clone());
+        }
+    }
+
+    /// Waits until the share has at least one connected peer (bounded).
+    pub async fn wait_for_peer(&self, share: &ShareId, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.peer_count(share) > 0 {
+                return true;
+            }
+            let n = self.peers_changed.notified();
+            if tokio::time::timeout_at(deadline, n).await.is_err() {
+                return self.peer_count(share) > 0;
+            }
+        }
+    }
+
+    /// Fetches a chunk or node by hash from the share's peers, verifying it; tries peers in turn
+    /// (least busy first, those holding `min_seq` preferred). Bad data bans the sender.
+    pub async fn fetch(
+        &self,
+        share: &ShareId,
+        hash: XetHash,
+        kind: Kind,
+        min_seq: u64,
+    ) -> Result<(Kind, Bytes), NetError> {
+        let mut tried: Vec<u64> = Vec::new();
+        for _attempt in 0..8 {
+            let picked = {
+                let mut g = self.inner.lock().unwrap();
+                let mut cands: Vec<(bool, usize, u64)> = g
+                    .peers
+                    .values()
+                    .filter(|p| {
+                        &p.ctx.info_hash == share
+                            && !tried.contains(&p.ctx.key)
+                            && p.outstanding < MAX_OUTSTANDING
+                    })
+                    .map(|p| (p.seq < min_seq, p.outstanding, p.ctx.key))
+                    .collect();
+                cands.sort();
+                match cands.first() {
+                    Some(&(_, _, key)) => {
+                        let id = g.next_id;
+                        g.next_id = g.next_id.wrapping_add(1).max(1);
+                        let (tx, rx) = oneshot::channel();
+                        g.pending.insert((key, id), tx);
+                        let p = g.peers.get_mut(&key).expect("listed");
+                        p.outstanding += 1;
+                        Some((key, id, rx, p.ctx.clone()))
+                    }
+                    None => None,
+                }
+            };
+            let Some((key, id, rx, ctx)) = picked else {
+                // Everyone busy or tried: wait a little for capacity or new peers.
+                if tried.len() >= self.peer_count(share).max(1) {
+                    tried.clear();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            ctx.sender.send(
+                EXT_NAME,
+                Msg::Req {
+                    id,
+                    kind,
+                    hash: hash.0,
+                }
+                .encode(),
+            );
+            let res = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+            {
+                let mut g = self.inner.lock().unwrap();
+                g.pending.remove(&(key, id));
+                if let Some(p) = g.peers.get_mut(&key) {
+                    p.outstanding = p.outstanding.saturating_sub(1);
+                }
+            }
+            tried.push(key);
+            let Ok(Ok((got_kind, data))) = res else {
+                continue;
+            };
+            let ok = match got_kind {
+                Kind::Chunk => kind != Kind::Node && chunk_hash(&data) == hash,
+                Kind::Node => kind != Kind::Chunk && tree::parse_node(hash, &data).is_ok(),
+                Kind::Any => false,
+            };
+            if !ok {
+                ctx.sender
+                    .ban(format!("sent data that does not match {hash}"));
+                continue;
+            }
+            self.count(share, |c| {
+                *c.fetched_from.entry(ctx.addr).or_default() += data.len() as u64;
+                if got_kind == Kind::Chunk {
+                    c.fetched_chunks += 1;
+                    c.fetched_chunk_bytes += data.len() as u64;
+                } else {
+                    c.fetched_nodes += 1;
+                    c.fetched_node_bytes += data.len() as u64;
+                }
+            });
+            return Ok((got_kind, data));
+        }
+        Err(NetError::Unavailable(share_id_hex(share), hash))
+    }
+
+    fn serve(&self, share: &ShareId, kind: Kind, hash: &[u8; 32]) -> Option<(Kind, Vec<u8>)> {
+        let store = &self.shares.store;
+        if kind != Kind::Chunk {
+            if let Ok(Some(n)) = store.get_node(hash) {
+                return Some((Kind::Node, n));
+            }
+        }
+        if kind != Kind::Node {
+            if let Ok(Some(c)) = store.get_chunk(hash) {
+                self.count(share, |k| {
+                    k.served_chunks += 1;
+                    k.served_bytes += c.len() as u64;
+                });
+                return Some((Kind::Chunk, c));
+            }
+        }
+        None
+    }
+}
+
+struct XetExt(Arc<XetNode>);
+
+impl ExtensionHandler for XetExt {
+    fn name(&self) -> &'static str {
+        EXT_NAME
+    }
+
+    fn on_connect(&self, peer: &PeerCtx) -> ExtReply {
+        let head = {
+            let mut g = self.0.inner.lock().unwrap();
+            g.peers.insert(
+                peer.key,
+                PeerState {
+                    ctx: peer.clone(),
+                    outstanding: 0,
+                    seq: 0,
+                },
+            );
+            g.heads.get(&peer.info_hash).cloned()
+        };
+        self.0.peers_changed.notify_waiters();
+        let mut r = ExtReply::default();
+        if let Some(h) = head {
+            r.send.push(Msg::Head(h.encode()).encode());
+            if self.0.shares.head(&peer.info_hash, Some(h.seq)).is_ok() {
+                r.send.push(Msg::HaveVersion { seq: h.seq }.encode());
+            }
+        }
+        r
+    }
+
+    fn on_message(&self, peer: &PeerCtx, payload: Bytes) -> ExtReply {
+        let share = peer.info_hash;
+        let msg = match Msg::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                return ExtReply {
+                    send: vec![],
+                    ban: Some(format!("malformed ccbt_xet message: {e}")),
+                }
+            }
+        };
+        match msg {
+            Msg::Head(b) => {
+                let head = match Head::decode(&b) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        return ExtReply {
+                            send: vec![],
+                            ban: Some(format!("malformed head: {e}")),
+                        }
+                    }
+                };
+                if let Err(e) = head.verify_for(&share) {
+                    return ExtReply {
+                        send: vec![],
+                        ban: Some(format!("forged head: {e}")),
+                    };
+                }
+                // An old or replayed head is simply not news.
+                self.0.offer_head(head, Some(peer.key));
+                ExtReply::default()
+            }
+            Msg::Req { id, kind, hash } => {
+                let reply = match self.0.serve(&share, kind, &hash) {
+                    Some((k, data)) => Msg::Data {
+                        id,
+                        kind: k,
+                        data: Bytes::from(data),
+                    },
+                    None => Msg::NotFound { id },
+                };
+                ExtReply {
+                    send: vec![reply.encode()],
+                    ban: None,
+                }
+            }
+            Msg::Data { id, kind, data } => {
+                if let Some(tx) = self.0.inner.lock().unwrap().pending.remove(&(peer.key, id)) {
+                    let _ = tx.send((kind, data));
+                }
+                ExtReply::default()
+            }
+            Msg::NotFound { id } => {
+                // Dropping the sender wakes the waiter, which tries another peer.
+                self.0.inner.lock().unwrap().pending.remove(&(peer.key, id));
+                ExtReply::default()
+            }
+            Msg::HaveVersion { seq } => {
+                if let Some(p) = self.0.inner.lock().unwrap().peers.get_mut(&peer.key) {
+                    p.seq = p.seq.max(seq);
+                }
+                ExtReply::default()
+            }
+        }
+    }
+
+    fn on_disconnect(&self, peer: &PeerCtx) {
+        let mut g = self.0.inner.lock().unwrap();
+        g.peers.remove(&peer.key);
+        g.pending.retain(|(k, _), _| *k != peer.key);
+        drop(g);
+        self.0.peers_changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_vectors() {
+        let cases = vec![
+            Msg::Head(b"d1:ki1ee".to_vec()),
+            Msg::Req {
+                id: 7,
+                kind: Kind::Any,
+                hash: [3; 32],
+            },
+            Msg::Data {
+                id: 7,
+                kind: Kind::Chunk,
+                data: Bytes::from_static(b"hello"),
+            },
+            Msg::NotFound { id: 9 },
+            Msg::HaveVersion { seq: 4 },
+        ];
+        for m in cases {
+            assert_eq!(Msg::decode(m.encode()).unwrap(), m);
+        }
+        let d = Msg::Data {
+            id: 1,
+            kind: Kind::Node,
+            data: Bytes::from_static(b"abc"),
+        }
+        .encode();
+        assert_eq!(&d[..], b"d2:idi1e1:k1:n3:leni3e1:t4:dataeabc");
+        // Truncated data, oversized claims, junk.
+        assert!(Msg::decode(d.slice(..d.len() - 1))
+            .unwrap_err()
+            .contains("truncated"));
+        let big = format!("d2:idi1e1:k1:c3:leni{}e1:t4:datae", MAX_REPLY + 1);
+        assert!(Msg::decode(Bytes::from(big))
+            .unwrap_err()
+            .contains("exceeds"));
+        assert!(Msg::decode(Bytes::from_static(b"d1:t3:zzze")).is_err());
+        assert!(Msg::decode(Bytes::from_static(b"d1:t2:nf2:idi1eeXX")).is_err());
+        assert!(Msg::decode(Bytes::from_static(b"garbage")).is_err());
+    }
+}
