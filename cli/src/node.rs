@@ -70,11 +70,11 @@ impl Node {
     /// Joins a share's swarm (idempotent).
     pub fn join(&self, id: ShareId) -> Result<()> {
         let mut g = self.swarms.lock().unwrap();
-        if !g.contains_key(&id) {
-            let h = self
-                .session
-                .add_swarm(id, self.trackers.clone(), self.peers.clone())?;
-            g.insert(id, h);
+        if let std::collections::hash_map::Entry::Vacant(e) = g.entry(id) {
+            e.insert(
+                self.session
+                    .add_swarm(id, self.trackers.clone(), self.peers.clone())?,
+            );
         }
         Ok(())
     }

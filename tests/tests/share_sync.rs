@@ -1,0 +1,491 @@
+//! Shares over the network: three or more nodes on loopback, each with its own data dir, opentracker
+//! as tracker; pushes, convergence, cross-share dedup, hostile peers, kill -9 of a follower.
+
+use ccbt_tests::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// JSON event lines a `ccbt --json sync` wrote to its log.
+fn events(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn event_for(log: &Path, seq: u64) -> Option<Value> {
+    events(log).into_iter().find(|e| e["seq"] == seq)
+}
+
+fn trees_equal(a: &Path, b: &Path) -> bool {
+    std::process::Command::new("diff")
+        .args(["-r", "-x", ".ccbt-sync", s(a), s(b)])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+struct Net {
+    tmp: tempfile::TempDir,
+    tracker: String,
+    _tr: ChildGuard,
+}
+
+/// Publishes `src` on node A (data dir `A`), starts the tracker whitelisting the share, and A's node.
+fn setup(files: &[(&str, usize)]) -> (Net, PathBuf, String, String, ChildGuard) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src, files);
+    let id = ccbt_ok(&[
+        "-q",
+        "--data-dir",
+        s(&tmp.path().join("A")),
+        "publish",
+        s(&src),
+    ])
+    .trim()
+    .to_string();
+    let tport = free_port();
+    let tr = start_opentracker(
+        &tmp.path().join("tracker"),
+        tport,
+        std::slice::from_ref(&id),
+    );
+    let tracker = format!("http://127.0.0.1:{tport}/announce");
+    let alisten = format!("127.0.0.1:{}", free_port());
+    let a = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&tmp.path().join("A")),
+            "seed",
+            "--listen",
+            &alisten,
+            "--tracker",
+            &tracker,
+        ],
+        &tmp.path().join("A.log"),
+    );
+    wait_listening(&alisten, 20);
+    (
+        Net {
+            tmp,
+            tracker,
+            _tr: tr,
+        },
+        src,
+        id,
+        alisten,
+        a,
+    )
+}
+
+fn follower(net: &Net, name: &str, id: &str, extra: &[&str]) -> (ChildGuard, PathBuf, PathBuf) {
+    let dir = net.tmp.path().join(format!("copy{name}"));
+    let log = net.tmp.path().join(format!("{name}.log"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = net.tmp.path().join(name);
+    let mut args = vec![
+        "--json",
+        "--data-dir",
+        s(&data),
+        "sync",
+        id,
+        s(&dir),
+        "--follow",
+        "--listen",
+        &listen,
+        "--tracker",
+        &net.tracker,
+    ];
+    args.extend_from_slice(extra);
+    let g = spawn_ccbt(&args, &log);
+    (g, dir, log)
+}
+
+#[test]
+fn three_nodes_sync_push_and_converge() {
+    let (net, src, id, alisten, _a) = setup(&[
+        ("big.bin", 256 << 20),
+        ("docs/readme.txt", 3000),
+        ("docs/b.bin", 5 << 20),
+    ]);
+    let (_b, bdir, blog) = follower(&net, "B", &id, &["--peer", &alisten]);
+    wait_until(120, "B's first sync", || event_for(&blog, 1).is_some());
+    assert!(trees_equal(&src, &bdir), "B's copy differs");
+    let (_c, cdir, clog) = follower(&net, "C", &id, &[]);
+    wait_until(120, "C's first sync", || event_for(&clog, 1).is_some());
+    assert!(trees_equal(&src, &cdir), "C's copy differs");
+    let ev = event_for(&clog, 1).unwrap();
+    let from = ev["fetched_from"].as_object().unwrap();
+    let sources = from.values().filter(|v| v.as_u64().unwrap() > 0).count();
+    assert!(
+        sources >= 2,
+        "C fetched from {from:?}, not from both A and B"
+    );
+
+    // A overwrites 1 KiB in the middle of the big file and republishes through its node.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("big.bin"))
+            .unwrap();
+        f.write_all_at(&[0x5a; 1024], 128 << 20).unwrap();
+    }
+    let r = ccbt_json(&[
+        "--data-dir",
+        s(&net.tmp.path().join("A")),
+        "publish",
+        s(&src),
+    ]);
+    assert_eq!(
+        r["via_node"], true,
+        "publish did not go through the running node: {r}"
+    );
+    assert_eq!(r["version"], 2);
+    let t0 = Instant::now();
+    wait_until(10, "B and C to apply version 2", || {
+        event_for(&blog, 2).is_some() && event_for(&clog, 2).is_some()
+    });
+    let converged = t0.elapsed();
+    eprintln!(
+        "B and C converged {:.3}s after the republish",
+        converged.as_secs_f64()
+    );
+    assert!(converged < Duration::from_secs(2), "took {converged:?}");
+    for (dir, log) in [(&bdir, &blog), (&cdir, &clog)] {
+        assert!(trees_equal(&src, dir));
+        let e = event_for(log, 2).unwrap();
+        eprintln!("version 2 at follower: {e}");
+        assert!(e["fetched_chunks"].as_u64().unwrap() <= 4, "{e}");
+        assert!(e["wire_in"].as_u64().unwrap() < 256 * 1024, "{e}");
+    }
+    // Status shows the counters.
+    let st = ccbt_json(&["--data-dir", s(&net.tmp.path().join("A")), "status"]);
+    assert!(
+        st["shares"][0]["served_bytes"].as_u64().unwrap() > 0,
+        "{st}"
+    );
+}
+
+#[test]
+fn cross_share_dedup_fetches_nothing_twice() {
+    let (net, src, id_x, alisten, _a) = setup(&[("shared-large.bin", 40 << 20)]);
+    let (mut b, _bdir, blog) = follower(&net, "B", &id_x, &["--peer", &alisten]);
+    wait_until(60, "B to sync X", || event_for(&blog, 1).is_some());
+    drop(b.0.kill());
+    let _ = b.0.wait();
+    // Share Y: the same large file plus a small one.
+    let y = net.tmp.path().join("y");
+    std::fs::create_dir_all(&y).unwrap();
+    std::fs::copy(src.join("shared-large.bin"), y.join("same.bin")).unwrap();
+    std::fs::write(y.join("new.txt"), b"only in Y").unwrap();
+    let id_y = ccbt_json(&["--data-dir", s(&net.tmp.path().join("A")), "publish", s(&y)])["share"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = net.tmp.path().join("copyY");
+    let o = std::process::Command::new(ccbt_bin())
+        .args([
+            "--json",
+            "--data-dir",
+            s(&net.tmp.path().join("B")),
+            "sync",
+            &id_y,
+            s(&out),
+            "--peer",
+            &alisten,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    eprintln!("{e}");
+    assert!(trees_equal(&y, &out));
+    // Only the listing and the small file: no chunk of the large file moved.
+    assert!(e["fetched_bytes"].as_u64().unwrap() < 16 * 1024, "{e}");
+    assert!(e["dedup_chunks"].as_u64().unwrap() >= 600, "{e}");
+}
+
+/// A scripted hostile ccbt_xet peer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Evil {
+    WrongBytes,
+    ForeignHead,
+    ForgedSeq,
+    ReplayOldHead,
+    Oversized,
+    Truncated,
+}
+
+fn benc_bytes(b: &[u8]) -> Vec<u8> {
+    let mut v = format!("{}:", b.len()).into_bytes();
+    v.extend_from_slice(b);
+    v
+}
+
+fn ext_msg(id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut m = ((2 + payload.len()) as u32).to_be_bytes().to_vec();
+    m.push(20);
+    m.push(id);
+    m.extend_from_slice(payload);
+    m
+}
+
+fn hostile_xet_peer(share: [u8; 20], kind: Evil, old_head: Vec<u8>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(4) {
+            let Ok(mut c) = c else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut hs = [0u8; 68];
+            if c.read_exact(&mut hs).is_err() {
+                continue;
+            }
+            let mut out = vec![19u8];
+            out.extend_from_slice(b"BitTorrent protocol");
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+            out.extend_from_slice(&share);
+            // A distinct peer id per hostile peer (ccbt keeps one connection per peer id).
+            out.extend_from_slice(format!("-EV0001-evil{:08}", port).as_bytes());
+            out.extend_from_slice(&ext_msg(0, b"d1:md8:ccbt_xeti1eee"));
+            let _ = c.write_all(&out);
+            let mut their_id = 0u8;
+            let mut hdr = [0u8; 4];
+            while c.read_exact(&mut hdr).is_ok() {
+                let len = u32::from_be_bytes(hdr) as usize;
+                let mut body = vec![0u8; len];
+                if c.read_exact(&mut body).is_err() {
+                    break;
+                }
+                if body.len() < 2 || body[0] != 20 {
+                    continue;
+                }
+                let payload = &body[2..];
+                if body[1] == 0 {
+                    // Their handshake: find their id for ccbt_xet, then send our opening lie.
+                    if let Some(p) = payload.windows(9).position(|w| w == b"ccbt_xeti") {
+                        their_id = payload[p + 9] - b'0';
+                    }
+                    let head_msg = |h: &[u8]| {
+                        let mut m = b"d1:h".to_vec();
+                        m.extend_from_slice(&benc_bytes(h));
+                        m.extend_from_slice(b"1:t4:heade");
+                        m
+                    };
+                    let lie = match kind {
+                        Evil::ForeignHead => {
+                            // Another key's head: change the public key's first byte.
+                            let mut h = old_head.clone();
+                            let k = h.windows(5).position(|w| w == b"1:k32").unwrap() + 6;
+                            h[k] ^= 0xff;
+                            Some(head_msg(&h))
+                        }
+                        Evil::ForgedSeq => {
+                            // A seq bump without a new signature.
+                            let mut h = old_head.clone();
+                            let p = h.windows(6).position(|w| w == b"3:seqi").unwrap() + 6;
+                            h[p] = b'9';
+                            Some(head_msg(&h))
+                        }
+                        Evil::ReplayOldHead => Some(head_msg(&old_head)),
+                        _ => None,
+                    };
+                    if let Some(m) = lie {
+                        let _ = c.write_all(&ext_msg(their_id, &m));
+                    }
+                    continue;
+                }
+                // A request: d1:h32:<hash>2:idi<N>e1:k1:x1:t3:reqe
+                let Some(p) = payload.windows(4).position(|w| w == b"2:id") else {
+                    continue;
+                };
+                let rest = &payload[p + 5..];
+                let end = rest.iter().position(|&b| b == b'e').unwrap();
+                let id = std::str::from_utf8(&rest[..end]).unwrap().to_string();
+                let reply = match kind {
+                    Evil::WrongBytes => {
+                        let mut m = format!("d2:idi{id}e1:k1:c3:leni5e1:t4:datae").into_bytes();
+                        m.extend_from_slice(b"wrong");
+                        m
+                    }
+                    Evil::Oversized => {
+                        let mut m =
+                            format!("d2:idi{id}e1:k1:c3:leni{}e1:t4:datae", 200_000).into_bytes();
+                        m.extend(std::iter::repeat_n(0u8, 200_000));
+                        m
+                    }
+                    Evil::Truncated => {
+                        let mut m = format!("d2:idi{id}e1:k1:c3:leni100e1:t4:datae").into_bytes();
+                        m.extend_from_slice(&[1u8; 50]);
+                        m
+                    }
+                    _ => format!("d2:idi{id}e1:t2:nfe").into_bytes(),
+                };
+                let _ = c.write_all(&ext_msg(their_id, &reply));
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn hostile_peers_are_rejected_and_sync_completes() {
+    let (net, src, id, alisten, a) = setup(&[("f.bin", 6 << 20), ("g.txt", 1234)]);
+    drop(a);
+    // Version 2, so a version-1 head is a replay.
+    std::fs::write(src.join("g.txt"), b"changed").unwrap();
+    ccbt_ok(&[
+        "--data-dir",
+        s(&net.tmp.path().join("A")),
+        "publish",
+        s(&src),
+    ]);
+    let vs = ccbt_json(&["--data-dir", s(&net.tmp.path().join("A")), "versions", &id]);
+    let hex = vs[0]["head"].as_str().unwrap();
+    let old_head: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let _a = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&net.tmp.path().join("A")),
+            "seed",
+            "--listen",
+            &alisten,
+            "--tracker",
+            &net.tracker,
+        ],
+        &net.tmp.path().join("A2.log"),
+    );
+    wait_listening(&alisten, 20);
+    let share: [u8; 20] = (0..20)
+        .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let kinds = [
+        Evil::WrongBytes,
+        Evil::ForeignHead,
+        Evil::ForgedSeq,
+        Evil::ReplayOldHead,
+        Evil::Oversized,
+        Evil::Truncated,
+    ];
+    let mut args: Vec<String> = vec![];
+    for k in kinds {
+        args.push("--peer".into());
+        args.push(format!(
+            "127.0.0.1:{}",
+            hostile_xet_peer(share, k, old_head.clone())
+        ));
+    }
+    args.push("--peer".into());
+    args.push(alisten.clone());
+    let out = net.tmp.path().join("copy");
+    let bdata = net.tmp.path().join("B");
+    let mut cmd = vec!["--json", "--data-dir", s(&bdata), "sync", &id, s(&out)];
+    let listen = format!("127.0.0.1:{}", free_port());
+    cmd.extend(["--listen", &listen]);
+    cmd.extend(args.iter().map(String::as_str));
+    let o = std::process::Command::new(ccbt_bin())
+        .args(&cmd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let e: Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(e["seq"], 2, "synced {e} instead of the newest version");
+    assert!(trees_equal(&src, &out));
+    for want in [
+        "does not match",
+        "another key",
+        "signature",
+        "exceeds",
+        "truncated",
+    ] {
+        assert!(err.contains(want), "no ban for {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn follower_killed_mid_sync_resumes_without_partial_files() {
+    let (net, src, id, alisten, _a) = setup(&[("big.bin", 200 << 20), ("small.txt", 10)]);
+    let dir = net.tmp.path().join("copy");
+    let data = net.tmp.path().join("B");
+    let run = |log: &str| {
+        spawn_ccbt(
+            &[
+                "--json",
+                "--data-dir",
+                s(&data),
+                "sync",
+                &id,
+                s(&dir),
+                "--peer",
+                &alisten,
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+            &net.tmp.path().join(log),
+        )
+    };
+    let mut b = run("B1.log");
+    // Kill once the node has stored a good part of the chunks (its store grows on disk).
+    wait_until(60, "the follower to fetch some data", || {
+        dir_size(&data) > 60 << 20
+    });
+    b.0.kill().unwrap();
+    b.0.wait().unwrap();
+    // No partial file is visible.
+    if let Ok(m) = std::fs::metadata(dir.join("big.bin")) {
+        assert_eq!(m.len(), 200 << 20, "a partial big.bin is visible");
+    }
+    let b2 = run("B2.log");
+    let mut seen_partial = false;
+    wait_until(120, "the restarted follower to finish", || {
+        if let Ok(m) = std::fs::metadata(dir.join("big.bin")) {
+            seen_partial |= m.len() != 200 << 20;
+        }
+        event_for(&net.tmp.path().join("B2.log"), 1).is_some()
+    });
+    drop(b2);
+    assert!(!seen_partial, "a partial file was visible during the sync");
+    assert!(trees_equal(&src, &dir));
+    ccbt_ok(&["--data-dir", s(&data), "cas", "verify"]);
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
