@@ -254,7 +254,41 @@ impl Store {
         Ok(())
     }
 
+    /// Stores one verified chunk with its index entry in a single batch (read caches: the mount
+    /// keeps what it fetched). Unreachable cached chunks are removed by gc.
+    pub fn put_chunk_cached(&self, hash: &Hash, data: &[u8]) -> Result<bool> {
+        if self.has_chunk(hash)? {
+            return Ok(false);
+        }
+        let _g = self.counters.lock().unwrap();
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_CHUNKS), hash, data);
+        b.put_cf(
+            self.cf(CF_CHUNK_INDEX),
+            hash,
+            (data.len() as u32).to_le_bytes(),
+        );
+        self.add_counter(&mut b, b"chunk_count", 1)?;
+        self.add_counter(&mut b, b"chunk_bytes", data.len() as i64)?;
+        self.db.write(b)?;
+        Ok(true)
+    }
+
     // ---- nodes ----
+
+    /// Stores one verified Merkle node (fetched on demand by a mount).
+    pub fn put_node(&self, hash: &Hash, text: &[u8]) -> Result<()> {
+        if self.has_node(hash)? {
+            return Ok(());
+        }
+        let _g = self.counters.lock().unwrap();
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_NODES), hash, text);
+        self.add_counter(&mut b, b"node_count", 1)?;
+        self.add_counter(&mut b, b"node_bytes", text.len() as i64)?;
+        self.db.write(b)?;
+        Ok(())
+    }
 
     pub fn get_node(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(CF_NODES), hash)?)

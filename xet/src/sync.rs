@@ -145,6 +145,28 @@ async fn resolve(
     Ok(out)
 }
 
+/// (offset, hash, size) of every chunk of a stored file.
+fn leaves(
+    store: &ccbt_cas::Store,
+    root: XetHash,
+    size: u64,
+) -> Result<Vec<(u64, XetHash, u64)>, SyncError> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    tree::walk_tree(
+        store,
+        root,
+        size,
+        &mut |h, len| {
+            out.push((off, h, len));
+            off += len;
+            Ok(())
+        },
+        &mut |_| {},
+    )?;
+    Ok(out)
+}
+
 fn marker(dir: &Path) -> PathBuf {
     dir.join(STATE_DIR).join("synced")
 }
@@ -279,8 +301,39 @@ fn write_dir(
             }
             EntryKind::File => {
                 let tmp = staging.join(format!("f{i}"));
-                let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-                tree::read_into(store, XetHash(e.root), e.size, &mut f, true)?;
+                let old = prev_map.get(e.path.as_str()).filter(|p| {
+                    p.kind == EntryKind::File
+                        && std::fs::symlink_metadata(&target)
+                            .is_ok_and(|m| m.is_file() && m.len() == p.size)
+                });
+                let f = match old {
+                    // Patch a copy of the previous version: only chunks that moved or changed are
+                    // written (the copy is done in the kernel, or shared on reflink filesystems).
+                    Some(p) => {
+                        std::fs::copy(&target, &tmp).map_err(io(&tmp))?;
+                        let f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&tmp)
+                            .map_err(io(&tmp))?;
+                        let had: HashSet<(u64, XetHash)> = leaves(store, XetHash(p.root), p.size)?
+                            .into_iter()
+                            .map(|(o, h, _)| (o, h))
+                            .collect();
+                        for (o, h, _) in leaves(store, XetHash(e.root), e.size)? {
+                            if !had.contains(&(o, h)) {
+                                use std::os::unix::fs::FileExt;
+                                f.write_all_at(&tree::read_chunk(store, h)?, o)
+                                    .map_err(io(&tmp))?;
+                            }
+                        }
+                        f
+                    }
+                    None => {
+                        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+                        tree::read_into(store, XetHash(e.root), e.size, &mut f, true)?;
+                        f
+                    }
+                };
                 f.set_len(e.size).map_err(io(&tmp))?;
                 f.set_permissions(std::fs::Permissions::from_mode(if e.executable {
                     0o755
@@ -291,7 +344,8 @@ fn write_dir(
                 let t =
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
                 let _ = f.set_times(std::fs::FileTimes::new().set_modified(t));
-                f.sync_all().map_err(io(&tmp))?;
+                // No fsync before the rename (rsync makes the same choice): the CAS holds the
+                // version durably, so a re-sync can always rebuild the file.
                 drop(f);
                 if let Some(p) = target.parent() {
                     std::fs::create_dir_all(p).map_err(io(p))?;
