@@ -93,8 +93,16 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
         let stop = until_signal();
         tokio::pin!(stop);
+        let mut settled = false;
         loop {
             if let Some(h) = node.xet.newest_head(&id) {
+                if h.seq > done && !settled && !a.follow {
+                    // Peers announce heads as they connect: give the others a moment, so a stale
+                    // (or replayed) head from the fastest peer does not win.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    settled = true;
+                    continue;
+                }
                 if h.seq > done {
                     let wire0 = node.wire_in(&id);
                     let r = sync_version(&node.xet, id, &h, &a.dir).await.with_context(|| format!("cannot sync version {}", h.seq))?;
@@ -117,7 +125,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                             r.fetched_nodes, r.dedup_chunks, human_bytes(wire), r.seconds
                         );
                     }
-                    if !a.follow {
+                    if !a.follow && node.xet.newest_head(&id).is_none_or(|n| n.seq <= done) {
                         return Ok(());
                     }
                     continue;

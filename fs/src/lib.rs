@@ -1,1 +1,1497 @@
-//! tmp
+//! `ccbt-fs`: a share as a live directory through FUSE (`fuser`).
+//!
+//! Metadata comes from an in-memory tree built from the version's listing (inode numbers are stable
+//! by path across versions). Reads walk the file's Merkle tree only along the path that covers the
+//! requested range; missing nodes and chunks are fetched from peers, verified, and cached in the
+//! CAS, with read-ahead for sequential readers. A new head swaps the tree atomically; an open handle
+//! keeps the content it opened.
+//!
+//! On the node that holds the share's key the mount is writable: changed files live in a
+//! copy-on-write overlay under the data dir; on close/fsync a debounced publisher re-chunks dirty
+//! files, signs the next version and pushes it to peers. The overlay state is written on every
+//! change, so dirty data left by a crash is published on the next mount.
+
+use ccbt_xet::hash::XetHash;
+use ccbt_xet::head::{Head, HeadValue, ShareId};
+use ccbt_xet::listing::{self, Entry, Kind as EKind};
+use ccbt_xet::net::{Kind, XetNode};
+use ccbt_xet::tree;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const TTL: Duration = Duration::from_secs(1);
+const ROOT: u64 = 1;
+/// Chunks fetched ahead of a sequential reader.
+const READ_AHEAD: usize = 8;
+
+#[derive(Debug, Clone)]
+enum Content {
+    /// A file in the CAS: its Merkle root.
+    Cas(XetHash),
+    /// A file in the overlay (owner mounts); `root` is its last published root, if clean.
+    Overlay {
+        path: PathBuf,
+        root: Option<XetHash>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    path: String,
+    kind: EKind,
+    size: u64,
+    content: Content,
+    exec: bool,
+    mtime: i64,
+    target: Option<String>,
+    children: BTreeMap<String, u64>,
+}
+
+/// The working tree: listing entries by inode.
+#[derive(Debug, Clone, Default)]
+struct Tree {
+    nodes: HashMap<u64, Node>,
+    seq: u64,
+}
+
+struct Handle {
+    content: Content,
+    size: u64,
+    last_end: u64,
+}
+
+pub struct MountConfig {
+    pub share: ShareId,
+    /// Where the owner's overlay lives (`<data dir>/overlay/<share>`).
+    pub overlay_dir: PathBuf,
+    pub read_timeout: Duration,
+    pub publish_debounce: Duration,
+}
+
+struct Shared {
+    node: Arc<XetNode>,
+    rt: tokio::runtime::Handle,
+    cfg: MountConfig,
+    key: Option<ed25519_dalek::SigningKey>,
+    tree: Mutex<Tree>,
+    inos: Mutex<(HashMap<String, u64>, u64)>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// Owner: a publish is wanted (and when the last change happened).
+    dirty: Mutex<Option<Instant>>,
+    wake: Condvar,
+    published: Mutex<u64>,
+    published_cv: Condvar,
+}
+
+/// The filesystem handed to fuser.
+pub struct ShareFs(Arc<Shared>);
+
+/// A mounted share; dropping it unmounts.
+pub struct Mounted {
+    shared: Arc<Shared>,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Mounted {
+    /// The version the mount shows.
+    pub fn seq(&self) -> u64 {
+        self.shared.tree.lock().unwrap().seq
+    }
+
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.flush_publish();
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes pending changes now (owner mounts).
+    pub fn flush_publish(&self) {
+        if self.shared.key.is_some() && self.shared.dirty.lock().unwrap().is_some() {
+            let _ = publish(&self.shared);
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn errno(e: impl std::fmt::Display, code: Errno) -> Errno {
+    tracing::warn!("{e}");
+    code
+}
+
+impl Shared {
+    fn ino_for(&self, path: &str) -> u64 {
+        let mut g = self.inos.lock().unwrap();
+        if let Some(i) = g.0.get(path) {
+            return *i;
+        }
+        g.1 += 1;
+        let i = g.1;
+        g.0.insert(path.to_string(), i);
+        i
+    }
+
+    /// Builds the tree of a version from its listing.
+    fn build(&self, seq: u64, entries: &[Entry]) -> Tree {
+        let mut t = Tree {
+            nodes: HashMap::new(),
+            seq,
+        };
+        t.nodes.insert(
+            ROOT,
+            Node {
+                path: String::new(),
+                kind: EKind::Dir,
+                size: 0,
+                content: Content::Cas(XetHash::ZERO),
+                exec: false,
+                mtime: now_secs(),
+                target: None,
+                children: BTreeMap::new(),
+            },
+        );
+        for e in entries {
+            let ino = self.ino_for(&e.path);
+            // Parents first (listings are sorted, but a parent dir entry may be absent).
+            let mut parent = ROOT;
+            let mut acc = String::new();
+            let comps: Vec<&str> = e.path.split('/').collect();
+            for c in &comps[..comps.len() - 1] {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(c);
+                let pi = self.ino_for(&acc);
+                t.nodes.entry(pi).or_insert_with(|| Node {
+                    path: acc.clone(),
+                    kind: EKind::Dir,
+                    size: 0,
+                    content: Content::Cas(XetHash::ZERO),
+                    exec: false,
+                    mtime: e.mtime,
+                    target: None,
+                    children: BTreeMap::new(),
+                });
+                t.nodes
+                    .get_mut(&parent)
+                    .unwrap()
+                    .children
+                    .insert(c.to_string(), pi);
+                parent = pi;
+            }
+            let name = comps[comps.len() - 1].to_string();
+            let existing_children = t
+                .nodes
+                .get(&ino)
+                .map(|n| n.children.clone())
+                .unwrap_or_default();
+            t.nodes.insert(
+                ino,
+                Node {
+                    path: e.path.clone(),
+                    kind: e.kind,
+                    size: e.size,
+                    content: Content::Cas(XetHash(e.root)),
+                    exec: e.executable,
+                    mtime: e.mtime,
+                    target: e.target.clone(),
+                    children: existing_children,
+                },
+            );
+            t.nodes.get_mut(&parent).unwrap().children.insert(name, ino);
+        }
+        t
+    }
+
+    fn attr(&self, ino: u64, n: &Node) -> FileAttr {
+        let t = UNIX_EPOCH + Duration::from_secs(n.mtime.max(0) as u64);
+        let (kind, perm) = match n.kind {
+            EKind::Dir => (FileType::Directory, 0o755),
+            EKind::Link => (FileType::Symlink, 0o777),
+            EKind::File => (FileType::RegularFile, if n.exec { 0o755 } else { 0o644 }),
+        };
+        let size = match n.kind {
+            EKind::Link => n.target.as_ref().map(|s| s.len() as u64).unwrap_or(0),
+            _ => n.size,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm: if self.key.is_some() {
+                perm
+            } else {
+                perm & 0o555
+            },
+            nlink: if n.kind == EKind::Dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 65536,
+            flags: 0,
+        }
+    }
+
+    /// Fetches a hash's bytes (node or chunk) from peers, storing it in the CAS.
+    fn fetch(&self, h: XetHash, kind: Kind) -> Result<(Kind, Vec<u8>), Errno> {
+        let node = self.node.clone();
+        let share = self.cfg.share;
+        let timeout = self.cfg.read_timeout;
+        let r = self.rt.block_on(async move {
+            tokio::time::timeout(timeout, node.fetch(&share, h, kind, 0)).await
+        });
+        match r {
+            Ok(Ok((k, data))) => {
+                let store = &self.node.shares.store;
+                match k {
+                    Kind::Node => store
+                        .put_node(&h.0, &data)
+                        .map_err(|e| errno(e, Errno::EIO))?,
+                    _ => {
+                        store
+                            .put_chunk_cached(&h.0, &data)
+                            .map_err(|e| errno(e, Errno::EIO))?;
+                    }
+                }
+                Ok((k, data.to_vec()))
+            }
+            Ok(Err(e)) => Err(errno(format!("read failed: {e}"), Errno::EIO)),
+            Err(_) => Err(errno(
+                format!("read timed out after {timeout:?}: no peer supplied {h}"),
+                Errno::EIO,
+            )),
+        }
+    }
+
+    /// The chunks (offset, hash, size) of a file that overlap `[off, end)`, fetching the nodes on
+    /// the way down from the root as needed.
+    fn chunks_for(
+        &self,
+        root: XetHash,
+        size: u64,
+        off: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, XetHash, u64)>, Errno> {
+        let store = &self.node.shares.store;
+        let mut out = Vec::new();
+        let mut stack = vec![(root, 0u64, size)];
+        while let Some((h, base, len)) = stack.pop() {
+            if base >= end || base + len <= off || len == 0 {
+                continue;
+            }
+            let text = match store.get_node(&h.0).map_err(|e| errno(e, Errno::EIO))? {
+                Some(t) => Some(t),
+                None if store.has_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? => None,
+                None => {
+                    // Unknown here: a node if it covers more than a chunk can, else ask for either.
+                    let want = if len > ccbt_xet::chunker::MAX_CHUNK as u64 {
+                        Kind::Node
+                    } else {
+                        Kind::Any
+                    };
+                    match self.fetch(h, want)? {
+                        (Kind::Node, t) => Some(t),
+                        _ => None,
+                    }
+                }
+            };
+            match text {
+                Some(t) => {
+                    let kids = tree::parse_node(h, &t).map_err(|e| errno(e, Errno::EIO))?;
+                    let mut b = base;
+                    let mut items = Vec::new();
+                    for k in kids {
+                        items.push((k.hash, b, k.size));
+                        b += k.size;
+                    }
+                    stack.extend(items.into_iter().rev());
+                }
+                None => out.push((base, h, len)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn chunk(&self, h: XetHash) -> Result<Vec<u8>, Errno> {
+        let store = &self.node.shares.store;
+        if let Some(d) = store.get_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? {
+            if ccbt_xet::hash::chunk_hash(&d) == h {
+                return Ok(d);
+            }
+        }
+        Ok(self.fetch(h, Kind::Chunk)?.1)
+    }
+
+    fn read_cas(
+        &self,
+        root: XetHash,
+        size: u64,
+        off: u64,
+        len: u32,
+        prefetch: bool,
+    ) -> Result<Vec<u8>, Errno> {
+        let end = (off + len as u64).min(size);
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let chunks = self.chunks_for(root, size, off, end)?;
+        let mut out = Vec::with_capacity((end - off) as usize);
+        for (base, h, clen) in &chunks {
+            let data = self.chunk(*h)?;
+            if data.len() as u64 != *clen {
+                return Err(Errno::EIO);
+            }
+            let s = off.max(*base) - base;
+            let e = end.min(base + clen) - base;
+            out.extend_from_slice(&data[s as usize..e as usize]);
+        }
+        if prefetch {
+            // Read-ahead: warm the next chunks in the background for a sequential reader.
+            let ahead_end = (end + READ_AHEAD as u64 * 65536).min(size);
+            if let Ok(next) = self.chunks_for(root, size, end, ahead_end) {
+                let store_missing: Vec<XetHash> = next
+                    .iter()
+                    .map(|c| c.1)
+                    .filter(|h| !self.node.shares.store.has_chunk(&h.0).unwrap_or(true))
+                    .collect();
+                let node = self.node.clone();
+                let share = self.cfg.share;
+                for h in store_missing {
+                    let node = node.clone();
+                    self.rt.spawn(async move {
+                        if let Ok((_, d)) = node.fetch(&share, h, Kind::Chunk, 0).await {
+                            let _ = node.shares.store.put_chunk_cached(&h.0, &d);
+                        }
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_content(
+        &self,
+        c: &Content,
+        size: u64,
+        off: u64,
+        len: u32,
+        prefetch: bool,
+    ) -> Result<Vec<u8>, Errno> {
+        match c {
+            Content::Cas(root) => self.read_cas(*root, size, off, len, prefetch),
+            Content::Overlay { path, .. } => {
+                let f = std::fs::File::open(path).map_err(|e| errno(e, Errno::EIO))?;
+                let end = (off + len as u64).min(size);
+                if off >= end {
+                    return Ok(Vec::new());
+                }
+                let mut buf = vec![0u8; (end - off) as usize];
+                let n = f.read_at(&mut buf, off).map_err(|e| errno(e, Errno::EIO))?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+        }
+    }
+
+    // ---- owner side ----
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.key.is_none() {
+            tracing::warn!("write refused: this node does not hold the share's key, so the mount is read-only (EROFS)");
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    fn overlay_path(&self, ino: u64) -> PathBuf {
+        self.cfg.overlay_dir.join(format!("f{ino}-{}", now_nanos()))
+    }
+
+    /// Makes a file's content an overlay copy (materialising it from the CAS on first write).
+    fn to_overlay(&self, t: &mut Tree, ino: u64) -> Result<PathBuf, Errno> {
+        let n = t.nodes.get(&ino).ok_or(Errno::ENOENT)?.clone();
+        if let Content::Overlay { path, .. } = &n.content {
+            return Ok(path.clone());
+        }
+        let Content::Cas(root) = n.content else {
+            unreachable!()
+        };
+        let p = self.overlay_path(ino);
+        std::fs::create_dir_all(&self.cfg.overlay_dir).map_err(|e| errno(e, Errno::EIO))?;
+        let mut f = std::fs::File::create(&p).map_err(|e| errno(e, Errno::EIO))?;
+        if n.size > 0 {
+            // Make sure every chunk is here, then copy.
+            self.chunks_for(root, n.size, 0, n.size)?
+                .iter()
+                .try_for_each(|(_, h, _)| self.chunk(*h).map(|_| ()))?;
+            tree::read_into(&self.node.shares.store, root, n.size, &mut f, true)
+                .map_err(|e| errno(e, Errno::EIO))?;
+            f.set_len(n.size).map_err(|e| errno(e, Errno::EIO))?;
+        }
+        t.nodes.get_mut(&ino).unwrap().content = Content::Overlay {
+            path: p.clone(),
+            root: None,
+        };
+        Ok(p)
+    }
+
+    fn changed(&self, t: &Tree) {
+        self.save_state(t);
+        *self.dirty.lock().unwrap() = Some(Instant::now());
+    }
+
+    fn request_publish(&self) {
+        if self.key.is_some() && self.dirty.lock().unwrap().is_some() {
+            self.wake.notify_all();
+        }
+    }
+
+    /// The working tree, persisted so a crash does not lose dirty data.
+    fn save_state(&self, t: &Tree) {
+        if self.key.is_none() {
+            return;
+        }
+        let mut lines = Vec::new();
+        let mut nodes: Vec<&Node> = t.nodes.values().filter(|n| !n.path.is_empty()).collect();
+        nodes.sort_by(|a, b| a.path.cmp(&b.path));
+        for n in nodes {
+            let (c, extra) = match &n.content {
+                Content::Cas(r) => ("cas", r.to_hex()),
+                Content::Overlay { path, .. } => ("ovl", path.to_string_lossy().into_owned()),
+            };
+            let kind = match n.kind {
+                EKind::File => "f",
+                EKind::Dir => "d",
+                EKind::Link => "l",
+            };
+            lines.push(format!(
+                "{kind}\t{c}\t{extra}\t{}\t{}\t{}\t{}\t{}",
+                n.size,
+                n.exec as u8,
+                n.mtime,
+                n.target.clone().unwrap_or_default(),
+                n.path
+            ));
+        }
+        let p = self.cfg.overlay_dir.join("state");
+        let tmp = p.with_extension("tmp");
+        if std::fs::create_dir_all(&self.cfg.overlay_dir).is_ok()
+            && std::fs::write(&tmp, lines.join("\n")).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &p);
+        }
+    }
+
+    fn load_state(&self) -> Option<Vec<(Entry, Option<PathBuf>)>> {
+        let text = std::fs::read_to_string(self.cfg.overlay_dir.join("state")).ok()?;
+        let mut out = Vec::new();
+        for l in text.lines() {
+            let f: Vec<&str> = l.splitn(9, '\t').collect();
+            if f.len() != 9 {
+                return None;
+            }
+            let kind = match f[0] {
+                "f" => EKind::File,
+                "d" => EKind::Dir,
+                _ => EKind::Link,
+            };
+            let (root, ovl) = match f[1] {
+                "cas" => (XetHash::from_hex(f[2])?.0, None),
+                _ => ([0; 32], Some(PathBuf::from(f[2]))),
+            };
+            out.push((
+                Entry {
+                    path: f[8].to_string(),
+                    kind,
+                    size: f[3].parse().ok()?,
+                    root,
+                    executable: f[4] == "1",
+                    mtime: f[5].parse().ok()?,
+                    target: (kind == EKind::Link).then(|| f[6].to_string()),
+                },
+                ovl,
+            ));
+        }
+        Some(out)
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Publishes the working tree as the next version (owner mounts).
+fn publish(s: &Shared) -> Result<u64, String> {
+    let key = s.key.as_ref().ok_or("not the owner")?;
+    *s.dirty.lock().unwrap() = None;
+    let snapshot = s.tree.lock().unwrap().clone();
+    let store = &s.node.shares.store;
+    let mut nodes = Vec::new();
+    let mut entries = Vec::new();
+    let mut new_roots = Vec::new();
+    for (ino, n) in &snapshot.nodes {
+        if n.path.is_empty() {
+            continue;
+        }
+        let root = match &n.content {
+            Content::Cas(r) => *r,
+            Content::Overlay { root: Some(r), .. } => *r,
+            Content::Overlay { path, root: None } => {
+                let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+                let d = tree::store_reader(store, f, true, &AtomicU64::new(0), &mut nodes)
+                    .map_err(|e| e.to_string())?;
+                new_roots.push((*ino, path.clone(), d.merkle_root));
+                d.merkle_root
+            }
+        };
+        entries.push(Entry {
+            path: n.path.clone(),
+            kind: n.kind,
+            size: n.size,
+            root: if n.kind == EKind::File {
+                root.0
+            } else {
+                [0; 32]
+            },
+            executable: n.exec,
+            mtime: n.mtime,
+            target: n.target.clone(),
+        });
+    }
+    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let bytes = listing::encode(&entries);
+    let l = tree::store_reader(store, &bytes[..], false, &AtomicU64::new(0), &mut nodes)
+        .map_err(|e| e.to_string())?;
+    let rec = s
+        .node
+        .shares
+        .record(&s.cfg.share)
+        .map_err(|e| e.to_string())?
+        .ok_or("share record missing")?;
+    let seq = rec.seq + 1;
+    let head = Head::sign(
+        key,
+        seq,
+        HeadValue {
+            root: l.merkle_root.0,
+            size: entries.iter().map(|e| e.size).sum(),
+            time: now_secs(),
+        },
+    );
+    let mut vb = ccbt_cas::VersionBatch::default();
+    for (h, t) in nodes {
+        vb.node(h, t);
+    }
+    vb.head(s.cfg.share, seq, head.encode());
+    vb.share(
+        s.cfg.share,
+        ccbt_xet::shares::ShareRecord {
+            public_key: head.public_key,
+            seq,
+            owner: true,
+        }
+        .encode(),
+    );
+    store.commit_version(vb).map_err(|e| e.to_string())?;
+    {
+        // The published roots become the overlay files' clean state (unless written meanwhile).
+        let mut t = s.tree.lock().unwrap();
+        for (ino, p, r) in new_roots {
+            if let Some(n) = t.nodes.get_mut(&ino) {
+                if let Content::Overlay { path, root } = &mut n.content {
+                    if *path == p && s.dirty.lock().unwrap().is_none() {
+                        *root = Some(r);
+                    }
+                }
+            }
+        }
+        t.seq = seq;
+        s.save_state(&t);
+    }
+    s.node.offer_head(head, None);
+    s.node.have_version(&s.cfg.share, seq);
+    *s.published.lock().unwrap() = seq;
+    s.published_cv.notify_all();
+    tracing::info!("published version {seq} of the share from the mount");
+    Ok(seq)
+}
+
+fn publisher(s: Arc<Shared>) {
+    loop {
+        let mut g = s.dirty.lock().unwrap();
+        loop {
+            match *g {
+                Some(t) if t.elapsed() >= s.cfg.publish_debounce => break,
+                Some(t) => {
+                    let wait = s.cfg.publish_debounce - t.elapsed();
+                    g = s.wake.wait_timeout(g, wait).unwrap().0;
+                }
+                None => g = s.wake.wait_timeout(g, Duration::from_secs(1)).unwrap().0,
+            }
+            if Arc::strong_count(&s) == 1 {
+                return;
+            }
+        }
+        drop(g);
+        if let Err(e) = publish(&s) {
+            tracing::error!("cannot publish the mount's changes: {e}");
+        }
+    }
+}
+
+/// Watches for newer heads (read-only mounts) and swaps the tree.
+fn follower(s: Arc<Shared>) {
+    let mut rx = s.node.subscribe();
+    loop {
+        let next =
+            s.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), rx.recv()).await });
+        if Arc::strong_count(&s) == 1 {
+            return;
+        }
+        let Ok(Ok((share, seq))) = next else { continue };
+        if share != s.cfg.share || seq <= s.tree.lock().unwrap().seq {
+            continue;
+        }
+        let Some(head) = s.node.newest_head(&share) else {
+            continue;
+        };
+        match load_listing(&s, &head) {
+            Ok(entries) => {
+                let t = s.build(head.seq, &entries);
+                *s.tree.lock().unwrap() = t;
+                tracing::info!("mount now shows version {}", head.seq);
+            }
+            Err(e) => tracing::warn!("cannot load version {}: {e:?}", head.seq),
+        }
+    }
+}
+
+fn load_listing(s: &Shared, head: &Head) -> Result<Vec<Entry>, Errno> {
+    let root = XetHash(head.value.root);
+    let size = u64::MAX / 4; // unknown: cover everything
+    let chunks = s.chunks_for(root, size, 0, size)?;
+    let mut bytes = Vec::new();
+    for (_, h, _) in chunks {
+        bytes.extend_from_slice(&s.chunk(h)?);
+    }
+    listing::decode(&bytes).map_err(|e| errno(e, Errno::EIO))
+}
+
+/// Mounts `head`'s version of the share at `dir`.
+pub fn mount(
+    node: Arc<XetNode>,
+    rt: tokio::runtime::Handle,
+    head: Head,
+    dir: &Path,
+    cfg: MountConfig,
+) -> std::io::Result<Mounted> {
+    let key = node.shares.signing_key(&cfg.share).ok().flatten();
+    let shared = Arc::new(Shared {
+        node,
+        rt,
+        cfg,
+        key,
+        tree: Mutex::new(Tree::default()),
+        inos: Mutex::new((HashMap::from([(String::new(), ROOT)]), ROOT)),
+        handles: Mutex::new(HashMap::new()),
+        next_fh: AtomicU64::new(1),
+        dirty: Mutex::new(None),
+        wake: Condvar::new(),
+        published: Mutex::new(head.seq),
+        published_cv: Condvar::new(),
+    });
+    // An owner's overlay left by a crash wins over the last published version.
+    let recovered = if shared.key.is_some() {
+        shared.load_state()
+    } else {
+        None
+    };
+    let tree = match &recovered {
+        Some(items) => {
+            let entries: Vec<Entry> = items.iter().map(|(e, _)| e.clone()).collect();
+            let mut t = shared.build(head.seq, &entries);
+            for (e, ovl) in items {
+                if let Some(p) = ovl {
+                    let ino = shared.ino_for(&e.path);
+                    if let Some(n) = t.nodes.get_mut(&ino) {
+                        n.content = Content::Overlay {
+                            path: p.clone(),
+                            root: None,
+                        };
+                    }
+                }
+            }
+            t
+        }
+        None => {
+            let entries = load_listing(&shared, &head).map_err(|e| {
+                std::io::Error::other(format!("cannot load the share's listing ({e:?})"))
+            })?;
+            shared.build(head.seq, &entries)
+        }
+    };
+    *shared.tree.lock().unwrap() = tree;
+    if recovered.is_some() {
+        tracing::info!("publishing changes left in the overlay by an earlier mount");
+        *shared.dirty.lock().unwrap() = Some(Instant::now() - Duration::from_secs(3600));
+    }
+    let mut opts = vec![
+        fuser::MountOption::FSName("ccbt".into()),
+        fuser::MountOption::Subtype("ccbt".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if shared.key.is_none() {
+        opts.push(fuser::MountOption::RO);
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = opts;
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(4);
+    let session = fuser::spawn_mount(ShareFs(shared.clone()), dir, &config)?;
+    if shared.key.is_some() {
+        let s = shared.clone();
+        std::thread::spawn(move || publisher(s));
+        shared.wake.notify_all();
+    } else {
+        let s = shared.clone();
+        std::thread::spawn(move || follower(s));
+    }
+    Ok(Mounted {
+        shared,
+        session: Some(session),
+    })
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    let n = name.to_str().ok_or(Errno::EINVAL)?;
+    if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(n)
+}
+
+impl ShareFs {
+    fn child_path(t: &Tree, parent: u64, name: &str) -> Result<String, Errno> {
+        let p = t.nodes.get(&parent).ok_or(Errno::ENOENT)?;
+        if p.kind != EKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(if p.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{}", p.path, name)
+        })
+    }
+
+    /// Inserts a new node under `parent` (owner mounts).
+    fn insert(
+        &self,
+        t: &mut Tree,
+        parent: u64,
+        name: &str,
+        mut n: Node,
+    ) -> Result<(u64, FileAttr), Errno> {
+        let path = Self::child_path(t, parent, name)?;
+        if t.nodes[&parent].children.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        n.path = path.clone();
+        let ino = self.0.ino_for(&path);
+        let attr = self.0.attr(ino, &n);
+        t.nodes.insert(ino, n);
+        t.nodes
+            .get_mut(&parent)
+            .unwrap()
+            .children
+            .insert(name.to_string(), ino);
+        Ok((ino, attr))
+    }
+
+    fn remove(&self, t: &mut Tree, parent: u64, name: &str, dir: bool) -> Result<(), Errno> {
+        let ino = *t
+            .nodes
+            .get(&parent)
+            .ok_or(Errno::ENOENT)?
+            .children
+            .get(name)
+            .ok_or(Errno::ENOENT)?;
+        let n = &t.nodes[&ino];
+        if dir && n.kind != EKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !dir && n.kind == EKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        if dir && !n.children.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        t.nodes.get_mut(&parent).unwrap().children.remove(name);
+        // Open handles keep their content (an unlinked open file stays readable).
+        t.nodes.remove(&ino);
+        self.0
+            .inos
+            .lock()
+            .unwrap()
+            .0
+            .remove(&n_path(t, ino).unwrap_or_default());
+        Ok(())
+    }
+
+    /// Re-keys a subtree's paths after a rename.
+    fn repath(&self, t: &mut Tree, ino: u64, path: String) {
+        let children: Vec<(String, u64)> = {
+            let n = t.nodes.get_mut(&ino).unwrap();
+            n.path = path.clone();
+            n.children.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        self.0.inos.lock().unwrap().0.insert(path.clone(), ino);
+        for (name, c) in children {
+            self.repath(t, c, format!("{path}/{name}"));
+        }
+    }
+}
+
+fn n_path(t: &Tree, ino: u64) -> Option<String> {
+    t.nodes.get(&ino).map(|n| n.path.clone())
+}
+
+impl Filesystem for ShareFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = self.0.tree.lock().unwrap();
+        let Some(ino) = name
+            .to_str()
+            .and_then(|n| t.nodes.get(&parent.0)?.children.get(n).copied())
+        else {
+            return reply.error(Errno::ENOENT);
+        };
+        reply.entry(&TTL, &self.0.attr(ino, &t.nodes[&ino]), Generation(0));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t = self.0.tree.lock().unwrap();
+        match t.nodes.get(&ino.0) {
+            Some(n) => reply.attr(&TTL, &self.0.attr(ino.0, n)),
+            None => {
+                // An unlinked file still open: answer from its handle.
+                let hs = self.0.handles.lock().unwrap();
+                match fh.and_then(|f| hs.get(&f.0)) {
+                    Some(h) => {
+                        let n = Node {
+                            path: String::new(),
+                            kind: EKind::File,
+                            size: h.size,
+                            content: h.content.clone(),
+                            exec: false,
+                            mtime: now_secs(),
+                            target: None,
+                            children: BTreeMap::new(),
+                        };
+                        reply.attr(&TTL, &self.0.attr(ino.0, &n))
+                    }
+                    None => reply.error(Errno::ENOENT),
+                }
+            }
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let t = self.0.tree.lock().unwrap();
+        match t.nodes.get(&ino.0).and_then(|n| n.target.clone()) {
+            Some(target) => reply.data(target.as_bytes()),
+            None => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let wants_write =
+            flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if wants_write {
+            if let Err(e) = self.0.writable() {
+                return reply.error(e);
+            }
+        }
+        let mut t = self.0.tree.lock().unwrap();
+        let Some(n) = t.nodes.get(&ino.0).cloned() else {
+            return reply.error(Errno::ENOENT);
+        };
+        if n.kind == EKind::Dir {
+            return reply.error(Errno::EISDIR);
+        }
+        let mut content = n.content.clone();
+        let mut size = n.size;
+        if wants_write {
+            match self.0.to_overlay(&mut t, ino.0) {
+                Ok(p) => {
+                    if flags.0 & libc::O_TRUNC != 0 {
+                        let _ = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&p)
+                            .and_then(|f| f.set_len(0));
+                        let nn = t.nodes.get_mut(&ino.0).unwrap();
+                        nn.size = 0;
+                        nn.mtime = now_secs();
+                        size = 0;
+                        self.0.changed(&t);
+                    }
+                    content = t.nodes[&ino.0].content.clone();
+                }
+                Err(e) => return reply.error(e),
+            }
+        }
+        let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.0.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                content,
+                size,
+                last_end: 0,
+            },
+        );
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (content, fsize, sequential) = {
+            let mut hs = self.0.handles.lock().unwrap();
+            let Some(h) = hs.get_mut(&fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            // Overlay files can grow while open: take the current size from the tree.
+            if let Content::Overlay { .. } = h.content {
+                if let Some(n) = self.0.tree.lock().unwrap().nodes.get(&ino.0) {
+                    h.size = n.size;
+                }
+            }
+            let seq = offset == h.last_end;
+            h.last_end = offset + size as u64;
+            (h.content.clone(), h.size, seq)
+        };
+        match self
+            .0
+            .read_content(&content, fsize, offset, size, sequential)
+        {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let mut t = self.0.tree.lock().unwrap();
+        let path = match self.0.to_overlay(&mut t, ino.0) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let n = t.nodes.get_mut(&ino.0).unwrap();
+        let off = if flags.0 & libc::O_APPEND != 0 {
+            n.size
+        } else {
+            offset
+        };
+        let res = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.write_all_at(data, off));
+        if let Err(e) = res {
+            return reply.error(errno(e, Errno::EIO));
+        }
+        n.size = n.size.max(off + data.len() as u64);
+        n.mtime = now_secs();
+        if let Content::Overlay { root, .. } = &mut n.content {
+            *root = None;
+        }
+        let content = n.content.clone();
+        let size = n.size;
+        if let Some(h) = self.0.handles.lock().unwrap().get_mut(&fh.0) {
+            h.content = content;
+            h.size = size;
+        }
+        self.0.changed(&t);
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.handles.lock().unwrap().remove(&fh.0);
+        self.0.request_publish();
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Overlay data is on disk in the data dir and the state file names it; publish soon.
+        self.0.request_publish();
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let t = self.0.tree.lock().unwrap();
+        let Some(n) = t.nodes.get(&ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let parent = if n.path.is_empty() {
+            ROOT
+        } else {
+            let pp = n.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+            *self.0.inos.lock().unwrap().0.get(pp).unwrap_or(&ROOT)
+        };
+        let mut items: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (parent, FileType::Directory, "..".into()),
+        ];
+        for (name, c) in &n.children {
+            let k = match t.nodes.get(c).map(|x| x.kind) {
+                Some(EKind::Dir) => FileType::Directory,
+                Some(EKind::Link) => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            items.push((*c, k, name.clone()));
+        }
+        for (i, (ino, kind, name)) in items.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let t = self.0.tree.lock().unwrap();
+        let used: u64 = t.nodes.values().map(|n| n.size.div_ceil(4096)).sum();
+        reply.statfs(
+            used + (1 << 24),
+            1 << 24,
+            1 << 24,
+            t.nodes.len() as u64 + (1 << 20),
+            1 << 20,
+            4096,
+            255,
+            4096,
+        );
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mut t = self.0.tree.lock().unwrap();
+        let _ = std::fs::create_dir_all(&self.0.cfg.overlay_dir);
+        let p = self.0.overlay_path(0);
+        if let Err(e) = std::fs::File::create(&p) {
+            return reply.error(errno(e, Errno::EIO));
+        }
+        let n = Node {
+            path: String::new(),
+            kind: EKind::File,
+            size: 0,
+            content: Content::Overlay {
+                path: p,
+                root: None,
+            },
+            exec: mode & 0o111 != 0,
+            mtime: now_secs(),
+            target: None,
+            children: BTreeMap::new(),
+        };
+        match self.insert(&mut t, parent.0, name, n) {
+            Ok((ino, attr)) => {
+                let content = t.nodes[&ino].content.clone();
+                self.0.changed(&t);
+                let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.0.handles.lock().unwrap().insert(
+                    fh,
+                    Handle {
+                        content,
+                        size: 0,
+                        last_end: 0,
+                    },
+                );
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mut t = self.0.tree.lock().unwrap();
+        let n = Node {
+            path: String::new(),
+            kind: EKind::Dir,
+            size: 0,
+            content: Content::Cas(XetHash::ZERO),
+            exec: false,
+            mtime: now_secs(),
+            target: None,
+            children: BTreeMap::new(),
+        };
+        match self.insert(&mut t, parent.0, name, n) {
+            Ok((_, attr)) => {
+                self.0.changed(&t);
+                self.0.request_publish();
+                reply.entry(&TTL, &attr, Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let name = match name_str(link_name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        let mut t = self.0.tree.lock().unwrap();
+        let n = Node {
+            path: String::new(),
+            kind: EKind::Link,
+            size: 0,
+            content: Content::Cas(XetHash::ZERO),
+            exec: false,
+            mtime: now_secs(),
+            target: Some(target.to_string()),
+            children: BTreeMap::new(),
+        };
+        match self.insert(&mut t, parent.0, name, n) {
+            Ok((_, attr)) => {
+                self.0.changed(&t);
+                self.0.request_publish();
+                reply.entry(&TTL, &attr, Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let mut t = self.0.tree.lock().unwrap();
+        match name
+            .to_str()
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.remove(&mut t, parent.0, n, false))
+        {
+            Ok(()) => {
+                self.0.changed(&t);
+                self.0.request_publish();
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let mut t = self.0.tree.lock().unwrap();
+        match name
+            .to_str()
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.remove(&mut t, parent.0, n, true))
+        {
+            Ok(()) => {
+                self.0.changed(&t);
+                self.0.request_publish();
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let (Some(name), Ok(newname)) = (name.to_str(), name_str(newname)) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let mut t = self.0.tree.lock().unwrap();
+        let res = (|| {
+            let ino = *t
+                .nodes
+                .get(&parent.0)
+                .ok_or(Errno::ENOENT)?
+                .children
+                .get(name)
+                .ok_or(Errno::ENOENT)?;
+            let newpath = Self::child_path(&t, newparent.0, newname)?;
+            if let Some(&victim) = t.nodes[&newparent.0].children.get(newname) {
+                if victim == ino {
+                    return Ok(());
+                }
+                let vdir = t.nodes[&victim].kind == EKind::Dir;
+                if vdir && !t.nodes[&victim].children.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                // Replacing an open file: its handles keep the old content.
+                t.nodes
+                    .get_mut(&newparent.0)
+                    .unwrap()
+                    .children
+                    .remove(newname);
+                t.nodes.remove(&victim);
+            }
+            t.nodes.get_mut(&parent.0).unwrap().children.remove(name);
+            t.nodes
+                .get_mut(&newparent.0)
+                .unwrap()
+                .children
+                .insert(newname.to_string(), ino);
+            self.0
+                .inos
+                .lock()
+                .unwrap()
+                .0
+                .remove(&t.nodes[&ino].path.clone());
+            self.repath(&mut t, ino, newpath);
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                self.0.changed(&t);
+                self.0.request_publish();
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if mode.is_none() && size.is_none() && mtime.is_none() {
+            let t = self.0.tree.lock().unwrap();
+            return match t.nodes.get(&ino.0) {
+                Some(n) => reply.attr(&TTL, &self.0.attr(ino.0, n)),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let mut t = self.0.tree.lock().unwrap();
+        if !t.nodes.contains_key(&ino.0) {
+            return reply.error(Errno::ENOENT);
+        }
+        if let Some(sz) = size {
+            let p = match self.0.to_overlay(&mut t, ino.0) {
+                Ok(p) => p,
+                Err(e) => return reply.error(e),
+            };
+            if let Err(e) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|f| f.set_len(sz))
+            {
+                return reply.error(errno(e, Errno::EIO));
+            }
+            let n = t.nodes.get_mut(&ino.0).unwrap();
+            n.size = sz;
+            n.mtime = now_secs();
+            if let Content::Overlay { root, .. } = &mut n.content {
+                *root = None;
+            }
+            let (c, s) = (n.content.clone(), n.size);
+            if let Some(h) = fh.and_then(|f| {
+                self.0.handles.lock().unwrap().get_mut(&f.0).map(|h| {
+                    h.content = c.clone();
+                    h.size = s;
+                })
+            }) {
+                let _ = h;
+            }
+        }
+        let n = t.nodes.get_mut(&ino.0).unwrap();
+        if let Some(m) = mode {
+            n.exec = m & 0o111 != 0;
+        }
+        if let Some(m) = mtime {
+            n.mtime = match m {
+                TimeOrNow::SpecificTime(st) => st
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+                TimeOrNow::Now => now_secs(),
+            };
+        }
+        let attr = self.0.attr(ino.0, n);
+        self.0.changed(&t);
+        self.0.request_publish();
+        reply.attr(&TTL, &attr);
+    }
+}
+
+/// Waits (bounded) until the mount's owner has published version `seq` or later.
+pub fn wait_published(m: &Mounted, seq: u64, timeout: Duration) -> bool {
+    let g = m.shared.published.lock().unwrap();
+    let (g, _) = m
+        .shared
+        .published_cv
+        .wait_timeout_while(g, timeout, |p| *p < seq)
+        .unwrap();
+    *g >= seq
+}
