@@ -4,6 +4,7 @@
 mod bt_cmds;
 mod config;
 mod demo;
+mod mount_cmds;
 mod node;
 mod progress;
 mod share_cmds;
@@ -75,6 +76,10 @@ pub enum Command {
     Sync(sync_cmds::SyncArgs),
     /// Shares, peers and counters of the node running on this data dir
     Status,
+    /// Mount a share as a live directory (writable on the owner's node)
+    Mount(mount_cmds::MountArgs),
+    /// Unmount a ccbt mount (also clears one left by a crash)
+    Unmount { dir: PathBuf },
     /// Continue a checkpointed download by info-hash
     Resume(bt_cmds::ResumeArgs),
     /// Checkpointed downloads: list, clean, delete
@@ -107,10 +112,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .log_level
         .clone()
         .unwrap_or_else(|| config.observability.log_level.clone());
+    // fuser logs every request it does not implement (xattrs...) as a warning: noise for users.
     let filter = tracing_subscriber::EnvFilter::try_new(if cli.quiet {
         "error".to_string()
     } else {
-        level.to_lowercase()
+        format!("{},fuser=error", level.to_lowercase())
     })
     .map_err(|_| {
         anyhow::anyhow!("invalid log level {level:?}: use error, warn, info, debug or trace")
@@ -145,6 +151,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seed(a) => bt_cmds::seed(&ctx, a),
         Command::Sync(a) => sync_cmds::sync(&ctx, a),
         Command::Status => sync_cmds::status(&ctx),
+        Command::Mount(a) => mount_cmds::mount_cmd(&ctx, a),
+        Command::Unmount { dir } => mount_cmds::unmount_cmd(&ctx, dir),
         Command::Resume(a) => bt_cmds::resume(&ctx, a),
         Command::Checkpoints(c) => bt_cmds::checkpoints(&ctx, c),
     }

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const TTL: Duration = Duration::from_secs(1);
 const ROOT: u64 = 1;
+/// Stands for "size not known" (a listing root): large enough to cover any tree.
+const UNKNOWN_SIZE: u64 = u64::MAX / 4;
 /// Chunks fetched ahead of a sequential reader.
 const READ_AHEAD: usize = 8;
 
@@ -315,7 +317,7 @@ impl Shared {
                 None if store.has_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? => None,
                 None => {
                     // Unknown here: a node if it covers more than a chunk can, else ask for either.
-                    let want = if len > ccbt_xet::chunker::MAX_CHUNK as u64 {
+                    let want = if len < UNKNOWN_SIZE && len > ccbt_xet::chunker::MAX_CHUNK as u64 {
                         Kind::Node
                     } else {
                         Kind::Any
@@ -702,7 +704,7 @@ fn follower(s: Arc<Shared>) {
 
 fn load_listing(s: &Shared, head: &Head) -> Result<Vec<Entry>, Errno> {
     let root = XetHash(head.value.root);
-    let size = u64::MAX / 4; // unknown: cover everything
+    let size = UNKNOWN_SIZE; // the listing's size is not in the head: cover everything
     let chunks = s.chunks_for(root, size, 0, size)?;
     let mut bytes = Vec::new();
     for (_, h, _) in chunks {
@@ -1456,13 +1458,11 @@ impl Filesystem for ShareFs {
                 *root = None;
             }
             let (c, s) = (n.content.clone(), n.size);
-            if let Some(h) = fh.and_then(|f| {
-                self.0.handles.lock().unwrap().get_mut(&f.0).map(|h| {
-                    h.content = c.clone();
+            if let Some(f) = fh {
+                if let Some(h) = self.0.handles.lock().unwrap().get_mut(&f.0) {
+                    h.content = c;
                     h.size = s;
-                })
-            }) {
-                let _ = h;
+                }
             }
         }
         let n = t.nodes.get_mut(&ino.0).unwrap();

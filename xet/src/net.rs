@@ -519,6 +519,7 @@ impl ExtensionHandler for XetExt {
                 ExtReply::default()
             }
             Msg::Req { id, kind, hash } => {
+                tracing::debug!("{} asks for {} ({kind:?})", peer.addr, XetHash(hash));
                 let reply = match self.0.serve(&share, kind, &hash) {
                     Some((k, data)) => Msg::Data {
                         id,
