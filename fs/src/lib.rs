@@ -519,8 +519,9 @@ impl Shared {
         let text = std::fs::read_to_string(self.cfg.overlay_dir.join("state")).ok()?;
         let mut out = Vec::new();
         for l in text.lines() {
-            let f: Vec<&str> = l.splitn(9, '\t').collect();
-            if f.len() != 9 {
+            // kind, content kind, root or overlay path, size, exec, mtime, link target, path
+            let f: Vec<&str> = l.splitn(8, '\t').collect();
+            if f.len() != 8 {
                 return None;
             }
             let kind = match f[0] {
@@ -534,7 +535,7 @@ impl Shared {
             };
             out.push((
                 Entry {
-                    path: f[8].to_string(),
+                    path: f[7].to_string(),
                     kind,
                     size: f[3].parse().ok()?,
                     root,

@@ -1,0 +1,465 @@
+//! Real FUSE mounts of shares: lazy reads on a follower, the owner writing through its mount, POSIX
+//! cases, a crash with dirty data, stale mount points.
+
+use ccbt_tests::*;
+use serde_json::Value;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn wait_until(secs: f64, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs_f64(secs) {
+        if f() {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// A mount process; unmounts (and kills) on drop so no test leaves a mount behind.
+struct MountGuard {
+    child: Option<ChildGuard>,
+    dir: PathBuf,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        self.child.take();
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let canon = std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == canon.to_str())
+}
+
+fn mount(data: &Path, id: &str, dir: &Path, extra: &[&str], log: &Path) -> (MountGuard, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "--data-dir",
+        s(data),
+        "mount",
+        id,
+        s(dir),
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    let g = spawn_ccbt(&args, log);
+    let mut guard = MountGuard {
+        child: Some(g),
+        dir: dir.to_path_buf(),
+    };
+    wait_until(30.0, "the mount", || {
+        if let Some(c) = guard.child.as_mut() {
+            if let Ok(Some(st)) = c.0.try_wait() {
+                panic!(
+                    "ccbt mount exited with {st}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+        is_mounted(dir)
+    });
+    (guard, listen)
+}
+
+/// Unmounts the way a user does (`ccbt unmount`) and waits for the mount process to publish and exit.
+fn unmount(g: &mut MountGuard) {
+    ccbt_ok(&["unmount", s(&g.dir)]);
+    if let Some(mut c) = g.child.take() {
+        wait_until(30.0, "the mount process to exit", || {
+            c.0.try_wait().unwrap().is_some()
+        });
+    }
+}
+
+fn status(data: &Path) -> Value {
+    ccbt_json(&["--data-dir", s(data), "status"])
+}
+
+fn fetched(data: &Path) -> u64 {
+    status(data)["shares"][0]["fetched_bytes"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn follower_mount_reads_lazily_and_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    make_tree(
+        &src,
+        &[
+            ("big.bin", 256 << 20),
+            ("docs/a.txt", 1000),
+            ("docs/deeper/b.bin", 3 << 20),
+            ("c.bin", 70_000),
+        ],
+    );
+    std::fs::write(src.join("empty"), b"").unwrap();
+    let id = ccbt_ok(&[
+        "-q",
+        "--data-dir",
+        s(&t.path().join("A")),
+        "publish",
+        s(&src),
+    ])
+    .trim()
+    .to_string();
+    let alisten = format!("127.0.0.1:{}", free_port());
+    let _a = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&t.path().join("A")),
+            "seed",
+            "--listen",
+            &alisten,
+        ],
+        &t.path().join("A.log"),
+    );
+    wait_listening(&alisten, 20);
+    let mb = t.path().join("mB");
+    let bdata = t.path().join("B");
+    let (_b, _) = mount(
+        &bdata,
+        &id,
+        &mb,
+        &["--peer", &alisten],
+        &t.path().join("B.log"),
+    );
+    // Metadata without fetching file data.
+    let names: Vec<String> = std::fs::read_dir(&mb)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"big.bin".to_string()) && names.contains(&"docs".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(mb.join("big.bin")).unwrap().len(),
+        256 << 20
+    );
+    // One 1 MiB range of the 256 MiB file.
+    let before = fetched(&bdata);
+    let mut buf = vec![0u8; 1 << 20];
+    std::fs::File::open(mb.join("big.bin"))
+        .unwrap()
+        .read_exact_at(&mut buf, 100 << 20)
+        .unwrap();
+    let mut want = vec![0u8; 1 << 20];
+    std::fs::File::open(src.join("big.bin"))
+        .unwrap()
+        .read_exact_at(&mut want, 100 << 20)
+        .unwrap();
+    assert!(buf == want, "the range read through the mount differs");
+    std::thread::sleep(Duration::from_millis(300)); // let read-ahead settle before counting
+    let moved = fetched(&bdata) - before;
+    eprintln!("reading 1 MiB of a 256 MiB file fetched {moved} bytes");
+    assert!(moved < 2 << 20, "fetched {moved} bytes for a 1 MiB read");
+    // Every file, checked with sha256sum -c through the mount.
+    let sums = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . -type f -print0 | xargs -0 sha256sum",
+            s(&src)
+        ))
+        .output()
+        .unwrap();
+    std::fs::write(t.path().join("SUMS"), &sums.stdout).unwrap();
+    let o = Command::new("sha256sum")
+        .args(["-c", s(&t.path().join("SUMS"))])
+        .current_dir(&mb)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // Writing on a follower's mount: EROFS.
+    let e = std::fs::write(mb.join("new.txt"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{e}");
+}
+
+fn libc_erofs() -> i32 {
+    30
+}
+
+#[test]
+fn owner_writes_show_up_on_the_follower() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    make_tree(
+        &src,
+        &[
+            ("big.bin", 32 << 20),
+            ("keep.txt", 100),
+            ("old/name.txt", 50),
+            ("gone.txt", 10),
+        ],
+    );
+    let adata = t.path().join("A");
+    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
+        .trim()
+        .to_string();
+    let ma = t.path().join("mA");
+    let (_a, alisten) = mount(&adata, &id, &ma, &[], &t.path().join("A.log"));
+    let mb = t.path().join("mB");
+    let (_b, _) = mount(
+        &t.path().join("B"),
+        &id,
+        &mb,
+        &["--peer", &alisten],
+        &t.path().join("B.log"),
+    );
+    // A tarball of many small files, extracted through the owner's mount.
+    let tree = t.path().join("tarsrc");
+    for i in 0..300 {
+        std::fs::create_dir_all(tree.join(format!("d{}", i % 7))).unwrap();
+        std::fs::write(
+            tree.join(format!("d{}/f{i}.txt", i % 7)),
+            format!("file {i}\n").repeat(i % 13 + 1),
+        )
+        .unwrap();
+    }
+    let tarball = t.path().join("t.tar");
+    assert!(Command::new("tar")
+        .args(["-cf", s(&tarball), "-C", s(&tree), "."])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("tar")
+        .args(["-xf", s(&tarball), "-C", s(&ma.join("old"))])
+        .status()
+        .unwrap()
+        .success());
+    // dd into the middle of the big file, mv, rm, ln -s.
+    assert!(Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={}", s(&ma.join("big.bin"))),
+            "bs=4096",
+            "count=4",
+            "seek=4000",
+            "conv=notrunc"
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    std::fs::rename(ma.join("old"), ma.join("new")).unwrap();
+    std::fs::remove_file(ma.join("gone.txt")).unwrap();
+    std::os::unix::fs::symlink("new/name.txt", ma.join("link")).unwrap();
+    std::fs::write(ma.join("marker"), b"last change").unwrap();
+    let took = wait_until(10.0, "B's mount to show the marker", || {
+        std::fs::read(mb.join("marker"))
+            .map(|b| b == b"last change")
+            .unwrap_or(false)
+    });
+    eprintln!(
+        "B's mount showed the new version {:.3}s after the last write",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let o = Command::new("diff")
+        .args(["-r", "--no-dereference", s(&ma), s(&mb)])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mounts differ: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        std::fs::read_link(mb.join("link")).unwrap(),
+        Path::new("new/name.txt")
+    );
+    assert!(!mb.join("gone.txt").exists() && !mb.join("old").exists());
+    assert_eq!(std::fs::read_dir(mb.join("new/d3")).unwrap().count(), 43);
+}
+
+#[test]
+fn posix_cases_on_the_owner_mount() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    make_tree(&src, &[("a.bin", 1 << 20), ("b.txt", 64)]);
+    let adata = t.path().join("A");
+    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
+        .trim()
+        .to_string();
+    let m = t.path().join("m");
+    let (mut guard, _) = mount(&adata, &id, &m, &[], &t.path().join("A.log"));
+    use std::io::{Read, Seek, SeekFrom, Write};
+    // O_APPEND.
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("b.txt"))
+            .unwrap();
+        f.write_all(b"one").unwrap();
+        f.write_all(b"two").unwrap();
+    }
+    let b = std::fs::read(m.join("b.txt")).unwrap();
+    assert_eq!(b.len(), 70);
+    assert!(b.ends_with(b"onetwo"));
+    // Truncate up and down.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("a.bin"))
+        .unwrap();
+    f.set_len(3 << 20).unwrap();
+    assert_eq!(std::fs::metadata(m.join("a.bin")).unwrap().len(), 3 << 20);
+    let mut tail = vec![1u8; 4096];
+    std::fs::File::open(m.join("a.bin"))
+        .unwrap()
+        .read_exact_at(&mut tail, (3 << 20) - 4096)
+        .unwrap();
+    assert!(tail.iter().all(|&x| x == 0), "truncate up must read zeros");
+    f.set_len(1000).unwrap();
+    drop(f);
+    let a = std::fs::read(m.join("a.bin")).unwrap();
+    assert_eq!(a, std::fs::read(src.join("a.bin")).unwrap()[..1000]);
+    // Sparse write into a new file.
+    let f = std::fs::File::create(m.join("sparse")).unwrap();
+    f.write_all_at(b"end", 10 << 20).unwrap();
+    drop(f);
+    let sp = std::fs::read(m.join("sparse")).unwrap();
+    assert_eq!(sp.len(), (10 << 20) + 3);
+    assert!(sp[..10 << 20].iter().all(|&x| x == 0) && sp.ends_with(b"end"));
+    // Rename over an open file: the open handle keeps the old content.
+    std::fs::write(m.join("target"), b"old target").unwrap();
+    std::fs::write(m.join("replacement"), b"new content").unwrap();
+    let mut open_old = std::fs::File::open(m.join("target")).unwrap();
+    std::fs::rename(m.join("replacement"), m.join("target")).unwrap();
+    let mut s1 = String::new();
+    open_old.read_to_string(&mut s1).unwrap();
+    assert_eq!(s1, "old target");
+    assert_eq!(std::fs::read(m.join("target")).unwrap(), b"new content");
+    // Unlink of an open file: still readable through the handle.
+    std::fs::write(m.join("doomed"), b"still here").unwrap();
+    let mut h = std::fs::File::open(m.join("doomed")).unwrap();
+    std::fs::remove_file(m.join("doomed")).unwrap();
+    assert!(!m.join("doomed").exists());
+    let mut s2 = String::new();
+    h.seek(SeekFrom::Start(0)).unwrap();
+    h.read_to_string(&mut s2).unwrap();
+    assert_eq!(s2, "still here");
+    // mmap read.
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import mmap; f=open('{}','rb'); m=mmap.mmap(f.fileno(),0,access=mmap.ACCESS_READ); print(m[-3:].decode())", s(&m.join("sparse")))])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "end",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // chmod +x, mkdir/rmdir, utimens.
+    assert!(Command::new("chmod")
+        .args(["+x", s(&m.join("b.txt"))])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        std::fs::metadata(m.join("b.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o111
+            != 0
+    );
+    std::fs::create_dir(m.join("dir")).unwrap();
+    std::fs::create_dir(m.join("dir2")).unwrap();
+    std::fs::remove_dir(m.join("dir2")).unwrap();
+    assert!(Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06Z", s(&m.join("b.txt"))])
+        .status()
+        .unwrap()
+        .success());
+    // Everything lands in a published version: unmount (publishes what is pending), export, compare.
+    unmount(&mut guard);
+    let out = t.path().join("export");
+    ccbt_ok(&["--data-dir", s(&adata), "export", &id, s(&out)]);
+    let log = std::fs::read_to_string(t.path().join("A.log")).unwrap_or_default();
+    assert_eq!(
+        std::fs::read(out.join("b.txt")).unwrap(),
+        b,
+        "mount log:\n{log}"
+    );
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(out.join("target")).unwrap(), b"new content");
+    assert!(out.join("dir").is_dir() && !out.join("dir2").exists() && !out.join("doomed").exists());
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let bm = std::fs::metadata(out.join("b.txt")).unwrap();
+    assert!(bm.permissions().mode() & 0o111 != 0);
+    assert_eq!(bm.mtime(), 981173106);
+    assert_eq!(
+        std::fs::metadata(out.join("sparse")).unwrap().len(),
+        (10 << 20) + 3
+    );
+}
+
+#[test]
+fn dirty_data_survives_a_crash_and_stale_mounts_are_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    make_tree(&src, &[("a.txt", 100)]);
+    let adata = t.path().join("A");
+    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
+        .trim()
+        .to_string();
+    let m = t.path().join("m");
+    let (mut guard, _) = mount(
+        &adata,
+        &id,
+        &m,
+        &["--log-level", "info"],
+        &t.path().join("A.log"),
+    );
+    // A long debounce would also do; kill right after the fsync, before any publish can run.
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import os; fd=os.open('{}', os.O_WRONLY|os.O_CREAT, 0o644); os.write(fd, b'precious'); os.fsync(fd); os.close(fd)", s(&m.join("saved.txt")))])
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let mut c = guard.child.take().unwrap();
+    c.0.kill().unwrap();
+    c.0.wait().unwrap();
+    // The dead FUSE process left a stale mount point: reported with the command that clears it.
+    let o = ccbt(&["--data-dir", s(&adata), "mount", &id, s(&m)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("stale mount") && err.contains("ccbt unmount"),
+        "{err}"
+    );
+    ccbt_ok(&["unmount", s(&m)]);
+    // The next mount publishes what was left dirty.
+    let before = ccbt_json(&["--data-dir", s(&adata), "versions", &id])
+        .as_array()
+        .unwrap()
+        .len();
+    let (mut g2, _) = mount(&adata, &id, &m, &[], &t.path().join("A2.log"));
+    let log = std::fs::read_to_string(t.path().join("A.log")).unwrap_or_default();
+    assert_eq!(
+        std::fs::read(m.join("saved.txt")).unwrap_or_default(),
+        b"precious",
+        "first mount's log:\n{log}"
+    );
+    unmount(&mut g2);
+    let vs = ccbt_json(&["--data-dir", s(&adata), "versions", &id]);
+    assert!(
+        vs.as_array().unwrap().len() > before,
+        "no new version after the crash: {vs}"
+    );
+    let out = t.path().join("export");
+    ccbt_ok(&["--data-dir", s(&adata), "export", &id, s(&out)]);
+    assert_eq!(std::fs::read(out.join("saved.txt")).unwrap(), b"precious");
+    guard.dir = t.path().join("none");
+}
