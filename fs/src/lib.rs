@@ -94,6 +94,8 @@ struct Shared {
     wake: Condvar,
     published: Mutex<u64>,
     published_cv: Condvar,
+    /// Set when the mount goes away: background threads end.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The filesystem handed to fuser.
@@ -129,6 +131,8 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
         if let Some(s) = self.session.take() {
             let _ = s.umount_and_join();
         }
@@ -665,7 +669,7 @@ fn publisher(s: Arc<Shared>) {
                 }
                 None => g = s.wake.wait_timeout(g, Duration::from_secs(1)).unwrap().0,
             }
-            if Arc::strong_count(&s) == 1 {
+            if s.closed.load(Ordering::Relaxed) {
                 return;
             }
         }
@@ -680,12 +684,15 @@ fn publisher(s: Arc<Shared>) {
 fn follower(s: Arc<Shared>) {
     let mut rx = s.node.subscribe();
     loop {
-        let next =
-            s.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), rx.recv()).await });
-        if Arc::strong_count(&s) == 1 {
+        // Polling keeps this thread independent of the runtime's lifetime.
+        let next = rx.try_recv();
+        if s.closed.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(Ok((share, seq))) = next else { continue };
+        let Ok((share, seq)) = next else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
         if share != s.cfg.share || seq <= s.tree.lock().unwrap().seq {
             continue;
         }
@@ -736,6 +743,7 @@ pub fn mount(
         wake: Condvar::new(),
         published: Mutex::new(head.seq),
         published_cv: Condvar::new(),
+        closed: std::sync::atomic::AtomicBool::new(false),
     });
     // An owner's overlay left by a crash wins over the last published version.
     let recovered = if shared.key.is_some() {

@@ -375,6 +375,12 @@ fn demo_runs_and_cleans_up() {
     let out = ccbt_ok(&["demo"]);
     assert!(out.contains("demo finished"), "{out}");
     assert!(out.contains("version 2: new bytes stored"));
+    // The two-node part: B's mount showed A's in-place edit.
+    assert!(
+        out.contains("B's mount shows \"meeting moved to 11\""),
+        "{out}"
+    );
+    assert!(out.contains("bytes that reached B"), "{out}");
     let left = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .flatten()
