@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# FUSE mount benchmark: fio sequential and random 4 KiB reads on a fully local 1 GiB file through
+# `ccbt mount` versus the same file on the native filesystem, same run; then `find | wc -l` and
+# `ls -lR` over a 100k-file share through the mount.
+# usage: benches/mount_fio.sh [MIB=1024] [FILES=100000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIB=${1:-1024}; FILES=${2:-100000}
+command -v fio >/dev/null || { echo "fio missing: apt-get install fio" >&2; exit 1; }
+cargo build --release -q -p ccbt
+BIN=$PWD/target/release/ccbt
+W=$(mktemp -d /tmp/ccbt-bench-mount.XXXXXX)
+PIDS=()
+cleanup() { umount -l "$W/m" 2>/dev/null || true; umount -l "$W/m2" 2>/dev/null || true; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+trap cleanup EXIT
+mkdir -p "$W/src" "$W/m" "$W/m2"
+head -c $((MIB << 20)) /dev/urandom > "$W/src/big.bin"
+ID=$("$BIN" -q --data-dir "$W/A" publish "$W/src")
+# Mount on a node that holds everything locally (the owner; reads never touch the network).
+"$BIN" -q --data-dir "$W/A" mount "$ID" "$W/m" --listen 127.0.0.1:0 > "$W/mount.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do mountpoint -q "$W/m" && break; sleep 0.1; done
+mountpoint -q "$W/m" || { cat "$W/mount.log"; exit 1; }
+fiojob() { # name file rw bs
+  fio --name="$1" --filename="$2" --rw="$3" --bs="$4" --size="${MIB}M" --ioengine=psync --direct=0 \
+      --runtime=20 --time_based=0 --readonly --output-format=terse --terse-version=3 2>/dev/null | awk -F';' '{print $7}'
+}
+cat "$W/src/big.bin" > /dev/null
+for rw in read randread; do
+  for side in native ccbt; do
+    f="$W/src/big.bin"; [ "$side" = ccbt ] && f="$W/m/big.bin"
+    kbs=$(fiojob "$rw-$side" "$f" "$rw" "$([ $rw = read ] && echo 1M || echo 4k)")
+    printf '%-9s %-7s %9.1f MiB/s\n' "$rw" "$side" "$(echo "$kbs/1024" | bc -l)"
+    echo "$rw $side $kbs" >> "$W/res"
+  done
+done
+for rw in read randread; do
+  n=$(awk -v r=$rw '$1==r && $2=="native" {print $3}' "$W/res"); c=$(awk -v r=$rw '$1==r && $2=="ccbt" {print $3}' "$W/res")
+  printf '%-9s ccbt/native = %.0f%%\n' "$rw" "$(echo "100*$c/$n" | bc -l)"
+done
+# 100k files.
+mkdir -p "$W/many"
+/usr/bin/python3 - "$W/many" "$FILES" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i % 100:03d}", f"e{(i // 100) % 10}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}.txt"), "w") as f:
+        f.write(f"file {i}\n")
+PY
+t0=$(date +%s.%N); ID2=$("$BIN" -q --data-dir "$W/B" publish "$W/many"); t1=$(date +%s.%N)
+printf 'publish of %d small files: %.2f s\n' "$FILES" "$(echo "$t1-$t0" | bc -l)"
+"$BIN" -q --data-dir "$W/B" mount "$ID2" "$W/m2" --listen 127.0.0.1:0 > "$W/mount2.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 600); do mountpoint -q "$W/m2" && break; sleep 0.1; done
+t0=$(date +%s.%N); n=$(find "$W/m2" | wc -l); t1=$(date +%s.%N)
+printf 'find over the mount: %d entries in %.2f s\n' "$n" "$(echo "$t1-$t0" | bc -l)"
+t0=$(date +%s.%N); ls -lR "$W/m2" > /dev/null; t1=$(date +%s.%N)
+printf 'ls -lR over the mount: %.2f s\n' "$(echo "$t1-$t0" | bc -l)"
+t0=$(date +%s.%N); n=$(find "$W/many" | wc -l); t1=$(date +%s.%N)
+printf 'find on the native fs: %d entries in %.2f s\n' "$n" "$(echo "$t1-$t0" | bc -l)"
