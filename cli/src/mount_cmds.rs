@@ -12,7 +12,8 @@ use std::time::Duration;
 
 #[derive(Args)]
 pub struct MountArgs {
-    /// Share id (40 hex or magnet:?xs=urn:btpk:...)
+    /// Share id (40 hex or magnet:?xs=urn:btpk:...), a .torrent file, or the info-hash of a torrent
+    /// checkpointed in this data dir
     pub target: String,
     /// Mount point (an existing empty directory)
     pub dir: PathBuf,
@@ -41,11 +42,115 @@ fn check_mount_point(dir: &Path) -> Result<()> {
     }
 }
 
-pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
-    let Some(id) = parse_share_id(&a.target) else {
-        bail!("{:?} is not a share id; torrent mounts are not implemented yet (download it with `ccbt download`)", a.target);
+/// The torrent a mount target names: a .torrent file, or an info-hash / magnet whose torrent this
+/// data dir has a checkpoint of.
+fn torrent_target(ctx: &Ctx, target: &str) -> Result<Option<ccbt_core::Metainfo>> {
+    let p = Path::new(target);
+    if p.is_file() {
+        let b = std::fs::read(p).with_context(|| format!("cannot read {target}"))?;
+        return Ok(Some(
+            ccbt_core::Metainfo::from_bytes(&b).with_context(|| target.to_string())?,
+        ));
+    }
+    let hex = if target.starts_with("magnet:") {
+        let m = ccbt_core::Magnet::parse(target)?;
+        match (m.v1, m.public_key) {
+            (Some(h), _) => ccbt_core::encoding::to_hex(&h),
+            (None, Some(_)) => return Ok(None),
+            _ => bail!("this magnet has no v1 info-hash; mount its .torrent file instead"),
+        }
+    } else {
+        target.to_lowercase()
     };
+    match ccbt_core::resume::Checkpoint::load(&ctx.data_dir, &hex)? {
+        Some(c) => Ok(Some(ccbt_core::Metainfo::from_bytes(&c.torrent)?)),
+        None if target.starts_with("magnet:") => bail!(
+            "fetching a torrent's metadata from a magnet (BEP 9) is not implemented yet; mount its .torrent file"
+        ),
+        None => Ok(None),
+    }
+}
+
+fn mount_torrent_cmd(ctx: &Ctx, a: &MountArgs, meta: ccbt_core::Metainfo) -> Result<()> {
+    use ccbt_core::session::{Session, SessionConfig, TorrentConfig};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let _in_runtime = rt.enter();
+    let listen = a
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+    let session = rt.block_on(Session::start(
+        SessionConfig {
+            listen,
+            global_down: 0,
+            global_up: 0,
+        },
+        ccbt_core::extension::Registry::default(),
+    ))?;
+    let hex = ccbt_core::encoding::to_hex(
+        &meta
+            .v1_hash
+            .or_else(|| meta.v2_hash.map(|h| h[..20].try_into().unwrap()))
+            .unwrap(),
+    );
+    let out = ctx.data_dir.join("torrents").join(&hex);
+    std::fs::create_dir_all(&out)?;
+    let cfg = TorrentConfig {
+        out_dir: out,
+        seed: true,
+        data_dir: Some(ctx.data_dir.clone()),
+        peers: a.peers.clone(),
+        ..Default::default()
+    };
+    let name = meta.name.clone();
+    let handle = std::sync::Arc::new(session.add_torrent(meta, cfg)?);
+    let bg = ccbt_fs::torrent::mount_torrent(
+        handle.clone(),
+        &a.dir,
+        Duration::from_secs(ctx.config.fs.read_timeout_secs.max(1)),
+    )
+    .with_context(|| format!("cannot mount on {}", a.dir.display()))?;
+    if !ctx.quiet {
+        eprintln!(
+            "mounted torrent {name} ({hex}) read-only on {}; reads stream pieces as they arrive",
+            a.dir.display()
+        );
+    }
+    rt.block_on(wait_for_stop(&a.dir));
+    handle.stop();
+    let _ = bg.umount_and_join();
+    rt.block_on(handle.finished());
+    Ok(())
+}
+
+async fn wait_for_stop(dir: &Path) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    let gone = async {
+        // `ccbt unmount` (or umount) ends the session from outside.
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !is_mounted(dir) {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = gone => {}
+    }
+}
+
+pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     check_mount_point(&a.dir)?;
+    if let Some(meta) = torrent_target(ctx, &a.target)? {
+        return mount_torrent_cmd(ctx, &a, meta);
+    }
+    let Some(id) = parse_share_id(&a.target) else {
+        bail!("{:?} is neither a share id, a .torrent file, nor a torrent checkpointed in this data dir", a.target);
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

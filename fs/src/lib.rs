@@ -11,6 +11,8 @@
 //! files, signs the next version and pushes it to peers. The overlay state is written on every
 //! change, so dirty data left by a crash is published on the next mount.
 
+pub mod torrent;
+
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::head::{Head, HeadValue, ShareId};
 use ccbt_xet::listing::{self, Entry, Kind as EKind};

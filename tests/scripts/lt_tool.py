@@ -76,6 +76,17 @@ def create(src, out, mode, piece):
 
 
 def session(port):
+    s = _session(port)
+    limit = int(os.environ.get('LT_UPLOAD_LIMIT', '0') or 0)
+    if limit:
+        # libtorrent exempts local-network peers (all of 127/8) from rate limits by default.
+        pc = s.get_peer_class(lt.session.local_peer_class_id)
+        pc['upload_limit'] = limit
+        s.set_peer_class(lt.session.local_peer_class_id, pc)
+    return s
+
+
+def _session(port):
     return lt.session({
         'listen_interfaces': f'127.0.0.1:{port}', 'listen_system_port_fallback': False,
         'outgoing_interfaces': '127.0.0.1',

@@ -463,3 +463,70 @@ fn dirty_data_survives_a_crash_and_stale_mounts_are_reported() {
     assert_eq!(std::fs::read(out.join("saved.txt")).unwrap(), b"precious");
     guard.dir = t.path().join("none");
 }
+
+#[test]
+fn torrent_mount_streams_the_end_of_a_file_before_the_download_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("seed/data");
+    make_tree(&data, &[("video.mkv", 64 << 20), ("sub.srt", 12_345)]);
+    let torrent = t.path().join("t.torrent");
+    ccbt_ok(&[
+        "-q",
+        "create",
+        s(&data),
+        "--v1",
+        "--piece-length",
+        "256K",
+        "-o",
+        s(&torrent),
+    ]);
+    // A libtorrent seeder limited to 1 MiB/s: the whole torrent takes over a minute.
+    let lport = free_port();
+    let _seed = spawn_lt_seed_limited(&torrent, &t.path().join("seed"), lport, &[], 1 << 20);
+    let m = t.path().join("m");
+    let d = t.path().join("D");
+    let (_g, _) = mount(
+        &d,
+        s(&torrent),
+        &m,
+        &["--peer", &format!("127.0.0.1:{lport}")],
+        &t.path().join("M.log"),
+    );
+    assert_eq!(
+        std::fs::metadata(m.join("video.mkv")).unwrap().len(),
+        64 << 20
+    );
+    let t0 = Instant::now();
+    let mut tail = vec![0u8; 65536];
+    std::fs::File::open(m.join("video.mkv"))
+        .unwrap()
+        .read_exact_at(&mut tail, (64 << 20) - 65536)
+        .unwrap();
+    let took = t0.elapsed();
+    let mut want = vec![0u8; 65536];
+    std::fs::File::open(data.join("video.mkv"))
+        .unwrap()
+        .read_exact_at(&mut want, (64 << 20) - 65536)
+        .unwrap();
+    assert!(
+        tail == want,
+        "the last 64 KiB read through the mount differ"
+    );
+    eprintln!(
+        "last 64 KiB of a 64 MiB file read through the torrent mount in {:.2}s",
+        took.as_secs_f64()
+    );
+    // The download is still far from done.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cks = ccbt_json(&["--data-dir", s(&d), "checkpoints", "list"]);
+    let c = &cks[0];
+    assert!(
+        c["pieces_have"].as_u64().unwrap() < c["pieces_total"].as_u64().unwrap() / 2,
+        "{c}"
+    );
+    // Writes are refused.
+    assert!(std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("sub.srt"))
+        .is_err());
+}

@@ -511,6 +511,37 @@ impl TorrentHandle {
         self.shared.storage.paths()
     }
 
+    /// The torrent being run.
+    pub fn meta(&self) -> &Metainfo {
+        &self.shared.meta
+    }
+
+    /// Whether piece `i` is downloaded and verified.
+    pub fn have_piece(&self, i: u32) -> bool {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .picker
+            .have()
+            .get(i as usize)
+    }
+
+    /// Streaming: fetch `count` pieces from `from` before anything else (a reader is waiting).
+    pub fn set_stream_window(&self, from: u32, count: u32) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .picker
+            .set_stream_window(from, count);
+    }
+
+    /// Reads verified data from the piece space (pads and gaps read as zeros).
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.shared.storage.read(off, buf)
+    }
+
     /// Dials `addr` (now and on later retries).
     pub fn add_peer(&self, addr: SocketAddr) {
         self.shared.state.lock().unwrap().add_known(addr);
