@@ -201,7 +201,7 @@ mod tests {
             r.by_local_id(1).is_some() && r.by_local_id(0).is_none() && r.by_local_id(2).is_none()
         );
         // libtorrent-style handshake with unknown keys and a huge id is tolerated.
-        let lt = b"d1:md11:ut_metadatai2e6:ut_pexi1e3:badi999ee1:pi0e6:yourip4:\x7f\0\0\x01e";
+        let lt = b"d1:md3:badi999e11:ut_metadatai2e6:ut_pexi1ee1:pi0e6:yourip4:\x7f\0\0\x01e";
         let d = ExtHandshake::decode(lt).unwrap();
         assert_eq!(d.m.get("ut_metadata"), Some(&2));
         assert!(!d.m.contains_key("bad"));
