@@ -438,3 +438,52 @@ pub fn checkpoints(ctx: &Ctx, cmd: CheckpointCmd) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct ScrapeArgs {
+    /// The .torrent whose trackers to ask
+    pub torrent: PathBuf,
+}
+
+/// `ccbt scrape`: seeders, leechers and completed downloads from every tracker (BEP 48).
+pub fn scrape(ctx: &Ctx, a: ScrapeArgs) -> Result<()> {
+    let (meta, _) = load_torrent(&a.torrent)?;
+    let ih = meta
+        .v1_hash
+        .or_else(|| meta.v2_hash.map(|h| h[..20].try_into().unwrap()))
+        .expect("a torrent has an info-hash");
+    let urls: Vec<String> = meta.trackers.iter().flatten().cloned().collect();
+    if urls.is_empty() {
+        bail!("{} names no tracker", a.torrent.display());
+    }
+    let rt = runtime()?;
+    let mut out = Vec::new();
+    let mut ok = 0;
+    for u in &urls {
+        match rt.block_on(ccbt_core::session::tracker_client::scrape(u, &ih)) {
+            Ok(c) => {
+                ok += 1;
+                out.push(json!({"tracker": u, "complete": c.complete, "incomplete": c.incomplete, "downloaded": c.downloaded}));
+                if !ctx.json {
+                    println!(
+                        "{u}: {} seeders, {} leechers, {} completed",
+                        c.complete, c.incomplete, c.downloaded
+                    );
+                }
+            }
+            Err(e) => {
+                out.push(json!({"tracker": u, "error": e.to_string()}));
+                if !ctx.json {
+                    println!("{u}: {e}");
+                }
+            }
+        }
+    }
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    if ok == 0 {
+        bail!("no tracker answered the scrape");
+    }
+    Ok(())
+}

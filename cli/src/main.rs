@@ -82,6 +82,8 @@ pub enum Command {
     Unmount { dir: PathBuf },
     /// Continue a checkpointed download by info-hash
     Resume(bt_cmds::ResumeArgs),
+    /// Ask a torrent's trackers for seeders, leechers and completed downloads
+    Scrape(bt_cmds::ScrapeArgs),
     /// Checkpointed downloads: list, clean, delete
     #[command(subcommand)]
     Checkpoints(bt_cmds::CheckpointCmd),
@@ -154,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount_cmds::mount_cmd(&ctx, a),
         Command::Unmount { dir } => mount_cmds::unmount_cmd(&ctx, dir),
         Command::Resume(a) => bt_cmds::resume(&ctx, a),
+        Command::Scrape(a) => bt_cmds::scrape(&ctx, a),
         Command::Checkpoints(c) => bt_cmds::checkpoints(&ctx, c),
     }
 }

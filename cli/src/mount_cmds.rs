@@ -104,7 +104,22 @@ fn mount_torrent_cmd(ctx: &Ctx, a: &MountArgs, meta: ccbt_core::Metainfo) -> Res
         ..Default::default()
     };
     let name = meta.name.clone();
+    // Streaming priority: players read a file's head and tail (container indexes) first.
+    let edges: Vec<u32> = meta
+        .files
+        .iter()
+        .filter(|f| !f.pad && f.length > 0)
+        .flat_map(|f| {
+            [
+                (f.offset / meta.piece_length) as u32,
+                ((f.offset + f.length - 1) / meta.piece_length) as u32,
+            ]
+        })
+        .collect();
     let handle = std::sync::Arc::new(session.add_torrent(meta, cfg)?);
+    for p in edges {
+        handle.set_piece_priority(p, 2);
+    }
     let bg = ccbt_fs::torrent::mount_torrent(
         handle.clone(),
         &a.dir,

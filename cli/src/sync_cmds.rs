@@ -61,15 +61,41 @@ pub fn serve(
     rt.block_on(async {
         let listen = listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
-        let node = Node::start(ctx, listen, trackers, peers).await?;
+        let node = Node::start(ctx, listen, trackers, peers.clone()).await?;
         let n = node.join_all()?;
+        // Every torrent checkpointed in this data dir is served too (and finished if incomplete).
+        let mut torrents = Vec::new();
+        for c in ccbt_core::resume::Checkpoint::list(&ctx.data_dir).into_iter().flatten() {
+            let Ok(meta) = ccbt_core::Metainfo::from_bytes(&c.torrent) else { continue };
+            let cfg = ccbt_core::session::TorrentConfig {
+                out_dir: c.out_dir.clone(),
+                seed: true,
+                resume: true,
+                data_dir: Some(ctx.data_dir.clone()),
+                only: c.only.clone(),
+                skip: c.skip.clone(),
+                peers: peers.clone(),
+                ..Default::default()
+            };
+            match node.session.add_torrent(meta, cfg) {
+                Ok(h) => torrents.push(h),
+                Err(e) => eprintln!("warning: cannot serve torrent {}: {e}", c.name),
+            }
+        }
         if !ctx.quiet {
             eprintln!(
-                "serving {n} shares on {}; `ccbt publish DIR` on this data dir pushes new versions",
+                "serving {n} shares and {} torrents on {}; `ccbt publish DIR` on this data dir pushes new versions",
+                torrents.len(),
                 node.session.listen_addr()
             );
         }
         until_signal().await;
+        for t in &torrents {
+            t.stop();
+        }
+        for t in &torrents {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t.finished()).await;
+        }
         let _ = std::fs::remove_file(crate::node::socket_path(&ctx.data_dir));
         Ok(())
     })

@@ -837,3 +837,81 @@ fn download_rate_limit_holds() {
         "rate {rate:.3} MiB/s is not within 15% of 2 MiB/s"
     );
 }
+
+#[test]
+fn only_skip_scrape_and_seed_serving_checkpoints() {
+    let tport = free_port();
+    let fx = fixture(
+        "hybrid",
+        &[format!("http://127.0.0.1:{tport}/announce")],
+        FILES,
+        "64K",
+    );
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+    let seed = spawn_lt_seed(&fx.torrent, &fx.src_parent, free_port(), &[]);
+    // --only: just the extras.
+    let part = fx.root.join("part");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d1")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&part),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--only",
+            "extras/*",
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    for p in ["extras/notes.txt", "extras/deep/clip.bin"] {
+        assert!(
+            same_file(
+                &fx.src_parent.join("data").join(p),
+                &part.join("data").join(p)
+            ),
+            "{p}"
+        );
+    }
+    assert!(
+        r["downloaded"].as_u64().unwrap() < 5_000_001,
+        "--only downloaded the skipped movie too: {r}"
+    );
+    // Scrape: the tracker knows the libtorrent seed.
+    let sc = ccbt_json(&["scrape", s(&fx.torrent)]);
+    assert!(sc[0]["complete"].as_u64().unwrap() >= 1, "{sc}");
+    // A full download, then `ccbt seed` with no torrent serves it from its checkpoint.
+    let full = fx.root.join("full");
+    let d2 = fx.root.join("d2");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&d2),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&full),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true);
+    drop(seed);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _node = spawn_ccbt(
+        &["--data-dir", s(&d2), "seed", "--listen", &listen],
+        &fx.root.join("node.log"),
+    );
+    wait_listening(&listen, 30);
+    let lt = fx.root.join("lt");
+    let res = lt_leech(&fx.torrent, &lt, &[listen.clone()], 90);
+    assert_eq!(
+        res["done"], true,
+        "libtorrent could not fetch from `ccbt seed`: {res}"
+    );
+    fx.assert_same(&lt, FILES);
+}

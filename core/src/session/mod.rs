@@ -527,6 +527,16 @@ impl TorrentHandle {
             .get(i as usize)
     }
 
+    /// Piece priority (0 = skip, 1 = normal, higher first).
+    pub fn set_piece_priority(&self, piece: u32, priority: u8) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .picker
+            .set_priority(piece, priority);
+    }
+
     /// Streaming: fetch `count` pieces from `from` before anything else (a reader is waiting).
     pub fn set_stream_window(&self, from: u32, count: u32) {
         self.shared
