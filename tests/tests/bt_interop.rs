@@ -908,7 +908,7 @@ fn only_skip_scrape_and_seed_serving_checkpoints() {
     );
     wait_listening(&listen, 30);
     let lt = fx.root.join("lt");
-    let res = lt_leech(&fx.torrent, &lt, &[listen.clone()], 90);
+    let res = lt_leech(&fx.torrent, &lt, std::slice::from_ref(&listen), 90);
     assert_eq!(
         res["done"], true,
         "libtorrent could not fetch from `ccbt seed`: {res}"
