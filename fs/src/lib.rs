@@ -98,7 +98,17 @@ struct Shared {
     published_cv: Condvar,
     /// Set when the mount goes away: background threads end.
     closed: std::sync::atomic::AtomicBool,
+    /// Parsed (and verified) Merkle nodes: a read walks a few levels, and random readers walk the
+    /// same upper levels again and again.
+    node_cache: Mutex<HashMap<XetHash, Arc<Vec<ccbt_xet::hash::Node>>>>,
+    /// The most recently read chunks (verified), for readers that hit the same chunk many times.
+    chunk_cache: Mutex<std::collections::VecDeque<(XetHash, Arc<Vec<u8>>)>>,
 }
+
+/// Chunks kept in the read cache (up to 128 KiB each).
+const CHUNK_CACHE: usize = 64;
+/// Parsed nodes kept before the node cache is cleared.
+const NODE_CACHE: usize = 1 << 16;
 
 /// The filesystem handed to fuser.
 pub struct ShareFs(Arc<Shared>);
@@ -318,28 +328,50 @@ impl Shared {
             if base >= end || base + len <= off || len == 0 {
                 continue;
             }
-            let text = match store.get_node(&h.0).map_err(|e| errno(e, Errno::EIO))? {
-                Some(t) => Some(t),
-                None if store.has_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? => None,
+            let cached = self.node_cache.lock().unwrap().get(&h).cloned();
+            let kids = match cached {
+                Some(k) => Some(k),
                 None => {
-                    // Unknown here: a node if it covers more than a chunk can, else ask for either.
-                    let want = if len < UNKNOWN_SIZE && len > ccbt_xet::chunker::MAX_CHUNK as u64 {
-                        Kind::Node
-                    } else {
-                        Kind::Any
+                    let text = match store.get_node(&h.0).map_err(|e| errno(e, Errno::EIO))? {
+                        Some(t) => Some(t),
+                        None if store.has_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? => None,
+                        None => {
+                            // Unknown here: a node if it covers more than a chunk can, else ask
+                            // for either.
+                            let want = if len < UNKNOWN_SIZE
+                                && len > ccbt_xet::chunker::MAX_CHUNK as u64
+                            {
+                                Kind::Node
+                            } else {
+                                Kind::Any
+                            };
+                            match self.fetch(h, want)? {
+                                (Kind::Node, t) => Some(t),
+                                _ => None,
+                            }
+                        }
                     };
-                    match self.fetch(h, want)? {
-                        (Kind::Node, t) => Some(t),
-                        _ => None,
+                    match text {
+                        Some(t) => {
+                            let k = Arc::new(
+                                tree::parse_node(h, &t).map_err(|e| errno(e, Errno::EIO))?,
+                            );
+                            let mut c = self.node_cache.lock().unwrap();
+                            if c.len() >= NODE_CACHE {
+                                c.clear();
+                            }
+                            c.insert(h, k.clone());
+                            Some(k)
+                        }
+                        None => None,
                     }
                 }
             };
-            match text {
-                Some(t) => {
-                    let kids = tree::parse_node(h, &t).map_err(|e| errno(e, Errno::EIO))?;
+            match kids {
+                Some(kids) => {
                     let mut b = base;
-                    let mut items = Vec::new();
-                    for k in kids {
+                    let mut items = Vec::with_capacity(kids.len());
+                    for k in kids.iter() {
                         items.push((k.hash, b, k.size));
                         b += k.size;
                     }
@@ -351,14 +383,28 @@ impl Shared {
         Ok(out)
     }
 
-    fn chunk(&self, h: XetHash) -> Result<Vec<u8>, Errno> {
-        let store = &self.node.shares.store;
-        if let Some(d) = store.get_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? {
-            if ccbt_xet::hash::chunk_hash(&d) == h {
-                return Ok(d);
-            }
+    fn chunk(&self, h: XetHash) -> Result<Arc<Vec<u8>>, Errno> {
+        if let Some((_, d)) = self
+            .chunk_cache
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| *k == h)
+        {
+            return Ok(d.clone());
         }
-        Ok(self.fetch(h, Kind::Chunk)?.1)
+        let store = &self.node.shares.store;
+        let data = match store.get_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? {
+            Some(d) if ccbt_xet::hash::chunk_hash(&d) == h => d,
+            _ => self.fetch(h, Kind::Chunk)?.1,
+        };
+        let d = Arc::new(data);
+        let mut c = self.chunk_cache.lock().unwrap();
+        if c.len() >= CHUNK_CACHE {
+            c.pop_front();
+        }
+        c.push_back((h, d.clone()));
+        Ok(d)
     }
 
     fn read_cas(
@@ -746,6 +792,8 @@ pub fn mount(
         published: Mutex::new(head.seq),
         published_cv: Condvar::new(),
         closed: std::sync::atomic::AtomicBool::new(false),
+        node_cache: Mutex::new(HashMap::new()),
+        chunk_cache: Mutex::new(std::collections::VecDeque::new()),
     });
     // An owner's overlay left by a crash wins over the last published version.
     let recovered = if shared.key.is_some() {

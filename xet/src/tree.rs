@@ -46,6 +46,9 @@ pub fn store_reader<R: Read + Send>(
     progress: &AtomicU64,
     nodes: &mut NodeList,
 ) -> Result<FileDigest, TreeError> {
+    if !parallel {
+        return store_small(store, reader, progress, nodes);
+    }
     // Hashing and store writes overlap: full batches go to a writer thread (two in flight at most,
     // which bounds memory), so the cores keep chunking while RocksDB copies bytes.
     let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkBatch>(1);
@@ -104,6 +107,54 @@ pub fn store_reader<R: Read + Send>(
         debug_assert_eq!(root, digest.merkle_root);
         Ok(digest)
     })
+}
+
+/// The single-thread path for small inputs (many small files are stored in parallel, one per core):
+/// no writer thread and a modest buffer, since both would cost more than the file itself.
+fn store_small<R: Read>(
+    store: &Store,
+    mut reader: R,
+    progress: &AtomicU64,
+    nodes: &mut NodeList,
+) -> Result<FileDigest, TreeError> {
+    let mut batch = ChunkBatch::default();
+    let mut err: Option<CasError> = None;
+    let mut seen: HashSet<[u8; 32]> = HashSet::new();
+    let mut sink = |c: &ChunkInfo, data: &[u8]| {
+        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if err.is_some() || !seen.insert(c.hash.0) {
+            return;
+        }
+        let r = store
+            .stage_chunk(&mut batch, &c.hash.0, data)
+            .and_then(|_| {
+                if batch.len_bytes() >= BATCH_BYTES {
+                    store.write_chunks(std::mem::take(&mut batch))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = r {
+            err = Some(e);
+        }
+    };
+    let mut h = FileHasher::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update_with(&buf[..n], &mut sink),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let digest = h.finish_with(&mut sink);
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    store.write_chunks(batch)?;
+    tree_nodes(&digest.chunks, nodes);
+    Ok(digest)
 }
 
 /// Parses a node's text into its children, strictly.
