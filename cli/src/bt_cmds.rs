@@ -181,9 +181,7 @@ pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
     cfg.resume = !a.no_resume;
     cfg.peers = a.peers.clone();
     cfg.use_trackers = !a.no_trackers;
-    let listen = a
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+    let listen = ctx.listen(a.listen);
     run(
         ctx,
         Job {
@@ -212,9 +210,7 @@ pub fn seed(ctx: &Ctx, a: SeedArgs) -> Result<()> {
     if let Some(u) = a.up_limit {
         cfg.up_limit = u * 1024;
     }
-    let listen = a
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+    let listen = ctx.listen(a.listen);
     run(
         ctx,
         Job {
@@ -242,9 +238,7 @@ pub fn resume(ctx: &Ctx, a: ResumeArgs) -> Result<()> {
     cfg.resume = true;
     cfg.seed = a.seed;
     cfg.peers = a.peers.clone();
-    let listen = a
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+    let listen = ctx.listen(a.listen);
     run(
         ctx,
         Job {

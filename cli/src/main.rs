@@ -97,6 +97,15 @@ pub struct Ctx {
     pub data_dir: PathBuf,
 }
 
+impl Ctx {
+    /// `--listen` if given, else every interface on `[network] listen_port`.
+    pub fn listen(&self, flag: Option<std::net::SocketAddr>) -> std::net::SocketAddr {
+        flag.unwrap_or_else(|| {
+            std::net::SocketAddr::from(([0, 0, 0, 0], self.config.network.listen_port))
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

@@ -77,9 +77,7 @@ fn mount_torrent_cmd(ctx: &Ctx, a: &MountArgs, meta: ccbt_core::Metainfo) -> Res
         .enable_all()
         .build()?;
     let _in_runtime = rt.enter();
-    let listen = a
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+    let listen = ctx.listen(a.listen);
     let session = rt.block_on(Session::start(
         SessionConfig {
             listen,
@@ -170,9 +168,7 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let _in_runtime = rt.enter();
-    let listen = a
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+    let listen = ctx.listen(a.listen);
     let node = rt.block_on(Node::start(
         ctx,
         listen,

@@ -59,8 +59,7 @@ pub fn serve(
 ) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let listen = listen
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+        let listen = ctx.listen(listen);
         let node = Node::start(ctx, listen, trackers, peers.clone()).await?;
         let n = node.join_all()?;
         // Every torrent checkpointed in this data dir is served too (and finished if incomplete).
@@ -108,7 +107,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let listen = a.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ctx.config.network.listen_port)));
+        let listen = ctx.listen(a.listen);
         let node = Node::start(ctx, listen, a.trackers.clone(), a.peers.clone()).await?;
         node.join(id)?;
         let mut heads = node.xet.subscribe();

@@ -946,6 +946,28 @@ impl ShareFs {
     }
 }
 
+impl ShareFs {
+    /// `unlink` and `rmdir`.
+    fn remove_entry(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let mut t = self.0.tree.lock().unwrap();
+        match name
+            .to_str()
+            .ok_or(Errno::ENOENT)
+            .and_then(|n| self.remove(&mut t, parent.0, n, dir))
+        {
+            Ok(()) => {
+                self.0.changed(&t);
+                self.0.request_publish();
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
 fn n_path(t: &Tree, ino: u64) -> Option<String> {
     t.nodes.get(&ino).map(|n| n.path.clone())
 }
@@ -1362,41 +1384,11 @@ impl Filesystem for ShareFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if let Err(e) = self.0.writable() {
-            return reply.error(e);
-        }
-        let mut t = self.0.tree.lock().unwrap();
-        match name
-            .to_str()
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.remove(&mut t, parent.0, n, false))
-        {
-            Ok(()) => {
-                self.0.changed(&t);
-                self.0.request_publish();
-                reply.ok()
-            }
-            Err(e) => reply.error(e),
-        }
+        self.remove_entry(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if let Err(e) = self.0.writable() {
-            return reply.error(e);
-        }
-        let mut t = self.0.tree.lock().unwrap();
-        match name
-            .to_str()
-            .ok_or(Errno::ENOENT)
-            .and_then(|n| self.remove(&mut t, parent.0, n, true))
-        {
-            Ok(()) => {
-                self.0.changed(&t);
-                self.0.request_publish();
-                reply.ok()
-            }
-            Err(e) => reply.error(e),
-        }
+        self.remove_entry(parent, name, true, reply);
     }
 
     fn rename(

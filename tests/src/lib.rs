@@ -240,3 +240,15 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     };
     x == y
 }
+
+/// Polls `f` every 20 ms until it holds, failing the test after `secs`; returns how long it took.
+pub fn wait_until(secs: f64, what: &str, mut f: impl FnMut() -> bool) -> std::time::Duration {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs_f64(secs) {
+        if f() {
+            return t0.elapsed();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}

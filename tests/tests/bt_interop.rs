@@ -99,17 +99,6 @@ impl Fixture {
     }
 }
 
-fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
 /// Runs a ccbt download to completion (bounded) and returns its --json summary.
 fn ccbt_download(args: &[&str], secs: u64) -> Value {
     let mut a = vec!["--json"];
@@ -310,7 +299,7 @@ fn aria2_seeds_to_ccbt_and_leeches_from_ccbt() {
             .spawn()
             .unwrap(),
     );
-    wait_until(120, "aria2 to finish", || {
+    wait_until(120.0, "aria2 to finish", || {
         child.0.try_wait().unwrap().is_some()
     });
     fx.assert_same(&adl, FILES);
@@ -347,7 +336,7 @@ fn transmission(dir: &Path, download: &Path) -> (ChildGuard, u16, u16) {
             .unwrap(),
     );
     let rpc = format!("127.0.0.1:{rport}");
-    wait_until(20, "transmission RPC", || {
+    wait_until(20.0, "transmission RPC", || {
         Command::new("transmission-remote")
             .args([&rpc, "-l"])
             .output()
@@ -392,16 +381,18 @@ fn transmission_seeds_to_ccbt_and_leeches_from_ccbt() {
         ],
         &fx.root.join("seed.log"),
     );
-    wait_until(120, "Transmission to finish downloading from ccbt", || {
-        fx.same_as_source(&tdl, FILES)
-    });
+    wait_until(
+        120.0,
+        "Transmission to finish downloading from ccbt",
+        || fx.same_as_source(&tdl, FILES),
+    );
     drop(_seed);
     drop(_t);
 
     // Transmission seeds, ccbt downloads.
     let (_t2, pport2, rport2) = transmission(&fx.root.join("tr2"), &fx.src_parent);
     tr_remote(rport2, &["-a", s(&fx.torrent)]);
-    wait_until(60, "Transmission to verify its data", || {
+    wait_until(60.0, "Transmission to verify its data", || {
         tr_remote(rport2, &["-l"]).contains("100%")
     });
     let dl = fx.root.join("dl");
@@ -475,7 +466,7 @@ fn swarm_of_libtorrent_ccbt_and_aria2() {
             .spawn()
             .unwrap(),
     );
-    wait_until(180, "every leecher to finish", || {
+    wait_until(180.0, "every leecher to finish", || {
         leechers.iter().all(|(_, dl)| fx.same_as_source(dl, files))
             && fx.same_as_source(&adl, files)
     });
@@ -485,7 +476,7 @@ fn swarm_of_libtorrent_ccbt_and_aria2() {
         let _ = Command::new("kill")
             .args(["-TERM", &g.0.id().to_string()])
             .status();
-        wait_until(20, "ccbt to stop", || g.0.try_wait().unwrap().is_some());
+        wait_until(20.0, "ccbt to stop", || g.0.try_wait().unwrap().is_some());
         let log = std::fs::read_to_string(fx.root.join(format!("ccbt{i}.log"))).unwrap();
         let line = log
             .lines()
@@ -741,7 +732,7 @@ fn kill_9_mid_download_then_resume() {
     );
     let ih = fx.v1();
     // Wait until a checkpoint shows real progress, then kill -9.
-    wait_until(60, "download progress", || {
+    wait_until(60.0, "download progress", || {
         let v = ccbt_json(&["--data-dir", s(&data), "checkpoints", "list"]);
         v.as_array()
             .and_then(|a| a.first())

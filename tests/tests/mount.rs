@@ -8,17 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn wait_until(secs: f64, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs_f64(secs) {
-        if f() {
-            return t0.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
 /// A mount process; unmounts (and kills) on drop so no test leaves a mount behind.
 struct MountGuard {
     child: Option<ChildGuard>,

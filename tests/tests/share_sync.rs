@@ -8,17 +8,6 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
 /// JSON event lines a `ccbt --json sync` wrote to its log.
 fn events(log: &Path) -> Vec<Value> {
     std::fs::read_to_string(log)
@@ -126,10 +115,10 @@ fn three_nodes_sync_push_and_converge() {
         ("docs/b.bin", 5 << 20),
     ]);
     let (_b, bdir, blog) = follower(&net, "B", &id, &["--peer", &alisten]);
-    wait_until(120, "B's first sync", || event_for(&blog, 1).is_some());
+    wait_until(120.0, "B's first sync", || event_for(&blog, 1).is_some());
     assert!(trees_equal(&src, &bdir), "B's copy differs");
     let (_c, cdir, clog) = follower(&net, "C", &id, &[]);
-    wait_until(120, "C's first sync", || event_for(&clog, 1).is_some());
+    wait_until(120.0, "C's first sync", || event_for(&clog, 1).is_some());
     assert!(trees_equal(&src, &cdir), "C's copy differs");
     let ev = event_for(&clog, 1).unwrap();
     let from = ev["fetched_from"].as_object().unwrap();
@@ -160,7 +149,7 @@ fn three_nodes_sync_push_and_converge() {
     );
     assert_eq!(r["version"], 2);
     let t0 = Instant::now();
-    wait_until(10, "B and C to apply version 2", || {
+    wait_until(10.0, "B and C to apply version 2", || {
         event_for(&blog, 2).is_some() && event_for(&clog, 2).is_some()
     });
     let converged = t0.elapsed();
@@ -188,7 +177,7 @@ fn three_nodes_sync_push_and_converge() {
 fn cross_share_dedup_fetches_nothing_twice() {
     let (net, src, id_x, alisten, _a) = setup(&[("shared-large.bin", 40 << 20)]);
     let (mut b, _bdir, blog) = follower(&net, "B", &id_x, &["--peer", &alisten]);
-    wait_until(60, "B to sync X", || event_for(&blog, 1).is_some());
+    wait_until(60.0, "B to sync X", || event_for(&blog, 1).is_some());
     drop(b.0.kill());
     let _ = b.0.wait();
     // Share Y: the same large file plus a small one.
@@ -453,7 +442,7 @@ fn follower_killed_mid_sync_resumes_without_partial_files() {
     };
     let mut b = run("B1.log");
     // Kill once the node has stored a good part of the chunks (its store grows on disk).
-    wait_until(60, "the follower to fetch some data", || {
+    wait_until(60.0, "the follower to fetch some data", || {
         dir_size(&data) > 60 << 20
     });
     b.0.kill().unwrap();
@@ -464,7 +453,7 @@ fn follower_killed_mid_sync_resumes_without_partial_files() {
     }
     let b2 = run("B2.log");
     let mut seen_partial = false;
-    wait_until(120, "the restarted follower to finish", || {
+    wait_until(120.0, "the restarted follower to finish", || {
         if let Ok(m) = std::fs::metadata(dir.join("big.bin")) {
             seen_partial |= m.len() != 200 << 20;
         }
