@@ -920,15 +920,11 @@ impl ShareFs {
         if dir && !n.children.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
+        let path = n.path.clone();
         t.nodes.get_mut(&parent).unwrap().children.remove(name);
         // Open handles keep their content (an unlinked open file stays readable).
         t.nodes.remove(&ino);
-        self.0
-            .inos
-            .lock()
-            .unwrap()
-            .0
-            .remove(&n_path(t, ino).unwrap_or_default());
+        self.0.inos.lock().unwrap().0.remove(&path);
         Ok(())
     }
 
@@ -966,10 +962,6 @@ impl ShareFs {
             Err(e) => reply.error(e),
         }
     }
-}
-
-fn n_path(t: &Tree, ino: u64) -> Option<String> {
-    t.nodes.get(&ino).map(|n| n.path.clone())
 }
 
 impl Filesystem for ShareFs {
