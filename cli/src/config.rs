@@ -124,7 +124,7 @@ impl Default for Config {
             },
             xet: Xet { keep_versions: 10 },
             fs: Fs {
-                publish_debounce_ms: 500,
+                publish_debounce_ms: 200,
                 read_timeout_secs: 30,
             },
         }

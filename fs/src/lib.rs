@@ -42,10 +42,12 @@ const READ_AHEAD: usize = 8;
 enum Content {
     /// A file in the CAS: its Merkle root.
     Cas(XetHash),
-    /// A file in the overlay (owner mounts); `root` is its last published root, if clean.
+    /// A file in the overlay (owner mounts); `root` is its last published root, if clean; `gen`
+    /// changes with every write, so a publish keeps a root only for files untouched meanwhile.
     Overlay {
         path: PathBuf,
         root: Option<XetHash>,
+        gen: u64,
     },
 }
 
@@ -516,6 +518,7 @@ impl Shared {
         t.nodes.get_mut(&ino).unwrap().content = Content::Overlay {
             path: p.clone(),
             root: None,
+            gen: 0,
         };
         Ok(p)
     }
@@ -625,11 +628,15 @@ fn publish(s: &Shared) -> Result<u64, String> {
         let root = match &n.content {
             Content::Cas(r) => *r,
             Content::Overlay { root: Some(r), .. } => *r,
-            Content::Overlay { path, root: None } => {
+            Content::Overlay {
+                path,
+                root: None,
+                gen,
+            } => {
                 let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
                 let d = tree::store_reader(store, f, true, &AtomicU64::new(0), &mut nodes)
                     .map_err(|e| e.to_string())?;
-                new_roots.push((*ino, path.clone(), d.merkle_root));
+                new_roots.push((*ino, path.clone(), *gen, d.merkle_root));
                 d.merkle_root
             }
         };
@@ -685,10 +692,10 @@ fn publish(s: &Shared) -> Result<u64, String> {
     {
         // The published roots become the overlay files' clean state (unless written meanwhile).
         let mut t = s.tree.lock().unwrap();
-        for (ino, p, r) in new_roots {
+        for (ino, p, g, r) in new_roots {
             if let Some(n) = t.nodes.get_mut(&ino) {
-                if let Content::Overlay { path, root } = &mut n.content {
-                    if *path == p && s.dirty.lock().unwrap().is_none() {
+                if let Content::Overlay { path, root, gen } = &mut n.content {
+                    if *path == p && *gen == g {
                         *root = Some(r);
                     }
                 }
@@ -812,6 +819,7 @@ pub fn mount(
                         n.content = Content::Overlay {
                             path: p.clone(),
                             root: None,
+                            gen: 0,
                         };
                     }
                 }
@@ -1039,6 +1047,10 @@ impl Filesystem for ShareFs {
                         let nn = t.nodes.get_mut(&ino.0).unwrap();
                         nn.size = 0;
                         nn.mtime = now_secs();
+                        if let Content::Overlay { root, gen, .. } = &mut nn.content {
+                            *root = None;
+                            *gen += 1;
+                        }
                         size = 0;
                         self.0.changed(&t);
                     }
@@ -1129,8 +1141,9 @@ impl Filesystem for ShareFs {
         }
         n.size = n.size.max(off + data.len() as u64);
         n.mtime = now_secs();
-        if let Content::Overlay { root, .. } = &mut n.content {
+        if let Content::Overlay { root, gen, .. } = &mut n.content {
             *root = None;
+            *gen += 1;
         }
         let content = n.content.clone();
         let size = n.size;
@@ -1268,6 +1281,7 @@ impl Filesystem for ShareFs {
             content: Content::Overlay {
                 path: p,
                 root: None,
+                gen: 0,
             },
             exec: mode & 0o111 != 0,
             mtime: now_secs(),
@@ -1497,8 +1511,9 @@ impl Filesystem for ShareFs {
             let n = t.nodes.get_mut(&ino.0).unwrap();
             n.size = sz;
             n.mtime = now_secs();
-            if let Content::Overlay { root, .. } = &mut n.content {
+            if let Content::Overlay { root, gen, .. } = &mut n.content {
                 *root = None;
+                *gen += 1;
             }
             let (c, s) = (n.content.clone(), n.size);
             if let Some(f) = fh {
