@@ -76,7 +76,7 @@ pub enum Command {
     Sync(sync_cmds::SyncArgs),
     /// Shares, peers and counters of the node running on this data dir
     Status,
-    /// Mount a share as a live directory (writable on the owner's node)
+    /// Mount a share (a live directory, writable on the owner's node) or a torrent (read-only, streaming)
     Mount(mount_cmds::MountArgs),
     /// Unmount a ccbt mount (also clears one left by a crash)
     Unmount { dir: PathBuf },
