@@ -539,70 +539,92 @@ impl Shared {
         if self.key.is_none() {
             return;
         }
-        let mut lines = Vec::new();
-        let mut nodes: Vec<&Node> = t.nodes.values().filter(|n| !n.path.is_empty()).collect();
-        nodes.sort_by(|a, b| a.path.cmp(&b.path));
-        for n in nodes {
-            let (c, extra) = match &n.content {
-                Content::Cas(r) => ("cas", r.to_hex()),
-                Content::Overlay { path, .. } => ("ovl", path.to_string_lossy().into_owned()),
-            };
-            let kind = match n.kind {
-                EKind::File => "f",
-                EKind::Dir => "d",
-                EKind::Link => "l",
-            };
-            lines.push(format!(
-                "{kind}\t{c}\t{extra}\t{}\t{}\t{}\t{}\t{}",
-                n.size,
-                n.exec as u8,
-                n.mtime,
-                n.target.clone().unwrap_or_default(),
-                n.path
-            ));
-        }
         let p = self.cfg.overlay_dir.join("state");
         let tmp = p.with_extension("tmp");
         if std::fs::create_dir_all(&self.cfg.overlay_dir).is_ok()
-            && std::fs::write(&tmp, lines.join("\n")).is_ok()
+            && std::fs::write(&tmp, encode_state(t)).is_ok()
         {
             let _ = std::fs::rename(&tmp, &p);
         }
     }
 
     fn load_state(&self) -> Option<Vec<(Entry, Option<PathBuf>)>> {
-        let text = std::fs::read_to_string(self.cfg.overlay_dir.join("state")).ok()?;
-        let mut out = Vec::new();
-        for l in text.lines() {
-            // kind, content kind, root or overlay path, size, exec, mtime, link target, path
-            let f: Vec<&str> = l.splitn(8, '\t').collect();
-            if f.len() != 8 {
-                return None;
-            }
-            let kind = match f[0] {
-                "f" => EKind::File,
-                "d" => EKind::Dir,
-                _ => EKind::Link,
-            };
-            let (root, ovl) = match f[1] {
-                "cas" => (XetHash::from_hex(f[2])?.0, None),
-                _ => ([0; 32], Some(PathBuf::from(f[2]))),
-            };
-            out.push((
-                Entry {
-                    path: f[7].to_string(),
-                    kind,
-                    size: f[3].parse().ok()?,
-                    root,
-                    executable: f[4] == "1",
-                    mtime: f[5].parse().ok()?,
-                    target: (kind == EKind::Link).then(|| f[6].to_string()),
-                },
-                ovl,
-            ));
-        }
-        Some(out)
+        decode_state(&std::fs::read(self.cfg.overlay_dir.join("state")).ok()?)
     }
+}
+
+/// The owner's working tree as bencode (any byte in a name survives): one dictionary per entry,
+/// with its CAS root or its overlay file.
+fn encode_state(t: &Tree) -> Vec<u8> {
+    use ccbt_core::bencode::OwnedValue as V;
+    let mut nodes: Vec<&Node> = t.nodes.values().filter(|n| !n.path.is_empty()).collect();
+    nodes.sort_by(|a, b| a.path.cmp(&b.path));
+    V::List(
+        nodes
+            .into_iter()
+            .map(|n| {
+                let (root, ovl) = match &n.content {
+                    Content::Cas(r) => (r.0.to_vec(), None),
+                    Content::Overlay { path, .. } => (
+                        [0u8; 32].to_vec(),
+                        Some(path.to_string_lossy().into_owned()),
+                    ),
+                };
+                let mut d = vec![
+                    (
+                        "k",
+                        V::bytes(match n.kind {
+                            EKind::File => "f",
+                            EKind::Dir => "d",
+                            EKind::Link => "l",
+                        }),
+                    ),
+                    ("m", V::Int(n.mtime)),
+                    ("p", V::bytes(n.path.as_bytes())),
+                    ("r", V::bytes(root)),
+                    ("s", V::Int(n.size as i64)),
+                    ("x", V::Int(n.exec as i64)),
+                ];
+                if let Some(o) = ovl {
+                    d.push(("o", V::bytes(o.as_bytes())));
+                }
+                if let Some(tg) = &n.target {
+                    d.push(("t", V::bytes(tg.as_bytes())));
+                }
+                V::dict(d)
+            })
+            .collect(),
+    )
+    .encode()
+}
+
+fn decode_state(b: &[u8]) -> Option<Vec<(Entry, Option<PathBuf>)>> {
+    use ccbt_core::bencode::Value;
+    let v = ccbt_core::bencode::decode(b).ok()?;
+    let mut out = Vec::new();
+    for item in v.as_list()? {
+        let d = item.as_dict()?;
+        let kind = match d.get(b"k")?.as_bytes()? {
+            b"f" => EKind::File,
+            b"d" => EKind::Dir,
+            _ => EKind::Link,
+        };
+        let path = d.get(b"p")?.as_str()?.to_string();
+        listing::check_path(&path).ok()?;
+        out.push((
+            Entry {
+                path,
+                kind,
+                size: d.get(b"s")?.as_int()?.max(0) as u64,
+                root: d.get(b"r")?.as_bytes()?.try_into().ok()?,
+                executable: d.get(b"x")?.as_int()? != 0,
+                mtime: d.get(b"m")?.as_int()?,
+                target: d.get(b"t").and_then(Value::as_str).map(str::to_string),
+            },
+            d.get(b"o").and_then(Value::as_str).map(PathBuf::from),
+        ));
+    }
+    Some(out)
 }
 
 fn now_nanos() -> u128 {
@@ -1552,4 +1574,78 @@ pub fn wait_published(m: &Mounted, seq: u64, timeout: Duration) -> bool {
         .wait_timeout_while(g, timeout, |p| *p < seq)
         .unwrap();
     *g >= seq
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(path: &str, kind: EKind, content: Content, target: Option<&str>) -> Node {
+        Node {
+            path: path.into(),
+            kind,
+            size: 7,
+            content,
+            exec: true,
+            mtime: 1_700_000_000,
+            target: target.map(str::to_string),
+            children: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn overlay_state_roundtrips_any_name() {
+        let mut t = Tree::default();
+        t.nodes
+            .insert(1, node("", EKind::Dir, Content::Cas(XetHash::ZERO), None));
+        t.nodes.insert(
+            2,
+            node(
+                "dir\twith tab",
+                EKind::Dir,
+                Content::Cas(XetHash::ZERO),
+                None,
+            ),
+        );
+        t.nodes.insert(
+            3,
+            node(
+                "dir\twith tab/ünï\nline.bin",
+                EKind::File,
+                Content::Cas(XetHash([9; 32])),
+                None,
+            ),
+        );
+        t.nodes.insert(
+            4,
+            node(
+                "dirty.txt",
+                EKind::File,
+                Content::Overlay {
+                    path: PathBuf::from("/ov/f4 x"),
+                    root: None,
+                    gen: 3,
+                },
+                None,
+            ),
+        );
+        t.nodes.insert(
+            5,
+            node(
+                "link",
+                EKind::Link,
+                Content::Cas(XetHash::ZERO),
+                Some("target\twith tab"),
+            ),
+        );
+        let back = decode_state(&encode_state(&t)).expect("decodes");
+        assert_eq!(back.len(), 4);
+        let by: HashMap<&str, &(Entry, Option<PathBuf>)> =
+            back.iter().map(|e| (e.0.path.as_str(), e)).collect();
+        assert_eq!(by["dir\twith tab/ünï\nline.bin"].0.root, [9; 32]);
+        assert_eq!(by["dirty.txt"].1.as_deref(), Some(Path::new("/ov/f4 x")));
+        assert_eq!(by["link"].0.target.as_deref(), Some("target\twith tab"));
+        assert!(by["dirty.txt"].0.executable && by["dirty.txt"].0.size == 7);
+        assert_eq!(decode_state(b"garbage"), None);
+    }
 }
