@@ -887,6 +887,20 @@ pub fn mount(
     })
 }
 
+/// Replies to a readdir from `offset` with `items` (ino, type, name), "." and ".." included.
+pub(crate) fn fill_dir(
+    mut reply: ReplyDirectory,
+    offset: u64,
+    items: Vec<(u64, FileType, String)>,
+) {
+    for (i, (ino, kind, name)) in items.into_iter().enumerate().skip(offset as usize) {
+        if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     let n = name.to_str().ok_or(Errno::EINVAL)?;
     if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
@@ -1226,7 +1240,7 @@ impl Filesystem for ShareFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let t = self.0.tree.lock().unwrap();
         let Some(n) = t.nodes.get(&ino.0) else {
@@ -1250,12 +1264,7 @@ impl Filesystem for ShareFs {
             };
             items.push((*c, k, name.clone()));
         }
-        for (i, (ino, kind, name)) in items.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
-                break;
-            }
-        }
-        reply.ok();
+        fill_dir(reply, offset, items);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -205,7 +205,7 @@ impl Filesystem for TorrentFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let Some(e) = self.entries.get(&ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -225,12 +225,7 @@ impl Filesystem for TorrentFs {
                 name.clone(),
             ));
         }
-        for (i, (ino, kind, name)) in items.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
-                break;
-            }
-        }
-        reply.ok();
+        crate::fill_dir(reply, offset, items);
     }
 }
 

@@ -252,3 +252,14 @@ pub fn wait_until(secs: f64, what: &str, mut f: impl FnMut() -> bool) -> std::ti
     }
     panic!("timed out after {secs}s waiting for {what}");
 }
+
+/// A raw BitTorrent handshake (for scripted hostile peers); `extensions` sets the BEP 10 bit.
+pub fn bt_handshake(info_hash: &[u8; 20], peer_id: &[u8], extensions: bool) -> Vec<u8> {
+    let mut out = vec![19u8];
+    out.extend_from_slice(b"BitTorrent protocol");
+    out.extend_from_slice(&[0, 0, 0, 0, 0, if extensions { 0x10 } else { 0 }, 0, 0]);
+    out.extend_from_slice(info_hash);
+    assert_eq!(peer_id.len(), 20, "a peer id is 20 bytes");
+    out.extend_from_slice(peer_id);
+    out
+}

@@ -505,11 +505,7 @@ fn hostile_seeder(info_hash: [u8; 20], pieces: usize) -> (u16, std::thread::Join
             if c.read_exact(&mut hs).is_err() {
                 continue;
             }
-            let mut out = vec![19u8];
-            out.extend_from_slice(b"BitTorrent protocol");
-            out.extend_from_slice(&[0; 8]);
-            out.extend_from_slice(&info_hash);
-            out.extend_from_slice(b"-EV0001-hostilepeer!");
+            let mut out = bt_handshake(&info_hash, b"-EV0001-hostilepeer!", false);
             let nbytes = pieces.div_ceil(8);
             out.extend_from_slice(&((1 + nbytes) as u32).to_be_bytes());
             out.push(5);
@@ -553,11 +549,7 @@ fn oversized_peer(info_hash: [u8; 20]) -> u16 {
         if let Some(Ok(mut c)) = l.incoming().next() {
             let mut hs = [0u8; 68];
             let _ = c.read_exact(&mut hs);
-            let mut out = vec![19u8];
-            out.extend_from_slice(b"BitTorrent protocol");
-            out.extend_from_slice(&[0; 8]);
-            out.extend_from_slice(&info_hash);
-            out.extend_from_slice(b"-EV0001-oversizedmsg");
+            let mut out = bt_handshake(&info_hash, b"-EV0001-oversizedmsg", false);
             out.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
             let _ = c.write_all(&out);
             let mut sink = [0u8; 1024];

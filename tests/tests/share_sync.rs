@@ -251,12 +251,8 @@ fn hostile_xet_peer(share: [u8; 20], kind: Evil, old_head: Vec<u8>) -> u16 {
             if c.read_exact(&mut hs).is_err() {
                 continue;
             }
-            let mut out = vec![19u8];
-            out.extend_from_slice(b"BitTorrent protocol");
-            out.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
-            out.extend_from_slice(&share);
             // A distinct peer id per hostile peer (ccbt keeps one connection per peer id).
-            out.extend_from_slice(format!("-EV0001-evil{:08}", port).as_bytes());
+            let mut out = bt_handshake(&share, format!("-EV0001-evil{:08}", port).as_bytes(), true);
             out.extend_from_slice(&ext_msg(0, b"d1:md8:ccbt_xeti1eee"));
             let _ = c.write_all(&out);
             let mut their_id = 0u8;
