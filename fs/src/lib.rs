@@ -987,6 +987,43 @@ impl ShareFs {
 }
 
 impl ShareFs {
+    /// `mkdir` and `symlink`: a new directory or link under `parent` (owner mounts).
+    fn add_entry(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: EKind,
+        target: Option<String>,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.0.writable() {
+            return reply.error(e);
+        }
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mut t = self.0.tree.lock().unwrap();
+        let n = Node {
+            path: String::new(),
+            kind,
+            size: 0,
+            content: Content::Cas(XetHash::ZERO),
+            exec: false,
+            mtime: now_secs(),
+            target,
+            children: BTreeMap::new(),
+        };
+        match self.insert(&mut t, parent.0, name, n) {
+            Ok((_, attr)) => {
+                self.0.changed(&t);
+                self.0.request_publish();
+                reply.entry(&TTL, &attr, Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// `unlink` and `rmdir`.
     fn remove_entry(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         if let Err(e) = self.0.writable() {
@@ -1353,32 +1390,7 @@ impl Filesystem for ShareFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        if let Err(e) = self.0.writable() {
-            return reply.error(e);
-        }
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        let mut t = self.0.tree.lock().unwrap();
-        let n = Node {
-            path: String::new(),
-            kind: EKind::Dir,
-            size: 0,
-            content: Content::Cas(XetHash::ZERO),
-            exec: false,
-            mtime: now_secs(),
-            target: None,
-            children: BTreeMap::new(),
-        };
-        match self.insert(&mut t, parent.0, name, n) {
-            Ok((_, attr)) => {
-                self.0.changed(&t);
-                self.0.request_publish();
-                reply.entry(&TTL, &attr, Generation(0))
-            }
-            Err(e) => reply.error(e),
-        }
+        self.add_entry(parent, name, EKind::Dir, None, reply);
     }
 
     fn symlink(
@@ -1389,35 +1401,16 @@ impl Filesystem for ShareFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        if let Err(e) = self.0.writable() {
-            return reply.error(e);
-        }
-        let name = match name_str(link_name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
         let Some(target) = target.to_str() else {
             return reply.error(Errno::EINVAL);
         };
-        let mut t = self.0.tree.lock().unwrap();
-        let n = Node {
-            path: String::new(),
-            kind: EKind::Link,
-            size: 0,
-            content: Content::Cas(XetHash::ZERO),
-            exec: false,
-            mtime: now_secs(),
-            target: Some(target.to_string()),
-            children: BTreeMap::new(),
-        };
-        match self.insert(&mut t, parent.0, name, n) {
-            Ok((_, attr)) => {
-                self.0.changed(&t);
-                self.0.request_publish();
-                reply.entry(&TTL, &attr, Generation(0))
-            }
-            Err(e) => reply.error(e),
-        }
+        self.add_entry(
+            parent,
+            link_name,
+            EKind::Link,
+            Some(target.to_string()),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

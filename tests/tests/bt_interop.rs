@@ -86,6 +86,26 @@ impl Fixture {
         })
     }
 
+    /// Starts `ccbt seed` on this fixture's data (data dir `root/<data_dir>`, log `root/seed.log`)
+    /// and waits (bounded) until it listens; returns the guard and its address.
+    fn ccbt_seed(&self, data_dir: &str, extra: &[&str], wait_secs: u64) -> (ChildGuard, String) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let dd = self.root.join(data_dir);
+        let mut args = vec![
+            "--data-dir",
+            s(&dd),
+            "seed",
+            s(&self.torrent),
+            s(&self.src_parent),
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        let g = spawn_ccbt(&args, &self.root.join("seed.log"));
+        wait_listening(&listen, wait_secs);
+        (g, listen)
+    }
+
     fn assert_same(&self, dl: &Path, files: &[(&str, usize)]) {
         for (p, _) in files {
             assert!(
@@ -184,20 +204,7 @@ fn ccbt_seeder_to_libtorrent_over_udp_tracker() {
         "32K",
     );
     let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _seed = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&fx.root.join("d")),
-            "seed",
-            s(&fx.torrent),
-            s(&fx.src_parent),
-            "--listen",
-            &listen,
-        ],
-        &fx.root.join("seed.log"),
-    );
-    wait_listening(&listen, 20);
+    let (_seed, _) = fx.ccbt_seed("d", &[], 20);
     let dl = fx.root.join("lt");
     let r = lt_leech(&fx.torrent, &dl, &[], 90);
     assert_eq!(r["done"], true, "libtorrent did not finish: {r}");
@@ -271,20 +278,7 @@ fn aria2_seeds_to_ccbt_and_leeches_from_ccbt() {
     drop(seeder);
 
     // ccbt seeds, aria2 downloads.
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _seed = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&fx.root.join("d2")),
-            "seed",
-            s(&fx.torrent),
-            s(&fx.src_parent),
-            "--listen",
-            &listen,
-        ],
-        &fx.root.join("seed.log"),
-    );
-    wait_listening(&listen, 20);
+    let (_seed, _) = fx.ccbt_seed("d2", &[], 20);
     let adl = fx.root.join("aria");
     let mut child = ChildGuard(
         Command::new("aria2c")
@@ -365,21 +359,10 @@ fn transmission_seeds_to_ccbt_and_leeches_from_ccbt() {
     let tdl = fx.root.join("trdl");
     let (_t, pport, rport) = transmission(&fx.root.join("tr1"), &tdl);
     tr_remote(rport, &["-a", s(&fx.torrent)]);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _seed = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&fx.root.join("d")),
-            "seed",
-            s(&fx.torrent),
-            s(&fx.src_parent),
-            "--listen",
-            &listen,
-            "--peer",
-            &format!("127.0.0.1:{pport}"),
-            "--no-trackers",
-        ],
-        &fx.root.join("seed.log"),
+    let (_seed, _) = fx.ccbt_seed(
+        "d",
+        &["--peer", &format!("127.0.0.1:{pport}"), "--no-trackers"],
+        20,
     );
     wait_until(
         120.0,
@@ -575,23 +558,7 @@ fn hostile_peers_are_banned_and_the_file_is_exact() {
     let (hostile, _h) = hostile_seeder(ih, pieces);
     let big = oversized_peer(ih);
     // The honest seeder is slow so the hostile one gets plenty of requests.
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _seed = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&fx.root.join("d")),
-            "seed",
-            s(&fx.torrent),
-            s(&fx.src_parent),
-            "--listen",
-            &listen,
-            "--no-trackers",
-            "--up-limit",
-            "2048",
-        ],
-        &fx.root.join("seed.log"),
-    );
-    wait_listening(&listen, 20);
+    let (_seed, listen) = fx.ccbt_seed("d", &["--no-trackers", "--up-limit", "2048"], 20);
     let dl = fx.root.join("dl");
     let r = ccbt_download(
         &[
@@ -686,24 +653,8 @@ fn garbage_tracker_is_reported_and_the_other_tracker_works() {
 fn kill_9_mid_download_then_resume() {
     let files: &[(&str, usize)] = &[("big.bin", 256 << 20)];
     let fx = fixture("v1", &[], files, "256K");
-    let listen = format!("127.0.0.1:{}", free_port());
     // 48 MiB/s: the download takes ~5 s, long enough to interrupt.
-    let _seed = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&fx.root.join("seed-d")),
-            "seed",
-            s(&fx.torrent),
-            s(&fx.src_parent),
-            "--listen",
-            &listen,
-            "--no-trackers",
-            "--up-limit",
-            "49152",
-        ],
-        &fx.root.join("seed.log"),
-    );
-    wait_listening(&listen, 60);
+    let (_seed, listen) = fx.ccbt_seed("seed-d", &["--no-trackers", "--up-limit", "49152"], 60);
     let data = fx.root.join("d");
     let dl = fx.root.join("dl");
     let mut child = spawn_ccbt(
@@ -774,21 +725,7 @@ fn kill_9_mid_download_then_resume() {
 fn download_rate_limit_holds() {
     let files: &[(&str, usize)] = &[("f.bin", 24 << 20)];
     let fx = fixture("v1", &[], files, "256K");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _seed = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&fx.root.join("sd")),
-            "seed",
-            s(&fx.torrent),
-            s(&fx.src_parent),
-            "--listen",
-            &listen,
-            "--no-trackers",
-        ],
-        &fx.root.join("seed.log"),
-    );
-    wait_listening(&listen, 30);
+    let (_seed, listen) = fx.ccbt_seed("sd", &["--no-trackers"], 30);
     let dl = fx.root.join("dl");
     let t0 = Instant::now();
     let r = ccbt_download(
