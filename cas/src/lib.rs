@@ -225,8 +225,24 @@ impl Store {
             .map(|v| u32::from_le_bytes(v[..4].try_into().unwrap_or([0; 4]))))
     }
 
+    /// A chunk's bytes. RocksDB's own block checksum is skipped: every reader re-hashes the
+    /// chunk against its content hash (a stronger check), and the CRC pass cost a quarter of a
+    /// mount's read time.
     pub fn get_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(CF_CHUNKS), hash)?)
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_verify_checksums(false);
+        Ok(self.db.get_cf_opt(self.cf(CF_CHUNKS), hash, &ro)?)
+    }
+
+    /// Runs `f` over a chunk's bytes in place (no copy out of RocksDB), with the same checksum
+    /// rule as [`Store::get_chunk`].
+    pub fn with_chunk<R>(&self, hash: &Hash, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_verify_checksums(false);
+        Ok(self
+            .db
+            .get_pinned_cf_opt(self.cf(CF_CHUNKS), hash, &ro)?
+            .map(|v| f(&v)))
     }
 
     /// Adds a chunk to `batch` unless the store (or the batch) already has it. Returns whether it

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Args, Clone)]
 pub struct DownloadArgs {
-    /// The .torrent file
-    pub torrent: PathBuf,
+    /// A .torrent file, a magnet link (metadata fetched from peers, BEP 9), or a 40-hex info-hash
+    /// (with --peer)
+    pub torrent: String,
     /// Directory to download into
     #[arg(short = 'o', long = "output", default_value = ".")]
     pub out: PathBuf,
@@ -158,8 +159,115 @@ fn base_cfg(ctx: &Ctx) -> Result<TorrentConfig> {
     })
 }
 
+/// Where to look for a magnet's metadata besides the magnet itself.
+pub struct Sources<'a> {
+    pub peers: &'a [SocketAddr],
+    pub trackers: &'a [String],
+    pub listen_port: u16,
+    pub timeout: Duration,
+}
+
+/// True for a 40-hex (v1) or 64-hex (v2) info-hash.
+pub fn is_info_hash(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A torrent named on the command line: a .torrent file, a magnet, or an info-hash (40 hex v1 or
+/// 64 hex v2). Magnets and info-hashes use this data dir's checkpoint when there is one, else
+/// fetch the metadata (BEP 9) from the magnet's peers (`x.pe`) and trackers and from `src`.
+/// Returns the torrent and the peers to dial.
+pub fn resolve_torrent(
+    ctx: &Ctx,
+    target: &str,
+    src: &Sources,
+) -> Result<(Metainfo, Vec<SocketAddr>)> {
+    let p = Path::new(target);
+    let mut peers = src.peers.to_vec();
+    let mut trackers = src.trackers.to_vec();
+    if p.is_file() || !(target.starts_with("magnet:") || is_info_hash(target)) {
+        return Ok((load_torrent(p)?.0, peers));
+    }
+    let (v1, v2) = if is_info_hash(target) {
+        let b = ccbt_core::encoding::from_hex(target).context("bad info-hash")?;
+        match b.len() {
+            20 => (Some(b.try_into().unwrap()), None),
+            _ => (None, Some(b.try_into().unwrap())),
+        }
+    } else {
+        let m = ccbt_core::Magnet::parse(target).context("cannot parse the magnet link")?;
+        for pe in &m.peers {
+            match pe.parse() {
+                Ok(a) => peers.push(a),
+                Err(_) => tracing::warn!("ignoring x.pe={pe}: not an IP:port"),
+            }
+        }
+        if m.v1.is_none() && m.v2.is_none() {
+            bail!("this magnet names no torrent (no urn:btih or urn:btmh); for a share use `ccbt mount` or `ccbt sync`");
+        }
+        trackers.extend(m.trackers);
+        (m.v1, m.v2)
+    };
+    let swarm: [u8; 20] = v1.unwrap_or_else(|| v2.unwrap()[..20].try_into().unwrap());
+    let hex = ccbt_core::encoding::to_hex(&swarm);
+    if let Some(c) = Checkpoint::load(&ctx.data_dir, &hex)? {
+        let meta =
+            Metainfo::from_bytes(&c.torrent).context("the checkpoint's torrent is damaged")?;
+        return Ok((meta, peers));
+    }
+    if peers.is_empty() && trackers.is_empty() {
+        bail!("no peer source for {hex}: give --peer ADDR, or a magnet with a tracker (tr=) or a peer (x.pe=); the DHT is not built yet");
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "fetching the torrent's metadata for {hex} from {} peer(s) and {} tracker(s)...",
+            peers.len(),
+            trackers.len()
+        );
+    }
+    let cfg = ccbt_core::session::metadata_fetch::FetchConfig {
+        v1,
+        v2,
+        peers: peers.clone(),
+        trackers: trackers.clone(),
+        peer_id: ccbt_core::session::new_peer_id(),
+        listen_port: src.listen_port,
+        timeout: src.timeout,
+    };
+    let info = runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;
+    let mut meta =
+        Metainfo::from_info_bytes(&info).context("the peers' metadata is not a valid torrent")?;
+    meta.trackers = trackers.iter().map(|t| vec![t.clone()]).collect();
+    if !meta.is_v1()
+        && meta
+            .files
+            .iter()
+            .any(|f| !f.pad && f.length > meta.piece_length)
+    {
+        bail!("{} is a v2-only torrent: its piece hashes are not part of the metadata and fetching them (BEP 52 hash requests) is not built yet; use its .torrent file, or a hybrid magnet", meta.name);
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "got the metadata: {} ({} files, {})",
+            meta.name,
+            meta.files.iter().filter(|f| !f.pad).count(),
+            crate::progress::human_bytes(meta.total_length())
+        );
+    }
+    Ok((meta, peers))
+}
+
 pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
-    let (meta, _) = load_torrent(&a.torrent)?;
+    let listen = ctx.listen(a.listen);
+    let (meta, peers) = resolve_torrent(
+        ctx,
+        &a.torrent,
+        &Sources {
+            peers: &a.peers,
+            trackers: &[],
+            listen_port: listen.port(),
+            timeout: Duration::from_secs(120),
+        },
+    )?;
     let mut cfg = base_cfg(ctx)?;
     cfg.out_dir = a.out.clone();
     std::fs::create_dir_all(&a.out)
@@ -179,9 +287,8 @@ pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
         cfg.prealloc = Prealloc::Full;
     }
     cfg.resume = !a.no_resume;
-    cfg.peers = a.peers.clone();
+    cfg.peers = peers;
     cfg.use_trackers = !a.no_trackers;
-    let listen = ctx.listen(a.listen);
     run(
         ctx,
         Job {

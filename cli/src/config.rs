@@ -85,6 +85,9 @@ pub struct Fs {
     pub publish_debounce_ms: u64,
     /// How long a read waits for missing chunks before failing with EIO.
     pub read_timeout_secs: u64,
+    /// Kernel read-ahead of a mount in KiB (set through sysfs when running as root; 0 = the
+    /// kernel's 128 KiB).
+    pub read_ahead_kb: u32,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             fs: Fs {
                 publish_debounce_ms: 200,
                 read_timeout_secs: 30,
+                read_ahead_kb: 1024,
             },
         }
     }

@@ -94,6 +94,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         overlay_dir: tmp.join(name).join("overlay"),
         read_timeout: Duration::from_secs(20),
         publish_debounce: Duration::from_millis(300),
+        read_ahead_kb: 1024,
     };
     let (ma, mb) = (tmp.join("mnt-a"), tmp.join("mnt-b"));
     std::fs::create_dir_all(&ma)?;

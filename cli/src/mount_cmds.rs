@@ -12,8 +12,8 @@ use std::time::Duration;
 
 #[derive(Args)]
 pub struct MountArgs {
-    /// Share id (40 hex or magnet:?xs=urn:btpk:...), a .torrent file, or the info-hash of a torrent
-    /// checkpointed in this data dir
+    /// Share id (40 hex or magnet:?xs=urn:btpk:...), a .torrent file, a magnet link, or a torrent's
+    /// info-hash (40 hex v1 / 64 hex v2; metadata from this data dir's checkpoint or from --peer)
     pub target: String,
     /// Mount point (an existing empty directory)
     pub dir: PathBuf,
@@ -42,36 +42,57 @@ fn check_mount_point(dir: &Path) -> Result<()> {
     }
 }
 
-/// The torrent a mount target names: a .torrent file, or an info-hash / magnet whose torrent this
-/// data dir has a checkpoint of.
-fn torrent_target(ctx: &Ctx, target: &str) -> Result<Option<ccbt_core::Metainfo>> {
-    let p = Path::new(target);
-    if p.is_file() {
-        let b = std::fs::read(p).with_context(|| format!("cannot read {target}"))?;
-        return Ok(Some(
-            ccbt_core::Metainfo::from_bytes(&b).with_context(|| target.to_string())?,
-        ));
-    }
-    let hex = if target.starts_with("magnet:") {
-        let m = ccbt_core::Magnet::parse(target)?;
-        match (m.v1, m.public_key) {
-            (Some(h), _) => ccbt_core::encoding::to_hex(&h),
-            (None, Some(_)) => return Ok(None),
-            _ => bail!("this magnet has no v1 info-hash; mount its .torrent file instead"),
-        }
-    } else {
-        target.to_lowercase()
+/// The torrent a mount target names, with the peers to dial; `None` for a share.
+///
+/// A 40-hex id is either a share or a v1 info-hash: a checkpoint here says torrent; otherwise the
+/// given peers are asked for the metadata (share swarms offer none, so they answer at once).
+fn torrent_target(
+    ctx: &Ctx,
+    a: &MountArgs,
+) -> Result<Option<(ccbt_core::Metainfo, Vec<SocketAddr>)>> {
+    use crate::bt_cmds::{is_info_hash, resolve_torrent, Sources};
+    let target = a.target.as_str();
+    let src = |timeout| Sources {
+        peers: &a.peers,
+        trackers: &a.trackers,
+        listen_port: ctx.listen(a.listen).port(),
+        timeout: Duration::from_secs(timeout),
     };
-    match ccbt_core::resume::Checkpoint::load(&ctx.data_dir, &hex)? {
-        Some(c) => Ok(Some(ccbt_core::Metainfo::from_bytes(&c.torrent)?)),
-        None if target.starts_with("magnet:") => bail!(
-            "fetching a torrent's metadata from a magnet (BEP 9) is not implemented yet; mount its .torrent file"
-        ),
-        None => Ok(None),
+    if Path::new(target).is_file() || target.len() == 64 {
+        return resolve_torrent(ctx, target, &src(a.timeout)).map(Some);
+    }
+    if target.starts_with("magnet:") {
+        let m = ccbt_core::Magnet::parse(target)?;
+        if m.v1.is_none() && m.v2.is_none() {
+            return Ok(None); // a share (urn:btpk)
+        }
+        return resolve_torrent(ctx, target, &src(a.timeout)).map(Some);
+    }
+    if !is_info_hash(target) {
+        return Ok(None);
+    }
+    let hex = target.to_lowercase();
+    if ccbt_core::resume::Checkpoint::load(&ctx.data_dir, &hex)?.is_some() {
+        return resolve_torrent(ctx, &hex, &src(a.timeout)).map(Some);
+    }
+    if a.peers.is_empty() || !a.trackers.is_empty() {
+        return Ok(None); // trackers cannot tell a share from a torrent: take it as a share
+    }
+    match resolve_torrent(ctx, &hex, &src(15)) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            tracing::debug!("{hex} is not a torrent the peers know ({e:#}); trying it as a share");
+            Ok(None)
+        }
     }
 }
 
-fn mount_torrent_cmd(ctx: &Ctx, a: &MountArgs, meta: ccbt_core::Metainfo) -> Result<()> {
+fn mount_torrent_cmd(
+    ctx: &Ctx,
+    a: &MountArgs,
+    meta: ccbt_core::Metainfo,
+    peers: Vec<SocketAddr>,
+) -> Result<()> {
     use ccbt_core::session::{Session, SessionConfig, TorrentConfig};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,7 +119,7 @@ fn mount_torrent_cmd(ctx: &Ctx, a: &MountArgs, meta: ccbt_core::Metainfo) -> Res
         out_dir: out,
         seed: true,
         data_dir: Some(ctx.data_dir.clone()),
-        peers: a.peers.clone(),
+        peers,
         ..Default::default()
     };
     let name = meta.name.clone();
@@ -122,6 +143,7 @@ fn mount_torrent_cmd(ctx: &Ctx, a: &MountArgs, meta: ccbt_core::Metainfo) -> Res
         handle.clone(),
         &a.dir,
         Duration::from_secs(ctx.config.fs.read_timeout_secs.max(1)),
+        ctx.config.fs.read_ahead_kb,
     )
     .with_context(|| format!("cannot mount on {}", a.dir.display()))?;
     if !ctx.quiet {
@@ -158,8 +180,8 @@ async fn wait_for_stop(dir: &Path) {
 
 pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     check_mount_point(&a.dir)?;
-    if let Some(meta) = torrent_target(ctx, &a.target)? {
-        return mount_torrent_cmd(ctx, &a, meta);
+    if let Some((meta, peers)) = torrent_target(ctx, &a)? {
+        return mount_torrent_cmd(ctx, &a, meta, peers);
     }
     let Some(id) = parse_share_id(&a.target) else {
         bail!("{:?} is neither a share id, a .torrent file, nor a torrent checkpointed in this data dir", a.target);
@@ -199,6 +221,7 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
         overlay_dir: ctx.data_dir.join("overlay").join(share_id_hex(&id)),
         read_timeout: Duration::from_secs(ctx.config.fs.read_timeout_secs.max(1)),
         publish_debounce: Duration::from_millis(ctx.config.fs.publish_debounce_ms),
+        read_ahead_kb: ctx.config.fs.read_ahead_kb,
     };
     let owner = node.shares.signing_key(&id).ok().flatten().is_some();
     let m = mount(

@@ -1,9 +1,11 @@
 //! `ccbt-core`: classic BitTorrent, independent of the share layer and of storage.
 //!
-//! Today: a strict bencode codec ([`bencode`]), metainfo for v1, v2 and hybrid torrents
-//! ([`metainfo`]), BEP 52 Merkle trees ([`merkle`]), magnet links ([`magnet`]) and torrent creation
-//! hashing on all cores ([`create`]). Everything here is pure (no sockets); the only I/O is reading
-//! files in [`create`].
+//! Sans-IO protocol cores, each tested with byte vectors: a strict bencode codec ([`bencode`]),
+//! metainfo for v1, v2 and hybrid torrents ([`metainfo`]), BEP 52 Merkle trees ([`merkle`]),
+//! magnet links ([`magnet`]), the peer wire ([`wire`]), BEP 10 extensions ([`extension`]), BEP 9
+//! metadata exchange ([`metadata`]), tracker formats ([`tracker`]), the piece picker ([`picker`]),
+//! the choker ([`choker`]) and rate limits ([`ratelimit`]). Files are touched by [`storage`],
+//! [`resume`] and [`create`] (hashing on all cores); sockets only by the tokio [`session`] on top.
 
 pub mod bencode;
 pub mod choker;
@@ -12,6 +14,7 @@ pub mod encoding;
 pub mod extension;
 pub mod magnet;
 pub mod merkle;
+pub mod metadata;
 pub mod metainfo;
 pub mod picker;
 pub mod ratelimit;

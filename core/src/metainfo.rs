@@ -616,6 +616,11 @@ fn parse_top_level(root: &Dict, m: &mut Metainfo) -> Result<(), MetainfoError> {
         {
             let root_hash = f.pieces_root.expect("checked in walk_file_tree");
             let Some(layers) = layers else {
+                if m.is_v1() {
+                    // A hybrid fetched from a magnet (BEP 9 carries only `info`): the v1 piece
+                    // hashes still verify every byte.
+                    break;
+                }
                 return Err(invalid("v2 torrent has no 'piece layers'"));
             };
             let layer = layers

@@ -74,6 +74,8 @@ struct Handle {
     content: Content,
     size: u64,
     last_end: u64,
+    /// Read-ahead has been requested up to here (so a sequential reader checks each chunk once).
+    ahead: u64,
 }
 
 pub struct MountConfig {
@@ -82,6 +84,8 @@ pub struct MountConfig {
     pub overlay_dir: PathBuf,
     pub read_timeout: Duration,
     pub publish_debounce: Duration,
+    /// Kernel read-ahead for the mount in KiB (0 leaves the kernel's 128 KiB default).
+    pub read_ahead_kb: u32,
 }
 
 struct Shared {
@@ -105,6 +109,9 @@ struct Shared {
     node_cache: Mutex<HashMap<XetHash, Arc<Vec<ccbt_xet::hash::Node>>>>,
     /// The most recently read chunks (verified), for readers that hit the same chunk many times.
     chunk_cache: Mutex<std::collections::VecDeque<(XetHash, Arc<Vec<u8>>)>>,
+    /// The content root each inode was last opened with: reopening the same immutable content
+    /// keeps the kernel's page cache (FOPEN_KEEP_CACHE), anything else drops it.
+    opened_roots: Mutex<HashMap<u64, XetHash>>,
 }
 
 /// Chunks kept in the read cache (up to 128 KiB each).
@@ -330,8 +337,11 @@ impl Shared {
             if base >= end || base + len <= off || len == 0 {
                 continue;
             }
+            // A cached empty list marks a leaf (a node always has children): each lookup of a
+            // leaf would otherwise cost two store reads on every read call.
             let cached = self.node_cache.lock().unwrap().get(&h).cloned();
             let kids = match cached {
+                Some(k) if k.is_empty() => None,
                 Some(k) => Some(k),
                 None => {
                     let text = match store.get_node(&h.0).map_err(|e| errno(e, Errno::EIO))? {
@@ -365,7 +375,14 @@ impl Shared {
                             c.insert(h, k.clone());
                             Some(k)
                         }
-                        None => None,
+                        None => {
+                            let mut c = self.node_cache.lock().unwrap();
+                            if c.len() >= NODE_CACHE {
+                                c.clear();
+                            }
+                            c.insert(h, Arc::new(Vec::new()));
+                            None
+                        }
                     }
                 }
             };
@@ -383,6 +400,14 @@ impl Shared {
             }
         }
         Ok(out)
+    }
+
+    fn cached_chunk(&self, h: XetHash) -> bool {
+        self.chunk_cache
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| *k == h)
     }
 
     fn chunk(&self, h: XetHash) -> Result<Arc<Vec<u8>>, Errno> {
@@ -409,33 +434,92 @@ impl Shared {
         Ok(d)
     }
 
+    /// Copies each chunk's range `[s, s + dst.len())` into `dst`, verifying the chunk.
+    fn fill_parts(&self, parts: Vec<(XetHash, u64, usize, &mut [u8])>) -> Result<(), Errno> {
+        for (h, clen, s, dst) in parts {
+            let e = s + dst.len();
+            // A chunk read to its end is copied straight from the store into the reply; one that
+            // goes on past this read goes through the cache, as the next read starts there.
+            if e as u64 == clen && !self.cached_chunk(h) {
+                let copied = self
+                    .node
+                    .shares
+                    .store
+                    .with_chunk(&h.0, |d| {
+                        let ok = d.len() as u64 == clen && ccbt_xet::hash::chunk_hash(d) == h;
+                        if ok {
+                            dst.copy_from_slice(&d[s..e]);
+                        }
+                        ok
+                    })
+                    .map_err(|e| errno(e, Errno::EIO))?;
+                if copied == Some(true) {
+                    continue;
+                }
+            }
+            let data = self.chunk(h)?;
+            if data.len() as u64 != clen {
+                return Err(Errno::EIO);
+            }
+            dst.copy_from_slice(&data[s..e]);
+        }
+        Ok(())
+    }
+
     fn read_cas(
         &self,
         root: XetHash,
         size: u64,
         off: u64,
         len: u32,
-        prefetch: bool,
-    ) -> Result<Vec<u8>, Errno> {
+        ahead: Option<&mut u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Errno> {
         let end = (off + len as u64).min(size);
         if off >= end {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let chunks = self.chunks_for(root, size, off, end)?;
-        let mut out = Vec::with_capacity((end - off) as usize);
+        let at = out.len();
+        out.resize(at + (end - off) as usize, 0);
+        // Each chunk's slice of the reply.
+        let mut parts = Vec::with_capacity(chunks.len());
+        let mut rest = &mut out[at..];
         for (base, h, clen) in &chunks {
-            let data = self.chunk(*h)?;
-            if data.len() as u64 != *clen {
-                return Err(Errno::EIO);
-            }
-            let s = off.max(*base) - base;
-            let e = end.min(base + clen) - base;
-            out.extend_from_slice(&data[s as usize..e as usize]);
+            let s = (off.max(*base) - base) as usize;
+            let e = (end.min(base + clen) - base) as usize;
+            let (dst, r) = rest.split_at_mut(e - s);
+            rest = r;
+            parts.push((*h, *clen, s, dst));
         }
-        if prefetch {
-            // Read-ahead: warm the next chunks in the background for a sequential reader.
+        // Verifying and copying a large read's chunks is split over two threads: on a local
+        // store that work, not I/O, bounds a sequential reader.
+        if parts.len() >= 6 {
+            let second = parts.split_off(parts.len() / 2);
+            std::thread::scope(|sc| {
+                let t = sc.spawn(|| self.fill_parts(second));
+                let a = self.fill_parts(parts);
+                let b = t.join().unwrap_or(Err(Errno::EIO));
+                a.and(b)
+            })?;
+        } else {
+            self.fill_parts(parts)?;
+        }
+        if let Some(ahead) = ahead {
+            // Read-ahead: warm the next chunks in the background for a sequential reader. Each
+            // range is looked at once per handle.
             let ahead_end = (end + READ_AHEAD as u64 * 65536).min(size);
-            if let Ok(next) = self.chunks_for(root, size, end, ahead_end) {
+            // A reader that jumped back starts a fresh window.
+            let from = if *ahead > end && *ahead <= ahead_end {
+                *ahead
+            } else {
+                end
+            };
+            if from >= ahead_end {
+                return Ok(());
+            }
+            *ahead = ahead_end;
+            if let Ok(next) = self.chunks_for(root, size, from, ahead_end) {
                 let store_missing: Vec<XetHash> = next
                     .iter()
                     .map(|c| c.1)
@@ -453,29 +537,34 @@ impl Shared {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
+    /// Appends the bytes of `[off, off+len)` (clipped to `size`) to `out`.
     fn read_content(
         &self,
         c: &Content,
         size: u64,
         off: u64,
         len: u32,
-        prefetch: bool,
-    ) -> Result<Vec<u8>, Errno> {
+        ahead: Option<&mut u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Errno> {
         match c {
-            Content::Cas(root) => self.read_cas(*root, size, off, len, prefetch),
+            Content::Cas(root) => self.read_cas(*root, size, off, len, ahead, out),
             Content::Overlay { path, .. } => {
                 let f = std::fs::File::open(path).map_err(|e| errno(e, Errno::EIO))?;
                 let end = (off + len as u64).min(size);
                 if off >= end {
-                    return Ok(Vec::new());
+                    return Ok(());
                 }
-                let mut buf = vec![0u8; (end - off) as usize];
-                let n = f.read_at(&mut buf, off).map_err(|e| errno(e, Errno::EIO))?;
-                buf.truncate(n);
-                Ok(buf)
+                let start = out.len();
+                out.resize(start + (end - off) as usize, 0);
+                let n = f
+                    .read_at(&mut out[start..], off)
+                    .map_err(|e| errno(e, Errno::EIO))?;
+                out.truncate(start + n);
+                Ok(())
             }
         }
     }
@@ -823,6 +912,7 @@ pub fn mount(
         closed: std::sync::atomic::AtomicBool::new(false),
         node_cache: Mutex::new(HashMap::new()),
         chunk_cache: Mutex::new(std::collections::VecDeque::new()),
+        opened_roots: Mutex::new(HashMap::new()),
     });
     // An owner's overlay left by a crash wins over the last published version.
     let recovered = if shared.key.is_some() {
@@ -873,6 +963,7 @@ pub fn mount(
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(4);
     let session = fuser::spawn_mount(ShareFs(shared.clone()), dir, &config)?;
+    set_read_ahead(dir, shared.cfg.read_ahead_kb);
     if shared.key.is_some() {
         let s = shared.clone();
         std::thread::spawn(move || publisher(s));
@@ -885,6 +976,28 @@ pub fn mount(
         shared,
         session: Some(session),
     })
+}
+
+/// Raises the kernel's read-ahead for the mount at `dir`: FUSE mounts start at 128 KiB, which
+/// caps a sequential reader at one small request per round trip. Needs root (sysfs); without it
+/// the default stays and a debug line says so.
+pub fn set_read_ahead(dir: &Path, kb: u32) {
+    use std::os::unix::fs::MetadataExt;
+    if kb == 0 {
+        return;
+    }
+    let res = std::fs::metadata(dir).and_then(|m| {
+        let dev = m.dev();
+        let path = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        std::fs::write(path, kb.to_string())
+    });
+    if let Err(e) = res {
+        tracing::debug!("cannot set the mount's read-ahead to {kb} KiB: {e}");
+    }
 }
 
 /// Replies to a readdir from `offset` with `items` (ino, type, name), "." and ".." included.
@@ -1136,12 +1249,29 @@ impl Filesystem for ShareFs {
         self.0.handles.lock().unwrap().insert(
             fh,
             Handle {
-                content,
+                content: content.clone(),
                 size,
                 last_end: 0,
+                ahead: 0,
             },
         );
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        // Published content never changes under a root, so the kernel may keep what it cached
+        // the last time this inode was opened with the same root.
+        let flags = match &content {
+            Content::Cas(root) => {
+                let root = *root;
+                let mut r = self.0.opened_roots.lock().unwrap();
+                match r.insert(ino.0, root) {
+                    Some(prev) if prev == root => FopenFlags::FOPEN_KEEP_CACHE,
+                    _ => FopenFlags::empty(),
+                }
+            }
+            Content::Overlay { .. } => {
+                self.0.opened_roots.lock().unwrap().remove(&ino.0);
+                FopenFlags::empty()
+            }
+        };
+        reply.opened(FileHandle(fh), flags);
     }
 
     fn read(
@@ -1168,15 +1298,34 @@ impl Filesystem for ShareFs {
             }
             let seq = offset == h.last_end;
             h.last_end = offset + size as u64;
-            (h.content.clone(), h.size, seq)
+            (h.content.clone(), h.size, seq.then_some(h.ahead))
         };
-        match self
-            .0
-            .read_content(&content, fsize, offset, size, sequential)
-        {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e),
+        let mut ahead = sequential.unwrap_or(0);
+        // One reply buffer per FUSE thread: a fresh 1 MiB allocation per read costs page faults.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with(|b| {
+            let mut out = b.borrow_mut();
+            out.clear();
+            let res = self.0.read_content(
+                &content,
+                fsize,
+                offset,
+                size,
+                sequential.is_some().then_some(&mut ahead),
+                &mut out,
+            );
+            if sequential.is_some() {
+                if let Some(h) = self.0.handles.lock().unwrap().get_mut(&fh.0) {
+                    h.ahead = h.ahead.max(ahead);
+                }
+            }
+            match res {
+                Ok(()) => reply.data(&out),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn write(
@@ -1367,6 +1516,7 @@ impl Filesystem for ShareFs {
                         content,
                         size: 0,
                         last_end: 0,
+                        ahead: 0,
                     },
                 );
                 reply.created(

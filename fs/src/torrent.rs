@@ -234,6 +234,7 @@ pub fn mount_torrent(
     handle: Arc<TorrentHandle>,
     dir: &Path,
     timeout: Duration,
+    read_ahead_kb: u32,
 ) -> std::io::Result<fuser::BackgroundSession> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -243,5 +244,7 @@ pub fn mount_torrent(
     ];
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(4);
-    fuser::spawn_mount(TorrentFs::new(handle, timeout), dir, &config)
+    let session = fuser::spawn_mount(TorrentFs::new(handle, timeout), dir, &config)?;
+    crate::set_read_ahead(dir, read_ahead_kb);
+    Ok(session)
 }

@@ -6,6 +6,7 @@
   lt_tool.py create SRC OUT v1|v2|hybrid PIECE_BYTES  -> JSON: hashes, seconds spent hashing
   lt_tool.py seed TORRENT SAVE_PATH PORT [PEER...]    -> seeds until killed (prints "ready" JSON)
   lt_tool.py leech TORRENT SAVE_PATH PORT TIMEOUT [PEER...] -> downloads, prints JSON with seconds
+  lt_tool.py magnet URI SAVE_PATH PORT TIMEOUT [PEER...]    -> metadata (BEP 9) then files, JSON
 
 Sessions listen on 127.0.0.1 only, with DHT, LSD, UPnP and NAT-PMP off.
 """
@@ -146,6 +147,31 @@ def leech(path, save, port, timeout, peers):
                 peers=st.num_peers)
 
 
+def magnet(uri, save, port, timeout, peers):
+    # libtorrent fetches the metadata (BEP 9) from the peers, then the files.
+    s = session(port)
+    t0 = time.time()
+    atp = lt.parse_magnet_uri(uri)
+    atp.save_path = save
+    h = s.add_torrent(atp)
+    deadline = t0 + float(timeout)
+    got_meta = None
+    while time.time() < deadline:
+        st = h.status()
+        if got_meta is None and st.has_metadata:
+            got_meta = time.time() - t0
+        if st.is_seeding:
+            break
+        if int(time.time() - t0) % 2 == 0:
+            for p in peers:
+                host, pp = p.rsplit(':', 1)
+                h.connect_peer((host, int(pp)))
+        time.sleep(0.05)
+    st = h.status()
+    return dict(done=st.is_seeding, has_metadata=st.has_metadata, metadata_seconds=got_meta,
+                seconds=time.time() - t0, name=st.name)
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == 'info':
@@ -157,6 +183,8 @@ def main():
     elif cmd == 'seed':
         seed(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])
         return
+    elif cmd == 'magnet':
+        r = magnet(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6:])
     elif cmd == 'leech':
         r = leech(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6:])
     else:

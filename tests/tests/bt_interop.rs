@@ -835,3 +835,216 @@ fn only_skip_scrape_and_seed_serving_checkpoints() {
     );
     fx.assert_same(&lt, FILES);
 }
+
+// ---- magnets (BEP 9 metadata exchange) ----
+
+/// A magnet for the fixture: btih, and btmh when the torrent has a v2 hash.
+fn magnet_of(fx: &Fixture, extra: &str) -> String {
+    let mut m = String::from("magnet:?");
+    let mut xt = Vec::new();
+    if let Some(h) = fx.info["info_hash_v1"].as_str() {
+        xt.push(format!("xt=urn:btih:{h}"));
+    }
+    if let Some(h) = fx.info["info_hash_v2"].as_str() {
+        xt.push(format!("xt=urn:btmh:1220{h}"));
+    }
+    m.push_str(&xt.join("&"));
+    m.push_str("&dn=data");
+    m.push_str(extra);
+    m
+}
+
+#[test]
+fn magnets_between_ccbt_and_libtorrent_both_ways() {
+    let fx = fixture("hybrid", &[], FILES, "64K");
+    // libtorrent seeds; ccbt has only the magnet (x.pe names the seeder).
+    let lt_port = free_port();
+    let _seed = spawn_lt_seed(&fx.torrent, &fx.src_parent, lt_port, &[]);
+    let dl = fx.root.join("dl");
+    let uri = magnet_of(&fx, &format!("&x.pe=127.0.0.1:{lt_port}"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            &uri,
+            "-o",
+            s(&dl),
+            "--listen",
+            &listen,
+            "--no-trackers",
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    assert!(
+        r["stderr"].as_str().unwrap().contains("got the metadata"),
+        "{r}"
+    );
+    fx.assert_same(&dl, FILES);
+
+    // A ccbt seeder serves the metadata to libtorrent, which knows only the magnet.
+    let (_ccbt, addr) = fx.ccbt_seed("seeder", &["--no-trackers"], 30);
+    let save = fx.root.join("lt-dl");
+    let port = free_port().to_string();
+    let uri = magnet_of(&fx, "");
+    let r = lt_tool(&["magnet", &uri, s(&save), &port, "90", &addr]);
+    assert_eq!(
+        r["has_metadata"], true,
+        "libtorrent got no metadata from ccbt: {r}"
+    );
+    assert_eq!(r["done"], true, "{r}");
+    fx.assert_same(&save, FILES);
+}
+
+#[test]
+fn btmh_magnet_over_a_tracker_and_v2_only_refused_clearly() {
+    let tport = free_port();
+    let announce = format!("http://127.0.0.1:{tport}/announce");
+    let fx = fixture("hybrid", std::slice::from_ref(&announce), FILES, "64K");
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+    let _seed = spawn_lt_seed(&fx.torrent, &fx.src_parent, free_port(), &[]);
+    // Only the v2 hash and the tracker: the metadata is checked with SHA-256.
+    let v2 = fx.info["info_hash_v2"].as_str().unwrap();
+    let enc = announce.replace(':', "%3A").replace('/', "%2F");
+    let uri = format!("magnet:?xt=urn:btmh:1220{v2}&tr={enc}");
+    let dl = fx.root.join("dl");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            &uri,
+            "-o",
+            s(&dl),
+            "--listen",
+            &listen,
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    fx.assert_same(&dl, FILES);
+
+    // A v2-only torrent's piece layers are not in its metadata: a clear refusal, not a hang.
+    let fx2 = fixture("v2", &[], FILES, "64K");
+    let lt_port = free_port();
+    let _seed2 = spawn_lt_seed(&fx2.torrent, &fx2.src_parent, lt_port, &[]);
+    let v2 = fx2.info["info_hash_v2"].as_str().unwrap();
+    let out = ccbt(&[
+        "--data-dir",
+        s(&fx2.root.join("d")),
+        "download",
+        &format!("magnet:?xt=urn:btmh:1220{v2}&x.pe=127.0.0.1:{lt_port}"),
+        "-o",
+        s(&fx2.root.join("dl")),
+        "--no-trackers",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("BEP 52"), "{err}");
+}
+
+/// A peer that offers ut_metadata and answers every request with bytes of the right length that
+/// do not hash to the info-hash.
+fn lying_metadata_peer(info_hash: [u8; 20], size: usize) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(4) {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+            let mut hs = [0u8; 68];
+            if c.read_exact(&mut hs).is_err() {
+                continue;
+            }
+            let mut out = bt_handshake(&info_hash, b"-EV0001-lyingmetadat", true);
+            let h = format!("d1:md11:ut_metadatai3ee13:metadata_sizei{size}ee");
+            out.extend_from_slice(&((2 + h.len()) as u32).to_be_bytes());
+            out.extend_from_slice(&[20, 0]);
+            out.extend_from_slice(h.as_bytes());
+            if c.write_all(&out).is_err() {
+                continue;
+            }
+            let mut hdr = [0u8; 4];
+            while c.read_exact(&mut hdr).is_ok() {
+                let len = u32::from_be_bytes(hdr) as usize;
+                let mut body = vec![0u8; len];
+                if c.read_exact(&mut body).is_err() {
+                    break;
+                }
+                // Extended message to our id 3 with a request: answer with junk.
+                if len > 2 && body[0] == 20 && body[1] == 3 {
+                    let text = String::from_utf8_lossy(&body[2..]).to_string();
+                    let piece: usize = text
+                        .split("5:piecei")
+                        .nth(1)
+                        .and_then(|r| r.split('e').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let n = (size - piece * 16384).min(16384);
+                    let d = format!("d8:msg_typei1e5:piecei{piece}e10:total_sizei{size}ee");
+                    let mut m = ((2 + d.len() + n) as u32).to_be_bytes().to_vec();
+                    m.extend_from_slice(&[20, 1]); // their id for ut_metadata: ours was 1
+                    m.extend_from_slice(d.as_bytes());
+                    m.extend(std::iter::repeat_n(b'x', n));
+                    if c.write_all(&m).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn lying_metadata_peer_is_ignored_and_honest_metadata_wins() {
+    let fx = fixture("v1", &[], FILES, "64K");
+    let ih = hex20(&fx.v1());
+    let info_len = {
+        let t = std::fs::read(&fx.torrent).unwrap();
+        // The info dictionary runs from after "4:info" to the final "e" of the torrent.
+        let at = t.windows(6).position(|w| w == b"4:info").unwrap() + 6;
+        t.len() - 1 - at
+    };
+    let liar = lying_metadata_peer(ih, info_len);
+    let lt_port = free_port();
+    let _seed = spawn_lt_seed(&fx.torrent, &fx.src_parent, lt_port, &[]);
+    let dl = fx.root.join("dl");
+    // Only the liar: a clear error, nothing written.
+    let out = ccbt(&[
+        "--data-dir",
+        s(&fx.root.join("d0")),
+        "download",
+        &fx.v1(),
+        "-o",
+        s(&fx.root.join("dl0")),
+        "--peer",
+        &format!("127.0.0.1:{liar}"),
+        "--no-trackers",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match the info-hash"), "{err}");
+    assert!(!fx.root.join("dl0").join("data").exists());
+    // The liar and an honest libtorrent: the verified copy wins.
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            &fx.v1(),
+            "-o",
+            s(&dl),
+            "--peer",
+            &format!("127.0.0.1:{liar}"),
+            "--peer",
+            &format!("127.0.0.1:{lt_port}"),
+            "--no-trackers",
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    fx.assert_same(&dl, FILES);
+}

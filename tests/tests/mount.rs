@@ -519,3 +519,46 @@ fn torrent_mount_streams_the_end_of_a_file_before_the_download_finishes() {
         .open(m.join("sub.srt"))
         .is_err());
 }
+
+#[test]
+fn magnet_mount_fetches_metadata_then_streams() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("seed/data");
+    make_tree(&data, &[("song.flac", 9_000_001), ("cover.jpg", 54_321)]);
+    let torrent = t.path().join("t.torrent");
+    ccbt_ok(&[
+        "-q",
+        "create",
+        s(&data),
+        "--piece-length",
+        "64K",
+        "-o",
+        s(&torrent),
+    ]);
+    let info = ccbt_json(&["info", s(&torrent)]);
+    let ih = info["info_hash_v1"].as_str().unwrap().to_string();
+    let lport = free_port();
+    let _seed = spawn_lt_seed(&torrent, &t.path().join("seed"), lport, &[]);
+    // Only a magnet (hybrid torrent, v1 hash) with the seeder in x.pe; the data dir is empty.
+    let m = t.path().join("m");
+    let d = t.path().join("D");
+    let uri = format!("magnet:?xt=urn:btih:{ih}&dn=data&x.pe=127.0.0.1:{lport}");
+    let (mut g, _) = mount(&d, &uri, &m, &[], &t.path().join("M.log"));
+    for (name, _) in [("song.flac", 0), ("cover.jpg", 0)] {
+        assert!(
+            same_file(&data.join(name), &m.join(name)),
+            "{name} read through the magnet mount differs"
+        );
+    }
+    unmount(&mut g);
+    // The metadata was kept (checkpoint): the bare info-hash mounts again without peers' help.
+    let (mut g, _) = mount(
+        &d,
+        &ih,
+        &m,
+        &["--peer", &format!("127.0.0.1:{lport}")],
+        &t.path().join("M2.log"),
+    );
+    assert!(same_file(&data.join("cover.jpg"), &m.join("cover.jpg")));
+    unmount(&mut g);
+}

@@ -2,6 +2,7 @@
 //! keyed by info-hash, a task per peer connection, tracker announcers, and a driver per torrent that
 //! connects peers, rechokes, checkpoints and notices completion.
 
+pub mod metadata_fetch;
 mod peer;
 pub mod tracker_client;
 
@@ -216,7 +217,8 @@ pub struct Session {
     inner: Arc<SessionInner>,
 }
 
-fn new_peer_id() -> [u8; 20] {
+/// A fresh Azureus-style peer id (`-CC0100-` and 12 random characters).
+pub fn new_peer_id() -> [u8; 20] {
     let mut id = *b"-CC0100-000000000000";
     for b in &mut id[8..] {
         *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[rand::random::<usize>() % 36];

@@ -91,6 +91,8 @@ struct Conn {
     uploads: VecDeque<(u32, u32, u32)>,
     pipeline: usize,
     blocks_this_second: usize,
+    /// ut_metadata requests this peer made (BEP 9 flood protection).
+    meta_requests: u32,
 }
 
 #[derive(Debug)]
@@ -210,6 +212,7 @@ async fn run_inner(
         uploads: VecDeque::new(),
         pipeline: t.cfg.pipeline_depth.max(4),
         blocks_this_second: 0,
+        meta_requests: 0,
     };
     let res = c.session(rd, &theirs, &mut cmd_rx, &mut ext_rx).await;
     // Give back what we asked this peer for.
@@ -246,12 +249,17 @@ impl Conn {
                 .await?;
         }
         if theirs.supports_extensions() {
+            let mut m = self.t.session.registry.advertised();
+            let serve_meta = self.ut_metadata_id();
+            if let Some(id) = serve_meta {
+                m.insert(crate::metadata::NAME.to_string(), id);
+            }
             let h = ExtHandshake {
-                m: self.t.session.registry.advertised(),
+                m,
                 client: Some(format!("ccbt {}", env!("CARGO_PKG_VERSION"))),
                 listen_port: Some(self.t.session.listen_addr.port()),
                 reqq: Some(MAX_UPLOAD_QUEUE as u32),
-                metadata_size: None,
+                metadata_size: serve_meta.map(|_| self.t.meta.info_bytes.len() as u64),
             };
             self.send(Message::Extended {
                 id: 0,
@@ -637,11 +645,47 @@ impl Conn {
             }
             return Ok(());
         }
+        if Some(id) == self.ut_metadata_id() {
+            return self.on_ut_metadata(payload).await;
+        }
         let Some(handler) = self.t.session.registry.by_local_id(id).cloned() else {
             return Ok(()); // an extension we never advertised: ignore
         };
         let r = handler.on_message(&self.ctx, payload);
         self.apply_ext_reply(handler.name(), r).await
+    }
+
+    /// Our local id for `ut_metadata` (after the registry's), when we have metadata to give:
+    /// torrents do, share swarms have none.
+    fn ut_metadata_id(&self) -> Option<u8> {
+        (!self.t.cfg.swarm && !self.t.meta.info_bytes.is_empty())
+            .then(|| self.t.session.registry.handlers().len() as u8 + 1)
+    }
+
+    /// BEP 9: serve pieces of our info dictionary; a peer asking far more often than the metadata
+    /// has pieces gets rejects (flood protection).
+    async fn on_ut_metadata(&mut self, payload: Bytes) -> Result<(), Reason> {
+        use crate::metadata::{self, MetaMsg};
+        let msg = MetaMsg::decode(payload).map_err(|e| Reason::Protocol(e.to_string()))?;
+        let Some(MetaMsg::Request { piece }) = msg else {
+            return Ok(()); // data/reject to a peer that has the metadata: ignore
+        };
+        let info = &self.t.meta.info_bytes;
+        self.meta_requests += 1;
+        let allowed = 4 * metadata::piece_count(info.len() as u64) + 8;
+        let reply = if self.meta_requests > allowed {
+            MetaMsg::Reject { piece }
+        } else {
+            metadata::serve(info, piece)
+        };
+        if let Some(pid) = self.peer_ext_id(metadata::NAME) {
+            self.send(Message::Extended {
+                id: pid,
+                payload: reply.encode(),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     fn peer_ext_id(&self, name: &str) -> Option<u8> {

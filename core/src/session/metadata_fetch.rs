@@ -1,0 +1,254 @@
+//! Fetching a magnet's info dictionary from peers (BEP 9) before the torrent can start.
+//!
+//! Peers come from the magnet's `x.pe`, `--peer` and the trackers (announced again every few
+//! seconds). Each connection assembles its own copy from one peer and checks it against the
+//! info-hash, so a lying peer cannot poison what honest peers send; the first verified copy wins.
+
+use super::tracker_client;
+use crate::extension::ExtHandshake;
+use crate::metadata::{Assembler, MetaMsg, MetadataError, NAME};
+use crate::tracker::{Announce, Event};
+use crate::wire::{Decoder, Handshake, Message, HANDSHAKE_LEN};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Our local id for `ut_metadata` on fetch-only connections.
+const LOCAL_ID: u8 = 1;
+/// Connections tried at once.
+const MAX_DIAL: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub v1: Option<[u8; 20]>,
+    pub v2: Option<[u8; 32]>,
+    pub peers: Vec<SocketAddr>,
+    pub trackers: Vec<String>,
+    pub peer_id: [u8; 20],
+    /// Announced to trackers (our session's listen port).
+    pub listen_port: u16,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the magnet names no info-hash")]
+    NoHash,
+    #[error("none of the {tried} given peers sent the torrent's metadata (last: {why})")]
+    Failed { tried: usize, why: String },
+    #[error("no peer sent the torrent's metadata within {secs}s ({tried} peers tried{why}); give a peer with --peer or a tracker in the magnet")]
+    Timeout {
+        secs: u64,
+        tried: usize,
+        why: String,
+    },
+}
+
+impl FetchConfig {
+    /// The swarm's 20-byte info-hash (v1, or the truncated v2 hash).
+    pub fn swarm_hash(&self) -> Option<[u8; 20]> {
+        self.v1
+            .or_else(|| self.v2.map(|h| h[..20].try_into().unwrap()))
+    }
+}
+
+/// Returns the verified info dictionary.
+pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Vec<u8>, FetchError> {
+    let ih = cfg.swarm_hash().ok_or(FetchError::NoHash)?;
+    let (peer_tx, mut peer_rx) = mpsc::unbounded_channel::<SocketAddr>();
+    for p in &cfg.peers {
+        let _ = peer_tx.send(*p);
+    }
+    // Trackers: announce now and every 5 s until done (the task ends with this function).
+    let announcer = {
+        let cfg = cfg.clone();
+        let tx = peer_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                for url in &cfg.trackers {
+                    let a = Announce {
+                        info_hash: ih,
+                        peer_id: cfg.peer_id,
+                        port: cfg.listen_port,
+                        uploaded: 0,
+                        downloaded: 0,
+                        left: 1,
+                        event: Event::Started,
+                        numwant: 50,
+                        key: rand::random(),
+                    };
+                    match tracker_client::announce(url, &a).await {
+                        Ok(r) => r.peers.into_iter().for_each(|p| {
+                            let _ = tx.send(p);
+                        }),
+                        Err(e) => tracing::warn!("tracker {url}: {e}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    drop(peer_tx);
+    let sources_open = !cfg.trackers.is_empty();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
+    let mut seen = HashSet::new();
+    let mut queue = std::collections::VecDeque::new();
+    let mut running = 0usize;
+    let mut last_err = String::new();
+    let deadline = tokio::time::sleep(cfg.timeout);
+    tokio::pin!(deadline);
+    let result = loop {
+        while running < MAX_DIAL {
+            let Some(addr) = queue.pop_front() else { break };
+            running += 1;
+            let (tx, cfg) = (done_tx.clone(), cfg.clone());
+            tokio::spawn(async move {
+                let r = tokio::time::timeout(Duration::from_secs(30), from_peer(addr, &cfg, ih))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()))
+                    .map_err(|e| format!("{addr}: {e}"));
+                let _ = tx.send(r);
+            });
+        }
+        if running == 0 && queue.is_empty() && !sources_open && peer_rx.is_empty() {
+            // Only the given peers, and every one of them failed: say so now.
+            break Err(FetchError::Failed {
+                tried: seen.len(),
+                why: last_err,
+            });
+        }
+        tokio::select! {
+            p = peer_rx.recv(), if sources_open || !peer_rx.is_empty() => {
+                if let Some(p) = p {
+                    // Trackers list us too: never dial our own listen port on this host.
+                    let own = p.port() == cfg.listen_port && (p.ip().is_loopback() || p.ip().is_unspecified());
+                    if !own && seen.insert(p) {
+                        queue.push_back(p);
+                    }
+                }
+            }
+            Some(r) = done_rx.recv() => {
+                running -= 1;
+                match r {
+                    Ok(info) => break Ok(info),
+                    Err(e) => {
+                        tracing::info!("metadata from {e}");
+                        last_err = e;
+                    }
+                }
+            }
+            _ = &mut deadline => {
+                break Err(FetchError::Timeout {
+                    secs: cfg.timeout.as_secs(),
+                    tried: seen.len(),
+                    why: if last_err.is_empty() { String::new() } else { format!("; last: {last_err}") },
+                });
+            }
+        }
+    };
+    announcer.abort();
+    result
+}
+
+/// One peer: handshake, extension handshake, then every metadata piece.
+async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<Vec<u8>, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(io)?;
+    let _ = s.set_nodelay(true);
+    s.write_all(&Handshake::new(ih, cfg.peer_id).encode())
+        .await
+        .map_err(io)?;
+    let mut hs = [0u8; HANDSHAKE_LEN];
+    s.read_exact(&mut hs).await.map_err(io)?;
+    let theirs = Handshake::decode(&hs).map_err(|e| e.to_string())?;
+    if theirs.info_hash != ih {
+        return Err("answered for another torrent".into());
+    }
+    if !theirs.supports_extensions() {
+        return Err("does not support extensions (BEP 10), so cannot send metadata".into());
+    }
+    let ours = ExtHandshake {
+        m: [(NAME.to_string(), LOCAL_ID)].into(),
+        client: Some(format!("ccbt {}", env!("CARGO_PKG_VERSION"))),
+        listen_port: Some(cfg.listen_port),
+        ..Default::default()
+    };
+    send(&mut s, 0, Bytes::from(ours.encode())).await?;
+    let mut dec = Decoder::default();
+    let mut asm: Option<(Assembler, u8)> = None;
+    loop {
+        while let Some(m) = dec.next_message().map_err(|e| e.to_string())? {
+            let Message::Extended { id, payload } = m else {
+                continue; // bitfield, have, ...: not needed for metadata
+            };
+            if id == 0 {
+                let h = ExtHandshake::decode(&payload).ok_or("malformed extension handshake")?;
+                if asm.is_some() {
+                    continue;
+                }
+                let pid =
+                    *h.m.get(NAME)
+                        .filter(|&&i| i != 0)
+                        .ok_or("does not offer ut_metadata")?;
+                let size = h
+                    .metadata_size
+                    .ok_or("offers ut_metadata without metadata_size")?;
+                let a = Assembler::new(cfg.v1, cfg.v2, size).map_err(|e| e.to_string())?;
+                // Metadata is small (≤16 MiB, usually tens of KiB): ask for every piece at once.
+                for piece in a.missing().collect::<Vec<_>>() {
+                    send(&mut s, pid, MetaMsg::Request { piece }.encode()).await?;
+                }
+                asm = Some((a, pid));
+            } else if id == LOCAL_ID {
+                let Some((a, _)) = asm.as_mut() else {
+                    return Err("sent metadata before its extension handshake".into());
+                };
+                match MetaMsg::decode(payload).map_err(|e| e.to_string())? {
+                    Some(MetaMsg::Data {
+                        piece,
+                        total_size,
+                        data,
+                    }) => a
+                        .on_data(piece, total_size, data)
+                        .map_err(|e| e.to_string())?,
+                    Some(MetaMsg::Reject { piece }) => {
+                        return Err(format!("rejected metadata piece {piece}"))
+                    }
+                    // A request to us: we have nothing yet (BEP 9: reject).
+                    Some(MetaMsg::Request { piece }) => {
+                        let pid = asm.as_ref().map(|a| a.1).unwrap_or(0);
+                        send(&mut s, pid, MetaMsg::Reject { piece }.encode()).await?;
+                    }
+                    None => {}
+                }
+                if asm.as_ref().is_some_and(|(a, _)| a.is_complete()) {
+                    let (a, _) = asm.take().unwrap();
+                    return a.finish().map_err(|e| match e {
+                        MetadataError::HashMismatch => {
+                            "sent metadata that does not match the info-hash (peer ignored)".into()
+                        }
+                        e => e.to_string(),
+                    });
+                }
+            }
+        }
+        let buf = dec.buffer();
+        buf.reserve(64 * 1024);
+        if s.read_buf(buf).await.map_err(io)? == 0 {
+            return Err("closed the connection".into());
+        }
+    }
+}
+
+async fn send(s: &mut TcpStream, id: u8, payload: Bytes) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    Message::Extended { id, payload }.encode(&mut out);
+    s.write_all(&out).await.map_err(|e| e.to_string())
+}
