@@ -14,13 +14,14 @@ W=$(mktemp -d /tmp/ccbt-bench-update.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 trap cleanup EXIT
+[ -n "${KEEP_LOG:-}" ] && trap 'cp "$W/B.err" "$KEEP_LOG"; cleanup' EXIT
 mkdir -p "$W/src"
 head -c $((MIB << 20)) /dev/urandom > "$W/src/big.bin"
 ID=$("$BIN" -q --data-dir "$W/A" publish "$W/src")
 AP=$((20000 + RANDOM % 10000)); BP=$((AP + 1))
 "$BIN" --data-dir "$W/A" seed --listen 127.0.0.1:$AP > "$W/A.log" 2>&1 & PIDS+=($!)
 sleep 1
-"$BIN" --json --data-dir "$W/B" sync "$ID" "$W/copy" --follow --peer 127.0.0.1:$AP --listen 127.0.0.1:$BP > "$W/B.log" 2>"$W/B.err" & PIDS+=($!)
+"$BIN" --json --log-level ${B_LOG:-INFO} --data-dir "$W/B" sync "$ID" "$W/copy" --follow --peer 127.0.0.1:$AP --listen 127.0.0.1:$BP > "$W/B.log" 2>"$W/B.err" & PIDS+=($!)
 for _ in $(seq 600); do grep -q '"seq":1' "$W/B.log" 2>/dev/null && break; sleep 0.2; done
 grep -q '"seq":1' "$W/B.log" || { echo "initial sync failed"; cat "$W/B.err"; exit 1; }
 # rsync side: a copy of the old version, and a daemon serving the source folder.
@@ -35,6 +36,11 @@ CONF
 RP=$((AP + 2))
 rsync --daemon --no-detach --address=127.0.0.1 --port=$RP --config="$W/rsyncd.conf" & PIDS+=($!)
 sleep 0.5
+# The follower keeps a spare copy of large files it wrote (made and flushed in the background,
+# `[xet] sync_spare_mib`); wait (bounded) until it is ready, as it is when edits are seconds apart.
+s0=$(date +%s.%N)
+for _ in $(seq 600); do ls "$W/copy/.ccbt-sync/spare/"*.ok >/dev/null 2>&1 && break; sleep 0.1; done
+printf 'spare copy ready %.1f s after the initial sync check\n' "$(echo "$(date +%s.%N) - $s0" | bc -l)"
 # The edit.
 dd if=/dev/urandom of="$W/src/big.bin" bs=1024 count=1 seek=$((MIB * 512)) conv=notrunc 2>/dev/null
 "$BIN" -q --data-dir "$W/A" publish "$W/src" > /dev/null

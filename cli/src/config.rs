@@ -76,6 +76,9 @@ pub struct Observability {
 pub struct Xet {
     /// Versions of each share kept by `ccbt cas gc`.
     pub keep_versions: u32,
+    /// Disk `ccbt sync` may spend on spare copies of large synced files, so the next change to
+    /// one costs only its changed chunks instead of a full copy (MiB; 0 = off).
+    pub sync_spare_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,7 +128,10 @@ impl Default for Config {
                 enable_metrics: false,
                 metrics_port: 9090,
             },
-            xet: Xet { keep_versions: 10 },
+            xet: Xet {
+                keep_versions: 10,
+                sync_spare_mib: 4096,
+            },
             fs: Fs {
                 publish_debounce_ms: 200,
                 read_timeout_secs: 30,
@@ -210,6 +216,9 @@ impl Config {
         }
         if let Some(v) = get("CCBT_KEEP_VERSIONS") {
             self.xet.keep_versions = parse("CCBT_KEEP_VERSIONS", v)?;
+        }
+        if let Some(v) = get("CCBT_SYNC_SPARE_MIB") {
+            self.xet.sync_spare_mib = parse("CCBT_SYNC_SPARE_MIB", v)?;
         }
         Ok(())
     }

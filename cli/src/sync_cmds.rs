@@ -130,7 +130,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                 }
                 if h.seq > done {
                     let wire0 = node.wire_in(&id);
-                    let r = sync_version(&node.xet, id, &h, &a.dir).await.with_context(|| format!("cannot sync version {}", h.seq))?;
+                    let r = sync_version(&node.xet, id, &h, &a.dir, ctx.config.xet.sync_spare_mib << 20).await.with_context(|| format!("cannot sync version {}", h.seq))?;
                     done = h.seq;
                     let wire = node.wire_in(&id) - wire0;
                     let c = node.xet.counters(&id);
@@ -139,7 +139,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                             "event": "version", "share": share_id_hex(&id), "seq": r.seq,
                             "files_written": r.files_written, "files_deleted": r.files_deleted,
                             "fetched_chunks": r.fetched_chunks, "fetched_bytes": r.fetched_bytes,
-                            "fetched_nodes": r.fetched_nodes, "dedup_chunks": r.dedup_chunks,
+                            "fetched_nodes": r.fetched_nodes, "dedup_chunks": r.dedup_chunks, "spares_used": r.spares_used,
                             "seconds": r.seconds, "wire_in": wire,
                             "fetched_from": c.fetched_from.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::HashMap<_, _>>(),
                         }));

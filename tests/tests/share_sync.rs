@@ -117,7 +117,10 @@ fn three_nodes_sync_push_and_converge() {
     let (_b, bdir, blog) = follower(&net, "B", &id, &["--peer", &alisten]);
     wait_until(120.0, "B's first sync", || event_for(&blog, 1).is_some());
     assert!(trees_equal(&src, &bdir), "B's copy differs");
-    let (_c, cdir, clog) = follower(&net, "C", &id, &[]);
+    // C keeps no spare copies (config file), so B and C cover both ways of patching big.bin.
+    let cconf = net.tmp.path().join("c.toml");
+    std::fs::write(&cconf, "[xet]\nsync_spare_mib = 0\n").unwrap();
+    let (_c, cdir, clog) = follower(&net, "C", &id, &["--config", s(&cconf)]);
     wait_until(120.0, "C's first sync", || event_for(&clog, 1).is_some());
     assert!(trees_equal(&src, &cdir), "C's copy differs");
     let ev = event_for(&clog, 1).unwrap();
@@ -127,6 +130,16 @@ fn three_nodes_sync_push_and_converge() {
         sources >= 2,
         "C fetched from {from:?}, not from both A and B"
     );
+
+    // B's spare copy of big.bin is made in the background after its first sync.
+    let spare = bdir.join(".ccbt-sync/spare");
+    wait_until(60.0, "B's spare copy of big.bin", || {
+        std::fs::read_dir(&spare).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".ok"))
+        })
+    });
+    assert!(!cdir.join(".ccbt-sync/spare").exists());
 
     // A overwrites 1 KiB in the middle of the big file and republishes through its node.
     {
@@ -165,6 +178,8 @@ fn three_nodes_sync_push_and_converge() {
         assert!(e["fetched_chunks"].as_u64().unwrap() <= 4, "{e}");
         assert!(e["wire_in"].as_u64().unwrap() < 256 * 1024, "{e}");
     }
+    assert_eq!(event_for(&blog, 2).unwrap()["spares_used"], 1);
+    assert_eq!(event_for(&clog, 2).unwrap()["spares_used"], 0);
     // Status shows the counters.
     let st = ccbt_json(&["--data-dir", s(&net.tmp.path().join("A")), "status"]);
     assert!(

@@ -18,6 +18,7 @@ pub mod head;
 pub mod listing;
 pub mod net;
 pub mod shares;
+pub mod spare;
 pub mod sync;
 pub mod tree;
 

@@ -53,6 +53,8 @@ pub struct SyncReport {
     pub fetched_bytes: u64,
     pub fetched_nodes: u64,
     pub dedup_chunks: u64,
+    /// Changed files patched from a ready spare copy instead of a full copy.
+    pub spares_used: u64,
     pub seconds: f64,
 }
 
@@ -145,28 +147,6 @@ async fn resolve(
     Ok(out)
 }
 
-/// (offset, hash, size) of every chunk of a stored file.
-fn leaves(
-    store: &ccbt_cas::Store,
-    root: XetHash,
-    size: u64,
-) -> Result<Vec<(u64, XetHash, u64)>, SyncError> {
-    let mut out = Vec::new();
-    let mut off = 0u64;
-    tree::walk_tree(
-        store,
-        root,
-        size,
-        &mut |h, len| {
-            out.push((off, h, len));
-            off += len;
-            Ok(())
-        },
-        &mut |_| {},
-    )?;
-    Ok(out)
-}
-
 fn marker(dir: &Path) -> PathBuf {
     dir.join(STATE_DIR).join("synced")
 }
@@ -178,12 +158,14 @@ pub fn synced_seq(dir: &Path) -> Option<(ShareId, u64)> {
     Some((ccbt_core::encoding::hex_array(id)?, seq.parse().ok()?))
 }
 
-/// Fetches version `head` of `share` and writes it into `dir`.
+/// Fetches version `head` of `share` and writes it into `dir`. Up to `spare_budget` bytes of
+/// large files get background spare copies for fast updates ([`crate::spare`]; 0 = none).
 pub async fn sync_version(
     node: &Arc<XetNode>,
     share: ShareId,
     head: &Head,
     dir: &Path,
+    spare_budget: u64,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let mut report = SyncReport {
@@ -232,7 +214,17 @@ pub async fn sync_version(
         );
     }
     store.commit_version(vb)?;
-    write_dir(node, &share, head, &entries, dir, &mut report)?;
+    tracing::debug!(
+        "version {} resolved and committed in {:.3}s",
+        head.seq,
+        started.elapsed().as_secs_f64()
+    );
+    write_dir(node, &share, head, &entries, dir, spare_budget, &mut report)?;
+    tracing::debug!(
+        "version {} written in {:.3}s",
+        head.seq,
+        started.elapsed().as_secs_f64()
+    );
     report.seconds = started.elapsed().as_secs_f64();
     node.have_version(&share, head.seq);
     Ok(report)
@@ -244,6 +236,7 @@ fn write_dir(
     head: &Head,
     entries: &[Entry],
     dir: &Path,
+    spare_budget: u64,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
     let store = &node.shares.store;
@@ -260,6 +253,7 @@ fn write_dir(
         _ => Vec::new(),
     };
     let prev_map: HashMap<&str, &Entry> = prev.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut spares = Vec::new();
     let links: HashSet<&str> = entries
         .iter()
         .filter(|e| e.kind == EntryKind::Link)
@@ -310,21 +304,26 @@ fn write_dir(
                     // Patch a copy of the previous version: only chunks that moved or changed are
                     // written (the copy is done in the kernel, or shared on reflink filesystems).
                     Some(p) => {
-                        std::fs::copy(&target, &tmp).map_err(io(&tmp))?;
+                        // A spare copy of exactly the previous version, made in the background
+                        // after it was written, spares the full copy.
+                        if crate::spare::take(dir, &e.path, &p.root, &tmp).is_none() {
+                            std::fs::copy(&target, &tmp).map_err(io(&tmp))?;
+                        } else {
+                            tracing::debug!("{}: patching its spare copy", e.path);
+                            report.spares_used += 1;
+                        }
                         let f = std::fs::OpenOptions::new()
                             .write(true)
                             .open(&tmp)
                             .map_err(io(&tmp))?;
-                        let had: HashSet<(u64, XetHash)> = leaves(store, XetHash(p.root), p.size)?
-                            .into_iter()
-                            .map(|(o, h, _)| (o, h))
-                            .collect();
-                        for (o, h, _) in leaves(store, XetHash(e.root), e.size)? {
-                            if !had.contains(&(o, h)) {
-                                use std::os::unix::fs::FileExt;
-                                f.write_all_at(&tree::read_chunk(store, h)?, o)
-                                    .map_err(io(&tmp))?;
-                            }
+                        for (o, h, _) in tree::changed_leaves(
+                            store,
+                            (XetHash(p.root), p.size),
+                            (XetHash(e.root), e.size),
+                        )? {
+                            use std::os::unix::fs::FileExt;
+                            f.write_all_at(&tree::read_chunk(store, h)?, o)
+                                .map_err(io(&tmp))?;
                         }
                         f
                     }
@@ -355,8 +354,21 @@ fn write_dir(
                 }
                 std::fs::rename(&tmp, &target).map_err(io(&target))?;
                 report.files_written += 1;
+                if let Ok(m) = std::fs::metadata(&target) {
+                    use std::os::unix::fs::MetadataExt;
+                    spares.push(crate::spare::Want {
+                        path: e.path.clone(),
+                        root: e.root,
+                        target: target.clone(),
+                        ino: m.ino(),
+                        size: e.size,
+                    });
+                }
             }
         }
+    }
+    if spare_budget > 0 {
+        crate::spare::schedule(dir, spares, spare_budget);
     }
     let now: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     for p in prev.iter().rev() {

@@ -201,6 +201,85 @@ pub fn walk_tree(
     }
 }
 
+/// A stored subtree: (offset in the file, hash, size).
+pub type Span = (u64, XetHash, u64);
+
+/// Children of a stored node with their offsets, or `None` for a chunk.
+fn children(store: &Store, (off, h, size): Span) -> Result<Option<Vec<Span>>, TreeError> {
+    if size == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    Ok(match store.get_node(&h.0)? {
+        Some(text) => {
+            let mut at = off;
+            let mut v = Vec::new();
+            for c in parse_node(h, &text)? {
+                v.push((at, c.hash, c.size));
+                at += c.size;
+            }
+            Some(v)
+        }
+        None => None,
+    })
+}
+
+/// The chunks of `new` that are not at the same offset in `old`: what patching a copy of `old`
+/// into `new` must write. Subtrees found unchanged at the same offset are skipped unread, so a
+/// small edit in a large file costs a few node reads per tree level.
+pub fn changed_leaves(
+    store: &Store,
+    old: (XetHash, u64),
+    new: (XetHash, u64),
+) -> Result<Vec<Span>, TreeError> {
+    let mut out = Vec::new();
+    diff(store, vec![(0, old.0, old.1)], (0, new.0, new.1), &mut out)?;
+    Ok(out)
+}
+
+fn overlaps(a: &Span, b: &Span) -> bool {
+    a.0 < b.0 + b.2 && b.0 < a.0 + a.2
+}
+
+fn diff(store: &Store, old: Vec<Span>, n: Span, out: &mut Vec<Span>) -> Result<(), TreeError> {
+    if n.2 == 0 || old.iter().any(|o| o.0 == n.0 && o.1 == n.1) {
+        return Ok(());
+    }
+    let mut olds: Vec<Span> = old.into_iter().filter(|o| overlaps(o, &n)).collect();
+    let kids = children(store, n)?;
+    // Bring the old side down to this item's granularity: old subtrees larger than it (or all
+    // the way to chunks, when it is a chunk) are opened.
+    loop {
+        let mut opened = false;
+        let mut next = Vec::with_capacity(olds.len());
+        for o in olds {
+            if o.2 > n.2 || (kids.is_none() && !(o.0 == n.0 && o.1 == n.1)) {
+                if let Some(c) = children(store, o)? {
+                    next.extend(c.into_iter().filter(|c| overlaps(c, &n)));
+                    opened = true;
+                    continue;
+                }
+            }
+            next.push(o);
+        }
+        olds = next;
+        if !opened {
+            break;
+        }
+        if olds.iter().any(|o| o.0 == n.0 && o.1 == n.1) {
+            return Ok(());
+        }
+    }
+    match kids {
+        Some(kids) => {
+            for k in kids {
+                diff(store, olds.clone(), k, out)?;
+            }
+        }
+        None => out.push(n),
+    }
+    Ok(())
+}
+
 /// Reads a chunk and checks it against its hash.
 pub fn read_chunk(store: &Store, h: XetHash) -> Result<Vec<u8>, TreeError> {
     let data = store.get_chunk(&h.0)?.ok_or(TreeError::Missing(h))?;
@@ -250,4 +329,80 @@ pub fn read_to_vec(store: &Store, root: XetHash, size: u64) -> Result<Vec<u8>, T
     let mut c = std::io::Cursor::new(Vec::with_capacity(size as usize));
     read_into(store, root, size, &mut c, false)?;
     Ok(c.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_file(store: &Store, data: &[u8]) -> (XetHash, u64) {
+        let mut nodes = NodeList::new();
+        let d = store_reader(store, data, false, &AtomicU64::new(0), &mut nodes).unwrap();
+        for (h, t) in nodes {
+            store.put_node(&h, &t).unwrap();
+        }
+        (d.merkle_root, data.len() as u64)
+    }
+
+    fn all_leaves(store: &Store, (root, size): (XetHash, u64)) -> Vec<Span> {
+        let mut v = Vec::new();
+        let mut off = 0;
+        walk_tree(
+            store,
+            root,
+            size,
+            &mut |h, len| {
+                v.push((off, h, len));
+                off += len;
+                Ok(())
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        v
+    }
+
+    #[test]
+    fn changed_leaves_equals_the_full_leaf_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut x = 7u64;
+        let base: Vec<u8> = (0..24 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let old = store_file(&store, &base);
+        let mut overwrite = base.clone();
+        overwrite[12 << 20..(12 << 20) + 1024].fill(0xAB);
+        let mut insert = base.clone();
+        insert.splice(5 << 20..5 << 20, [1u8; 100]);
+        let truncated = base[..9 << 20].to_vec();
+        for (name, new) in [
+            ("overwrite", overwrite),
+            ("insert", insert),
+            ("truncate", truncated),
+        ] {
+            let new = store_file(&store, &new);
+            let had: std::collections::HashSet<(u64, XetHash)> =
+                all_leaves(&store, old).iter().map(|l| (l.0, l.1)).collect();
+            let want: Vec<Span> = all_leaves(&store, new)
+                .into_iter()
+                .filter(|l| !had.contains(&(l.0, l.1)))
+                .collect();
+            let got = changed_leaves(&store, old, new).unwrap();
+            assert_eq!(got, want, "{name}");
+            if name == "overwrite" {
+                assert!(
+                    got.len() <= 3,
+                    "a 1 KiB overwrite changed {} chunks",
+                    got.len()
+                );
+            }
+        }
+        assert!(changed_leaves(&store, old, old).unwrap().is_empty());
+    }
 }
