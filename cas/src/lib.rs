@@ -95,6 +95,9 @@ pub struct GcReport {
     pub nodes_removed: u64,
 }
 
+/// Chunk batches up to this size are written through the WAL (see [`Store::write_chunks`]).
+const WAL_MAX_BYTES: u64 = 4 << 20;
+
 /// Chunks waiting to be written; the store keeps stats consistent when they land.
 #[derive(Default)]
 pub struct ChunkBatch {
@@ -140,6 +143,8 @@ pub struct Store {
     counters: Mutex<()>,
     /// Chunks written but not yet indexed: they become indexed at the next commit.
     unindexed: Mutex<HashMap<Hash, u32>>,
+    /// Some unindexed chunk bytes were written without the WAL: a commit must flush first.
+    needs_flush: std::sync::atomic::AtomicBool,
 }
 
 fn head_key(share: &ShareId, seq: u64) -> [u8; 28] {
@@ -196,6 +201,7 @@ impl Store {
             path: path.to_path_buf(),
             counters: Mutex::new(()),
             unindexed: Mutex::new(HashMap::new()),
+            needs_flush: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -263,9 +269,17 @@ impl Store {
         if batch.pending.is_empty() {
             return Ok(());
         }
+        // Bulk bytes skip the WAL (written once, flushed at commit). A small batch goes through
+        // the WAL instead: the commit's synced write then makes it durable without a memtable
+        // flush, which is what keeps a small update fast.
         let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
+        let bulk = batch.new_bytes > WAL_MAX_BYTES;
+        wo.disable_wal(bulk);
         self.db.write_opt(batch.batch, &wo)?;
+        if bulk {
+            self.needs_flush
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.unindexed.lock().unwrap().extend(batch.pending);
         Ok(())
     }
@@ -323,8 +337,14 @@ impl Store {
         let fresh: Vec<(Hash, u32)> = self.unindexed.lock().unwrap().drain().collect();
         let mut b = WriteBatch::default();
         if !fresh.is_empty() {
-            // The bytes must be on disk before anything can point at them.
-            self.db.flush_cf(self.cf(CF_CHUNKS))?;
+            // The bytes must be on disk before anything can point at them (bytes that went
+            // through the WAL are synced by this commit's own write).
+            if self
+                .needs_flush
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                self.db.flush_cf(self.cf(CF_CHUNKS))?;
+            }
             let mut total = 0i64;
             for (h, n) in &fresh {
                 b.put_cf(self.cf(CF_CHUNK_INDEX), h, n.to_le_bytes());

@@ -228,6 +228,8 @@ pub struct XetNode {
     inner: Mutex<Inner>,
     heads_tx: broadcast::Sender<(ShareId, u64)>,
     peers_changed: tokio::sync::Notify,
+    /// A request slot was freed (fetches waiting for a busy peer wake up).
+    slot_freed: tokio::sync::Notify,
 }
 
 impl XetNode {
@@ -250,6 +252,7 @@ impl XetNode {
                 counters: HashMap::new(),
             }),
             heads_tx: broadcast::channel(64).0,
+            slot_freed: tokio::sync::Notify::new(),
             peers_changed: tokio::sync::Notify::new(),
         })
     }
@@ -354,7 +357,10 @@ impl XetNode {
         min_seq: u64,
     ) -> Result<(Kind, Bytes), NetError> {
         let mut tried: Vec<u64> = Vec::new();
-        for _attempt in 0..8 {
+        let mut attempts = 0;
+        // Waiting for a busy peer's slot is not an attempt, but it is bounded too.
+        let give_up = tokio::time::Instant::now() + 3 * REQUEST_TIMEOUT;
+        while attempts < 8 {
             let picked = {
                 let mut g = self.inner.lock().unwrap();
                 let mut cands: Vec<(bool, usize, u64)> = g
@@ -382,13 +388,21 @@ impl XetNode {
                 }
             };
             let Some((key, id, rx, ctx)) = picked else {
-                // Everyone busy or tried: wait a little for capacity or new peers.
-                if tried.len() >= self.peer_count(share).max(1) {
+                // Everyone busy or tried: wait for a free slot or new peers.
+                let peers = self.peer_count(share);
+                if tried.len() >= peers.max(1) {
                     tried.clear();
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                if peers == 0 {
+                    attempts += 1;
+                } else if tokio::time::Instant::now() >= give_up {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(20), self.slot_freed.notified())
+                    .await;
                 continue;
             };
+            attempts += 1;
             ctx.sender.send(
                 EXT_NAME,
                 Msg::Req {
@@ -406,6 +420,7 @@ impl XetNode {
                     p.outstanding = p.outstanding.saturating_sub(1);
                 }
             }
+            self.slot_freed.notify_one();
             tried.push(key);
             let Ok(Ok((got_kind, data))) = res else {
                 continue;
