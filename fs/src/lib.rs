@@ -114,6 +114,15 @@ struct Shared {
     opened_roots: Mutex<HashMap<u64, XetHash>>,
     /// Local chunks already checked against their hash by this mount.
     verified: Mutex<std::collections::HashSet<XetHash>>,
+    /// Overlay files that began as a published version: that version and the byte ranges
+    /// rewritten since, so publishing re-chunks only around them. Not persisted: after a crash
+    /// the whole file is re-chunked.
+    edits: Mutex<HashMap<PathBuf, Edits>>,
+}
+
+struct Edits {
+    base: (XetHash, u64),
+    ranges: Vec<(u64, u64)>,
 }
 
 /// Chunk hashes remembered as verified (32 bytes each) before the set starts over.
@@ -631,7 +640,32 @@ impl Shared {
             root: None,
             gen: 0,
         };
+        self.edits.lock().unwrap().insert(
+            p.clone(),
+            Edits {
+                base: (root, n.size),
+                ranges: Vec::new(),
+            },
+        );
         Ok(p)
+    }
+
+    /// Bytes `[a, b)` of an overlay file were rewritten.
+    fn note_edit(&self, path: &Path, a: u64, b: u64) {
+        if let Some(e) = self.edits.lock().unwrap().get_mut(path) {
+            // Adjacent small writes (a sequential writer) merge, keeping the list short.
+            match e.ranges.last_mut() {
+                Some(last) if last.0 <= b && a <= last.1 => {
+                    *last = (last.0.min(a), last.1.max(b));
+                }
+                _ => e.ranges.push((a, b)),
+            }
+            if e.ranges.len() > 4096 {
+                let lo = e.ranges.iter().map(|r| r.0).min().unwrap_or(0);
+                let hi = e.ranges.iter().map(|r| r.1).max().unwrap_or(0);
+                e.ranges = vec![(lo, hi)];
+            }
+        }
     }
 
     fn changed(&self, t: &Tree) {
@@ -767,10 +801,43 @@ fn publish(s: &Shared) -> Result<u64, String> {
                 gen,
             } => {
                 let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-                let d = tree::store_reader(store, f, true, &AtomicU64::new(0), &mut nodes)
-                    .map_err(|e| e.to_string())?;
-                new_roots.push((*ino, path.clone(), *gen, d.merkle_root));
-                d.merkle_root
+                let edits = s
+                    .edits
+                    .lock()
+                    .unwrap()
+                    .get(path)
+                    .map(|e| (e.base, e.ranges.clone()));
+                let inc = edits.and_then(|(base, ranges)| {
+                    match tree::store_incremental(store, base, &f, n.size, &ranges, &mut nodes) {
+                        Ok(i) => {
+                            tracing::info!(
+                                "{}: re-chunked {} bytes around {} edits, reused {} chunks",
+                                n.path,
+                                i.bytes_read,
+                                ranges.len(),
+                                i.chunks_reused
+                            );
+                            Some(i.root)
+                        }
+                        Err(e) => {
+                            tracing::debug!(
+                                "{}: incremental re-chunk failed ({e}); reading it all",
+                                n.path
+                            );
+                            None
+                        }
+                    }
+                });
+                let root = match inc {
+                    Some(r) => r,
+                    None => {
+                        tree::store_reader(store, f, true, &AtomicU64::new(0), &mut nodes)
+                            .map_err(|e| e.to_string())?
+                            .merkle_root
+                    }
+                };
+                new_roots.push((*ino, path.clone(), *gen, root, n.size));
+                root
             }
         };
         entries.push(Entry {
@@ -825,15 +892,25 @@ fn publish(s: &Shared) -> Result<u64, String> {
     {
         // The published roots become the overlay files' clean state (unless written meanwhile).
         let mut t = s.tree.lock().unwrap();
-        for (ino, p, g, r) in new_roots {
+        let mut edits = s.edits.lock().unwrap();
+        for (ino, p, g, r, size) in new_roots {
             if let Some(n) = t.nodes.get_mut(&ino) {
                 if let Content::Overlay { path, root, gen } = &mut n.content {
                     if *path == p && *gen == g {
                         *root = Some(r);
+                        // Untouched since it was read: it is the base of later edits.
+                        edits.insert(
+                            p,
+                            Edits {
+                                base: (r, size),
+                                ranges: Vec::new(),
+                            },
+                        );
                     }
                 }
             }
         }
+        drop(edits);
         t.seq = seq;
         s.save_state(&t);
     }
@@ -936,6 +1013,7 @@ pub fn mount(
         chunk_cache: Mutex::new(std::collections::VecDeque::new()),
         opened_roots: Mutex::new(HashMap::new()),
         verified: Mutex::new(std::collections::HashSet::new()),
+        edits: Mutex::new(HashMap::new()),
     });
     // An owner's overlay left by a crash wins over the last published version.
     let recovered = if shared.key.is_some() {
@@ -1254,6 +1332,7 @@ impl Filesystem for ShareFs {
                             .open(&p)
                             .and_then(|f| f.set_len(0));
                         let nn = t.nodes.get_mut(&ino.0).unwrap();
+                        self.0.note_edit(&p, 0, nn.size);
                         nn.size = 0;
                         nn.mtime = now_secs();
                         if let Content::Overlay { root, gen, .. } = &mut nn.content {
@@ -1384,6 +1463,9 @@ impl Filesystem for ShareFs {
         if let Err(e) = res {
             return reply.error(errno(e, Errno::EIO));
         }
+        // A write past the end leaves a hole of zeros, which is new content too.
+        self.0
+            .note_edit(&path, off.min(n.size), off + data.len() as u64);
         n.size = n.size.max(off + data.len() as u64);
         n.mtime = now_secs();
         if let Content::Overlay { root, gen, .. } = &mut n.content {
@@ -1706,6 +1788,7 @@ impl Filesystem for ShareFs {
                 return reply.error(errno(e, Errno::EIO));
             }
             let n = t.nodes.get_mut(&ino.0).unwrap();
+            self.0.note_edit(&p, n.size.min(sz), n.size.max(sz));
             n.size = sz;
             n.mtime = now_secs();
             if let Content::Overlay { root, gen, .. } = &mut n.content {

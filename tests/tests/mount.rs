@@ -271,6 +271,19 @@ fn owner_writes_show_up_on_the_follower() {
     );
     assert!(!mb.join("gone.txt").exists() && !mb.join("old").exists());
     assert_eq!(std::fs::read_dir(mb.join("new/d3")).unwrap().count(), 43);
+    // The 16 KiB dd into the 32 MiB file was re-chunked around the edit, not read whole.
+    let alog = std::fs::read_to_string(t.path().join("A.log")).unwrap();
+    let line = alog
+        .lines()
+        .find(|l| l.contains("big.bin: re-chunked"))
+        .unwrap_or_else(|| panic!("no incremental re-chunk of big.bin in A's log:\n{alog}"));
+    let read: u64 = line
+        .split("re-chunked ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(read < 1 << 20, "{line}");
 }
 
 #[test]
