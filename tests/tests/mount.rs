@@ -564,9 +564,10 @@ fn magnet_mount_fetches_metadata_then_streams() {
         );
     }
     unmount(&mut g);
-    // The metadata was kept (checkpoint): the bare info-hash mounts again without peers' help.
+    // A bare info-hash in a fresh data dir: the peer is asked for the metadata (a 40-hex id the
+    // peers know as a torrent is not taken for a share).
     let (mut g, _) = mount(
-        &d,
+        &t.path().join("D2"),
         &ih,
         &m,
         &["--peer", &format!("127.0.0.1:{lport}")],
