@@ -233,18 +233,12 @@ pub fn resolve_torrent(
         listen_port: src.listen_port,
         timeout: src.timeout,
     };
-    let info = runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;
-    let mut meta =
-        Metainfo::from_info_bytes(&info).context("the peers' metadata is not a valid torrent")?;
+    let got = runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;
+    let mut meta = Metainfo::from_info_bytes(&got.info)
+        .context("the peers' metadata is not a valid torrent")?;
     meta.trackers = trackers.iter().map(|t| vec![t.clone()]).collect();
-    if !meta.is_v1()
-        && meta
-            .files
-            .iter()
-            .any(|f| !f.pad && f.length > meta.piece_length)
-    {
-        bail!("{} is a v2-only torrent: its piece hashes are not part of the metadata and fetching them (BEP 52 hash requests) is not built yet; use its .torrent file, or a hybrid magnet", meta.name);
-    }
+    // v2-only: the piece layers came over BEP 52 hash requests, checked against each file root.
+    meta.piece_layers = got.piece_layers;
     if !ctx.quiet {
         eprintln!(
             "got the metadata: {} ({} files, {})",

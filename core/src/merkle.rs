@@ -72,6 +72,74 @@ pub fn piece_subtree(leaves: &[Hash32], piece_length: u64, file_longer_than_piec
     root_padded(leaves, width, [0u8; 32])
 }
 
+/// The piece layer's number above the 16 KiB leaf layer (BEP 52 `base layer`).
+pub fn piece_layer(piece_length: u64) -> u32 {
+    (piece_length / BLOCK).trailing_zeros()
+}
+
+/// Most hashes asked or served in one BEP 52 request (the BEP says it SHOULD NOT exceed 512).
+pub const MAX_HASHES: u32 = 512;
+
+/// The answer to a BEP 52 hash request from a torrent's piece layers: piece-layer requests are
+/// served with the requested hashes (padding past the file's end included) and then the uncle
+/// hashes of the requested proof layers, lowest first; anything else is rejected.
+///
+/// Proof layer `k` is the sibling of the block's ancestor `k` layers above the base; the ones
+/// inside the requested block (`k < log2(length)`) are omitted, as the BEP says.
+pub fn serve_hash_request(
+    meta: &crate::Metainfo,
+    r: &crate::wire::HashReq,
+) -> crate::wire::Message {
+    use crate::wire::Message;
+    let pl = meta.piece_length;
+    let ok = r.base_layer == piece_layer(pl)
+        && r.length >= 1
+        && r.length <= MAX_HASHES
+        && r.length.is_power_of_two()
+        && r.index.is_multiple_of(r.length);
+    let Some(layer) = meta.piece_layers.get(&r.pieces_root).filter(|_| ok) else {
+        return Message::HashReject(*r);
+    };
+    let width = layer.len().next_power_of_two();
+    if r.index as usize >= width || r.length as usize > width {
+        return Message::HashReject(*r);
+    }
+    // Every layer from the padded piece layer up to the root.
+    let mut levels = vec![{
+        let mut l = layer.clone();
+        l.resize(width, zero_subtree((pl / BLOCK) as usize));
+        l
+    }];
+    while levels.last().unwrap().len() > 1 {
+        let next = levels
+            .last()
+            .unwrap()
+            .chunks(2)
+            .map(|p| hash_pair(&p[0], &p[1]))
+            .collect();
+        levels.push(next);
+    }
+    let mut out = Vec::with_capacity((r.length as usize + 32) * 32);
+    for k in r.index..r.index + r.length {
+        out.extend_from_slice(&levels[0][k as usize]);
+    }
+    let top = levels.len() - 1; // the root's level
+    let first = r.length.trailing_zeros() as usize;
+    for (k, level) in levels
+        .iter()
+        .enumerate()
+        .take((r.proof_layers as usize + 1).min(top))
+        .skip(first)
+    {
+        let pos = (r.index as usize >> k) ^ 1;
+        out.extend_from_slice(&level[pos]);
+    }
+    Message::Hashes {
+        req: *r,
+        hashes: bytes::Bytes::from(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,10 +90,51 @@ pub enum Message {
         id: u8,
         payload: Bytes,
     },
+    /// BEP 52: ask for hashes of one layer of a file's Merkle tree.
+    HashRequest(HashReq),
+    /// BEP 52: the answer: the requested hashes, then the proof (uncle) hashes.
+    Hashes {
+        req: HashReq,
+        hashes: Bytes,
+    },
+    /// BEP 52: the request will not be served.
+    HashReject(HashReq),
     /// An id we do not implement; ignored, not an error (BEP 3 says to skip unknown messages).
     Unknown {
         id: u8,
     },
+}
+
+/// The header shared by BEP 52's hash request, hashes and hash reject messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashReq {
+    pub pieces_root: [u8; 32],
+    /// Layers above the 16 KiB block layer (the piece layer is log2(piece length / 16 KiB)).
+    pub base_layer: u32,
+    pub index: u32,
+    pub length: u32,
+    pub proof_layers: u32,
+}
+
+impl HashReq {
+    const LEN: usize = 48;
+    fn put(&self, out: &mut BytesMut) {
+        out.put_slice(&self.pieces_root);
+        for v in [self.base_layer, self.index, self.length, self.proof_layers] {
+            out.put_u32(v);
+        }
+    }
+    fn get(body: &mut Bytes) -> HashReq {
+        let mut pieces_root = [0u8; 32];
+        body.copy_to_slice(&mut pieces_root);
+        HashReq {
+            pieces_root,
+            base_layer: body.get_u32(),
+            index: body.get_u32(),
+            length: body.get_u32(),
+            proof_layers: body.get_u32(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +196,21 @@ impl Message {
                 out.put_u8(20);
                 out.put_u8(*id);
                 out.put_slice(payload);
+            }
+            Message::HashRequest(r) | Message::HashReject(r) => {
+                out.put_u32(1 + HashReq::LEN as u32);
+                out.put_u8(if matches!(self, Message::HashRequest(_)) {
+                    21
+                } else {
+                    23
+                });
+                r.put(out);
+            }
+            Message::Hashes { req, hashes } => {
+                out.put_u32(1 + (HashReq::LEN + hashes.len()) as u32);
+                out.put_u8(22);
+                req.put(out);
+                out.put_slice(hashes);
             }
             Message::Unknown { .. } => {}
         }
@@ -221,6 +277,22 @@ impl Message {
                     id: eid,
                     payload: body,
                 }
+            }
+            21 | 23 => {
+                want(HashReq::LEN)?;
+                let r = HashReq::get(&mut body);
+                if id == 21 {
+                    Message::HashRequest(r)
+                } else {
+                    Message::HashReject(r)
+                }
+            }
+            22 => {
+                if len < HashReq::LEN || !(len - HashReq::LEN).is_multiple_of(32) {
+                    return Err(bad());
+                }
+                let req = HashReq::get(&mut body);
+                Message::Hashes { req, hashes: body }
             }
             other => Message::Unknown { id: other },
         })
@@ -375,6 +447,28 @@ mod tests {
         assert_eq!(Handshake::decode(&bad), Err(WireError::BadHandshake));
     }
 
+    fn hr() -> HashReq {
+        HashReq {
+            pieces_root: [0xab; 32],
+            base_layer: 2,
+            index: 512,
+            length: 512,
+            proof_layers: 3,
+        }
+    }
+
+    /// BEP 52 layout: pieces root, then base layer, index, length, proof layers (u32 BE).
+    fn hash_msg(id: u8, tail: &[u8]) -> Vec<u8> {
+        let mut v = ((49 + tail.len()) as u32).to_be_bytes().to_vec();
+        v.push(id);
+        v.extend_from_slice(&[0xab; 32]);
+        for x in [2u32, 512, 512, 3] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v.extend_from_slice(tail);
+        v
+    }
+
     #[test]
     fn message_vectors() {
         let cases: Vec<(Message, Vec<u8>)> = vec![
@@ -405,6 +499,15 @@ mod tests {
                 vec![0, 0, 0, 4, 20, 0, b'd', b'e'],
             ),
             (Message::Port(6881), vec![0, 0, 0, 3, 9, 0x1a, 0xe1]),
+            (Message::HashRequest(hr()), hash_msg(21, &[])),
+            (Message::HashReject(hr()), hash_msg(23, &[])),
+            (
+                Message::Hashes {
+                    req: hr(),
+                    hashes: Bytes::from(vec![7u8; 64]),
+                },
+                hash_msg(22, &[7u8; 64]),
+            ),
         ];
         let mut d = Decoder::default();
         for (m, bytes) in &cases {

@@ -899,7 +899,7 @@ fn magnets_between_ccbt_and_libtorrent_both_ways() {
 }
 
 #[test]
-fn btmh_magnet_over_a_tracker_and_v2_only_refused_clearly() {
+fn btmh_magnets_hybrid_over_a_tracker_and_v2_only_with_hash_requests() {
     let tport = free_port();
     let announce = format!("http://127.0.0.1:{tport}/announce");
     let fx = fixture("hybrid", std::slice::from_ref(&announce), FILES, "64K");
@@ -927,22 +927,43 @@ fn btmh_magnet_over_a_tracker_and_v2_only_refused_clearly() {
     assert_eq!(r["complete"], true, "{r}");
     fx.assert_same(&dl, FILES);
 
-    // A v2-only torrent's piece layers are not in its metadata: a clear refusal, not a hang.
-    let fx2 = fixture("v2", &[], FILES, "64K");
+    // A v2-only torrent: its piece layers are not in the metadata, so they come over BEP 52 hash
+    // requests (checked against each file's pieces root) before the download starts.
+    // 550 pieces of 16 KiB: the layer comes in two requests (512 + the truncated rest).
+    let files2: &[(&str, usize)] = &[("big.bin", 9_000_000), ("small.txt", 100)];
+    let fx2 = fixture("v2", &[], files2, "16K");
     let lt_port = free_port();
     let _seed2 = spawn_lt_seed(&fx2.torrent, &fx2.src_parent, lt_port, &[]);
     let v2 = fx2.info["info_hash_v2"].as_str().unwrap();
-    let out = ccbt(&[
-        "--data-dir",
-        s(&fx2.root.join("d")),
-        "download",
-        &format!("magnet:?xt=urn:btmh:1220{v2}&x.pe=127.0.0.1:{lt_port}"),
-        "-o",
-        s(&fx2.root.join("dl")),
-        "--no-trackers",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("BEP 52"), "{err}");
+    let dl2 = fx2.root.join("dl");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx2.root.join("d")),
+            "download",
+            &format!("magnet:?xt=urn:btmh:1220{v2}&x.pe=127.0.0.1:{lt_port}"),
+            "-o",
+            s(&dl2),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    fx2.assert_same(&dl2, files2);
+    // And the other way: libtorrent, knowing only the v2 magnet, gets metadata and piece layers
+    // from a ccbt seeder.
+    let (_ccbt, addr) = fx2.ccbt_seed("seeder", &["--no-trackers"], 30);
+    let save = fx2.root.join("lt-dl");
+    let port = free_port().to_string();
+    let uri = format!("magnet:?xt=urn:btmh:1220{v2}");
+    let r = lt_tool(&["magnet", &uri, s(&save), &port, "60", &addr]);
+    assert_eq!(
+        r["done"], true,
+        "libtorrent could not finish a v2 magnet from ccbt: {r}"
+    );
+    fx2.assert_same(&save, files2);
 }
 
 /// A peer that offers ut_metadata and answers every request with bytes of the right length that

@@ -6,10 +6,12 @@
 
 use super::tracker_client;
 use crate::extension::ExtHandshake;
+use crate::merkle::{self, Hash32};
 use crate::metadata::{Assembler, MetaMsg, MetadataError, NAME};
 use crate::tracker::{Announce, Event};
-use crate::wire::{Decoder, Handshake, Message, HANDSHAKE_LEN};
+use crate::wire::{Decoder, Handshake, HashReq, Message, HANDSHAKE_LEN};
 use bytes::{Bytes, BytesMut};
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,8 +58,16 @@ impl FetchConfig {
     }
 }
 
-/// Returns the verified info dictionary.
-pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Vec<u8>, FetchError> {
+/// What a magnet resolves to: the verified info dictionary, and for a v2-only torrent the piece
+/// layers (BEP 52 hash requests; hybrids are verified through their v1 hashes).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub info: Vec<u8>,
+    pub piece_layers: BTreeMap<Hash32, Vec<Hash32>>,
+}
+
+/// Fetches and verifies the torrent's metadata.
+pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
     let ih = cfg.swarm_hash().ok_or(FetchError::NoHash)?;
     let (peer_tx, mut peer_rx) = mpsc::unbounded_channel::<SocketAddr>();
     for p in &cfg.peers {
@@ -94,7 +104,7 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Vec<u8>, FetchError> {
     };
     drop(peer_tx);
     let sources_open = !cfg.trackers.is_empty();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Fetched, String>>();
     let mut seen = HashSet::new();
     let mut queue = std::collections::VecDeque::new();
     let mut running = 0usize;
@@ -154,17 +164,19 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Vec<u8>, FetchError> {
     result
 }
 
-/// One peer: handshake, extension handshake, then every metadata piece.
-async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<Vec<u8>, String> {
+/// One peer: handshake, extension handshake, every metadata piece, then (v2-only) the piece layers.
+async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<Fetched, String> {
     let io = |e: std::io::Error| e.to_string();
     let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(io)?;
     let _ = s.set_nodelay(true);
-    s.write_all(&Handshake::new(ih, cfg.peer_id).encode())
-        .await
-        .map_err(io)?;
+    let mut ours_hs = Handshake::new(ih, cfg.peer_id);
+    if cfg.v1.is_none() {
+        ours_hs.reserved[7] |= 0x10; // BEP 52: we speak v2
+    }
+    s.write_all(&ours_hs.encode()).await.map_err(io)?;
     let mut hs = [0u8; HANDSHAKE_LEN];
     s.read_exact(&mut hs).await.map_err(io)?;
     let theirs = Handshake::decode(&hs).map_err(|e| e.to_string())?;
@@ -230,12 +242,18 @@ async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<
                 }
                 if asm.as_ref().is_some_and(|(a, _)| a.is_complete()) {
                     let (a, _) = asm.take().unwrap();
-                    return a.finish().map_err(|e| match e {
+                    let info = a.finish().map_err(|e| match e {
                         MetadataError::HashMismatch => {
                             "sent metadata that does not match the info-hash (peer ignored)".into()
                         }
                         e => e.to_string(),
-                    });
+                    })?;
+                    let piece_layers = if cfg.v1.is_none() {
+                        piece_layers(&mut s, &mut dec, &info).await?
+                    } else {
+                        BTreeMap::new()
+                    };
+                    return Ok(Fetched { info, piece_layers });
                 }
             }
         }
@@ -245,6 +263,91 @@ async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<
             return Err("closed the connection".into());
         }
     }
+}
+
+/// BEP 52: asks the peer for the piece layer of every file longer than a piece (in blocks of at
+/// most 512 hashes, without proofs) and checks each assembled layer against its `pieces root`.
+async fn piece_layers(
+    s: &mut TcpStream,
+    dec: &mut Decoder,
+    info: &[u8],
+) -> Result<BTreeMap<Hash32, Vec<Hash32>>, String> {
+    let meta = crate::Metainfo::from_info_bytes(info).map_err(|e| e.to_string())?;
+    let pl = meta.piece_length;
+    let mut want: BTreeMap<Hash32, usize> = BTreeMap::new();
+    for f in meta.files.iter().filter(|f| !f.pad && f.length > pl) {
+        if let Some(root) = f.pieces_root {
+            want.insert(root, f.length.div_ceil(pl) as usize);
+        }
+    }
+    let mut got: BTreeMap<(Hash32, u32), Bytes> = BTreeMap::new();
+    let mut asked = 0usize;
+    let mut out = BytesMut::new();
+    for (root, &n) in &want {
+        let width = n.next_power_of_two() as u32;
+        let count = width.min(merkle::MAX_HASHES);
+        for index in (0..width).step_by(count as usize) {
+            if index as usize >= n {
+                break;
+            }
+            Message::HashRequest(HashReq {
+                pieces_root: *root,
+                base_layer: merkle::piece_layer(pl),
+                index,
+                length: count,
+                proof_layers: 0,
+            })
+            .encode(&mut out);
+            asked += 1;
+        }
+    }
+    s.write_all(&out).await.map_err(|e| e.to_string())?;
+    while got.len() < asked {
+        while let Some(m) = dec.next_message().map_err(|e| e.to_string())? {
+            match m {
+                // The last block may come truncated at the end of the layer; the assembled
+                // layer is checked as a whole below.
+                Message::Hashes { req, hashes } => {
+                    got.insert((req.pieces_root, req.index), hashes);
+                }
+                Message::HashReject(r) => {
+                    return Err(format!(
+                        "rejected the request for piece hashes {}+{}",
+                        r.index, r.length
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if got.len() >= asked {
+            break;
+        }
+        let buf = dec.buffer();
+        buf.reserve(64 * 1024);
+        if s.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed the connection while sending piece hashes".into());
+        }
+    }
+    let mut layers = BTreeMap::new();
+    for (root, n) in want {
+        let mut layer: Vec<Hash32> = Vec::with_capacity(n);
+        for ((r, _), hashes) in got.range((root, 0)..=(root, u32::MAX)) {
+            debug_assert_eq!(*r, root);
+            layer.extend(
+                hashes
+                    .chunks_exact(32)
+                    .map(|c| Hash32::try_from(c).unwrap()),
+            );
+        }
+        layer.truncate(n);
+        if layer.len() != n || merkle::root_from_piece_layer(&layer, pl) != root {
+            return Err(
+                "sent piece hashes that do not match the file's pieces root (peer ignored)".into(),
+            );
+        }
+        layers.insert(root, layer);
+    }
+    Ok(layers)
 }
 
 async fn send(s: &mut TcpStream, id: u8, payload: Bytes) -> Result<(), String> {

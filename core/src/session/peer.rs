@@ -434,6 +434,24 @@ impl Conn {
     async fn handle(&mut self, m: Message) -> Result<(), Reason> {
         match m {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Hashes { .. } | Message::HashReject(_) => {} // we never ask here
+            Message::HashRequest(r) => {
+                let reply = crate::merkle::serve_hash_request(&self.t.meta, &r);
+                tracing::debug!(
+                    "hash request from {}: layer {} index {} length {} proofs {}: {}",
+                    self.ctx.addr,
+                    r.base_layer,
+                    r.index,
+                    r.length,
+                    r.proof_layers,
+                    if matches!(reply, Message::HashReject(_)) {
+                        "rejected"
+                    } else {
+                        "served"
+                    }
+                );
+                self.send(reply).await?;
+            }
             Message::Choke => {
                 self.peer_choking = true;
                 let mut s = self.t.state.lock().unwrap();
@@ -504,7 +522,15 @@ impl Conn {
                         && s.picker.have().get(index as usize)
                         && length > 0
                         && length <= MAX_REQUEST
-                        && begin as u64 + length as u64 <= s.picker.piece_size(index) as u64;
+                        && begin as u64 + length as u64 <= {
+                            // libtorrent pads a v2 torrent's last file to a whole piece and asks
+                            // for it whole; the padding reads as zeros.
+                            if self.t.meta.is_v1() {
+                                s.picker.piece_size(index) as u64
+                            } else {
+                                self.t.meta.piece_length
+                            }
+                        };
                     (ok, choked)
                 };
                 if !ok {
