@@ -256,6 +256,21 @@ mod tests {
         v
     }
 
+    /// Serves `pieces` of `info` into `a`.
+    fn feed(a: &mut Assembler, info: &[u8], pieces: impl Iterator<Item = u32>) {
+        for p in pieces {
+            let MetaMsg::Data {
+                piece,
+                total_size,
+                data,
+            } = serve(info, p)
+            else {
+                panic!("piece {p} not served")
+            };
+            a.on_data(piece, total_size, data).unwrap();
+        }
+    }
+
     #[test]
     fn serve_and_assemble_roundtrip_with_hash_checks() {
         let info = info(40_000); // 3 pieces, the last short
@@ -263,33 +278,14 @@ mod tests {
         let v2: [u8; 32] = Sha256::digest(&info).into();
         let mut a = Assembler::new(Some(v1), Some(v2), info.len() as u64).unwrap();
         assert_eq!(a.piece_count(), 3);
-        for p in a.missing().collect::<Vec<_>>().into_iter().rev() {
-            let MetaMsg::Data {
-                piece,
-                total_size,
-                data,
-            } = serve(&info, p)
-            else {
-                panic!()
-            };
-            a.on_data(piece, total_size, data).unwrap();
-        }
+        let order: Vec<u32> = a.missing().collect();
+        feed(&mut a, &info, order.into_iter().rev());
         assert_eq!(a.finish().unwrap(), info);
         assert_eq!(serve(&info, 3), MetaMsg::Reject { piece: 3 });
 
         // A wrong hash, a wrong total, a short middle piece, hostile sizes.
         let mut bad = Assembler::new(Some([0; 20]), None, info.len() as u64).unwrap();
-        for p in 0..3 {
-            let MetaMsg::Data {
-                piece,
-                total_size,
-                data,
-            } = serve(&info, p)
-            else {
-                panic!()
-            };
-            bad.on_data(piece, total_size, data).unwrap();
-        }
+        feed(&mut bad, &info, 0..3);
         assert_eq!(bad.finish(), Err(MetadataError::HashMismatch));
         let mut a = Assembler::new(Some(v1), None, info.len() as u64).unwrap();
         assert_eq!(

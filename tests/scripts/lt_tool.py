@@ -128,13 +128,12 @@ def seed(path, save, port, peers):
             h.connect_peer((host, int(pp)))
 
 
-def leech(path, save, port, timeout, peers):
-    s = session(port)
-    t0 = time.time()
-    h = add(s, path, save, peers)
+def wait_seeding(h, t0, timeout, peers, on_status=lambda st: None):
+    # Until the torrent is complete or the deadline; re-dial the peers every other second.
     deadline = t0 + float(timeout)
     while time.time() < deadline:
         st = h.status()
+        on_status(st)
         if st.is_seeding:
             break
         if int(time.time() - t0) % 2 == 0:
@@ -142,7 +141,14 @@ def leech(path, save, port, timeout, peers):
                 host, pp = p.rsplit(':', 1)
                 h.connect_peer((host, int(pp)))
         time.sleep(0.05)
-    st = h.status()
+    return h.status()
+
+
+def leech(path, save, port, timeout, peers):
+    s = session(port)
+    t0 = time.time()
+    h = add(s, path, save, peers)
+    st = wait_seeding(h, t0, timeout, peers)
     return dict(done=st.is_seeding, seconds=time.time() - t0, total_download=st.total_payload_download,
                 peers=st.num_peers)
 
@@ -154,21 +160,14 @@ def magnet(uri, save, port, timeout, peers):
     atp = lt.parse_magnet_uri(uri)
     atp.save_path = save
     h = s.add_torrent(atp)
-    deadline = t0 + float(timeout)
-    got_meta = None
-    while time.time() < deadline:
-        st = h.status()
-        if got_meta is None and st.has_metadata:
-            got_meta = time.time() - t0
-        if st.is_seeding:
-            break
-        if int(time.time() - t0) % 2 == 0:
-            for p in peers:
-                host, pp = p.rsplit(':', 1)
-                h.connect_peer((host, int(pp)))
-        time.sleep(0.05)
-    st = h.status()
-    return dict(done=st.is_seeding, has_metadata=st.has_metadata, metadata_seconds=got_meta,
+    got_meta = []
+
+    def meta_time(st):
+        if not got_meta and st.has_metadata:
+            got_meta.append(time.time() - t0)
+    st = wait_seeding(h, t0, timeout, peers, meta_time)
+    return dict(done=st.is_seeding, has_metadata=st.has_metadata,
+                metadata_seconds=got_meta[0] if got_meta else None,
                 seconds=time.time() - t0, name=st.name)
 
 

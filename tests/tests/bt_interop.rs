@@ -854,6 +854,24 @@ fn magnet_of(fx: &Fixture, extra: &str) -> String {
     m
 }
 
+/// `ccbt download WHAT -o DL` with data dir `root/d` and a free loopback listen address.
+fn ccbt_get(root: &Path, what: &str, dl: &Path, extra: &[&str], secs: u64) -> Value {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let dd = root.join("d");
+    let mut args = vec![
+        "--data-dir",
+        s(&dd),
+        "download",
+        what,
+        "-o",
+        s(dl),
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    ccbt_download(&args, secs)
+}
+
 #[test]
 fn magnets_between_ccbt_and_libtorrent_both_ways() {
     let fx = fixture("hybrid", &[], FILES, "64K");
@@ -862,21 +880,7 @@ fn magnets_between_ccbt_and_libtorrent_both_ways() {
     let _seed = spawn_lt_seed(&fx.torrent, &fx.src_parent, lt_port, &[]);
     let dl = fx.root.join("dl");
     let uri = magnet_of(&fx, &format!("&x.pe=127.0.0.1:{lt_port}"));
-    let listen = format!("127.0.0.1:{}", free_port());
-    let r = ccbt_download(
-        &[
-            "--data-dir",
-            s(&fx.root.join("d")),
-            "download",
-            &uri,
-            "-o",
-            s(&dl),
-            "--listen",
-            &listen,
-            "--no-trackers",
-        ],
-        90,
-    );
+    let r = ccbt_get(&fx.root, &uri, &dl, &["--no-trackers"], 90);
     assert_eq!(r["complete"], true, "{r}");
     assert!(
         r["stderr"].as_str().unwrap().contains("got the metadata"),
@@ -910,20 +914,7 @@ fn btmh_magnets_hybrid_over_a_tracker_and_v2_only_with_hash_requests() {
     let enc = announce.replace(':', "%3A").replace('/', "%2F");
     let uri = format!("magnet:?xt=urn:btmh:1220{v2}&tr={enc}");
     let dl = fx.root.join("dl");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let r = ccbt_download(
-        &[
-            "--data-dir",
-            s(&fx.root.join("d")),
-            "download",
-            &uri,
-            "-o",
-            s(&dl),
-            "--listen",
-            &listen,
-        ],
-        120,
-    );
+    let r = ccbt_get(&fx.root, &uri, &dl, &[], 120);
     assert_eq!(r["complete"], true, "{r}");
     fx.assert_same(&dl, FILES);
 
@@ -936,20 +927,8 @@ fn btmh_magnets_hybrid_over_a_tracker_and_v2_only_with_hash_requests() {
     let _seed2 = spawn_lt_seed(&fx2.torrent, &fx2.src_parent, lt_port, &[]);
     let v2 = fx2.info["info_hash_v2"].as_str().unwrap();
     let dl2 = fx2.root.join("dl");
-    let r = ccbt_download(
-        &[
-            "--data-dir",
-            s(&fx2.root.join("d")),
-            "download",
-            &format!("magnet:?xt=urn:btmh:1220{v2}&x.pe=127.0.0.1:{lt_port}"),
-            "-o",
-            s(&dl2),
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--no-trackers",
-        ],
-        120,
-    );
+    let uri2 = format!("magnet:?xt=urn:btmh:1220{v2}&x.pe=127.0.0.1:{lt_port}");
+    let r = ccbt_get(&fx2.root, &uri2, &dl2, &["--no-trackers"], 120);
     assert_eq!(r["complete"], true, "{r}");
     fx2.assert_same(&dl2, files2);
     // And the other way: libtorrent, knowing only the v2 magnet, gets metadata and piece layers
@@ -1050,20 +1029,12 @@ fn lying_metadata_peer_is_ignored_and_honest_metadata_wins() {
     assert!(err.contains("does not match the info-hash"), "{err}");
     assert!(!fx.root.join("dl0").join("data").exists());
     // The liar and an honest libtorrent: the verified copy wins.
-    let r = ccbt_download(
-        &[
-            "--data-dir",
-            s(&fx.root.join("d")),
-            "download",
-            &fx.v1(),
-            "-o",
-            s(&dl),
-            "--peer",
-            &format!("127.0.0.1:{liar}"),
-            "--peer",
-            &format!("127.0.0.1:{lt_port}"),
-            "--no-trackers",
-        ],
+    let (liar, honest) = (format!("127.0.0.1:{liar}"), format!("127.0.0.1:{lt_port}"));
+    let r = ccbt_get(
+        &fx.root,
+        &fx.v1(),
+        &dl,
+        &["--peer", &liar, "--peer", &honest, "--no-trackers"],
         90,
     );
     assert_eq!(r["complete"], true, "{r}");

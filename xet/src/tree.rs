@@ -280,6 +280,24 @@ fn diff(store: &Store, old: Vec<Span>, n: Span, out: &mut Vec<Span>) -> Result<(
     Ok(())
 }
 
+/// Every chunk of a stored file, with its offset.
+pub fn leaves(store: &Store, root: XetHash, size: u64) -> Result<Vec<Span>, TreeError> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    walk_tree(
+        store,
+        root,
+        size,
+        &mut |h, len| {
+            out.push((off, h, len));
+            off += len;
+            Ok(())
+        },
+        &mut |_| {},
+    )?;
+    Ok(out)
+}
+
 /// What [`store_incremental`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Incremental {
@@ -306,19 +324,7 @@ pub fn store_incremental(
     use std::collections::HashMap;
     use std::os::unix::fs::FileExt;
     let (base_root, base_size) = base;
-    let mut base_chunks: Vec<Span> = Vec::new();
-    let mut off = 0u64;
-    walk_tree(
-        store,
-        base_root,
-        base_size,
-        &mut |h, len| {
-            base_chunks.push((off, h, len));
-            off += len;
-            Ok(())
-        },
-        &mut |_| {},
-    )?;
+    let base_chunks = leaves(store, base_root, base_size)?;
     let by_start: HashMap<u64, usize> = base_chunks
         .iter()
         .enumerate()
@@ -483,21 +489,7 @@ mod tests {
     }
 
     fn all_leaves(store: &Store, (root, size): (XetHash, u64)) -> Vec<Span> {
-        let mut v = Vec::new();
-        let mut off = 0;
-        walk_tree(
-            store,
-            root,
-            size,
-            &mut |h, len| {
-                v.push((off, h, len));
-                off += len;
-                Ok(())
-            },
-            &mut |_| {},
-        )
-        .unwrap();
-        v
+        leaves(store, root, size).unwrap()
     }
 
     #[test]
