@@ -575,4 +575,15 @@ fn magnet_mount_fetches_metadata_then_streams() {
     );
     assert!(same_file(&data.join("cover.jpg"), &m.join("cover.jpg")));
     unmount(&mut g);
+    // The 64-hex v2 info-hash of the same (hybrid) torrent: metadata checked with SHA-256.
+    let v2 = info["info_hash_v2"].as_str().unwrap().to_string();
+    let (mut g, _) = mount(
+        &t.path().join("D3"),
+        &v2,
+        &m,
+        &["--peer", &format!("127.0.0.1:{lport}")],
+        &t.path().join("M3.log"),
+    );
+    assert!(same_file(&data.join("song.flac"), &m.join("song.flac")));
+    unmount(&mut g);
 }
