@@ -119,6 +119,8 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
         let stop = until_signal();
         tokio::pin!(stop);
         let mut settled = false;
+        // Spare copies only pay off for a follower that will see the next version.
+        let spare_budget = if a.follow { ctx.config.xet.sync_spare_mib << 20 } else { 0 };
         loop {
             if let Some(h) = node.xet.newest_head(&id) {
                 if h.seq > done && !settled && !a.follow {
@@ -130,7 +132,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                 }
                 if h.seq > done {
                     let wire0 = node.wire_in(&id);
-                    let r = sync_version(&node.xet, id, &h, &a.dir, ctx.config.xet.sync_spare_mib << 20).await.with_context(|| format!("cannot sync version {}", h.seq))?;
+                    let r = sync_version(&node.xet, id, &h, &a.dir, spare_budget).await.with_context(|| format!("cannot sync version {}", h.seq))?;
                     done = h.seq;
                     let wire = node.wire_in(&id) - wire0;
                     let c = node.xet.counters(&id);
