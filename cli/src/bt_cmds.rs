@@ -109,13 +109,6 @@ pub enum CheckpointCmd {
     Delete { info_hash: String },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 fn load_torrent(p: &Path) -> Result<(Metainfo, Vec<u8>)> {
     let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
     let m = Metainfo::from_bytes(&bytes).with_context(|| p.display().to_string())?;
@@ -233,7 +226,7 @@ pub fn resolve_torrent(
         listen_port: src.listen_port,
         timeout: src.timeout,
     };
-    let got = runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;
+    let got = crate::runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;
     let mut meta = Metainfo::from_info_bytes(&got.info)
         .context("the peers' metadata is not a valid torrent")?;
     meta.trackers = trackers.iter().map(|t| vec![t.clone()]).collect();
@@ -375,7 +368,7 @@ fn progress_line(s: &Stats, started: Instant) -> String {
 }
 
 fn run(ctx: &Ctx, job: Job) -> Result<()> {
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     let json = ctx.json;
     let quiet = ctx.quiet;
     rt.block_on(async move {
@@ -551,7 +544,7 @@ pub fn scrape(ctx: &Ctx, a: ScrapeArgs) -> Result<()> {
     if urls.is_empty() {
         bail!("{} names no tracker", a.torrent.display());
     }
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     let mut out = Vec::new();
     let mut ok = 0;
     for u in &urls {

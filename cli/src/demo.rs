@@ -65,9 +65,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     let r = a_shares.publish(&folder, ShareChoice::New, &AtomicU64::new(0))?;
     let id = r.share;
     println!("share id {}", share_id_hex(&id));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime()?;
     let _in_rt = rt.enter();
     let start_node = |shares: Arc<Shares>,
                       peers: Vec<std::net::SocketAddr>|

@@ -89,6 +89,15 @@ pub enum Command {
     Checkpoints(bt_cmds::CheckpointCmd),
 }
 
+/// The async runtime every networked command runs on (one per process).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Settings every command sees.
 pub struct Ctx {
     pub config: config::Config,

@@ -94,9 +94,7 @@ fn mount_torrent_cmd(
     peers: Vec<SocketAddr>,
 ) -> Result<()> {
     use ccbt_core::session::{Session, SessionConfig, TorrentConfig};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime()?;
     let _in_runtime = rt.enter();
     let listen = ctx.listen(a.listen);
     let session = rt.block_on(Session::start(
@@ -186,9 +184,7 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     let Some(id) = parse_share_id(&a.target) else {
         bail!("{:?} is neither a share id, a .torrent file, nor a torrent checkpointed in this data dir", a.target);
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime()?;
     let _in_runtime = rt.enter();
     let listen = ctx.listen(a.listen);
     let node = rt.block_on(Node::start(

@@ -34,13 +34,6 @@ pub struct SyncArgs {
     pub timeout: u64,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 async fn until_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("signal handler");
@@ -57,7 +50,7 @@ pub fn serve(
     trackers: Vec<String>,
     peers: Vec<SocketAddr>,
 ) -> Result<()> {
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     rt.block_on(async {
         let listen = ctx.listen(listen);
         let node = Node::start(ctx, listen, trackers, peers.clone()).await?;
@@ -105,7 +98,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
         parse_share_id(&a.share).with_context(|| format!("{:?} is not a share id", a.share))?;
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     rt.block_on(async {
         let listen = ctx.listen(a.listen);
         let node = Node::start(ctx, listen, a.trackers.clone(), a.peers.clone()).await?;
