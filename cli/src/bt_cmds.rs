@@ -226,7 +226,8 @@ pub fn resolve_torrent(
         listen_port: src.listen_port,
         timeout: src.timeout,
     };
-    let got = crate::runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;
+    let got =
+        crate::runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;
     let mut meta = Metainfo::from_info_bytes(&got.info)
         .context("the peers' metadata is not a valid torrent")?;
     meta.trackers = trackers.iter().map(|t| vec![t.clone()]).collect();

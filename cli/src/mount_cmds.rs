@@ -17,15 +17,8 @@ pub struct MountArgs {
     pub target: String,
     /// Mount point (an existing empty directory)
     pub dir: PathBuf,
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    #[arg(long = "peer", value_name = "ADDR")]
-    pub peers: Vec<SocketAddr>,
-    #[arg(long = "tracker", value_name = "URL")]
-    pub trackers: Vec<String>,
-    /// Seconds to wait for the share's newest version from peers
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
+    #[command(flatten)]
+    pub net: crate::sync_cmds::SwarmArgs,
 }
 
 /// A mount point left by a crashed FUSE process answers ENOTCONN.
@@ -53,29 +46,29 @@ fn torrent_target(
     use crate::bt_cmds::{is_info_hash, resolve_torrent, Sources};
     let target = a.target.as_str();
     let src = |timeout| Sources {
-        peers: &a.peers,
-        trackers: &a.trackers,
-        listen_port: ctx.listen(a.listen).port(),
+        peers: &a.net.peers,
+        trackers: &a.net.trackers,
+        listen_port: ctx.listen(a.net.listen).port(),
         timeout: Duration::from_secs(timeout),
     };
     if Path::new(target).is_file() || target.len() == 64 {
-        return resolve_torrent(ctx, target, &src(a.timeout)).map(Some);
+        return resolve_torrent(ctx, target, &src(a.net.timeout)).map(Some);
     }
     if target.starts_with("magnet:") {
         let m = ccbt_core::Magnet::parse(target)?;
         if m.v1.is_none() && m.v2.is_none() {
             return Ok(None); // a share (urn:btpk)
         }
-        return resolve_torrent(ctx, target, &src(a.timeout)).map(Some);
+        return resolve_torrent(ctx, target, &src(a.net.timeout)).map(Some);
     }
     if !is_info_hash(target) {
         return Ok(None);
     }
     let hex = target.to_lowercase();
     if ccbt_core::resume::Checkpoint::load(&ctx.data_dir, &hex)?.is_some() {
-        return resolve_torrent(ctx, &hex, &src(a.timeout)).map(Some);
+        return resolve_torrent(ctx, &hex, &src(a.net.timeout)).map(Some);
     }
-    if a.peers.is_empty() || !a.trackers.is_empty() {
+    if a.net.peers.is_empty() || !a.net.trackers.is_empty() {
         return Ok(None); // trackers cannot tell a share from a torrent: take it as a share
     }
     match resolve_torrent(ctx, &hex, &src(15)) {
@@ -96,7 +89,7 @@ fn mount_torrent_cmd(
     use ccbt_core::session::{Session, SessionConfig, TorrentConfig};
     let rt = crate::runtime()?;
     let _in_runtime = rt.enter();
-    let listen = ctx.listen(a.listen);
+    let listen = ctx.listen(a.net.listen);
     let session = rt.block_on(Session::start(
         SessionConfig {
             listen,
@@ -186,18 +179,18 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     };
     let rt = crate::runtime()?;
     let _in_runtime = rt.enter();
-    let listen = ctx.listen(a.listen);
+    let listen = ctx.listen(a.net.listen);
     let node = rt.block_on(Node::start(
         ctx,
         listen,
-        a.trackers.clone(),
-        a.peers.clone(),
+        a.net.trackers.clone(),
+        a.net.peers.clone(),
     ))?;
     node.join(id)?;
     // The newest version we know: our own (owner, earlier follower) or the first a peer offers.
     let head = rt.block_on(async {
         let mut rx = node.xet.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.net.timeout);
         loop {
             if let Some(h) = node.xet.newest_head(&id) {
                 if node.xet.peer_count(&id) > 0 || node.shares.signing_key(&id).ok().flatten().is_some() {
@@ -208,7 +201,7 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
             }
             tokio::select! {
                 _ = rx.recv() => {}
-                _ = tokio::time::sleep_until(deadline) => bail!("no version of share {} found within {}s (give --peer or --tracker)", share_id_hex(&id), a.timeout),
+                _ = tokio::time::sleep_until(deadline) => bail!("no version of share {} found within {}s (give --peer or --tracker)", share_id_hex(&id), a.net.timeout),
             }
         }
     })?;

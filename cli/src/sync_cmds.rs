@@ -21,15 +21,23 @@ pub struct SyncArgs {
     /// Keep running and apply every new version as it arrives
     #[arg(long)]
     pub follow: bool,
+    #[command(flatten)]
+    pub net: SwarmArgs,
+}
+
+/// Where a share's (or magnet's) peers are found; shared by `sync` and `mount`.
+#[derive(Args)]
+pub struct SwarmArgs {
+    /// Address to listen on for peers
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// A peer of the share to connect to (repeatable)
+    /// A peer to connect to (repeatable)
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<SocketAddr>,
-    /// A tracker to announce the share's swarm to (repeatable)
+    /// A tracker to announce to (repeatable)
     #[arg(long = "tracker", value_name = "URL")]
     pub trackers: Vec<String>,
-    /// Seconds to wait for a first version from peers
+    /// Seconds to wait for a first version (or a torrent's metadata) from peers
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
 }
@@ -100,15 +108,15 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let listen = ctx.listen(a.listen);
-        let node = Node::start(ctx, listen, a.trackers.clone(), a.peers.clone()).await?;
+        let listen = ctx.listen(a.net.listen);
+        let node = Node::start(ctx, listen, a.net.trackers.clone(), a.net.peers.clone()).await?;
         node.join(id)?;
         let mut heads = node.xet.subscribe();
         let mut done = match synced_seq(&a.dir) {
             Some((s, seq)) if s == id => seq,
             _ => 0,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.net.timeout);
         let stop = until_signal();
         tokio::pin!(stop);
         let mut settled = false;
@@ -154,7 +162,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
             tokio::select! {
                 _ = heads.recv() => {}
                 _ = tokio::time::sleep_until(deadline), if done == 0 => {
-                    bail!("no peer of share {} offered a version within {}s (give --peer or --tracker)", share_id_hex(&id), a.timeout);
+                    bail!("no peer of share {} offered a version within {}s (give --peer or --tracker)", share_id_hex(&id), a.net.timeout);
                 }
                 _ = &mut stop => return Ok(()),
             }

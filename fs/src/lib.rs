@@ -433,24 +433,24 @@ impl Shared {
         true
     }
 
-    fn cached_chunk(&self, h: XetHash) -> bool {
+    fn cached_chunk(&self, h: XetHash) -> Option<Arc<Vec<u8>>> {
         self.chunk_cache
             .lock()
             .unwrap()
             .iter()
-            .any(|(k, _)| *k == h)
+            .find(|(k, _)| *k == h)
+            .map(|(_, d)| d.clone())
     }
 
     fn chunk(&self, h: XetHash) -> Result<Arc<Vec<u8>>, Errno> {
-        if let Some((_, d)) = self
-            .chunk_cache
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| *k == h)
-        {
-            return Ok(d.clone());
+        if let Some(d) = self.cached_chunk(h) {
+            return Ok(d);
         }
+        self.load_chunk(h)
+    }
+
+    /// A chunk from the store (or a peer), verified, and kept in the read cache.
+    fn load_chunk(&self, h: XetHash) -> Result<Arc<Vec<u8>>, Errno> {
         let store = &self.node.shares.store;
         let data = match store.get_chunk(&h.0).map_err(|e| errno(e, Errno::EIO))? {
             Some(d) if self.check(&d, h) => d,
@@ -471,7 +471,8 @@ impl Shared {
             let e = s + dst.len();
             // A chunk read to its end is copied straight from the store into the reply; one that
             // goes on past this read goes through the cache, as the next read starts there.
-            if e as u64 == clen && !self.cached_chunk(h) {
+            let cached = self.cached_chunk(h);
+            if e as u64 == clen && cached.is_none() {
                 let copied = self
                     .node
                     .shares
@@ -488,7 +489,10 @@ impl Shared {
                     continue;
                 }
             }
-            let data = self.chunk(h)?;
+            let data = match cached {
+                Some(d) => d,
+                None => self.load_chunk(h)?,
+            };
             if data.len() as u64 != clen {
                 return Err(Errno::EIO);
             }
@@ -1124,6 +1128,12 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
 }
 
 impl ShareFs {
+    /// The name of an entry about to be created: the mount must be writable and the name valid.
+    fn new_name<'a>(&self, name: &'a OsStr) -> Result<&'a str, Errno> {
+        self.0.writable()?;
+        name_str(name)
+    }
+
     fn child_path(t: &Tree, parent: u64, name: &str) -> Result<String, Errno> {
         let p = t.nodes.get(&parent).ok_or(Errno::ENOENT)?;
         if p.kind != EKind::Dir {
@@ -1210,10 +1220,7 @@ impl ShareFs {
         target: Option<String>,
         reply: ReplyEntry,
     ) {
-        if let Err(e) = self.0.writable() {
-            return reply.error(e);
-        }
-        let name = match name_str(name) {
+        let name = match self.new_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -1583,10 +1590,7 @@ impl Filesystem for ShareFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        if let Err(e) = self.0.writable() {
-            return reply.error(e);
-        }
-        let name = match name_str(name) {
+        let name = match self.new_name(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };

@@ -49,15 +49,14 @@ fn name(path: &str, root: &[u8; 32]) -> String {
     )
 }
 
-/// The ready spare of `path` at content `root`, moved out of the spare dir to `to` (the caller
-/// patches and renames it). `None` when there is none.
-pub fn take(sync_dir: &Path, path: &str, root: &[u8; 32], to: &Path) -> Option<()> {
+/// Moves the ready spare of `path` at content `root` out of the spare dir to `to` (the caller
+/// patches and renames it). False when there is none.
+pub fn take(sync_dir: &Path, path: &str, root: &[u8; 32], to: &Path) -> bool {
     let d = spare_dir(sync_dir);
     let n = name(path, root);
-    let ok = d.join(format!("{n}.ok"));
     // The marker goes first: a crash between the two steps leaves an unmarked (unused) copy.
-    std::fs::remove_file(&ok).ok()?;
-    std::fs::rename(d.join(&n), to).ok()
+    std::fs::remove_file(d.join(format!("{n}.ok"))).is_ok()
+        && std::fs::rename(d.join(&n), to).is_ok()
 }
 
 /// Queues spares for the files a version just wrote (`wants`), within `budget` bytes; spares of

@@ -318,7 +318,7 @@ fn write_dir(
                     Some(p) => {
                         // A spare copy of exactly the previous version, made in the background
                         // after it was written, spares the full copy.
-                        if crate::spare::take(dir, &e.path, &p.root, &tmp).is_none() {
+                        if !spare::take(dir, &e.path, &p.root, &tmp) {
                             std::fs::copy(&target, &tmp).map_err(io(&tmp))?;
                         } else {
                             tracing::debug!("{}: patching its spare copy", e.path);
