@@ -7,7 +7,7 @@ use ccbt_core::encoding::to_hex;
 use ccbt_core::extension::Registry;
 use ccbt_core::picker::Strategy;
 use ccbt_core::resume::Checkpoint;
-use ccbt_core::session::{Session, SessionConfig, Stats, TorrentConfig};
+use ccbt_core::session::{Session, Stats, TorrentConfig};
 use ccbt_core::storage::Prealloc;
 use ccbt_core::Metainfo;
 use clap::{Args, Subcommand};
@@ -373,15 +373,7 @@ fn run(ctx: &Ctx, job: Job) -> Result<()> {
     let json = ctx.json;
     let quiet = ctx.quiet;
     rt.block_on(async move {
-        let session = Session::start(
-            SessionConfig {
-                listen: job.listen,
-                global_down: ctx.config.limits.global_down_kib * 1024,
-                global_up: ctx.config.limits.global_up_kib * 1024,
-            },
-            Registry::default(),
-        )
-        .await?;
+        let session = Session::start(ctx.session_config(job.listen), Registry::default()).await?;
         let started = Instant::now();
         let name = job.meta.name.clone();
         let handle = session.add_torrent(job.meta, job.cfg)?;

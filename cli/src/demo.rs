@@ -73,14 +73,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         let xet = XetNode::new(shares);
         let mut reg = Registry::default();
         reg.register(xet.extension());
-        let session = rt.block_on(Session::start(
-            SessionConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                global_down: 0,
-                global_up: 0,
-            },
-            reg,
-        ))?;
+        let session = rt.block_on(Session::start(SessionConfig::default(), reg))?;
         let swarm = session.add_swarm(id, vec![], peers)?;
         Ok((xet, session, swarm))
     };

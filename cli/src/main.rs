@@ -113,6 +113,19 @@ impl Ctx {
             std::net::SocketAddr::from(([0, 0, 0, 0], self.config.network.listen_port))
         })
     }
+
+    /// The BitTorrent session's settings from the config (limits, disk workers) on `listen`.
+    pub fn session_config(
+        &self,
+        listen: std::net::SocketAddr,
+    ) -> ccbt_core::session::SessionConfig {
+        ccbt_core::session::SessionConfig {
+            listen,
+            global_down: self.config.limits.global_down_kib * 1024,
+            global_up: self.config.limits.global_up_kib * 1024,
+            hash_workers: self.config.disk.hash_workers,
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -86,16 +86,12 @@ fn mount_torrent_cmd(
     meta: ccbt_core::Metainfo,
     peers: Vec<SocketAddr>,
 ) -> Result<()> {
-    use ccbt_core::session::{Session, SessionConfig, TorrentConfig};
+    use ccbt_core::session::{Session, TorrentConfig};
     let rt = crate::runtime()?;
     let _in_runtime = rt.enter();
     let listen = ctx.listen(a.net.listen);
     let session = rt.block_on(Session::start(
-        SessionConfig {
-            listen,
-            global_down: 0,
-            global_up: 0,
-        },
+        ctx.session_config(listen),
         ccbt_core::extension::Registry::default(),
     ))?;
     let hex = ccbt_core::encoding::to_hex(

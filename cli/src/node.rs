@@ -5,7 +5,7 @@
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use ccbt_core::extension::Registry;
-use ccbt_core::session::{Session, SessionConfig, TorrentHandle};
+use ccbt_core::session::{Session, TorrentHandle};
 use ccbt_xet::head::{parse_share_id, share_id_hex, ShareId};
 use ccbt_xet::net::XetNode;
 use ccbt_xet::shares::{ShareChoice, Shares};
@@ -46,15 +46,7 @@ impl Node {
         let xet = XetNode::new(shares.clone());
         let mut reg = Registry::default();
         reg.register(xet.extension());
-        let session = Session::start(
-            SessionConfig {
-                listen,
-                global_down: ctx.config.limits.global_down_kib * 1024,
-                global_up: ctx.config.limits.global_up_kib * 1024,
-            },
-            reg,
-        )
-        .await?;
+        let session = Session::start(ctx.session_config(listen), reg).await?;
         let node = Arc::new(Node {
             session,
             xet,

@@ -2,6 +2,7 @@
 //! keyed by info-hash, a task per peer connection, tracker announcers, and a driver per torrent that
 //! connects peers, rechokes, checkpoints and notices completion.
 
+mod disk;
 pub mod metadata_fetch;
 mod peer;
 pub mod tracker_client;
@@ -13,7 +14,7 @@ use crate::metainfo::Metainfo;
 use crate::picker::{Picker, Strategy};
 use crate::ratelimit::TokenBucket;
 use crate::resume::Checkpoint;
-use crate::storage::{self, Expected, PieceHasher, Prealloc, Storage};
+use crate::storage::{self, Expected, Prealloc, Storage};
 use crate::tracker::{Announce, Event};
 use crate::wire::{Bitfield, Handshake, HANDSHAKE_LEN};
 use rayon::prelude::*;
@@ -45,6 +46,19 @@ pub struct SessionConfig {
     /// Bytes/s, 0 = unlimited.
     pub global_down: u64,
     pub global_up: u64,
+    /// Threads that write and hash received blocks (0: one per core).
+    pub hash_workers: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            global_down: 0,
+            global_up: 0,
+            hash_workers: 0,
+        }
+    }
 }
 
 /// Per-torrent settings (the CLI fills them from config and flags).
@@ -148,14 +162,8 @@ pub(crate) struct PeerEntry {
     pub up_rate: f64,
 }
 
-pub(crate) struct PieceProgress {
-    pub hasher: PieceHasher,
-    pub from: HashMap<u64, u32>,
-}
-
 pub(crate) struct State {
     pub picker: Picker,
-    pub progress: HashMap<u32, PieceProgress>,
     pub peers: HashMap<u64, PeerEntry>,
     known: HashMap<SocketAddr, (Option<Instant>, u32)>,
     pub banned: HashSet<SocketAddr>,
@@ -178,6 +186,8 @@ impl State {
 }
 
 pub(crate) struct TorrentShared {
+    /// Unique in the session (shards the disk pool's work).
+    pub id: u64,
     pub meta: Metainfo,
     pub info_hash: [u8; 20],
     pub storage: Storage,
@@ -202,6 +212,7 @@ pub(crate) struct SessionInner {
     pub down: TokenBucket,
     pub up: TokenBucket,
     pub registry: Registry,
+    pub disk: disk::DiskPool,
     next_key: AtomicU64,
 }
 
@@ -268,6 +279,7 @@ impl Session {
             down: TokenBucket::new(cfg.global_down),
             up: TokenBucket::new(cfg.global_up),
             registry,
+            disk: disk::DiskPool::start(cfg.hash_workers),
             next_key: AtomicU64::new(1),
         });
         let acc = inner.clone();
@@ -410,7 +422,6 @@ impl Session {
         }
         let mut state = State {
             picker,
-            progress: HashMap::new(),
             peers: HashMap::new(),
             known: HashMap::new(),
             banned: HashSet::new(),
@@ -429,6 +440,7 @@ impl Session {
             state.add_known(*p);
         }
         let shared = Arc::new(TorrentShared {
+            id: self.inner.key(),
             down: TokenBucket::new(cfg.down_limit),
             up: TokenBucket::new(cfg.up_limit),
             meta,
@@ -896,6 +908,15 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
             let _ = p.cmd.send(Cmd::Close);
         }
     }
+    // Blocks still queued for the disk land before the last checkpoint (bounded: a peer task
+    // stuck on its socket must not hold up the exit).
+    for _ in 0..40 {
+        if t.state.lock().unwrap().peers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.session.disk.drain(t.id).await;
     let _ = t.storage.sync();
     save_checkpoint(&t);
     // Trackers hear `stopped` (bounded: a dead tracker must not hold up the exit).

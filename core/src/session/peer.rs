@@ -1,13 +1,12 @@
 //! One peer connection: handshake, then a reader loop (messages in, requests out, uploads served)
 //! and a writer task fed by a bounded channel (backpressure, upload rate limits).
 
-use super::{Cmd, PeerEntry, PieceProgress, TorrentShared};
+use super::{Cmd, PeerEntry, TorrentShared};
 use crate::extension::{ExtHandshake, PeerCtx};
 use crate::picker::Block;
-use crate::storage::PieceHasher;
 use crate::wire::{Bitfield, Decoder, Handshake, Message, BLOCK_SIZE, HANDSHAKE_LEN, MAX_REQUEST};
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Strikes (failed pieces mostly from this peer) before a ban.
-const BAN_STRIKES: u32 = 2;
 /// Upload requests queued per peer; more are dropped (the peer re-requests).
 const MAX_UPLOAD_QUEUE: usize = 512;
 /// Deepest request pipeline.
@@ -549,107 +546,54 @@ impl Conn {
             } => {
                 self.uploads.retain(|u| *u != (index, begin, length));
             }
-            Message::Piece { index, begin, data } => self.on_block(index, begin, data)?,
+            Message::Piece { index, begin, data } => self.on_block(index, begin, data).await?,
             Message::Extended { id, payload } => self.on_extended(id, payload).await?,
         }
         Ok(())
     }
 
-    fn on_block(&mut self, index: u32, begin: u32, data: Bytes) -> Result<(), Reason> {
+    async fn on_block(&mut self, index: u32, begin: u32, data: Bytes) -> Result<(), Reason> {
         let b = Block {
             piece: index,
             block: begin / BLOCK_SIZE,
         };
         let t = self.t.clone();
-        let expected_len = {
-            let s = t.state.lock().unwrap();
+        {
+            let mut s = t.state.lock().unwrap();
             if index >= s.picker.num_pieces() {
                 return Err(Reason::Ban(format!(
                     "block for piece {index} that does not exist"
                 )));
             }
-            s.picker.block_len(b)
-        };
-        if !self.outstanding.remove(&b)
-            || !begin.is_multiple_of(BLOCK_SIZE)
-            || data.len() as u32 != expected_len
-        {
-            // Unrequested (or cancelled in endgame): ignore, count nothing.
-            return Ok(());
-        }
-        self.last_block = Instant::now();
-        self.blocks_this_second += 1;
-        let off = index as u64 * t.meta.piece_length + begin as u64;
-        let mut s = t.state.lock().unwrap();
-        if let Some(p) = s.peers.get_mut(&self.key) {
-            p.down_total += data.len() as u64;
-        }
-        s.downloaded += data.len() as u64;
-        if !s.picker.block_received(b) {
-            return Ok(()); // another peer's copy won
-        }
-        // Endgame: others asked for this block too.
-        for (k, p) in &s.peers {
-            if *k != self.key {
-                let _ = p.cmd.send(Cmd::Cancel(b));
+            if !self.outstanding.remove(&b)
+                || !begin.is_multiple_of(BLOCK_SIZE)
+                || data.len() as u32 != s.picker.block_len(b)
+            {
+                // Unrequested (or cancelled in endgame): ignore, count nothing.
+                return Ok(());
             }
-        }
-        if let Err(e) = t.storage.write(off, &data) {
-            tracing::error!("cannot write piece {index}: {e}");
-            s.picker.unrequest(b);
-            return Ok(());
-        }
-        let pl = t.meta.piece_length;
-        let exp = t.expected[index as usize].clone();
-        let prog = s.progress.entry(index).or_insert_with(|| PieceProgress {
-            hasher: PieceHasher::new(exp, pl),
-            from: HashMap::new(),
-        });
-        prog.hasher.add(begin, data);
-        *prog.from.entry(self.key).or_default() += 1;
-        if !s.picker.piece_complete(index) {
-            return Ok(());
-        }
-        let prog = s.progress.remove(&index).expect("present");
-        let total_blocks: u32 = prog.from.values().sum();
-        if prog.hasher.finish() {
-            s.picker.piece_done(index);
-            s.dirty = true;
-            for p in s.peers.values() {
-                let _ = p.cmd.send(Cmd::Have(index));
+            self.last_block = Instant::now();
+            self.blocks_this_second += 1;
+            if let Some(p) = s.peers.get_mut(&self.key) {
+                p.down_total += data.len() as u64;
             }
-            Ok(())
-        } else {
-            s.picker.piece_failed(index);
-            s.hash_failures += 1;
-            tracing::warn!("piece {index} failed its hash check");
-            let mut ban_me = false;
-            for (k, n) in prog.from {
-                if n * 2 > total_blocks {
-                    let addr = s.peers.get(&k).map(|p| p.addr);
-                    if let Some(a) = addr {
-                        let st = s.strikes.entry(a).or_default();
-                        *st += 1;
-                        if *st >= BAN_STRIKES {
-                            if k == self.key {
-                                ban_me = true;
-                            } else if let Some(p) = s.peers.get(&k) {
-                                let _ = p.cmd.send(Cmd::Close);
-                                s.banned.insert(a);
-                            }
-                        }
-                    }
+            s.downloaded += data.len() as u64;
+            if !s.picker.block_received(b) {
+                return Ok(()); // another peer's copy won
+            }
+            // Endgame: others asked for this block too.
+            for (k, p) in &s.peers {
+                if *k != self.key {
+                    let _ = p.cmd.send(Cmd::Cancel(b));
                 }
             }
-            if ban_me {
-                let id = self.ctx.peer_id;
-                s.banned_ids.insert(id);
-                return Err(Reason::Ban(format!(
-                    "sent corrupt data for {BAN_STRIKES} pieces"
-                )));
-            }
-            Ok(())
         }
+        // Written and hashed by the disk pool; its verdict comes back through the state.
+        t.session
+            .disk
+            .write_block(t.clone(), index, begin, data, self.key)
+            .await;
+        Ok(())
     }
 
     async fn on_extended(&mut self, id: u8, payload: Bytes) -> Result<(), Reason> {
