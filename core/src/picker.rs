@@ -58,6 +58,11 @@ pub struct Picker {
     availability: Vec<u16>,
     /// 0 = do not download; higher first.
     priority: Vec<u8>,
+    /// Pieces not had with priority > 0 (kept in step so a peer's interest and a new piece are
+    /// found a byte of pieces at a time, not by probing every piece).
+    want: Bitfield,
+    /// Wanted pieces not started yet (no partial).
+    open: Bitfield,
     partial: BTreeMap<u32, Partial>,
     strategy: Strategy,
     endgame_duplicates: u8,
@@ -70,12 +75,20 @@ pub struct Picker {
 impl Picker {
     pub fn new(piece_length: u64, total: u64, have: Bitfield) -> Self {
         let n = have.len();
+        let mut want = Bitfield::new(n);
+        for i in 0..n {
+            if !have.get(i) {
+                want.set(i);
+            }
+        }
         Picker {
             piece_length,
             total,
             have,
             availability: vec![0; n],
             priority: vec![1; n],
+            open: want.clone(),
+            want,
             partial: BTreeMap::new(),
             strategy: Strategy::RarestFirst,
             endgame_duplicates: 2,
@@ -97,6 +110,24 @@ impl Picker {
     pub fn set_priority(&mut self, piece: u32, p: u8) {
         if let Some(x) = self.priority.get_mut(piece as usize) {
             *x = p;
+            self.refresh(piece);
+        }
+    }
+
+    /// Brings `want` and `open` in step with `have`, `priority` and `partial` for one piece.
+    fn refresh(&mut self, piece: u32) {
+        let i = piece as usize;
+        let w = !self.have.get(i) && self.priority[i] > 0;
+        let o = w && !self.partial.contains_key(&piece);
+        if w {
+            self.want.set(i);
+        } else {
+            self.want.clear(i);
+        }
+        if o {
+            self.open.set(i);
+        } else {
+            self.open.clear(i);
         }
     }
 
@@ -129,19 +160,19 @@ impl Picker {
 
     /// All wanted pieces are verified.
     pub fn complete(&self) -> bool {
-        (0..self.num_pieces()).all(|i| self.have.get(i as usize) || self.priority[i as usize] == 0)
+        self.want.as_bytes().iter().all(|&b| b == 0)
     }
 
     pub fn wanted_left_bytes(&self) -> u64 {
-        (0..self.num_pieces())
-            .filter(|&i| !self.have.get(i as usize) && self.priority[i as usize] > 0)
-            .map(|i| self.piece_size(i) as u64)
+        self.want
+            .ones()
+            .map(|i| self.piece_size(i as u32) as u64)
             .sum()
     }
 
     /// Whether a peer with `bf` has anything we want.
     pub fn interesting(&self, bf: &Bitfield) -> bool {
-        bf.ones().any(|i| !self.have.get(i) && self.priority[i] > 0)
+        self.want.intersects(bf)
     }
 
     pub fn peer_has(&mut self, piece: u32) {
@@ -177,18 +208,8 @@ impl Picker {
         }
     }
 
-    fn rand(&mut self) -> u64 {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        self.seed
-    }
-
     fn wanted(&self, i: usize, bf: &Bitfield) -> bool {
-        bf.get(i)
-            && !self.have.get(i)
-            && self.priority[i] > 0
-            && !self.partial.contains_key(&(i as u32))
+        bf.get(i) && self.open.get(i)
     }
 
     /// Chooses a new piece for a peer with `bf`.
@@ -200,35 +221,33 @@ impl Picker {
                 return Some(i as u32);
             }
         }
-        let top = (0..n)
-            .filter(|&i| self.wanted(i, bf))
-            .map(|i| self.priority[i])
-            .max()?;
-        match self.strategy {
-            Strategy::Sequential => (0..n)
-                .find(|&i| self.wanted(i, bf) && self.priority[i] == top)
-                .map(|i| i as u32),
-            Strategy::RoundRobin => {
-                let start = self.rr_cursor as usize % n.max(1);
-                let pick = (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|&i| self.wanted(i, bf) && self.priority[i] == top)?;
-                self.rr_cursor = (pick + 1) as u32;
-                Some(pick as u32)
-            }
-            Strategy::RarestFirst => {
-                let mut best: Option<(u16, u64, usize)> = None;
-                for i in 0..n {
-                    if self.wanted(i, bf) && self.priority[i] == top {
-                        let key = (self.availability[i], self.rand(), i);
-                        if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
-                            best = Some(key);
-                        }
-                    }
+        // One pass over the pieces both open here and held by the peer: the highest priority
+        // wins, then the strategy's order (rarest-first breaks ties at random).
+        let start = self.rr_cursor as usize % n.max(1);
+        let mut seed = self.seed;
+        let mut best: Option<(u8, u64, usize)> = None;
+        for i in self.open.ones_and(bf) {
+            let order = match self.strategy {
+                Strategy::Sequential => u64::MAX - i as u64,
+                Strategy::RoundRobin => u64::MAX - ((i + n - start) % n) as u64,
+                Strategy::RarestFirst => {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    ((u16::MAX - self.availability[i]) as u64) << 32 | (seed & 0xFFFF_FFFF)
                 }
-                best.map(|b| b.2 as u32)
+            };
+            let key = (self.priority[i], order, i);
+            if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+                best = Some(key);
             }
         }
+        self.seed = seed;
+        let pick = best?.2;
+        if self.strategy == Strategy::RoundRobin {
+            self.rr_cursor = (pick + 1) as u32;
+        }
+        Some(pick as u32)
     }
 
     /// Picks up to `max` blocks to request from a peer with `bf`. `already` lists blocks this peer
@@ -263,6 +282,7 @@ impl Picker {
                     received: 0,
                 },
             );
+            self.open.clear(piece as usize);
             self.take_from(piece, max, 0, &mut out, already);
         }
         // 3. Endgame: nothing left unrequested; duplicate requests, rarest-requested first.
@@ -308,10 +328,7 @@ impl Picker {
     }
 
     fn all_requested(&self) -> bool {
-        let n = self.num_pieces() as usize;
-        let no_new = (0..n).all(|i| {
-            self.have.get(i) || self.priority[i] == 0 || self.partial.contains_key(&(i as u32))
-        });
+        let no_new = self.open.as_bytes().iter().all(|&b| b == 0);
         no_new
             && self
                 .partial
@@ -345,17 +362,20 @@ impl Picker {
     pub fn piece_done(&mut self, piece: u32) {
         self.partial.remove(&piece);
         self.have.set(piece as usize);
+        self.refresh(piece);
     }
 
     /// The piece failed its hash check: everything must be fetched again.
     pub fn piece_failed(&mut self, piece: u32) {
         self.partial.remove(&piece);
+        self.refresh(piece);
     }
 
     /// Marks a piece as had (resume, recheck) without downloading it.
     pub fn mark_have(&mut self, piece: u32) {
         self.partial.remove(&piece);
         self.have.set(piece as usize);
+        self.refresh(piece);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -366,6 +386,50 @@ impl Picker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `want` and `open` equal their definitions after any sequence of operations.
+    #[test]
+    fn want_and_open_stay_in_step() {
+        let n = 37;
+        let mut p = Picker::new(P, n as u64 * P - 5, Bitfield::new(n));
+        let all = Bitfield::full(n);
+        let mut x = 12345u64;
+        for step in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let piece = (x % n as u64) as u32;
+            match (x >> 32) % 6 {
+                0 => p.set_priority(piece, ((x >> 40) % 3) as u8),
+                1 => {
+                    p.pick(&all, 3, &|_| false);
+                }
+                2 => p.piece_done(piece),
+                3 => p.piece_failed(piece),
+                4 => p.mark_have(piece),
+                _ => p.set_strategy(
+                    [
+                        Strategy::RarestFirst,
+                        Strategy::Sequential,
+                        Strategy::RoundRobin,
+                    ][(x % 3) as usize],
+                ),
+            }
+            for i in 0..n {
+                let w = !p.have.get(i) && p.priority[i] > 0;
+                assert_eq!(p.want.get(i), w, "want {i} at step {step}");
+                assert_eq!(
+                    p.open.get(i),
+                    w && !p.partial.contains_key(&(i as u32)),
+                    "open {i} at step {step}"
+                );
+            }
+            assert_eq!(
+                p.complete(),
+                (0..n).all(|i| p.have.get(i) || p.priority[i] == 0)
+            );
+        }
+    }
 
     const P: u64 = 4 * BLOCK_SIZE as u64;
 

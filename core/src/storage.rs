@@ -168,6 +168,25 @@ impl Storage {
         })
     }
 
+    /// Starts writing `[off, off+len)` back to disk without waiting (`sync_file_range`), so that
+    /// the flush at completion has little left to wait for. Advisory: errors are ignored.
+    pub fn start_writeback(&self, off: u64, len: usize) {
+        let _ = self.runs(off, len, |i, at, r| {
+            if let Some(h) = self.files[i].handle.get() {
+                // SAFETY: a valid fd and a range; the call only schedules writeback.
+                unsafe {
+                    libc::sync_file_range(
+                        std::os::unix::io::AsRawFd::as_raw_fd(h),
+                        at as libc::off64_t,
+                        r.len() as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
+            Ok(())
+        });
+    }
+
     /// Reads `buf.len()` bytes at `off`; pads and gaps between v2 files read as zeros.
     pub fn read(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
         buf.fill(0);

@@ -426,13 +426,63 @@ impl Bitfield {
     }
 
     pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.len).filter(|&i| self.get_raw(i))
+        self.ones_and(self)
+    }
+
+    /// Indices set in both `self` and `other` (a byte at a time: zero bytes cost one test).
+    pub fn ones_and<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = usize> + 'a {
+        let len = self.len.min(other.len);
+        self.bits
+            .iter()
+            .zip(&other.bits)
+            .enumerate()
+            .filter(|(_, (a, b))| *a & *b != 0)
+            .flat_map(move |(k, (a, b))| {
+                let mut m = a & b;
+                std::iter::from_fn(move || {
+                    if m == 0 {
+                        return None;
+                    }
+                    let bit = m.leading_zeros() as usize;
+                    m &= !(0x80 >> bit);
+                    Some(k * 8 + bit)
+                })
+            })
+            .filter(move |&i| i < len)
+    }
+
+    /// Some index is set in both.
+    pub fn intersects(&self, other: &Bitfield) -> bool {
+        self.ones_and(other).next().is_some()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bitfield_ones_and_intersection() {
+        for n in [0usize, 1, 7, 8, 9, 63, 100] {
+            let mut a = Bitfield::new(n);
+            let mut b = Bitfield::new(n);
+            for i in 0..n {
+                if i % 3 == 0 || i == n - 1 {
+                    a.set(i);
+                }
+                if i % 2 == 0 || i == n - 1 {
+                    b.set(i);
+                }
+            }
+            let want: Vec<usize> = (0..n).filter(|&i| a.get(i) && b.get(i)).collect();
+            assert_eq!(a.ones_and(&b).collect::<Vec<_>>(), want, "n={n}");
+            assert_eq!(
+                a.ones().collect::<Vec<_>>(),
+                (0..n).filter(|&i| a.get(i)).collect::<Vec<_>>()
+            );
+            assert_eq!(a.intersects(&b), !want.is_empty());
+        }
+    }
 
     #[test]
     fn handshake_vector() {

@@ -97,6 +97,7 @@ def _session(port):
         'announce_to_all_trackers': True, 'announce_to_all_tiers': True,
         'alert_mask': lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,
         'upload_rate_limit': int(os.environ.get('LT_UPLOAD_LIMIT', '0') or 0),
+        **json.loads(os.environ.get('LT_SETTINGS', '{}')),
     })
 
 

@@ -141,6 +141,9 @@ fn worker(mut rx: mpsc::Receiver<Job>) {
                 if p.received >= piece_len {
                     let p = pieces.remove(&(t.id, piece)).expect("present");
                     let ok = p.hasher.finish() && !p.write_failed;
+                    if ok {
+                        t.storage.start_writeback(off, piece_len as usize);
+                    }
                     verdict(&t, piece, ok, p.write_failed, p.from);
                 }
             }
@@ -157,6 +160,9 @@ fn verdict(t: &TorrentShared, piece: u32, ok: bool, write_failed: bool, from: Ha
         s.dirty = true;
         for p in s.peers.values() {
             let _ = p.cmd.send(Cmd::Have(piece));
+        }
+        if s.picker.complete() {
+            t.wake.notify_one();
         }
         return;
     }

@@ -198,6 +198,8 @@ pub(crate) struct TorrentShared {
     pub down: TokenBucket,
     pub up: TokenBucket,
     pub stopping: AtomicBool,
+    /// Wakes the driver at once (the last piece verified) instead of at its next tick.
+    pub wake: tokio::sync::Notify,
     /// Every byte read from / written to this torrent's peer sockets (protocol overhead included).
     pub wire_in: AtomicU64,
     pub wire_out: AtomicU64,
@@ -451,6 +453,7 @@ impl Session {
             session: self.inner.clone(),
             state: Mutex::new(state),
             stopping: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
             wire_in: AtomicU64::new(0),
             wire_out: AtomicU64::new(0),
             resumed_pieces: resumed,
@@ -802,15 +805,19 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
     let mut last_ckpt = Instant::now();
     let mut turn = 0u64;
     let mut completed_at: Option<Instant> = None;
+    let mut last_rate = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => {}
+            _ = t.wake.notified() => {}
         }
         if *stop.borrow() {
             break;
         }
-        // Rates from byte deltas over the tick.
+        // Rates from byte deltas over the time since the last update (a wake-up can come early).
+        let dt = last_rate.elapsed().as_secs_f64().max(0.05);
+        last_rate = Instant::now();
         let complete;
         let to_dial: Vec<SocketAddr>;
         {
@@ -820,8 +827,8 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
                 let du = p.up_total - p.last_up;
                 p.last_down = p.down_total;
                 p.last_up = p.up_total;
-                p.down_rate = p.down_rate * 0.6 + (dd as f64 / 0.5) * 0.4;
-                p.up_rate = p.up_rate * 0.6 + (du as f64 / 0.5) * 0.4;
+                p.down_rate = p.down_rate * 0.6 + (dd as f64 / dt) * 0.4;
+                p.up_rate = p.up_rate * 0.6 + (du as f64 / dt) * 0.4;
             }
             complete = s.picker.complete();
             // Dial known peers we are not connected to, within the limit, with backoff.
@@ -886,8 +893,10 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
             save_checkpoint(&t);
             let _ = done_tx.send(true);
             if !t.cfg.seed {
-                // Let the tracker hear `completed` before we go.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                if !trackers.is_empty() {
+                    // Let the trackers hear `completed` before we go.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
                 break;
             }
         }
