@@ -91,6 +91,9 @@ pub struct Fs {
     /// Kernel read-ahead of a mount in KiB (set through sysfs when running as root; 0 = the
     /// kernel's 128 KiB).
     pub read_ahead_kb: u32,
+    /// Disk for local copies of large, fully local files that mounts hand to the kernel (FUSE
+    /// passthrough) so reads run at native speed; 0 turns it off.
+    pub file_cache_mib: u64,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
                 publish_debounce_ms: 200,
                 read_timeout_secs: 30,
                 read_ahead_kb: 1024,
+                file_cache_mib: 4096,
             },
         }
     }
@@ -216,6 +220,9 @@ impl Config {
         }
         if let Some(v) = get("CCBT_KEEP_VERSIONS") {
             self.xet.keep_versions = parse("CCBT_KEEP_VERSIONS", v)?;
+        }
+        if let Some(v) = get("CCBT_FILE_CACHE_MIB") {
+            self.fs.file_cache_mib = parse("CCBT_FILE_CACHE_MIB", v)?;
         }
         if let Some(v) = get("CCBT_SYNC_SPARE_MIB") {
             self.xet.sync_spare_mib = parse("CCBT_SYNC_SPARE_MIB", v)?;

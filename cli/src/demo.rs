@@ -86,6 +86,8 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         read_timeout: Duration::from_secs(20),
         publish_debounce: Duration::from_millis(300),
         read_ahead_kb: 1024,
+        file_cache_dir: tmp.join(name).join("fscache"),
+        file_cache_bytes: 1 << 30,
     };
     let (ma, mb) = (tmp.join("mnt-a"), tmp.join("mnt-b"));
     std::fs::create_dir_all(&ma)?;

@@ -207,6 +207,8 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
         read_timeout: Duration::from_secs(ctx.config.fs.read_timeout_secs.max(1)),
         publish_debounce: Duration::from_millis(ctx.config.fs.publish_debounce_ms),
         read_ahead_kb: ctx.config.fs.read_ahead_kb,
+        file_cache_dir: ctx.data_dir.join("fscache"),
+        file_cache_bytes: ctx.config.fs.file_cache_mib << 20,
     };
     let owner = node.shares.signing_key(&id).ok().flatten().is_some();
     let m = mount(

@@ -11,6 +11,7 @@
 //! files, signs the next version and pushes it to peers. The overlay state is written on every
 //! change, so dirty data left by a crash is published on the next mount.
 
+mod filecache;
 pub mod torrent;
 
 use ccbt_xet::hash::XetHash;
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -70,7 +71,26 @@ struct Tree {
     seq: u64,
 }
 
+/// How the kernel was told to do I/O on an open file. Per inode, the kernel refuses to mix
+/// page-cached opens with passthrough ones, and every passthrough open of an inode must name the
+/// same backing file; direct I/O is neutral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IoMode {
+    Cached,
+    Passthrough,
+    Direct,
+}
+
+/// Open files of one inode, by I/O mode.
+#[derive(Default)]
+struct InodeIo {
+    cached: u32,
+    /// The content root served by passthrough, its backing file, and how many opens use it.
+    passthrough: Option<(XetHash, Arc<fuser::BackingId>, u32)>,
+}
+
 struct Handle {
+    mode: IoMode,
     content: Content,
     size: u64,
     last_end: u64,
@@ -86,6 +106,10 @@ pub struct MountConfig {
     pub publish_debounce: Duration,
     /// Kernel read-ahead for the mount in KiB (0 leaves the kernel's 128 KiB default).
     pub read_ahead_kb: u32,
+    /// Where local copies of large files live for passthrough reads (`<data dir>/fscache`), and
+    /// how many bytes they may take (0: no copies, every read goes through the daemon).
+    pub file_cache_dir: PathBuf,
+    pub file_cache_bytes: u64,
 }
 
 struct Shared {
@@ -103,7 +127,7 @@ struct Shared {
     published: Mutex<u64>,
     published_cv: Condvar,
     /// Set when the mount goes away: background threads end.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     /// Parsed (and verified) Merkle nodes: a read walks a few levels, and random readers walk the
     /// same upper levels again and again.
     node_cache: Mutex<HashMap<XetHash, Arc<Vec<ccbt_xet::hash::Node>>>>,
@@ -118,6 +142,14 @@ struct Shared {
     /// rewritten since, so publishing re-chunks only around them. Not persisted: after a crash
     /// the whole file is re-chunked.
     edits: Mutex<HashMap<PathBuf, Edits>>,
+    /// Local copies of large files (see [`filecache`]).
+    cache: filecache::FileCache,
+    /// The kernel agreed to FUSE passthrough at init.
+    passthrough: AtomicBool,
+    /// Open files per inode by I/O mode (see [`IoMode`]).
+    io: Mutex<HashMap<u64, InodeIo>>,
+    /// Contents opened through passthrough so far (logged once each).
+    passed: Mutex<std::collections::HashSet<XetHash>>,
 }
 
 struct Edits {
@@ -187,6 +219,94 @@ fn errno(e: impl std::fmt::Display, code: Errno) -> Errno {
 }
 
 impl Shared {
+    /// Chooses how an open is served and counts it: passthrough when the content has a local
+    /// copy and the inode has no page-cached opens; direct I/O when the inode already passes
+    /// through a different version; else the page-cached path through the daemon.
+    fn io_mode(
+        &self,
+        ino: u64,
+        content: &Content,
+        size: u64,
+        wants_write: bool,
+        name: &str,
+        reply: &ReplyOpen,
+    ) -> (IoMode, Option<Arc<fuser::BackingId>>) {
+        // Only read-only mounts pass through: the kernel requires every open of an inode that
+        // has a backing file to pass through to that same file, so an owner could not open a
+        // file for writing while someone reads it.
+        let root = match content {
+            Content::Cas(r)
+                if self.key.is_none() && !wants_write && self.passthrough.load(Ordering::Relaxed) =>
+            {
+                *r
+            }
+            _ => return (self.io_daemon(ino), None),
+        };
+        let mut io = self.io.lock().unwrap();
+        let e = io.entry(ino).or_default();
+        if let Some((r, b, n)) = &mut e.passthrough {
+            if *r == root {
+                *n += 1;
+                return (IoMode::Passthrough, Some(b.clone()));
+            }
+            return (IoMode::Direct, None);
+        }
+        if e.cached == 0 {
+            if let Some(f) = self.cache.open(&root, size) {
+                match reply.open_backing(&f) {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        e.passthrough = Some((root, b.clone(), 1));
+                        if self.passed.lock().unwrap().insert(root) {
+                            tracing::info!("{name}: reads pass through to its local copy");
+                        }
+                        return (IoMode::Passthrough, Some(b));
+                    }
+                    Err(err) => {
+                        tracing::info!("{name}: passthrough refused ({err}); reading through ccbt");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        self.cache.want(root, size, name);
+        e.cached += 1;
+        (IoMode::Cached, None)
+    }
+
+    /// Counts an open served by the daemon: page-cached, or direct I/O while the inode passes
+    /// through.
+    fn io_daemon(&self, ino: u64) -> IoMode {
+        let mut io = self.io.lock().unwrap();
+        let e = io.entry(ino).or_default();
+        if e.passthrough.is_some() {
+            return IoMode::Direct;
+        }
+        e.cached += 1;
+        IoMode::Cached
+    }
+
+    /// An open file of `ino` was released.
+    fn io_closed(&self, ino: u64, mode: IoMode) {
+        let mut io = self.io.lock().unwrap();
+        let Some(e) = io.get_mut(&ino) else { return };
+        match mode {
+            IoMode::Cached => e.cached = e.cached.saturating_sub(1),
+            IoMode::Passthrough => {
+                if let Some((_, _, n)) = &mut e.passthrough {
+                    *n -= 1;
+                    if *n == 0 {
+                        e.passthrough = None; // drops the backing id
+                    }
+                }
+            }
+            IoMode::Direct => {}
+        }
+        if e.cached == 0 && e.passthrough.is_none() {
+            io.remove(&ino);
+        }
+    }
+
     fn ino_for(&self, path: &str) -> u64 {
         let mut g = self.inos.lock().unwrap();
         if let Some(i) = g.0.get(path) {
@@ -218,7 +338,14 @@ impl Shared {
             },
         );
         for e in entries {
-            let ino = self.ino_for(&e.path);
+            // On a read-only mount a file's inode names its content too: a new version of a
+            // file is a new inode (as when an editor saves by rename), so an inode's bytes never
+            // change and files open at the old version keep it, passthrough included.
+            let ino = if self.key.is_none() && e.kind == EKind::File {
+                self.ino_for(&format!("{}\0{}", e.path, XetHash(e.root).to_hex()))
+            } else {
+                self.ino_for(&e.path)
+            };
             // Parents first (listings are sorted, but a parent dir entry may be absent).
             let mut parent = ROOT;
             let mut acc = String::new();
@@ -999,6 +1126,7 @@ pub fn mount(
     cfg: MountConfig,
 ) -> std::io::Result<Mounted> {
     let key = node.shares.signing_key(&cfg.share).ok().flatten();
+    let cfg_cache = (cfg.file_cache_dir.clone(), cfg.file_cache_bytes);
     let shared = Arc::new(Shared {
         node,
         rt,
@@ -1012,12 +1140,16 @@ pub fn mount(
         wake: Condvar::new(),
         published: Mutex::new(head.seq),
         published_cv: Condvar::new(),
-        closed: std::sync::atomic::AtomicBool::new(false),
+        closed: AtomicBool::new(false),
         node_cache: Mutex::new(HashMap::new()),
         chunk_cache: Mutex::new(std::collections::VecDeque::new()),
         opened_roots: Mutex::new(HashMap::new()),
         verified: Mutex::new(std::collections::HashSet::new()),
         edits: Mutex::new(HashMap::new()),
+        cache: filecache::FileCache::new(cfg_cache.0, cfg_cache.1),
+        passthrough: AtomicBool::new(false),
+        io: Mutex::new(HashMap::new()),
+        passed: Mutex::new(std::collections::HashSet::new()),
     });
     // An owner's overlay left by a crash wins over the last published version.
     let recovered = if shared.key.is_some() {
@@ -1069,6 +1201,10 @@ pub fn mount(
     config.n_threads = Some(4);
     let session = fuser::spawn_mount(ShareFs(shared.clone()), dir, &config)?;
     set_read_ahead(dir, shared.cfg.read_ahead_kb);
+    if shared.cache.enabled() && shared.key.is_none() {
+        let s = shared.clone();
+        std::thread::spawn(move || s.cache.run(&s.node.shares.store, &s.closed));
+    }
     if shared.key.is_some() {
         let s = shared.clone();
         std::thread::spawn(move || publisher(s));
@@ -1267,6 +1403,21 @@ impl ShareFs {
 }
 
 impl Filesystem for ShareFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        if self.0.cache.enabled() && self.0.key.is_none() {
+            // Depth 2: the data dir may itself be on a stacked filesystem (overlayfs).
+            let ok = config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            self.0.passthrough.store(ok, Ordering::Relaxed);
+            if !ok {
+                tracing::info!("the kernel does not offer FUSE passthrough: every read goes through ccbt");
+            }
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = self.0.tree.lock().unwrap();
         let Some(ino) = name
@@ -1354,20 +1505,18 @@ impl Filesystem for ShareFs {
                 Err(e) => return reply.error(e),
             }
         }
+        drop(t);
         let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.0.handles.lock().unwrap().insert(
-            fh,
-            Handle {
-                content: content.clone(),
-                size,
-                last_end: 0,
-                ahead: 0,
-            },
-        );
+        let (mode, backing) = self.0.io_mode(ino.0, &content, size, wants_write, &n.path, &reply);
         // Published content never changes under a root, so the kernel may keep what it cached
-        // the last time this inode was opened with the same root.
-        let flags = match &content {
-            Content::Cas(root) => {
+        // the last time this inode was opened with the same root. Opens that bypass the page
+        // cache (passthrough, direct) make the next cached open start afresh.
+        let flags = match (&content, mode) {
+            (_, IoMode::Direct) => {
+                self.0.opened_roots.lock().unwrap().remove(&ino.0);
+                FopenFlags::FOPEN_DIRECT_IO
+            }
+            (Content::Cas(root), IoMode::Cached) => {
                 let root = *root;
                 let mut r = self.0.opened_roots.lock().unwrap();
                 match r.insert(ino.0, root) {
@@ -1375,12 +1524,25 @@ impl Filesystem for ShareFs {
                     _ => FopenFlags::empty(),
                 }
             }
-            Content::Overlay { .. } => {
+            _ => {
                 self.0.opened_roots.lock().unwrap().remove(&ino.0);
                 FopenFlags::empty()
             }
         };
-        reply.opened(FileHandle(fh), flags);
+        self.0.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                mode,
+                content,
+                size,
+                last_end: 0,
+                ahead: 0,
+            },
+        );
+        match backing {
+            Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+            None => reply.opened(FileHandle(fh), flags),
+        }
     }
 
     fn read(
@@ -1503,14 +1665,21 @@ impl Filesystem for ShareFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<fuser::LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.handles.lock().unwrap().remove(&fh.0);
+        let h = self.0.handles.lock().unwrap().remove(&fh.0);
+        if let Some(h) = h {
+            self.0.io_closed(ino.0, h.mode);
+            // Read through the daemon: once its chunks are all here, later opens can pass through.
+            if let (IoMode::Cached, Content::Cas(root), None) = (h.mode, &h.content, &self.0.key) {
+                self.0.cache.want(*root, h.size, &format!("inode {}", ino.0));
+            }
+        }
         self.0.request_publish();
         reply.ok();
     }
@@ -1619,22 +1788,22 @@ impl Filesystem for ShareFs {
                 let content = t.nodes[&ino].content.clone();
                 self.0.changed(&t);
                 let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
+                let mode = self.0.io_daemon(ino);
                 self.0.handles.lock().unwrap().insert(
                     fh,
                     Handle {
+                        mode,
                         content,
                         size: 0,
                         last_end: 0,
                         ahead: 0,
                     },
                 );
-                reply.created(
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                );
+                let flags = match mode {
+                    IoMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+                    _ => FopenFlags::empty(),
+                };
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), flags);
             }
             Err(e) => reply.error(e),
         }

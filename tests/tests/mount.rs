@@ -587,3 +587,100 @@ fn magnet_mount_fetches_metadata_then_streams() {
     assert!(same_file(&data.join("song.flac"), &m.join("song.flac")));
     unmount(&mut g);
 }
+
+/// On a read-only mount, files of 1 MiB or more whose chunks are all local get a copy in
+/// `<data dir>/fscache`; later opens hand it to the kernel (FUSE passthrough). A new version, files
+/// held open across it and the owner's writes must never see the wrong bytes.
+#[test]
+fn large_local_files_pass_through_to_a_local_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    make_tree(&src, &[("big.bin", 3 << 20), ("small.txt", 100)]);
+    let adata = t.path().join("A");
+    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
+        .trim()
+        .to_string();
+    let ma = t.path().join("mA");
+    let (_a, alisten) = mount(&adata, &id, &ma, &["--log-level", "info"], &t.path().join("A.log"));
+    let bdata = t.path().join("B");
+    let mb = t.path().join("mB");
+    let log = t.path().join("B.log");
+    let (mut guard, _) = mount(
+        &bdata,
+        &id,
+        &mb,
+        &["--peer", &alisten, "--log-level", "info"],
+        &log,
+    );
+    let cache = bdata.join("fscache");
+    let copies = || -> usize {
+        std::fs::read_dir(&cache)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.metadata().map(|m| m.len() == 3 << 20).unwrap_or(false))
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let passes = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("big.bin: reads pass through to its local copy")
+            .count()
+    };
+    let mut want = std::fs::read(src.join("big.bin")).unwrap();
+    // The first open reads (and fetches) through ccbt; once every chunk is here, a copy follows.
+    assert_eq!(std::fs::read(mb.join("big.bin")).unwrap(), want);
+    wait_until(30.0, "the local copy", || copies() == 1);
+    // The next open passes through and reads the same bytes.
+    let held = std::fs::File::open(mb.join("big.bin")).unwrap();
+    let mut buf = vec![0u8; 65536];
+    held.read_exact_at(&mut buf, 1_500_000).unwrap();
+    assert_eq!(buf, want[1_500_000..1_500_000 + 65536]);
+    wait_until(10.0, "the passthrough log line", || passes() == 1);
+    // The owner edits the file while the follower holds it open through passthrough.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ma.join("big.bin"))
+        .unwrap()
+        .write_all_at(b"EDITED", 2 << 20)
+        .unwrap();
+    let old = want[2 << 20..(2 << 20) + 6].to_vec();
+    want[2 << 20..(2 << 20) + 6].copy_from_slice(b"EDITED");
+    wait_until(30.0, "the follower to show the edit", || {
+        std::fs::read(mb.join("big.bin")).ok().as_deref() == Some(&want[..])
+    });
+    let mut six = [0u8; 6];
+    held.read_exact_at(&mut six, 2 << 20).unwrap();
+    assert_eq!(&six[..], &old[..], "an open reader keeps the version it opened");
+    drop(held);
+    // The new version gets its own copy and passes through too.
+    wait_until(30.0, "the new version's copy", || copies() == 2);
+    assert_eq!(std::fs::read(mb.join("big.bin")).unwrap(), want);
+    wait_until(10.0, "the second passthrough log line", || passes() == 2);
+    // Small files never get a copy.
+    assert_eq!(
+        std::fs::read(mb.join("small.txt")).unwrap(),
+        std::fs::read(src.join("small.txt")).unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    unmount(&mut guard);
+    // The owner's writable mount never copies, and with the cache off a follower does not either.
+    assert!(!adata.join("fscache").exists(), "the owner's mount made copies");
+    let conf = t.path().join("ccbt.toml");
+    std::fs::write(&conf, "[fs]\nfile_cache_mib = 0\n").unwrap();
+    std::fs::remove_dir_all(&cache).unwrap();
+    let (mut g2, _) = mount(
+        &bdata,
+        &id,
+        &mb,
+        &["--peer", &alisten, "--config", s(&conf)],
+        &t.path().join("B2.log"),
+    );
+    assert_eq!(std::fs::read(mb.join("big.bin")).unwrap(), want);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!cache.exists(), "no copies with file_cache_mib = 0");
+    unmount(&mut g2);
+}
