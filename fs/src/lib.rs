@@ -236,7 +236,9 @@ impl Shared {
         // file for writing while someone reads it.
         let root = match content {
             Content::Cas(r)
-                if self.key.is_none() && !wants_write && self.passthrough.load(Ordering::Relaxed) =>
+                if self.key.is_none()
+                    && !wants_write
+                    && self.passthrough.load(Ordering::Relaxed) =>
             {
                 *r
             }
@@ -1412,7 +1414,9 @@ impl Filesystem for ShareFs {
                 && config.set_max_stack_depth(2).is_ok();
             self.0.passthrough.store(ok, Ordering::Relaxed);
             if !ok {
-                tracing::info!("the kernel does not offer FUSE passthrough: every read goes through ccbt");
+                tracing::info!(
+                    "the kernel does not offer FUSE passthrough: every read goes through ccbt"
+                );
             }
         }
         Ok(())
@@ -1507,7 +1511,9 @@ impl Filesystem for ShareFs {
         }
         drop(t);
         let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
-        let (mode, backing) = self.0.io_mode(ino.0, &content, size, wants_write, &n.path, &reply);
+        let (mode, backing) = self
+            .0
+            .io_mode(ino.0, &content, size, wants_write, &n.path, &reply);
         // Published content never changes under a root, so the kernel may keep what it cached
         // the last time this inode was opened with the same root. Opens that bypass the page
         // cache (passthrough, direct) make the next cached open start afresh.
@@ -1677,7 +1683,9 @@ impl Filesystem for ShareFs {
             self.0.io_closed(ino.0, h.mode);
             // Read through the daemon: once its chunks are all here, later opens can pass through.
             if let (IoMode::Cached, Content::Cas(root), None) = (h.mode, &h.content, &self.0.key) {
-                self.0.cache.want(*root, h.size, &format!("inode {}", ino.0));
+                self.0
+                    .cache
+                    .want(*root, h.size, &format!("inode {}", ino.0));
             }
         }
         self.0.request_publish();

@@ -601,7 +601,13 @@ fn large_local_files_pass_through_to_a_local_copy() {
         .trim()
         .to_string();
     let ma = t.path().join("mA");
-    let (_a, alisten) = mount(&adata, &id, &ma, &["--log-level", "info"], &t.path().join("A.log"));
+    let (_a, alisten) = mount(
+        &adata,
+        &id,
+        &ma,
+        &["--log-level", "info"],
+        &t.path().join("A.log"),
+    );
     let bdata = t.path().join("B");
     let mb = t.path().join("mB");
     let log = t.path().join("B.log");
@@ -653,7 +659,11 @@ fn large_local_files_pass_through_to_a_local_copy() {
     });
     let mut six = [0u8; 6];
     held.read_exact_at(&mut six, 2 << 20).unwrap();
-    assert_eq!(&six[..], &old[..], "an open reader keeps the version it opened");
+    assert_eq!(
+        &six[..],
+        &old[..],
+        "an open reader keeps the version it opened"
+    );
     drop(held);
     // The new version gets its own copy and passes through too.
     wait_until(30.0, "the new version's copy", || copies() == 2);
@@ -668,7 +678,10 @@ fn large_local_files_pass_through_to_a_local_copy() {
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
     unmount(&mut guard);
     // The owner's writable mount never copies, and with the cache off a follower does not either.
-    assert!(!adata.join("fscache").exists(), "the owner's mount made copies");
+    assert!(
+        !adata.join("fscache").exists(),
+        "the owner's mount made copies"
+    );
     let conf = t.path().join("ccbt.toml");
     std::fs::write(&conf, "[fs]\nfile_cache_mib = 0\n").unwrap();
     std::fs::remove_dir_all(&cache).unwrap();
