@@ -23,11 +23,14 @@ use std::time::{Duration, Instant, SystemTime};
 /// Files smaller than this stay on the FUSE path (a copy would not pay off).
 pub(crate) const MIN_SIZE: u64 = 1 << 20;
 
+/// Contents waiting to be materialized (root, size, name for logs), and the set of those queued or
+/// being written.
+type Queue = (VecDeque<(XetHash, u64, String)>, HashSet<XetHash>);
+
 pub(crate) struct FileCache {
     dir: PathBuf,
     budget: u64,
-    /// Contents waiting to be materialized, and the set of those queued or being written.
-    queue: Mutex<(VecDeque<(XetHash, u64, String)>, HashSet<XetHash>)>,
+    queue: Mutex<Queue>,
     cv: Condvar,
 }
 
