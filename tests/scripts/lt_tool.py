@@ -46,16 +46,19 @@ def check(path, save):
     h = s.add_torrent(atp)
     h.force_recheck()
     h.resume()
+    # Done when libtorrent says the check finished (torrent_checked_alert); a partial download then
+    # sits in "downloading" with no peers, so the state alone cannot tell.
     deadline = time.time() + 300
-    while time.time() < deadline:
-        st = h.status()
-        if st.state not in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data,
-                            lt.torrent_status.allocating) and st.progress_ppm in (0, 1000000) \
-                and time.time() > deadline - 298:
-            break
-        time.sleep(0.1)
+    errors, checked = [], False
+    while time.time() < deadline and not checked:
+        for a in s.pop_alerts():
+            if isinstance(a, lt.torrent_checked_alert):
+                checked = True
+            if a.category() & lt.alert.category_t.error_notification:
+                errors.append(a.message())
+        time.sleep(0.05)
     st = h.status()
-    errors = [a.message() for a in s.pop_alerts() if a.category() & lt.alert.category_t.error_notification]
+    errors += [a.message() for a in s.pop_alerts() if a.category() & lt.alert.category_t.error_notification]
     return dict(num_pieces=ti.num_pieces(), pieces_have=st.num_pieces, is_seeding=st.is_seeding,
                 state=str(st.state), errors=errors)
 
