@@ -1682,7 +1682,8 @@ impl Filesystem for ShareFs {
         if let Some(h) = h {
             self.0.io_closed(ino.0, h.mode);
             // Read through the daemon: once its chunks are all here, later opens can pass through.
-            if let (IoMode::Cached, Content::Cas(root), None) = (h.mode, &h.content, &self.0.key) {
+            let passes = self.0.key.is_none() && self.0.passthrough.load(Ordering::Relaxed);
+            if let (IoMode::Cached, Content::Cas(root), true) = (h.mode, &h.content, passes) {
                 self.0
                     .cache
                     .want(*root, h.size, &format!("inode {}", ino.0));
