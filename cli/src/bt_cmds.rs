@@ -444,6 +444,7 @@ fn run(ctx: &Ctx, job: Job) -> Result<()> {
                     "hash_failures": s.hash_failures, "banned_peers": s.banned,
                     "resumed_pieces": s.resumed_pieces, "rechecked": s.rechecked,
                     "tracker_errors": s.tracker_errors, "tracker_ok": s.tracker_ok,
+                    "error": s.error,
                 })
             );
         } else if !quiet {
@@ -457,6 +458,9 @@ fn run(ctx: &Ctx, job: Job) -> Result<()> {
                 secs,
                 human_bytes((s.downloaded as f64 / secs.max(1e-3)) as u64)
             );
+        }
+        if let Some(e) = &s.error {
+            bail!("{e}; the verified pieces are kept: free space (or fix the disk) and continue with `ccbt resume {ih}`");
         }
         if !s.complete && !job.seeding_only {
             if interrupted {

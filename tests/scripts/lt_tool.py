@@ -52,7 +52,8 @@ def check(path, save):
     errors, checked = [], False
     while time.time() < deadline and not checked:
         for a in s.pop_alerts():
-            if isinstance(a, lt.torrent_checked_alert):
+            # A fatal disk error pauses the check for good: report it rather than wait.
+            if isinstance(a, (lt.torrent_checked_alert, lt.torrent_error_alert)):
                 checked = True
             if a.category() & lt.alert.category_t.error_notification:
                 errors.append(a.message())

@@ -1040,3 +1040,96 @@ fn lying_metadata_peer_is_ignored_and_honest_metadata_wins() {
     assert_eq!(r["complete"], true, "{r}");
     fx.assert_same(&dl, FILES);
 }
+
+/// Unmounts a tmpfs on drop (a failed test must not leave it behind).
+struct TmpfsGuard(PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A download onto a disk that fills up stops with a clear error instead of fetching the same
+/// pieces forever; the pieces already verified stay valid, and once there is room `ccbt resume`
+/// finishes the download byte-exact.
+#[test]
+fn full_disk_stops_with_a_clear_error_and_resume_finishes() {
+    let files: &[(&str, usize)] = &[("big.bin", 24 << 20)];
+    let fx = fixture("v1", &[], files, "256K");
+    let (_seed, listen) = fx.ccbt_seed("seed-f", &["--no-trackers"], 60);
+    let small = fx.root.join("small-disk");
+    std::fs::create_dir_all(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs", s(&small)])
+        .status()
+        .unwrap();
+    assert!(st.success(), "cannot mount a tmpfs (the tests run as root)");
+    let _g = TmpfsGuard(small.clone());
+    let data = fx.root.join("d");
+    let mut child = Command::new(ccbt_bin())
+        .args([
+            "--json",
+            "--data-dir",
+            s(&data),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&small),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &listen,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the download onto a full disk did not stop within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a download onto a full disk must fail");
+    assert!(
+        err.contains("No space left on device") && err.contains("ccbt resume"),
+        "unclear error: {err}"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let have = v["pieces_have"].as_u64().unwrap();
+    assert!(have > 0 && have < 96, "{v}");
+    // Room again (libtorrent's mmap reads of the file's holes fault on a full tmpfs). The pieces
+    // ccbt counted are on disk and valid (libtorrent's own count), and resume finishes.
+    assert!(Command::new("mount")
+        .args(["-o", "remount,size=64m", s(&small)])
+        .status()
+        .unwrap()
+        .success());
+    let check = lt_tool(&["check", s(&fx.torrent), s(&small)]);
+    assert!(
+        check["pieces_have"].as_u64().unwrap() >= have,
+        "{check} vs {v}"
+    );
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&data),
+            "resume",
+            &fx.v1(),
+            "--peer",
+            &listen,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    assert!(r["resumed_pieces"].as_u64().unwrap() >= have, "{r}");
+    fx.assert_same(&small, files);
+}

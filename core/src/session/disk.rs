@@ -132,8 +132,12 @@ fn worker(mut rx: mpsc::Receiver<Job>) {
                     write_failed: false,
                 });
                 if let Err(e) = t.storage.write(off + begin as u64, &data) {
-                    tracing::error!("cannot write piece {piece}: {e}");
                     p.write_failed = true;
+                    let mut de = t.disk_error.lock().unwrap();
+                    if de.is_none() {
+                        *de = Some(format!("cannot write piece {piece} to disk: {e}"));
+                        t.wake.notify_one();
+                    }
                 }
                 p.received += data.len() as u64;
                 *p.from.entry(from).or_default() += 1;

@@ -137,6 +137,8 @@ pub struct Stats {
     pub tracker_ok: u64,
     pub wire_in: u64,
     pub wire_out: u64,
+    /// Why the torrent stopped on its own (a disk that cannot be written), if it did.
+    pub error: Option<String>,
 }
 
 pub(crate) enum Cmd {
@@ -200,6 +202,9 @@ pub(crate) struct TorrentShared {
     pub stopping: AtomicBool,
     /// Wakes the driver at once (the last piece verified) instead of at its next tick.
     pub wake: tokio::sync::Notify,
+    /// The first failed write (a full disk, say): the torrent stops with it rather than fetch
+    /// the same pieces again and again.
+    pub disk_error: Mutex<Option<String>>,
     /// Every byte read from / written to this torrent's peer sockets (protocol overhead included).
     pub wire_in: AtomicU64,
     pub wire_out: AtomicU64,
@@ -454,6 +459,7 @@ impl Session {
             state: Mutex::new(state),
             stopping: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            disk_error: Mutex::new(None),
             wire_in: AtomicU64::new(0),
             wire_out: AtomicU64::new(0),
             resumed_pieces: resumed,
@@ -596,6 +602,7 @@ fn stats(t: &TorrentShared) -> Stats {
         tracker_ok: s.tracker_ok,
         wire_in: t.wire_in.load(Ordering::Relaxed),
         wire_out: t.wire_out.load(Ordering::Relaxed),
+        error: t.disk_error.lock().unwrap().clone(),
     }
 }
 
@@ -813,6 +820,10 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
             _ = t.wake.notified() => {}
         }
         if *stop.borrow() {
+            break;
+        }
+        if let Some(e) = t.disk_error.lock().unwrap().clone() {
+            tracing::error!("{}: stopping: {e}", t.meta.name);
             break;
         }
         // Rates from byte deltas over the time since the last update (a wake-up can come early).
