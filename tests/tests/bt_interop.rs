@@ -418,9 +418,14 @@ fn swarm_of_libtorrent_ccbt_and_aria2() {
     for i in 0..3 {
         let dl = fx.root.join(format!("ccbt{i}"));
         let listen = format!("127.0.0.1:{}", free_port());
+        // Each leecher writes and hashes with a different number of disk workers (0 = per core).
+        let conf = fx.root.join(format!("ccbt{i}.toml"));
+        std::fs::write(&conf, format!("[disk]\nhash_workers = {}\n", [0, 1, 3][i])).unwrap();
         let g = spawn_ccbt(
             &[
                 "--json",
+                "--config",
+                s(&conf),
                 "--data-dir",
                 s(&fx.root.join(format!("d{i}"))),
                 "download",
