@@ -160,6 +160,9 @@ struct Edits {
 /// Chunk hashes remembered as verified (32 bytes each) before the set starts over.
 const VERIFIED_MAX: usize = 1 << 18;
 
+/// How often a read-only mount makes the chunks it fetched durable.
+const CACHE_COMMIT: Duration = Duration::from_secs(2);
+
 /// Chunks kept in the read cache (up to 128 KiB each).
 const CHUNK_CACHE: usize = 64;
 /// Parsed nodes kept before the node cache is cleared.
@@ -202,6 +205,9 @@ impl Drop for Mounted {
         self.shared.wake.notify_all();
         if let Some(s) = self.session.take() {
             let _ = s.umount_and_join();
+        }
+        if let Err(e) = self.shared.node.shares.store.commit_cached() {
+            tracing::warn!("cannot index the chunks read: {e}");
         }
     }
 }
@@ -1081,11 +1087,19 @@ fn publisher(s: Arc<Shared>) {
 /// Watches for newer heads (read-only mounts) and swaps the tree.
 fn follower(s: Arc<Shared>) {
     let mut rx = s.node.subscribe();
+    let mut last_commit = Instant::now();
     loop {
         // Polling keeps this thread independent of the runtime's lifetime.
         let next = rx.try_recv();
         if s.closed.load(Ordering::Relaxed) {
             return;
+        }
+        // Chunks fetched for reads become durable (flushed, then indexed) every few seconds.
+        if last_commit.elapsed() >= CACHE_COMMIT {
+            last_commit = Instant::now();
+            if let Err(e) = s.node.shares.store.commit_cached() {
+                tracing::warn!("cannot index the chunks read so far: {e}");
+            }
         }
         let Ok((share, seq)) = next else {
             std::thread::sleep(Duration::from_millis(50));
