@@ -71,6 +71,22 @@ fn unmount(g: &mut MountGuard) {
     }
 }
 
+/// Publishes `src` from node A (`<dir>/A`) and seeds it: the share id, A's listen address and the
+/// seeding process.
+fn publish_and_seed(dir: &Path, src: &Path) -> (String, String, ChildGuard) {
+    let adata = dir.join("A");
+    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(src)])
+        .trim()
+        .to_string();
+    let alisten = format!("127.0.0.1:{}", free_port());
+    let a = spawn_ccbt(
+        &["--data-dir", s(&adata), "seed", "--listen", &alisten],
+        &dir.join("A.log"),
+    );
+    wait_listening(&alisten, 20);
+    (id, alisten, a)
+}
+
 fn status(data: &Path) -> Value {
     ccbt_json(&["--data-dir", s(data), "status"])
 }
@@ -95,27 +111,7 @@ fn follower_mount_reads_lazily_and_exactly() {
         ],
     );
     std::fs::write(src.join("empty"), b"").unwrap();
-    let id = ccbt_ok(&[
-        "-q",
-        "--data-dir",
-        s(&t.path().join("A")),
-        "publish",
-        s(&src),
-    ])
-    .trim()
-    .to_string();
-    let alisten = format!("127.0.0.1:{}", free_port());
-    let _a = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&t.path().join("A")),
-            "seed",
-            "--listen",
-            &alisten,
-        ],
-        &t.path().join("A.log"),
-    );
-    wait_listening(&alisten, 20);
+    let (id, alisten, _a) = publish_and_seed(t.path(), &src);
     let mb = t.path().join("mB");
     let bdata = t.path().join("B");
     let (_b, _) = mount(
@@ -706,27 +702,7 @@ fn read_cache_survives_a_crash_after_its_commit() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     make_tree(&src, &[("a.bin", 6 << 20), ("b.bin", 6 << 20)]);
-    let id = ccbt_ok(&[
-        "-q",
-        "--data-dir",
-        s(&t.path().join("A")),
-        "publish",
-        s(&src),
-    ])
-    .trim()
-    .to_string();
-    let alisten = format!("127.0.0.1:{}", free_port());
-    let _a = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&t.path().join("A")),
-            "seed",
-            "--listen",
-            &alisten,
-        ],
-        &t.path().join("A.log"),
-    );
-    wait_listening(&alisten, 20);
+    let (id, alisten, _a) = publish_and_seed(t.path(), &src);
     let bdata = t.path().join("B");
     let mb = t.path().join("mB");
     let a = std::fs::read(src.join("a.bin")).unwrap();
