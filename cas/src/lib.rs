@@ -305,14 +305,9 @@ impl Store {
         Ok(true)
     }
 
-    /// Chunk bytes stored but not yet indexed (cached reads, or a version being written).
-    pub fn unindexed_chunks(&self) -> usize {
-        self.unindexed.lock().unwrap().len()
-    }
-
     /// Makes cached chunks durable: flushes their bytes, then writes their index entries.
     pub fn commit_cached(&self) -> Result<()> {
-        if self.unindexed_chunks() == 0 {
+        if self.unindexed.lock().unwrap().is_empty() {
             return Ok(());
         }
         self.commit_version(VersionBatch::default())

@@ -75,27 +75,25 @@ pub struct Picker {
 impl Picker {
     pub fn new(piece_length: u64, total: u64, have: Bitfield) -> Self {
         let n = have.len();
-        let mut want = Bitfield::new(n);
-        for i in 0..n {
-            if !have.get(i) {
-                want.set(i);
-            }
-        }
-        Picker {
+        let mut p = Picker {
             piece_length,
             total,
             have,
             availability: vec![0; n],
             priority: vec![1; n],
-            open: want.clone(),
-            want,
+            want: Bitfield::new(n),
+            open: Bitfield::new(n),
             partial: BTreeMap::new(),
             strategy: Strategy::RarestFirst,
             endgame_duplicates: 2,
             rr_cursor: 0,
             stream_from: None,
             seed: 0x9E37_79B9_7F4A_7C15,
+        };
+        for i in 0..n as u32 {
+            p.refresh(i);
         }
+        p
     }
 
     pub fn set_strategy(&mut self, s: Strategy) {
@@ -282,7 +280,7 @@ impl Picker {
                     received: 0,
                 },
             );
-            self.open.clear(piece as usize);
+            self.refresh(piece);
             self.take_from(piece, max, 0, &mut out, already);
         }
         // 3. Endgame: nothing left unrequested; duplicate requests, rarest-requested first.

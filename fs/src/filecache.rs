@@ -10,11 +10,10 @@
 //! a `.tmp` file, removed at the next start.
 
 use ccbt_cas::Store;
-use ccbt_xet::hash::{chunk_hash, XetHash};
+use ccbt_xet::hash::XetHash;
 use ccbt_xet::tree;
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -107,7 +106,7 @@ impl FileCache {
             };
             let (root, size, name) = job;
             let t0 = Instant::now();
-            match self.materialize(store, root, size, closed) {
+            match self.materialize(store, root, size) {
                 Ok(true) => tracing::info!(
                     "{name}: local copy for passthrough reads written ({size} bytes in {:.2} s)",
                     t0.elapsed().as_secs_f64()
@@ -120,13 +119,7 @@ impl FileCache {
     }
 
     /// Writes the copy; `Ok(false)` if some chunk is not local (nothing is fetched for this).
-    fn materialize(
-        &self,
-        store: &Store,
-        root: XetHash,
-        size: u64,
-        closed: &AtomicBool,
-    ) -> std::io::Result<bool> {
+    fn materialize(&self, store: &Store, root: XetHash, size: u64) -> std::io::Result<bool> {
         let err = |e: tree::TreeError| std::io::Error::other(e.to_string());
         let spans = match tree::leaves(store, root, size) {
             Ok(s) => s,
@@ -143,26 +136,9 @@ impl FileCache {
         let dst = self.path(&root);
         let tmp = self.dir.join(format!("{}.tmp", root.to_hex()));
         let res = (|| {
+            // The store's own file writer: every chunk checked against its hash and length.
             let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-            for (_, h, len) in &spans {
-                if closed.load(Ordering::Relaxed) {
-                    return Err(std::io::Error::other("the mount went away"));
-                }
-                let ok = store
-                    .with_chunk(&h.0, |d| {
-                        if d.len() as u64 != *len || chunk_hash(d) != *h {
-                            return Ok(false);
-                        }
-                        w.write_all(d).map(|_| true)
-                    })
-                    .map_err(std::io::Error::other)?
-                    .transpose()?;
-                if ok != Some(true) {
-                    return Err(std::io::Error::other(format!(
-                        "chunk {h} is missing or damaged in the store"
-                    )));
-                }
-            }
+            tree::read_into(store, root, size, &mut w, false).map_err(err)?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
             if f.metadata()?.len() != size {
                 return Err(std::io::Error::other("the copy has the wrong length"));

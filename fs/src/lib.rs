@@ -71,26 +71,19 @@ struct Tree {
     seq: u64,
 }
 
-/// How the kernel was told to do I/O on an open file. Per inode, the kernel refuses to mix
-/// page-cached opens with passthrough ones, and every passthrough open of an inode must name the
-/// same backing file; direct I/O is neutral.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IoMode {
-    Cached,
-    Passthrough,
-    Direct,
-}
-
-/// Open files of one inode, by I/O mode.
+/// Open files of one inode on a mount that passes through. The kernel refuses to mix page-cached
+/// opens of an inode with passthrough ones, and all passthrough opens of an inode must name one
+/// backing file (on a read-only mount an inode's content never changes, so one copy serves all).
 #[derive(Default)]
 struct InodeIo {
     cached: u32,
-    /// The content root served by passthrough, its backing file, and how many opens use it.
-    passthrough: Option<(XetHash, Arc<fuser::BackingId>, u32)>,
+    /// The backing file and how many opens use it.
+    passthrough: Option<(Arc<fuser::BackingId>, u32)>,
 }
 
 struct Handle {
-    mode: IoMode,
+    /// The kernel reads this open from a local copy (the daemon never sees its reads).
+    passthrough: bool,
     content: Content,
     size: u64,
     last_end: u64,
@@ -146,7 +139,7 @@ struct Shared {
     cache: filecache::FileCache,
     /// The kernel agreed to FUSE passthrough at init.
     passthrough: AtomicBool,
-    /// Open files per inode by I/O mode (see [`IoMode`]).
+    /// Open files per inode, on mounts that pass through (see [`InodeIo`]).
     io: Mutex<HashMap<u64, InodeIo>>,
     /// Contents opened through passthrough so far (logged once each).
     passed: Mutex<std::collections::HashSet<XetHash>>,
@@ -225,50 +218,43 @@ fn errno(e: impl std::fmt::Display, code: Errno) -> Errno {
 }
 
 impl Shared {
-    /// Chooses how an open is served and counts it: passthrough when the content has a local
-    /// copy and the inode has no page-cached opens; direct I/O when the inode already passes
-    /// through a different version; else the page-cached path through the daemon.
-    fn io_mode(
+    /// Only read-only mounts pass through: the kernel requires every open of an inode with a
+    /// backing file to pass through to that same file, so an owner could not open a file for
+    /// writing while someone reads it.
+    fn passes(&self) -> bool {
+        self.key.is_none() && self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// The backing file for an open to pass through to: the content's local copy, unless the
+    /// inode has page-cached opens. Counts the open either way, and asks for a copy when there
+    /// is none.
+    fn open_backing(
         &self,
         ino: u64,
         content: &Content,
         size: u64,
-        wants_write: bool,
         name: &str,
         reply: &ReplyOpen,
-    ) -> (IoMode, Option<Arc<fuser::BackingId>>) {
-        // Only read-only mounts pass through: the kernel requires every open of an inode that
-        // has a backing file to pass through to that same file, so an owner could not open a
-        // file for writing while someone reads it.
-        let root = match content {
-            Content::Cas(r)
-                if self.key.is_none()
-                    && !wants_write
-                    && self.passthrough.load(Ordering::Relaxed) =>
-            {
-                *r
-            }
-            _ => return (self.io_daemon(ino), None),
+    ) -> Option<Arc<fuser::BackingId>> {
+        let (Content::Cas(root), true) = (content, self.passes()) else {
+            return None;
         };
         let mut io = self.io.lock().unwrap();
         let e = io.entry(ino).or_default();
-        if let Some((r, b, n)) = &mut e.passthrough {
-            if *r == root {
-                *n += 1;
-                return (IoMode::Passthrough, Some(b.clone()));
-            }
-            return (IoMode::Direct, None);
+        if let Some((b, n)) = &mut e.passthrough {
+            *n += 1;
+            return Some(b.clone());
         }
         if e.cached == 0 {
-            if let Some(f) = self.cache.open(&root, size) {
+            if let Some(f) = self.cache.open(root, size) {
                 match reply.open_backing(&f) {
                     Ok(b) => {
                         let b = Arc::new(b);
-                        e.passthrough = Some((root, b.clone(), 1));
-                        if self.passed.lock().unwrap().insert(root) {
+                        e.passthrough = Some((b.clone(), 1));
+                        if self.passed.lock().unwrap().insert(*root) {
                             tracing::info!("{name}: reads pass through to its local copy");
                         }
-                        return (IoMode::Passthrough, Some(b));
+                        return Some(b);
                     }
                     Err(err) => {
                         tracing::info!("{name}: passthrough refused ({err}); reading through ccbt");
@@ -277,38 +263,24 @@ impl Shared {
                 }
             }
         }
-        self.cache.want(root, size, name);
+        self.cache.want(*root, size, name);
         e.cached += 1;
-        (IoMode::Cached, None)
-    }
-
-    /// Counts an open served by the daemon: page-cached, or direct I/O while the inode passes
-    /// through.
-    fn io_daemon(&self, ino: u64) -> IoMode {
-        let mut io = self.io.lock().unwrap();
-        let e = io.entry(ino).or_default();
-        if e.passthrough.is_some() {
-            return IoMode::Direct;
-        }
-        e.cached += 1;
-        IoMode::Cached
+        None
     }
 
     /// An open file of `ino` was released.
-    fn io_closed(&self, ino: u64, mode: IoMode) {
+    fn io_closed(&self, ino: u64, passthrough: bool) {
         let mut io = self.io.lock().unwrap();
         let Some(e) = io.get_mut(&ino) else { return };
-        match mode {
-            IoMode::Cached => e.cached = e.cached.saturating_sub(1),
-            IoMode::Passthrough => {
-                if let Some((_, _, n)) = &mut e.passthrough {
-                    *n -= 1;
-                    if *n == 0 {
-                        e.passthrough = None; // drops the backing id
-                    }
+        if passthrough {
+            if let Some((_, n)) = &mut e.passthrough {
+                *n -= 1;
+                if *n == 0 {
+                    e.passthrough = None; // drops the backing id
                 }
             }
-            IoMode::Direct => {}
+        } else {
+            e.cached = e.cached.saturating_sub(1);
         }
         if e.cached == 0 && e.passthrough.is_none() {
             io.remove(&ino);
@@ -1525,18 +1497,11 @@ impl Filesystem for ShareFs {
         }
         drop(t);
         let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
-        let (mode, backing) = self
-            .0
-            .io_mode(ino.0, &content, size, wants_write, &n.path, &reply);
+        let backing = self.0.open_backing(ino.0, &content, size, &n.path, &reply);
         // Published content never changes under a root, so the kernel may keep what it cached
-        // the last time this inode was opened with the same root. Opens that bypass the page
-        // cache (passthrough, direct) make the next cached open start afresh.
-        let flags = match (&content, mode) {
-            (_, IoMode::Direct) => {
-                self.0.opened_roots.lock().unwrap().remove(&ino.0);
-                FopenFlags::FOPEN_DIRECT_IO
-            }
-            (Content::Cas(root), IoMode::Cached) => {
+        // the last time this inode was opened with the same root.
+        let flags = match &content {
+            Content::Cas(root) => {
                 let root = *root;
                 let mut r = self.0.opened_roots.lock().unwrap();
                 match r.insert(ino.0, root) {
@@ -1544,7 +1509,7 @@ impl Filesystem for ShareFs {
                     _ => FopenFlags::empty(),
                 }
             }
-            _ => {
+            Content::Overlay { .. } => {
                 self.0.opened_roots.lock().unwrap().remove(&ino.0);
                 FopenFlags::empty()
             }
@@ -1552,7 +1517,7 @@ impl Filesystem for ShareFs {
         self.0.handles.lock().unwrap().insert(
             fh,
             Handle {
-                mode,
+                passthrough: backing.is_some(),
                 content,
                 size,
                 last_end: 0,
@@ -1694,10 +1659,10 @@ impl Filesystem for ShareFs {
     ) {
         let h = self.0.handles.lock().unwrap().remove(&fh.0);
         if let Some(h) = h {
-            self.0.io_closed(ino.0, h.mode);
+            self.0.io_closed(ino.0, h.passthrough);
             // Read through the daemon: once its chunks are all here, later opens can pass through.
-            let passes = self.0.key.is_none() && self.0.passthrough.load(Ordering::Relaxed);
-            if let (IoMode::Cached, Content::Cas(root), true) = (h.mode, &h.content, passes) {
+            if let (false, Content::Cas(root), true) = (h.passthrough, &h.content, self.0.passes())
+            {
                 self.0
                     .cache
                     .want(*root, h.size, &format!("inode {}", ino.0));
@@ -1811,22 +1776,23 @@ impl Filesystem for ShareFs {
                 let content = t.nodes[&ino].content.clone();
                 self.0.changed(&t);
                 let fh = self.0.next_fh.fetch_add(1, Ordering::Relaxed);
-                let mode = self.0.io_daemon(ino);
                 self.0.handles.lock().unwrap().insert(
                     fh,
                     Handle {
-                        mode,
+                        passthrough: false,
                         content,
                         size: 0,
                         last_end: 0,
                         ahead: 0,
                     },
                 );
-                let flags = match mode {
-                    IoMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
-                    _ => FopenFlags::empty(),
-                };
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), flags);
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
             }
             Err(e) => reply.error(e),
         }

@@ -589,9 +589,10 @@ impl Conn {
             }
         }
         // Written and hashed by the disk pool; its verdict comes back through the state.
-        t.session
+        self.t
+            .session
             .disk
-            .write_block(t.clone(), index, begin, data, self.key)
+            .write_block(t, index, begin, data, self.key)
             .await;
         Ok(())
     }
