@@ -3,8 +3,9 @@
 //! The gear hash at a position depends only on the last 64 bytes (older bytes are shifted out of the
 //! u64), so a position is a *candidate* cut ("hit") independently of where chunks begin, and any cut
 //! rule can be applied to the list of hits afterwards. That lets the scan run as several independent
-//! lanes (instruction-level parallelism on one core, threads over regions on several) and still give
-//! exactly the boundaries of the byte-at-a-time definition, whatever way the input was split.
+//! lanes (instruction-level parallelism on one core, see [`crate::gear`]; threads over regions on
+//! several) and still give exactly the boundaries of the byte-at-a-time definition, whatever way
+//! the input was split.
 
 /// The gearhash crate's default table (DESIGN.md §3 fixes it).
 pub use gearhash::DEFAULT_TABLE as GEAR;
@@ -16,54 +17,48 @@ pub const MASK: u64 = 0xFFFF_0000_0000_0000;
 /// Bytes of history that determine the gear hash.
 pub const WINDOW: usize = 64;
 
-#[inline(always)]
-fn step(h: u64, b: u8) -> u64 {
-    (h << 1).wrapping_add(GEAR[b as usize])
-}
-
-/// Lanes scanned together; 4 independent dependency chains keep one core's ALUs busy.
-const LANES: usize = 4;
+use crate::gear::{scan4, step};
 
 /// Appends to `out` every position `p` in `from..to` (indices into `data`) where the gear hash of
 /// `data[..=p]` has `h & MASK == 0`. The hash at `p` is exact when `p >= 63` (or when `data` begins
 /// a chunk and only positions at least [`MIN_CHUNK`] into it matter).
 pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
     debug_assert!(from <= to && to <= data.len());
-    let n = to - from;
-    let lane_len = n / LANES;
+    // Lanes begin 64 bytes early so their first positions are exact; the start of `data` has no
+    // such history, so its first positions go through the scalar loop.
+    let lanes_from = from.max(WINDOW.min(to));
+    scan_scalar(data, from, lanes_from, out);
+    let n = to - lanes_from;
+    let lane_len = n / 4;
     if lane_len < 4 * WINDOW {
-        scan_scalar(data, from, to, out);
+        scan_scalar(data, lanes_from, to, out);
         return;
     }
-    let starts: [usize; LANES] = core::array::from_fn(|k| from + k * lane_len);
-    let mut h = [0u64; LANES];
-    // Warm each lane up on the 64 bytes before its range so its first positions are exact.
-    for k in 0..LANES {
-        for &b in &data[starts[k].saturating_sub(WINDOW)..starts[k]] {
-            h[k] = step(h[k], b);
-        }
-    }
-    let mut lane_hits: [Vec<usize>; LANES] = Default::default();
-    lanes4(
-        [
-            &data[starts[0]..starts[0] + lane_len],
-            &data[starts[1]..starts[1] + lane_len],
-            &data[starts[2]..starts[2] + lane_len],
-            &data[starts[3]..starts[3] + lane_len],
-        ],
+    let start = lanes_from - WINDOW;
+    let mut h = [0u64; 4];
+    let mut lane_hits: [Vec<usize>; 4] = Default::default();
+    scan4(
+        data,
+        start,
+        lane_len,
+        lane_len + WINDOW,
         &mut h,
-        &mut |k, t| lane_hits[k].push(starts[k] + t),
+        &mut |k, t| {
+            if t >= WINDOW {
+                lane_hits[k].push(start + k * lane_len + t);
+            }
+        },
     );
     for hits in &lane_hits {
         out.extend_from_slice(hits);
     }
     // The remainder after the last lane continues lane 3's hash.
-    let mut hh = h[LANES - 1];
+    let mut hh = h[3];
     for (p, &b) in data
         .iter()
         .enumerate()
         .take(to)
-        .skip(from + LANES * lane_len)
+        .skip(lanes_from + 4 * lane_len)
     {
         hh = step(hh, b);
         if hh & MASK == 0 {
@@ -72,36 +67,10 @@ pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
     }
 }
 
-/// The hot loop: four independent gear-hash chains over equal-length slices. Zipped iterators avoid
-/// bounds checks; hits (about one per 64 KiB) go through a cold out-of-line call so the loop keeps
-/// its registers.
-#[inline(always)]
-fn lanes4(s: [&[u8]; 4], h: &mut [u64; 4], hit: &mut dyn FnMut(usize, usize)) {
-    let [mut h0, mut h1, mut h2, mut h3] = *h;
-    let [s0, s1, s2, s3] = s;
-    for (t, (((&a, &b), &c), &d)) in s0.iter().zip(s1).zip(s2).zip(s3).enumerate() {
-        h0 = step(h0, a);
-        h1 = step(h1, b);
-        h2 = step(h2, c);
-        h3 = step(h3, d);
-        if (h0 & MASK == 0) | (h1 & MASK == 0) | (h2 & MASK == 0) | (h3 & MASK == 0) {
-            record_hits([h0, h1, h2, h3], t, hit);
-        }
-    }
-    *h = [h0, h1, h2, h3];
-}
-
-#[cold]
-#[inline(never)]
-fn record_hits(h: [u64; 4], t: usize, hit: &mut dyn FnMut(usize, usize)) {
-    for (k, v) in h.iter().enumerate() {
-        if v & MASK == 0 {
-            hit(k, t);
-        }
-    }
-}
-
 fn scan_scalar(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
+    if from == to {
+        return;
+    }
     let mut h = 0u64;
     for &b in &data[from.saturating_sub(WINDOW)..from] {
         h = step(h, b);

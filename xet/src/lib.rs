@@ -1,7 +1,7 @@
 //! `ccbt-xet`: the share layer.
 //!
 //! - [`chunker`]: Xet-compatible content-defined chunking (bit-identical to xet-core, DESIGN.md §3),
-//!   streaming, with a multi-lane scan.
+//!   streaming, with a multi-lane scan ([`gear`], the scan kernel).
 //! - [`hash`]: chunk hashes, the variable-branching Merkle tree, file hashes, the Xet hex form.
 //! - [`file`]: whole-file chunk + hash, streaming or on all cores, bounded memory.
 //! - [`head`]: share keys, share ids, BEP 44-signed heads.
@@ -13,6 +13,7 @@
 
 pub mod chunker;
 pub mod file;
+pub mod gear;
 pub mod hash;
 pub mod head;
 pub mod listing;
