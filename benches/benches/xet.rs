@@ -5,7 +5,7 @@
 
 use ccbt_xet::chunker::{chunk_reference, find_hits, resolve_cuts, Chunker};
 use ccbt_xet::hash::{chunk_hash, file_hash, merkle_root, Node};
-use ccbt_xet::{hash_bytes, hash_reader, hash_reader_parallel};
+use ccbt_xet::{hash_bytes, hash_file_parallel, hash_reader, hash_reader_parallel};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rayon::prelude::*;
 use std::io::Write;
@@ -116,7 +116,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("file/all-threads", |b| {
         b.iter(|| {
-            hash_reader_parallel(std::fs::File::open(&path).unwrap())
+            hash_file_parallel(&std::fs::File::open(&path).unwrap())
                 .unwrap()
                 .file_hash
         })

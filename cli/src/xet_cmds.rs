@@ -2,7 +2,7 @@
 
 use crate::Ctx;
 use anyhow::{Context, Result};
-use ccbt_xet::{hash_reader, hash_reader_parallel, FileDigest};
+use ccbt_xet::{hash_file_parallel, hash_reader, FileDigest};
 use clap::Args;
 use serde_json::json;
 use std::io::Write;
@@ -38,7 +38,7 @@ pub fn hash(ctx: &Ctx, a: HashArgs) -> Result<()> {
             let d = if a.single_thread {
                 hash_reader(f)
             } else {
-                hash_reader_parallel(f)
+                hash_file_parallel(&f)
             };
             d.with_context(|| format!("cannot read {}", p.display()))
         })();

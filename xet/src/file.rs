@@ -1,10 +1,12 @@
 //! Chunking and hashing whole files: a streaming single-thread hasher and a parallel one.
 //!
-//! Both stream with bounded memory. The parallel path reads fixed blocks on a reader thread, finds
-//! gear-hash hits over slices of each block on all cores, resolves the cut rule serially (hits are
-//! ~1 per 64 KiB, so that part is tiny), then hashes the chunks on all cores.
+//! All of them stream with bounded memory. The parallel paths find gear-hash hits over blocks on all
+//! cores (a hit depends only on the 64 bytes before it), resolve the cut rule in file order (hits
+//! are ~1 per 64 KiB, so that part is tiny), and hash the chunks on all cores. For files,
+//! [`hash_file_parallel`] lets each worker read, scan and hash its own blocks; for other readers,
+//! [`hash_reader_parallel`] reads on one thread.
 
-use crate::chunker::{find_hits, resolve_cuts, Chunker, MAX_CHUNK};
+use crate::chunker::{find_hits, resolve_cuts, Chunker, MAX_CHUNK, WINDOW};
 use crate::hash::{chunk_hash, file_hash, merkle_root, Node, XetHash};
 use rayon::prelude::*;
 use std::io::Read;
@@ -231,6 +233,141 @@ pub fn hash_reader_parallel_with<R: Read + Send>(
     })
 }
 
+/// Bytes per block of the parallel file hasher: a worker's block and its chunks' hashing stay in
+/// its core's L2 cache.
+pub const FILE_BLOCK: usize = 1 << 20;
+
+/// Chunk + hash of a file on all of rayon's threads (the `ccbt hash` path for files).
+///
+/// Workers take 1 MiB blocks in turn and read each with `pread`, so the copy out of the page cache
+/// is spread over the cores too. A worker scans its block for gear hits, waits until the block
+/// before it has placed its cuts (a moment: that happens right after that block's scan), places its
+/// own, and hashes the chunks that end in its block while the bytes are still in cache. Peak memory
+/// is about 1.2 MiB per thread. Hashes the first `len` bytes as they were when hashing started; a
+/// file that shrinks meanwhile is an error.
+pub fn hash_file_parallel(f: &std::fs::File) -> std::io::Result<FileDigest> {
+    let size = f.metadata()?.len();
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 || size < 2 * FILE_BLOCK as u64 {
+        return hash_reader(f);
+    }
+    let blocks = size.div_ceil(FILE_BLOCK as u64);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let turn = std::sync::Mutex::new(Turn {
+        block: 0,
+        open: 0,
+        failed: false,
+    });
+    let turned = std::sync::Condvar::new();
+    let results = std::sync::Mutex::new(Vec::with_capacity(blocks as usize));
+    let work = || -> std::io::Result<()> {
+        // Room in front of the block for the chunk that began in an earlier block.
+        const FRONT: usize = MAX_CHUNK;
+        let mut buf = vec![0u8; FRONT + FILE_BLOCK];
+        let mut hits = Vec::new();
+        let mut cuts = Vec::new();
+        loop {
+            let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if b >= blocks {
+                return Ok(());
+            }
+            let start = b * FILE_BLOCK as u64;
+            let len = (size - start).min(FILE_BLOCK as u64) as usize;
+            // With the 64 bytes before it, so the block's first positions hash exactly. (Block 0
+            // has none; its first positions cannot be cuts: MIN_CHUNK.)
+            let history = (start as usize).min(WINDOW);
+            read_exact_at(
+                f,
+                &mut buf[FRONT - history..FRONT + len],
+                start - history as u64,
+            )?;
+            hits.clear();
+            find_hits(&buf, FRONT, FRONT + len, &mut hits);
+            // Place this block's cuts once the block before has placed its own.
+            let open = {
+                let mut t = turn.lock().unwrap();
+                while t.block != b && !t.failed {
+                    t = turned.wait(t).unwrap();
+                }
+                if t.failed {
+                    return Ok(());
+                }
+                let open = t.open;
+                let lead = (start - open) as usize; // < MAX_CHUNK: a chunk is never longer
+                let rel: Vec<usize> = hits.iter().map(|&p| p - FRONT + lead).collect();
+                cuts.clear();
+                resolve_cuts(&rel, lead + len, b + 1 == blocks, &mut cuts);
+                t.open = open + cuts.last().copied().unwrap_or(0) as u64;
+                t.block += 1;
+                turned.notify_all();
+                open
+            };
+            if cuts.is_empty() {
+                continue;
+            }
+            // The bytes of the chunk that began before this block.
+            let lead = (start - open) as usize;
+            if lead > history {
+                read_exact_at(f, &mut buf[FRONT - lead..FRONT - history], open)?;
+            }
+            let region = &buf[FRONT - lead..FRONT + len];
+            let mut prev = 0;
+            let mut chunks = Vec::with_capacity(cuts.len());
+            for &c in &cuts {
+                chunks.push(ChunkInfo {
+                    offset: open + prev as u64,
+                    len: (c - prev) as u32,
+                    hash: chunk_hash(&region[prev..c]),
+                });
+                prev = c;
+            }
+            results.lock().unwrap().push((b, chunks));
+        }
+    };
+    let outcome: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = work();
+                    if r.is_err() {
+                        // Release the workers waiting for this one's turn.
+                        turn.lock().unwrap().failed = true;
+                        turned.notify_all();
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    outcome.into_iter().collect::<std::io::Result<()>>()?;
+    let mut per_block = results.into_inner().unwrap();
+    per_block.sort_unstable_by_key(|(b, _)| *b);
+    let chunks: Vec<ChunkInfo> = per_block.into_iter().flat_map(|(_, c)| c).collect();
+    Ok(FileDigest::from_chunks(size, chunks))
+}
+
+/// Whose turn it is to place cuts, and where the chunk open at that block's start began.
+struct Turn {
+    block: u64,
+    open: u64,
+    failed: bool,
+}
+
+fn read_exact_at(f: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, at).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file became shorter while it was being hashed; hash it again",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// Hits over `region` (which begins a chunk), split across rayon's threads.
 fn parallel_hits(region: &[u8], out: &mut Vec<usize>) {
     let parts = rayon::current_num_threads().max(1) * 2;
@@ -306,6 +443,40 @@ mod tests {
                 .map(|c| (c.offset + c.len as u64) as usize)
                 .collect();
             assert_eq!(ends, chunk_reference(&data));
+        }
+    }
+
+    #[test]
+    fn file_workers_equal_streaming() {
+        use std::io::Write;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(usize, u64); 5] = [
+            (2 * FILE_BLOCK, 1),          // exactly two blocks
+            (2 * FILE_BLOCK + 1, 2),      // a one-byte last block
+            (5 * FILE_BLOCK + 77_777, 3), // long zero runs: max-size chunks across blocks
+            (7 * FILE_BLOCK - 3, 4),
+            (3 * FILE_BLOCK, 5), // all zeros: max-size cuts only
+        ];
+        for (n, seed) in cases {
+            let mut data = vec![0u8; n];
+            if seed != 5 {
+                rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+            }
+            if seed == 3 {
+                data[FILE_BLOCK - 50_000..2 * FILE_BLOCK + 300_000].fill(0);
+            }
+            let path = dir.path().join(format!("f{seed}"));
+            std::fs::File::create(&path)
+                .unwrap()
+                .write_all(&data)
+                .unwrap();
+            let f = std::fs::File::open(&path).unwrap();
+            let got = pool.install(|| hash_file_parallel(&f)).unwrap();
+            assert_eq!(got, hash_bytes(&data), "n={n}");
         }
     }
 }

@@ -23,5 +23,8 @@ pub mod spare;
 pub mod sync;
 pub mod tree;
 
-pub use file::{hash_bytes, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest, FileHasher};
+pub use file::{
+    hash_bytes, hash_file_parallel, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest,
+    FileHasher,
+};
 pub use hash::{Node, XetHash};
