@@ -21,19 +21,19 @@ use crate::gear::{scan4, step};
 
 /// Appends to `out` every position `p` in `from..to` (indices into `data`) where the gear hash of
 /// `data[..=p]` has `h & MASK == 0`. The hash at `p` is exact when `p >= 63` (or when `data` begins
-/// a chunk and only positions at least [`MIN_CHUNK`] into it matter).
-pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
+/// a chunk and only positions at least [`MIN_CHUNK`] into it matter). Returns the hash at `to - 1`
+/// (exact under the same rule), so a caller can carry on from `to` without rehashing.
+pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) -> u64 {
     debug_assert!(from <= to && to <= data.len());
     // Lanes begin 64 bytes early so their first positions are exact; the start of `data` has no
     // such history, so its first positions go through the scalar loop.
     let lanes_from = from.max(WINDOW.min(to));
-    scan_scalar(data, from, lanes_from, out);
     let n = to - lanes_from;
     let lane_len = n / 4;
     if lane_len < 4 * WINDOW {
-        scan_scalar(data, lanes_from, to, out);
-        return;
+        return scan_scalar(data, from, to, out);
     }
+    scan_scalar(data, from, lanes_from, out);
     let start = lanes_from - WINDOW;
     let mut h = [0u64; 4];
     let mut lane_hits: [Vec<usize>; 4] = Default::default();
@@ -65,12 +65,10 @@ pub fn find_hits(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
             out.push(p);
         }
     }
+    hh
 }
 
-fn scan_scalar(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
-    if from == to {
-        return;
-    }
+fn scan_scalar(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) -> u64 {
     let mut h = 0u64;
     for &b in &data[from.saturating_sub(WINDOW)..from] {
         h = step(h, b);
@@ -81,6 +79,7 @@ fn scan_scalar(data: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
             out.push(p);
         }
     }
+    h
 }
 
 /// Applies the cut rule to sorted hits in a region that begins a chunk at offset 0 and ends at
@@ -166,7 +165,7 @@ impl Chunker {
             // Lane scan of the next block, bounded by the max-size cut.
             let n = BLOCK.min(buf.len() - i).min(MAX_CHUNK - self.len);
             hits.clear();
-            find_hits(buf, i, i + n, &mut hits);
+            let h = find_hits(buf, i, i + n, &mut hits);
             match hits.first() {
                 Some(&p) => {
                     self.len += p + 1 - i;
@@ -174,10 +173,7 @@ impl Chunker {
                     self.cut(base + i as u64, cuts);
                 }
                 None => {
-                    // Recompute the carried hash from the block's last 64 bytes (window property).
-                    self.h = buf[i + n - WINDOW..i + n]
-                        .iter()
-                        .fold(0, |h, &b| step(h, b));
+                    self.h = h;
                     i += n;
                     self.len += n;
                     if self.len == MAX_CHUNK {
