@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p ccbt-benches --bench xet` (set CCBT_BENCH_MIB to change the size).
 
+use ccbt_benches::{data, reference_file_hash};
 use ccbt_xet::chunker::{chunk_reference, find_hits, resolve_cuts, Chunker};
-use ccbt_xet::hash::{chunk_hash, file_hash, merkle_root, Node};
+use ccbt_xet::hash::chunk_hash;
 use ccbt_xet::{hash_bytes, hash_file_parallel, hash_reader, hash_reader_parallel};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rayon::prelude::*;
@@ -18,40 +19,9 @@ fn size() -> usize {
         << 20
 }
 
-fn data(n: usize) -> Vec<u8> {
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
-
-/// The baseline: the spec, byte at a time, one thread.
-fn reference_file_hash(d: &[u8]) -> [u8; 32] {
-    let cuts = chunk_reference(d);
-    let mut prev = 0;
-    let nodes: Vec<Node> = cuts
-        .iter()
-        .map(|&c| {
-            let n = Node {
-                hash: chunk_hash(&d[prev..c]),
-                size: (c - prev) as u64,
-            };
-            prev = c;
-            n
-        })
-        .collect();
-    file_hash(&merkle_root(&nodes), nodes.len()).0
-}
-
 fn bench(c: &mut Criterion) {
     let n = size();
-    let d = data(n);
+    let d = data(n, 0x1234_5678_9abc_def1);
     let mut g = c.benchmark_group("xet");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(n as u64));

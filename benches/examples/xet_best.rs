@@ -6,41 +6,12 @@
 //! hash a 1 GiB file in the page cache. Each row is compared with the byte-at-a-time reference of
 //! the same kind, measured in the same rounds.
 
+use ccbt_benches::{data, reference_file_hash};
 use ccbt_xet::chunker::{chunk_reference, Chunker};
-use ccbt_xet::hash::{chunk_hash, file_hash, merkle_root, Node};
+use ccbt_xet::hash::chunk_hash;
 use ccbt_xet::{hash_bytes, hash_file_parallel, hash_reader};
 use std::io::{Read, Write};
 use std::time::Instant;
-
-fn data(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
-
-/// The spec, byte at a time, one thread: the baseline.
-fn reference_file_hash(d: &[u8]) -> [u8; 32] {
-    let mut prev = 0;
-    let nodes: Vec<Node> = chunk_reference(d)
-        .iter()
-        .map(|&c| {
-            let n = Node {
-                hash: chunk_hash(&d[prev..c]),
-                size: (c - prev) as u64,
-            };
-            prev = c;
-            n
-        })
-        .collect();
-    file_hash(&merkle_root(&nodes), nodes.len()).0
-}
 
 fn main() {
     let rounds: usize = std::env::args()
