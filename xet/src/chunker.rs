@@ -7,6 +7,8 @@
 //! several) and still give exactly the boundaries of the byte-at-a-time definition, whatever way
 //! the input was split.
 
+use crate::gear::{scan4, step};
+
 /// The gearhash crate's default table (DESIGN.md §3 fixes it).
 pub use gearhash::DEFAULT_TABLE as GEAR;
 
@@ -16,8 +18,6 @@ pub const MAX_CHUNK: usize = 128 * 1024;
 pub const MASK: u64 = 0xFFFF_0000_0000_0000;
 /// Bytes of history that determine the gear hash.
 pub const WINDOW: usize = 64;
-
-use crate::gear::{scan4, step};
 
 /// Appends to `out` every position `p` in `from..to` (indices into `data`) where the gear hash of
 /// `data[..=p]` has `h & MASK == 0`. The hash at `p` is exact when `p >= 63` (or when `data` begins

@@ -264,8 +264,7 @@ pub fn hash_file_parallel(f: &std::fs::File) -> std::io::Result<FileDigest> {
         // Room in front of the block for the chunk that began in an earlier block.
         const FRONT: usize = MAX_CHUNK;
         let mut buf = vec![0u8; FRONT + FILE_BLOCK];
-        let mut hits = Vec::new();
-        let mut cuts = Vec::new();
+        let (mut hits, mut rel, mut cuts) = (Vec::new(), Vec::new(), Vec::new());
         loop {
             let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if b >= blocks {
@@ -284,7 +283,7 @@ pub fn hash_file_parallel(f: &std::fs::File) -> std::io::Result<FileDigest> {
             hits.clear();
             find_hits(&buf, FRONT, FRONT + len, &mut hits);
             // Place this block's cuts once the block before has placed its own.
-            let open = {
+            let (open, lead) = {
                 let mut t = turn.lock().unwrap();
                 while t.block != b && !t.failed {
                     t = turned.wait(t).unwrap();
@@ -294,19 +293,19 @@ pub fn hash_file_parallel(f: &std::fs::File) -> std::io::Result<FileDigest> {
                 }
                 let open = t.open;
                 let lead = (start - open) as usize; // < MAX_CHUNK: a chunk is never longer
-                let rel: Vec<usize> = hits.iter().map(|&p| p - FRONT + lead).collect();
+                rel.clear();
+                rel.extend(hits.iter().map(|&p| p - FRONT + lead));
                 cuts.clear();
                 resolve_cuts(&rel, lead + len, b + 1 == blocks, &mut cuts);
                 t.open = open + cuts.last().copied().unwrap_or(0) as u64;
                 t.block += 1;
                 turned.notify_all();
-                open
+                (open, lead)
             };
             if cuts.is_empty() {
                 continue;
             }
             // The bytes of the chunk that began before this block.
-            let lead = (start - open) as usize;
             if lead > history {
                 read_exact_at(f, &mut buf[FRONT - lead..FRONT - history], open)?;
             }
