@@ -942,7 +942,7 @@ fn publish(s: &Shared) -> Result<u64, String> {
                 let root = match inc {
                     Some(r) => r,
                     None => {
-                        tree::store_reader(store, f, true, &AtomicU64::new(0), &mut nodes)
+                        tree::store_file(store, &f, &AtomicU64::new(0), &mut nodes)
                             .map_err(|e| e.to_string())?
                             .merkle_root
                     }
@@ -967,7 +967,7 @@ fn publish(s: &Shared) -> Result<u64, String> {
     }
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let bytes = listing::encode(&entries);
-    let l = tree::store_reader(store, &bytes[..], false, &AtomicU64::new(0), &mut nodes)
+    let l = tree::store_reader(store, &bytes[..], &AtomicU64::new(0), &mut nodes)
         .map_err(|e| e.to_string())?;
     let rec = s
         .node

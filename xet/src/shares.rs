@@ -304,7 +304,6 @@ impl Shares {
         let listing = tree::store_reader(
             &self.store,
             &listing_bytes[..],
-            false,
             &AtomicU64::new(0),
             &mut nodes,
         )?;
@@ -392,7 +391,11 @@ impl Shares {
         let store_one = |e: &Entry, parallel: bool, nodes: &mut NodeList| -> Result<FileDigest> {
             let p = root.join(&e.path);
             let f = File::open(&p).map_err(io(&p))?;
-            let d = tree::store_reader(&self.store, f, parallel, progress, nodes)?;
+            let d = if parallel {
+                tree::store_file(&self.store, &f, progress, nodes)?
+            } else {
+                tree::store_reader(&self.store, f, progress, nodes)?
+            };
             let m = std::fs::symlink_metadata(&p).map_err(io(&p))?;
             if d.size != e.size || m.len() != e.size || mtime_of(&m) != e.mtime {
                 return Err(ShareError::Invalid(format!(

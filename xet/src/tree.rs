@@ -1,7 +1,7 @@
 //! Files in the CAS: a file is its Merkle tree (DESIGN.md §4). Storing chunks a file's bytes and
 //! collects its internal nodes; reading walks the tree from the root and verifies every chunk.
 
-use crate::file::{hash_reader_parallel_with, ChunkInfo, FileDigest, FileHasher};
+use crate::file::{hash_file_parallel_with, ChunkInfo, FileDigest, FileHasher};
 use crate::hash::{chunk_hash, internal_node, merkle_tree, node_text, Node, XetHash};
 use ccbt_cas::{CasError, ChunkBatch, Store};
 use std::collections::HashSet;
@@ -37,18 +37,14 @@ pub fn tree_nodes(chunks: &[ChunkInfo], out: &mut NodeList) -> XetHash {
     .hash
 }
 
-/// Chunks, hashes and stores a reader's bytes; only chunks the store lacks are written.
-/// `parallel` uses all cores (for big files). Returns the digest; nodes go to `nodes`.
-pub fn store_reader<R: Read + Send>(
+/// Chunks, hashes and stores a file on all cores; only chunks the store lacks are written. (Small
+/// files go through [`store_reader`]: many of them are stored in parallel, one per core.)
+pub fn store_file(
     store: &Store,
-    reader: R,
-    parallel: bool,
+    file: &std::fs::File,
     progress: &AtomicU64,
     nodes: &mut NodeList,
 ) -> Result<FileDigest, TreeError> {
-    if !parallel {
-        return store_small(store, reader, progress, nodes);
-    }
     // Hashing and store writes overlap: full batches go to a writer thread (two in flight at most,
     // which bounds memory), so the cores keep chunking while RocksDB copies bytes.
     let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkBatch>(1);
@@ -75,26 +71,7 @@ pub fn store_reader<R: Read + Send>(
                 err = Some(CasError::Corrupt("chunk writer stopped".into()));
             }
         };
-        let digest = if parallel {
-            hash_reader_parallel_with(reader, &mut sink)
-        } else {
-            let mut reader = reader;
-            let mut h = FileHasher::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut res = Ok(());
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => h.update_with(&buf[..n], &mut sink),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        res = Err(e);
-                        break;
-                    }
-                }
-            }
-            res.map(|_| h.finish_with(&mut sink))
-        };
+        let digest = hash_file_parallel_with(file, &mut sink);
         let _ = tx.send(batch);
         drop(tx);
         let written = writer.join().expect("chunk writer panicked");
@@ -109,9 +86,10 @@ pub fn store_reader<R: Read + Send>(
     })
 }
 
-/// The single-thread path for small inputs (many small files are stored in parallel, one per core):
-/// no writer thread and a modest buffer, since both would cost more than the file itself.
-fn store_small<R: Read>(
+/// Chunks, hashes and stores a reader's bytes on one thread; only chunks the store lacks are
+/// written. The path for small inputs (many small files are stored in parallel, one per core): no
+/// writer thread and a modest buffer, since both would cost more than the file itself.
+pub fn store_reader<R: Read>(
     store: &Store,
     mut reader: R,
     progress: &AtomicU64,
@@ -479,9 +457,9 @@ pub fn read_to_vec(store: &Store, root: XetHash, size: u64) -> Result<Vec<u8>, T
 mod tests {
     use super::*;
 
-    fn store_file(store: &Store, data: &[u8]) -> (XetHash, u64) {
+    fn store_bytes(store: &Store, data: &[u8]) -> (XetHash, u64) {
         let mut nodes = NodeList::new();
-        let d = store_reader(store, data, false, &AtomicU64::new(0), &mut nodes).unwrap();
+        let d = store_reader(store, data, &AtomicU64::new(0), &mut nodes).unwrap();
         for (h, t) in nodes {
             store.put_node(&h, &t).unwrap();
         }
@@ -508,7 +486,7 @@ mod tests {
                 .collect()
         };
         let base = rnd(12 << 20);
-        let old = store_file(&store, &base);
+        let old = store_bytes(&store, &base);
         let patch = rnd(300_000);
         type Edit = Box<dyn Fn(&mut Vec<u8>) -> Vec<(u64, u64)>>;
         let write_at = |at: usize, len: usize| -> Edit {
@@ -570,7 +548,7 @@ mod tests {
             for (h, t) in nodes {
                 store.put_node(&h, &t).unwrap();
             }
-            let full = store_file(&store, &f);
+            let full = store_bytes(&store, &f);
             assert_eq!(inc.root, full.0, "{name}");
             // Every byte readable from the store again.
             let mut back = std::io::Cursor::new(Vec::new());
@@ -600,7 +578,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        let old = store_file(&store, &base);
+        let old = store_bytes(&store, &base);
         let mut overwrite = base.clone();
         overwrite[12 << 20..(12 << 20) + 1024].fill(0xAB);
         let mut insert = base.clone();
@@ -611,7 +589,7 @@ mod tests {
             ("insert", insert),
             ("truncate", truncated),
         ] {
-            let new = store_file(&store, &new);
+            let new = store_bytes(&store, &new);
             let had: std::collections::HashSet<(u64, XetHash)> =
                 all_leaves(&store, old).iter().map(|l| (l.0, l.1)).collect();
             let want: Vec<Span> = all_leaves(&store, new)
