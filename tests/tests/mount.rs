@@ -73,11 +73,16 @@ fn unmount(g: &mut MountGuard) {
 
 /// Publishes `src` from node A (`<dir>/A`) and seeds it: the share id, A's listen address and the
 /// seeding process.
+/// `ccbt publish SRC` into the data dir `data`; returns the share id.
+fn publish(data: &Path, src: &Path) -> String {
+    ccbt_ok(&["-q", "--data-dir", s(data), "publish", s(src)])
+        .trim()
+        .to_string()
+}
+
 fn publish_and_seed(dir: &Path, src: &Path) -> (String, String, ChildGuard) {
     let adata = dir.join("A");
-    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(src)])
-        .trim()
-        .to_string();
+    let id = publish(&adata, src);
     let alisten = format!("127.0.0.1:{}", free_port());
     let a = spawn_ccbt(
         &["--data-dir", s(&adata), "seed", "--listen", &alisten],
@@ -190,9 +195,7 @@ fn owner_writes_show_up_on_the_follower() {
         ],
     );
     let adata = t.path().join("A");
-    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
-        .trim()
-        .to_string();
+    let id = publish(&adata, &src);
     let ma = t.path().join("mA");
     let (_a, alisten) = mount(&adata, &id, &ma, &[], &t.path().join("A.log"));
     let mb = t.path().join("mB");
@@ -288,9 +291,7 @@ fn posix_cases_on_the_owner_mount() {
     let src = t.path().join("src");
     make_tree(&src, &[("a.bin", 1 << 20), ("b.txt", 64)]);
     let adata = t.path().join("A");
-    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
-        .trim()
-        .to_string();
+    let id = publish(&adata, &src);
     let m = t.path().join("m");
     let (mut guard, _) = mount(&adata, &id, &m, &[], &t.path().join("A.log"));
     use std::io::{Read, Seek, SeekFrom, Write};
@@ -410,9 +411,7 @@ fn dirty_data_survives_a_crash_and_stale_mounts_are_reported() {
     let src = t.path().join("src");
     make_tree(&src, &[("a.txt", 100)]);
     let adata = t.path().join("A");
-    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
-        .trim()
-        .to_string();
+    let id = publish(&adata, &src);
     let m = t.path().join("m");
     let (mut guard, _) = mount(
         &adata,
@@ -593,9 +592,7 @@ fn large_local_files_pass_through_to_a_local_copy() {
     let src = t.path().join("src");
     make_tree(&src, &[("big.bin", 3 << 20), ("small.txt", 100)]);
     let adata = t.path().join("A");
-    let id = ccbt_ok(&["-q", "--data-dir", s(&adata), "publish", s(&src)])
-        .trim()
-        .to_string();
+    let id = publish(&adata, &src);
     let ma = t.path().join("mA");
     let (_a, alisten) = mount(
         &adata,
@@ -707,28 +704,17 @@ fn read_cache_survives_a_crash_after_its_commit() {
     let mb = t.path().join("mB");
     let a = std::fs::read(src.join("a.bin")).unwrap();
     let b = std::fs::read(src.join("b.bin")).unwrap();
+    let mount_b = |log: &str| mount(&bdata, &id, &mb, &["--peer", &alisten], &t.path().join(log));
     // Read a.bin, give the mount time to index it, crash.
     {
-        let (mut g, _) = mount(
-            &bdata,
-            &id,
-            &mb,
-            &["--peer", &alisten],
-            &t.path().join("B1.log"),
-        );
+        let (mut g, _) = mount_b("B1.log");
         assert_eq!(std::fs::read(mb.join("a.bin")).unwrap(), a);
         std::thread::sleep(Duration::from_secs(3));
         g.child.as_mut().unwrap().0.kill().unwrap();
     }
     // a.bin is local now: reading it again fetches nothing. Then read b.bin and crash at once.
     {
-        let (mut g, _) = mount(
-            &bdata,
-            &id,
-            &mb,
-            &["--peer", &alisten],
-            &t.path().join("B2.log"),
-        );
+        let (mut g, _) = mount_b("B2.log");
         let before = fetched(&bdata);
         assert_eq!(std::fs::read(mb.join("a.bin")).unwrap(), a);
         let moved = fetched(&bdata) - before;
@@ -740,13 +726,7 @@ fn read_cache_survives_a_crash_after_its_commit() {
         g.child.as_mut().unwrap().0.kill().unwrap();
     }
     // Whatever b.bin left behind, reads are exact (missing chunks are fetched again).
-    let (mut g, _) = mount(
-        &bdata,
-        &id,
-        &mb,
-        &["--peer", &alisten],
-        &t.path().join("B3.log"),
-    );
+    let (mut g, _) = mount_b("B3.log");
     assert_eq!(std::fs::read(mb.join("b.bin")).unwrap(), b);
     assert_eq!(std::fs::read(mb.join("a.bin")).unwrap(), a);
     unmount(&mut g);
