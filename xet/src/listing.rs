@@ -23,6 +23,22 @@ pub struct Entry {
     pub mtime: i64,
     /// Symlink target.
     pub target: Option<String>,
+    /// Permission bits (`0o777` at most) when they differ from the default that `executable`
+    /// implies (0644 or 0755 for files, 0755 for dirs). Optional key `o`: readers that do not know
+    /// it ignore it. Set-id and sticky bits and owners are never published (docs/architecture.md).
+    pub mode: Option<u32>,
+}
+
+impl Entry {
+    /// The permission bits a mount shows for this entry.
+    pub fn perm(&self) -> u32 {
+        match (self.mode, self.kind) {
+            (Some(m), _) => m & 0o777,
+            (None, Kind::File) if !self.executable => 0o644,
+            (None, Kind::Link) => 0o777,
+            (None, _) => 0o755,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,6 +82,9 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
                 ];
                 if let Some(t) = &e.target {
                     d.push(("l", OwnedValue::bytes(t.as_bytes())));
+                }
+                if let Some(m) = e.mode {
+                    d.push(("o", OwnedValue::Int((m & 0o777) as i64)));
                 }
                 OwnedValue::dict(d)
             })
@@ -131,6 +150,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, ListingError> {
             executable: int("x")? != 0,
             mtime: int("m")?,
             target,
+            mode: get("o").and_then(Value::as_int).map(|m| (m & 0o777) as u32),
         });
     }
     Ok(out)
@@ -149,6 +169,7 @@ mod tests {
             executable: false,
             mtime: 1,
             target: (kind == Kind::Link).then(|| "x".into()),
+            mode: None,
         }
     }
 
@@ -156,6 +177,10 @@ mod tests {
     fn roundtrip_and_rules() {
         let l = vec![e("a", Kind::Dir), e("a/b", Kind::File), e("c", Kind::Link)];
         assert_eq!(decode(&encode(&l)).unwrap(), l);
+        let mut m = vec![e("a", Kind::File)];
+        m[0].mode = Some(0o600);
+        assert_eq!(decode(&encode(&m)).unwrap()[0].perm(), 0o600);
+        assert_eq!(e("a", Kind::File).perm(), 0o644);
         for bad in ["../x", "/abs", "a//b", "a/./b", "", "a/.."] {
             let l = vec![e(bad, Kind::File)];
             assert!(decode(&encode(&l)).is_err(), "{bad}");

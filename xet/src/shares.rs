@@ -273,6 +273,58 @@ impl Shares {
         Ok(listing::decode(&bytes)?)
     }
 
+    /// Commits a verified head with the Merkle nodes of its version in one batch (DESIGN.md §5: a
+    /// crash never leaves a head pointing at missing data), and moves the share's record to it when
+    /// it is newer. The one place a version enters the store: `publish`, the owner's mount and the
+    /// sync engine all come through here.
+    pub fn commit_head(
+        &self,
+        id: &ShareId,
+        head: &Head,
+        nodes: NodeList,
+        binding: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let mut batch = VersionBatch::default();
+        for (h, text) in nodes {
+            batch.node(h, text);
+        }
+        batch.head(*id, head.seq, head.encode());
+        let prev = self.record(id)?;
+        if prev.as_ref().is_none_or(|r| r.seq < head.seq) {
+            // Ownership is this node's key file, not the head's.
+            let owner = self.signing_key(id)?.is_some();
+            batch.share(
+                *id,
+                ShareRecord {
+                    public_key: head.public_key,
+                    seq: head.seq,
+                    owner,
+                }
+                .encode(),
+            );
+        }
+        if let Some(b) = binding {
+            batch.binding(b, *id);
+        }
+        self.store.commit_version(batch)?;
+        Ok(())
+    }
+
+    /// Signs the next version of an owned share (its listing is stored, its nodes are in `nodes`)
+    /// and commits it.
+    pub fn commit_next(
+        &self,
+        key: &SigningKey,
+        id: &ShareId,
+        value: HeadValue,
+        nodes: NodeList,
+    ) -> Result<Head> {
+        let seq = self.record(id)?.map_or(0, |r| r.seq) + 1;
+        let head = Head::sign(key, seq, value);
+        self.commit_head(id, &head, nodes, None)?;
+        Ok(head)
+    }
+
     /// Publishes `dir` as the next version of a share.
     pub fn publish(
         &self,
@@ -332,22 +384,7 @@ impl Shares {
                 time: now(),
             },
         );
-        let mut batch = VersionBatch::default();
-        for (h, text) in nodes {
-            batch.node(h, text);
-        }
-        batch.head(id, seq, head.encode());
-        batch.share(
-            id,
-            ShareRecord {
-                public_key: head.public_key,
-                seq,
-                owner: true,
-            }
-            .encode(),
-        );
-        batch.binding(binding_key, id);
-        self.store.commit_version(batch)?;
+        self.commit_head(&id, &head, nodes, Some(binding_key))?;
         let after = self.store.stats()?;
         let count = |k: Kind| entries.iter().filter(|e| e.kind == k).count() as u64;
         Ok(PublishReport {
@@ -673,6 +710,7 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<Scanned>, warnings: &mut Vec<Stri
             executable: false,
             mtime: mtime_of(&m),
             target: None,
+            mode: None,
         };
         if ft.is_dir() {
             entry.kind = Kind::Dir;

@@ -10,9 +10,9 @@ use crate::hash::XetHash;
 use crate::head::{share_id_hex, Head, ShareId};
 use crate::listing::{self, Entry, Kind as EntryKind};
 use crate::net::{Kind, NetError, XetNode};
-use crate::shares::{ShareError, ShareRecord};
+use crate::shares::ShareError;
 use crate::{spare, tree};
-use ccbt_cas::{ChunkBatch, VersionBatch};
+use ccbt_cas::ChunkBatch;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -195,29 +195,7 @@ pub async fn sync_version(
     resolve(node, &share, head.seq, &file_roots, &mut nodes, &mut report).await?;
     // Commit the version (nodes, head, record) before touching the directory: from here on the
     // store can rebuild the files even if we are killed while writing them.
-    let mut vb = VersionBatch::default();
-    for (h, t) in nodes {
-        vb.node(h, t);
-    }
-    let owner = node
-        .shares
-        .record(&share)?
-        .map(|r| r.owner)
-        .unwrap_or(false);
-    vb.head(share, head.seq, head.encode());
-    let prev_rec = node.shares.record(&share)?;
-    if prev_rec.as_ref().is_none_or(|r| r.seq < head.seq) {
-        vb.share(
-            share,
-            ShareRecord {
-                public_key: head.public_key,
-                seq: head.seq,
-                owner,
-            }
-            .encode(),
-        );
-    }
-    store.commit_version(vb)?;
+    node.shares.commit_head(&share, head, nodes, None)?;
     tracing::debug!(
         "version {} resolved and committed in {:.3}s",
         head.seq,
