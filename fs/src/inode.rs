@@ -49,6 +49,15 @@ pub(crate) struct Inode {
     pub children: BTreeMap<String, u64>,
     /// Children that are directories.
     pub subdirs: u32,
+    /// A FIFO, socket or device node: local to the owner's mount, never published (a listing
+    /// holds files, directories and symlinks). Its `kind` is `File` for the tree's rules.
+    pub special: Option<Special>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Special {
+    pub kind: FileType,
+    pub rdev: u32,
 }
 
 impl Inode {
@@ -68,6 +77,7 @@ impl Inode {
             target: None,
             children: BTreeMap::new(),
             subdirs: 0,
+            special: None,
         }
     }
 
@@ -87,6 +97,7 @@ impl Inode {
             target: e.target.clone(),
             children: BTreeMap::new(),
             subdirs: 0,
+            special: None,
         }
     }
 
@@ -117,10 +128,11 @@ impl Inode {
 
     /// The attributes the kernel sees; a read-only mount shows no write bits.
     pub fn attr(&self, ino: u64, writable: bool) -> FileAttr {
-        let kind = match self.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::Link => FileType::Symlink,
-            Kind::File => FileType::RegularFile,
+        let kind = match (self.kind, self.special) {
+            (_, Some(sp)) => sp.kind,
+            (Kind::Dir, _) => FileType::Directory,
+            (Kind::Link, _) => FileType::Symlink,
+            (Kind::File, _) => FileType::RegularFile,
         };
         let size = match self.kind {
             Kind::Link => self.target.as_ref().map_or(0, |s| s.len() as u64),
@@ -148,7 +160,7 @@ impl Inode {
             },
             uid: self.uid,
             gid: self.gid,
-            rdev: 0,
+            rdev: self.special.map_or(0, |s| s.rdev),
             blksize: 65536,
             flags: 0,
         }

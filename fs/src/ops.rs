@@ -1,11 +1,12 @@
 //! The `Filesystem` impl: a thin translation from FUSE requests to the inode tree, the read path
 //! and the overlay. Locks are taken as `lib.rs` says; see there.
 //!
-//! Deliberately unsupported, each with the errno the kernel itself gives a filesystem that lacks
-//! the operation (docs/architecture.md lists them): hard links (`link`: EPERM), device nodes,
-//! FIFOs and sockets (`mknod`: EPERM), `RENAME_EXCHANGE` and whiteouts (EINVAL).
+//! FIFOs, sockets and device nodes live on the owner's mount only (never published). Deliberately
+//! unsupported, each with the errno the kernel itself gives a filesystem that lacks the operation
+//! (docs/architecture.md lists them): hard links (`link`: EPERM), `RENAME_EXCHANGE` and
+//! whiteouts (EINVAL).
 
-use crate::inode::{check_name, Content, Inode, ROOT};
+use crate::inode::{check_name, Content, Inode, Special, ROOT};
 use crate::overlay::{self, Overlay};
 use crate::read::{errno, io_errno};
 use crate::{fill_dir, Handle, ShareFs, Shared, State};
@@ -51,9 +52,14 @@ impl Shared {
     }
 
     fn attr_of(&self, st: &State, ino: u64) -> Result<FileAttr, Errno> {
-        st.node(ino)
+        let mut a = st
+            .node(ino)
             .map(|n| n.attr(ino, self.owner()))
-            .ok_or(Errno::ENOENT)
+            .ok_or(Errno::ENOENT)?;
+        if st.orphans.contains_key(&ino) {
+            a.nlink = 0; // open but unlinked
+        }
+        Ok(a)
     }
 
     /// Copies a published file out of the CAS into a new overlay file, fetching what is missing
@@ -83,6 +89,9 @@ impl Shared {
         loop {
             let st = self.state();
             let n = st.node(ino).ok_or(Errno::ENOENT)?;
+            if n.special.is_some() {
+                return Err(Errno::EINVAL);
+            }
             match (&n.content, n.kind) {
                 (_, Kind::Dir) => return Err(Errno::EISDIR),
                 (_, Kind::Link) => return Err(Errno::EINVAL),
@@ -659,25 +668,36 @@ impl Filesystem for ShareFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if let Err(e) = self.0.writable() {
-            return reply.error(e);
-        }
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            // A share holds files, directories and symlinks only.
-            return reply.error(Errno::EPERM);
-        }
         let s = &self.0;
-        let res = name_str(name).and_then(|name| {
-            std::fs::create_dir_all(&s.cfg.overlay_dir).map_err(io_errno)?;
-            let p = overlay::new_path(&s.cfg.overlay_dir, 0);
-            let f = overlay::open_rw(&p, true).map_err(io_errno)?;
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(FileType::NamedPipe),
+            libc::S_IFSOCK => Some(FileType::Socket),
+            libc::S_IFCHR => Some(FileType::CharDevice),
+            libc::S_IFBLK => Some(FileType::BlockDevice),
+            _ => None,
+        };
+        let res = s.writable().and_then(|_| name_str(name)).and_then(|name| {
+            // A regular file gets an (empty) overlay file; the others live in the tree only.
+            let file = match special {
+                None => {
+                    std::fs::create_dir_all(&s.cfg.overlay_dir).map_err(io_errno)?;
+                    let p = overlay::new_path(&s.cfg.overlay_dir, 0);
+                    let f = overlay::open_rw(&p, true).map_err(io_errno)?;
+                    Some((p, f))
+                }
+                Some(_) => None,
+            };
             let mut st = s.state();
             let st = &mut *st;
             let mut n = s.new_inode(st, req, parent.0, Kind::File, mode);
-            n.content = Content::Overlay(Overlay::new(p.clone(), f, None));
+            let path = file.as_ref().map(|f| f.0.clone());
+            match file {
+                Some((p, f)) => n.content = Content::Overlay(Overlay::new(p, f, None)),
+                None => n.special = special.map(|kind| Special { kind, rdev }),
+            }
             let now = n.ctime;
             match st.tree.insert(&mut st.inos, parent.0, name, n, now) {
                 Ok(ino) => {
@@ -685,14 +705,18 @@ impl Filesystem for ShareFs {
                     s.attr_of(st, ino)
                 }
                 Err(e) => {
-                    let _ = std::fs::remove_file(&p);
+                    if let Some(p) = path {
+                        let _ = std::fs::remove_file(p);
+                    }
                     Err(e)
                 }
             }
         });
         match res {
             Ok(attr) => {
-                s.changed();
+                if special.is_none() {
+                    s.changed();
+                }
                 reply.entry(&TTL, &attr, Generation(0))
             }
             Err(e) => reply.error(e),

@@ -10,7 +10,8 @@
 //!   length on disk is trusted over the size in the state, so a crash mid-write never shows bytes
 //!   that are not there.
 
-use crate::inode::{from_secs, secs, Content, InoMap, Inode, Tree, ROOT};
+use crate::inode::{from_secs, secs, Content, InoMap, Inode, Special, Tree, ROOT};
+use fuser::FileType;
 use ccbt_core::bencode::{self, OwnedValue as V, Value};
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::listing::{self, Entry, Kind};
@@ -125,10 +126,11 @@ pub(crate) fn encode_state(t: &Tree) -> Vec<u8> {
                         Some(o.path.to_string_lossy().into_owned()),
                     ),
                 };
-                let kind = match n.kind {
-                    Kind::File => "f",
-                    Kind::Dir => "d",
-                    Kind::Link => "l",
+                let kind = match (n.kind, n.special) {
+                    (_, Some(_)) => "s",
+                    (Kind::File, _) => "f",
+                    (Kind::Dir, _) => "d",
+                    (Kind::Link, _) => "l",
                 };
                 let mut d = vec![
                     ("g", V::Int(n.gid as i64)),
@@ -149,6 +151,16 @@ pub(crate) fn encode_state(t: &Tree) -> Vec<u8> {
                 if let Some(tg) = &n.target {
                     d.push(("t", V::bytes(tg.as_bytes())));
                 }
+                if let Some(sp) = n.special {
+                    let k = match sp.kind {
+                        FileType::NamedPipe => "p",
+                        FileType::Socket => "s",
+                        FileType::CharDevice => "c",
+                        _ => "b",
+                    };
+                    d.push(("sk", V::bytes(k)));
+                    d.push(("rd", V::Int(sp.rdev as i64)));
+                }
                 V::dict(d)
             })
             .collect(),
@@ -165,6 +177,7 @@ pub(crate) struct Saved {
     pub gid: u32,
     pub times: [SystemTime; 3],
     pub overlay: Option<PathBuf>,
+    pub special: Option<Special>,
 }
 
 /// Reads a state file; `None` if it is not one (a crash cannot leave half a file: it is renamed
@@ -174,10 +187,22 @@ pub(crate) fn decode_state(b: &[u8]) -> Option<Vec<Saved>> {
     let mut out = Vec::new();
     for item in v.as_list()? {
         let d = item.as_dict()?;
+        let mut special = None;
         let kind = match d.get(b"k")?.as_bytes()? {
             b"f" => Kind::File,
             b"d" => Kind::Dir,
             b"l" => Kind::Link,
+            b"s" => {
+                let kind = match d.get(b"sk")?.as_bytes()? {
+                    b"p" => FileType::NamedPipe,
+                    b"s" => FileType::Socket,
+                    b"c" => FileType::CharDevice,
+                    _ => FileType::BlockDevice,
+                };
+                let rdev = d.get(b"rd").and_then(Value::as_int).unwrap_or(0) as u32;
+                special = Some(Special { kind, rdev });
+                Kind::File
+            }
             _ => return None,
         };
         let path = d.get(b"p")?.as_str()?.to_string();
@@ -212,6 +237,7 @@ pub(crate) fn decode_state(b: &[u8]) -> Option<Vec<Saved>> {
                 .or(d.get(b"o").filter(|v| v.as_bytes().is_some()))
                 .and_then(Value::as_str)
                 .map(PathBuf::from),
+            special,
             entry,
         });
     }
@@ -237,6 +263,7 @@ pub(crate) fn restore(inos: &mut InoMap, seq: u64, saved: Vec<Saved>, now: Syste
             continue;
         };
         n.perm = s.perm;
+        n.special = s.special;
         n.uid = s.uid;
         n.gid = s.gid;
         [n.atime, n.mtime, n.ctime] = s.times;
@@ -305,13 +332,19 @@ mod tests {
         g.content = Content::Overlay(Overlay::new(op.clone(), open_rw(&op, false).unwrap(), None));
         g.size = 3; // the file on disk is longer: it wins
         t.insert(&mut inos, ROOT, "dirty.txt", g, now).unwrap();
+        let mut fifo = Inode::new(Kind::File, 0o640, 0, 0, now);
+        fifo.special = Some(Special {
+            kind: FileType::CharDevice,
+            rdev: 0x102,
+        });
+        t.insert(&mut inos, ROOT, "dev", fifo, now).unwrap();
         let mut l = Inode::new(Kind::Link, 0o777, 0, 0, now);
         l.target = Some("target\twith tab".into());
         t.insert(&mut inos, ROOT, "link", l, now).unwrap();
 
         write_state(&dir, &encode_state(&t), true).unwrap();
         let saved = load_state(&dir).expect("decodes");
-        assert_eq!(saved.len(), 5);
+        assert_eq!(saved.len(), 6);
         let mut inos2 = InoMap::default();
         let back = restore(&mut inos2, 3, saved, now);
         let get = |p: &str| back.nodes.values().find(|n| n.path == p).unwrap();
@@ -325,6 +358,8 @@ mod tests {
         assert_eq!(g.size, 9);
         assert!(matches!(&g.content, Content::Overlay(o) if o.path == op));
         assert_eq!(get("link").target.as_deref(), Some("target\twith tab"));
+        let dev = get("dev").attr(9, true);
+        assert_eq!((dev.kind, dev.rdev, dev.perm), (FileType::CharDevice, 0x102, 0o640));
         assert!(decode_state(b"garbage").is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -36,7 +36,7 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
     let mut entries = Vec::new();
     let mut new_roots: Vec<NewRoot> = Vec::new();
     for (ino, n) in &snapshot.nodes {
-        if *ino == ROOT || n.path.is_empty() {
+        if *ino == ROOT || n.path.is_empty() || n.special.is_some() {
             continue;
         }
         let mut size = n.size;
