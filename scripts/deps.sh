@@ -4,7 +4,7 @@
 # python3-libtorrent, mktorrent: independent BitTorrent software the interop tests compare against.
 # fuse3: mount/umount helpers for the FUSE tests.
 set -euo pipefail
-PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio)
+PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

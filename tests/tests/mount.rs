@@ -4,93 +4,9 @@
 use ccbt_tests::*;
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A mount process; unmounts (and kills) on drop so no test leaves a mount behind.
-struct MountGuard {
-    child: Option<ChildGuard>,
-    dir: PathBuf,
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        self.child.take();
-    }
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let canon = std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == canon.to_str())
-}
-
-fn mount(data: &Path, id: &str, dir: &Path, extra: &[&str], log: &Path) -> (MountGuard, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut args = vec![
-        "--data-dir",
-        s(data),
-        "mount",
-        id,
-        s(dir),
-        "--listen",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    let g = spawn_ccbt(&args, log);
-    let mut guard = MountGuard {
-        child: Some(g),
-        dir: dir.to_path_buf(),
-    };
-    wait_until(30.0, "the mount", || {
-        if let Some(c) = guard.child.as_mut() {
-            if let Ok(Some(st)) = c.0.try_wait() {
-                panic!(
-                    "ccbt mount exited with {st}: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-        is_mounted(dir)
-    });
-    (guard, listen)
-}
-
-/// Unmounts the way a user does (`ccbt unmount`) and waits for the mount process to publish and exit.
-fn unmount(g: &mut MountGuard) {
-    ccbt_ok(&["unmount", s(&g.dir)]);
-    if let Some(mut c) = g.child.take() {
-        wait_until(30.0, "the mount process to exit", || {
-            c.0.try_wait().unwrap().is_some()
-        });
-    }
-}
-
-/// Publishes `src` from node A (`<dir>/A`) and seeds it: the share id, A's listen address and the
-/// seeding process.
-/// `ccbt publish SRC` into the data dir `data`; returns the share id.
-fn publish(data: &Path, src: &Path) -> String {
-    ccbt_ok(&["-q", "--data-dir", s(data), "publish", s(src)])
-        .trim()
-        .to_string()
-}
-
-fn publish_and_seed(dir: &Path, src: &Path) -> (String, String, ChildGuard) {
-    let adata = dir.join("A");
-    let id = publish(&adata, src);
-    let alisten = format!("127.0.0.1:{}", free_port());
-    let a = spawn_ccbt(
-        &["--data-dir", s(&adata), "seed", "--listen", &alisten],
-        &dir.join("A.log"),
-    );
-    wait_listening(&alisten, 20);
-    (id, alisten, a)
-}
 
 fn status(data: &Path) -> Value {
     ccbt_json(&["--data-dir", s(data), "status"])

@@ -538,11 +538,13 @@ impl Shares {
                         .write(true)
                         .create_new(true)
                         .custom_flags(libc::O_NOFOLLOW)
-                        .mode(if e.executable { 0o755 } else { 0o644 })
+                        .mode(0o600)
                         .open(&p)
                         .map_err(io(&p))?;
                     tree::read_into(&self.store, XetHash(e.root), e.size, &mut f, true)?;
                     f.set_len(e.size).map_err(io(&p))?;
+                    f.set_permissions(std::fs::Permissions::from_mode(e.perm()))
+                        .map_err(io(&p))?;
                     set_mtime(&f, e.mtime).map_err(io(&p))?;
                 }
             }

@@ -262,7 +262,7 @@ fn write_dir(
             p.kind == e.kind
                 && p.root == e.root
                 && p.size == e.size
-                && p.executable == e.executable
+                && p.perm() == e.perm()
                 && p.target == e.target
         }) && std::fs::symlink_metadata(&target).is_ok();
         if unchanged {
@@ -324,12 +324,8 @@ fn write_dir(
                     }
                 };
                 f.set_len(e.size).map_err(io(&tmp))?;
-                f.set_permissions(std::fs::Permissions::from_mode(if e.executable {
-                    0o755
-                } else {
-                    0o644
-                }))
-                .map_err(io(&tmp))?;
+                f.set_permissions(std::fs::Permissions::from_mode(e.perm()))
+                    .map_err(io(&tmp))?;
                 let t =
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
                 let _ = f.set_times(std::fs::FileTimes::new().set_modified(t));
