@@ -3,6 +3,7 @@
 use crate::progress::human_bytes;
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
+use ccbt_core::encoding::printable;
 use ccbt_core::encoding::to_hex;
 use ccbt_core::extension::Registry;
 use ccbt_core::picker::Strategy;
@@ -236,7 +237,7 @@ pub fn resolve_torrent(
     if !ctx.quiet {
         eprintln!(
             "got the metadata: {} ({} files, {})",
-            meta.name,
+            printable(&meta.name),
             meta.files.iter().filter(|f| !f.pad).count(),
             crate::progress::human_bytes(meta.total_length())
         );
@@ -358,7 +359,7 @@ fn progress_line(s: &Stats, started: Instant) -> String {
     };
     format!(
         "{} {:5.1}%  down {}/s  up {}/s  peers {}  ETA {}  [{}s]",
-        s.name,
+        printable(&s.name),
         pct,
         human_bytes(s.download_rate as u64),
         human_bytes(s.upload_rate as u64),
@@ -435,7 +436,7 @@ fn run(ctx: &Ctx, job: Job) -> Result<()> {
         }
         let secs = started.elapsed().as_secs_f64();
         if json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "info_hash": ih, "name": s.name, "complete": s.complete,
@@ -448,7 +449,7 @@ fn run(ctx: &Ctx, job: Job) -> Result<()> {
                 })
             );
         } else if !quiet {
-            println!(
+            outln!(
                 "{}: {} of {} pieces, downloaded {} uploaded {} in {:.1}s ({}/s)",
                 if s.complete { "complete" } else { "stopped" },
                 s.pieces_have,
@@ -481,15 +482,15 @@ pub fn checkpoints(ctx: &Ctx, cmd: CheckpointCmd) -> Result<()> {
                     "info_hash": c.info_hash_hex, "name": c.name, "out_dir": c.out_dir,
                     "pieces_have": c.pieces_have, "pieces_total": c.pieces_total, "saved": c.saved,
                 })).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for c in all {
                     match c {
-                        Ok(c) => println!(
+                        Ok(c) => outln!(
                             "{}  {:>5.1}%  {}  -> {}",
                             c.info_hash_hex,
                             100.0 * c.pieces_have as f64 / c.pieces_total.max(1) as f64,
-                            c.name,
+                            printable(&c.name),
                             c.out_dir.display()
                         ),
                         Err(e) => eprintln!("warning: {e}"),
@@ -509,7 +510,7 @@ pub fn checkpoints(ctx: &Ctx, cmd: CheckpointCmd) -> Result<()> {
                 }
             }
             if !ctx.quiet {
-                println!("removed {n} checkpoints older than {days} days");
+                outln!("removed {n} checkpoints older than {days} days");
             }
         }
         CheckpointCmd::Delete { info_hash } => {
@@ -517,7 +518,7 @@ pub fn checkpoints(ctx: &Ctx, cmd: CheckpointCmd) -> Result<()> {
                 bail!("no checkpoint for {info_hash}");
             }
             if !ctx.quiet {
-                println!("deleted checkpoint {info_hash}");
+                outln!("deleted checkpoint {info_hash}");
             }
         }
     }
@@ -550,22 +551,24 @@ pub fn scrape(ctx: &Ctx, a: ScrapeArgs) -> Result<()> {
                 ok += 1;
                 out.push(json!({"tracker": u, "complete": c.complete, "incomplete": c.incomplete, "downloaded": c.downloaded}));
                 if !ctx.json {
-                    println!(
+                    outln!(
                         "{u}: {} seeders, {} leechers, {} completed",
-                        c.complete, c.incomplete, c.downloaded
+                        c.complete,
+                        c.incomplete,
+                        c.downloaded
                     );
                 }
             }
             Err(e) => {
                 out.push(json!({"tracker": u, "error": e.to_string()}));
                 if !ctx.json {
-                    println!("{u}: {e}");
+                    outln!("{u}: {e}");
                 }
             }
         }
     }
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     }
     if ok == 0 {
         bail!("no tracker answered the scrape");

@@ -33,7 +33,7 @@ fn fill(path: &Path, len: usize, seed: u64) -> Result<()> {
 
 fn step(ctx: &Ctx, msg: &str) {
     if !ctx.quiet {
-        println!("\n== {msg}");
+        outln!("\n== {msg}");
     }
 }
 
@@ -53,7 +53,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     use std::time::{Duration, Instant};
 
     if !Path::new("/dev/fuse").exists() {
-        println!("(no /dev/fuse here: skipping the two-node mount part of the demo)");
+        outln!("(no /dev/fuse here: skipping the two-node mount part of the demo)");
         return Ok(());
     }
     let folder = tmp.join("shared-folder");
@@ -64,7 +64,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     step(ctx, "node A publishes a 48 MiB folder");
     let r = a_shares.publish(&folder, ShareChoice::New, &AtomicU64::new(0))?;
     let id = r.share;
-    println!("share id {}", share_id_hex(&id));
+    outln!("share id {}", share_id_hex(&id));
     let rt = crate::runtime()?;
     let _in_rt = rt.enter();
     let start_node = |shares: Arc<Shares>,
@@ -116,7 +116,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         &mb,
         cfg("node-b-net"),
     )?;
-    println!(
+    outln!(
         "A mounted it (writable) at {}, B mounted it (read-only) at {}",
         ma.display(),
         mb.display()
@@ -125,7 +125,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    println!(
+    outln!(
         "B's mount lists {listing:?}; notes.txt on B: {:?}",
         std::fs::read_to_string(mb.join("notes.txt"))?.trim()
     );
@@ -153,7 +153,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let seen = t0.elapsed();
-    println!(
+    outln!(
         "B's mount shows {:?} {:.2}s after the edit (version {})",
         std::fs::read_to_string(mb.join("notes.txt"))?.trim(),
         seen.as_secs_f64(),
@@ -169,7 +169,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         "B reads the old movie bytes"
     );
     let moved = b_swarm.stats().wire_in - wire0;
-    println!(
+    outln!(
         "bytes that reached B for this version: {} on the wire (file size {}: {:.3}%)",
         human_bytes(moved),
         human_bytes(48 << 20),
@@ -198,7 +198,7 @@ fn run(ctx: &Ctx, tmp: &Path) -> Result<()> {
 
     step(ctx, "node A publishes a 73 MiB folder");
     let r1 = shares.publish(&folder, ShareChoice::Auto, &AtomicU64::new(0))?;
-    println!(
+    outln!(
         "share id {} version {}: {} files, {}, stored {}",
         share_id_hex(&r1.share),
         r1.seq,
@@ -221,7 +221,7 @@ fn run(ctx: &Ctx, tmp: &Path) -> Result<()> {
     std::fs::write(folder.join("notes.txt"), "shopping: milk, eggs, coffee\n")?;
     let r2 = shares.publish(&folder, ShareChoice::Auto, &AtomicU64::new(0))?;
     let moved = r2.new_chunk_bytes + r2.new_node_bytes;
-    println!(
+    outln!(
         "version {}: new bytes stored {} for a {} folder ({:.3}% of it)",
         r2.seq,
         human_bytes(moved),
@@ -242,31 +242,31 @@ fn run(ctx: &Ctx, tmp: &Path) -> Result<()> {
             notes.ends_with(want_notes),
             "version {seq} has the wrong notes"
         );
-        println!("version {seq}: notes.txt = {:?}", notes.trim());
+        outln!("version {seq}: notes.txt = {:?}", notes.trim());
     }
     let out2 = std::fs::read(tmp.join("export-v2/2026/video.mp4"))?;
     ensure!(
         out2 == std::fs::read(folder.join("2026/video.mp4"))?,
         "video differs"
     );
-    println!("version 2 video.mp4 equals the edited file");
+    outln!("version 2 video.mp4 equals the edited file");
     let report = shares.verify(&|_| {})?;
     ensure!(
         report.damage.is_empty(),
         "store damaged: {:?}",
         report.damage
     );
-    println!("cas verify: clean");
+    outln!("cas verify: clean");
 
     step(ctx, "the same folder as a classic hybrid torrent");
     let m = create_torrent(&folder, &CreateOptions::default(), &AtomicU64::new(0))?;
-    println!(
+    outln!(
         "v1 {}  v2 {}  {} pieces of {}",
         m.v1_hash.map(|h| to_hex(&h)).unwrap_or_default(),
         m.v2_hash.map(|h| to_hex(&h)).unwrap_or_default(),
         m.piece_count(),
         human_bytes(m.piece_length)
     );
-    println!("\ndemo finished; temporary files removed");
+    outln!("\ndemo finished; temporary files removed");
     Ok(())
 }

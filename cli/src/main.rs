@@ -1,6 +1,17 @@
 //! `ccbt`: the command-line binary. Parses flags, resolves configuration ([`config`]) and runs one
 //! command; library crates do the work. Errors reach the user as one line on stderr and exit code 1.
 
+/// `println!` for the command's output: a reader that went away (`ccbt info X | head -1`) ends
+/// the command quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
 mod bt_cmds;
 mod config;
 mod demo;
@@ -128,12 +139,32 @@ impl Ctx {
     }
 }
 
+/// Standard output failed: a closed pipe ends the command quietly, anything else is an error.
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                return ExitCode::SUCCESS;
+            }
+            // One line, whatever a peer or a torrent put in the message.
+            eprintln!(
+                "error: {}",
+                ccbt_core::encoding::printable(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

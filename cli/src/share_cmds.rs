@@ -94,16 +94,16 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
         json!({"cmd": "publish", "dir": dir, "share": a.share, "new": a.new}),
     )? {
         if ctx.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         } else if ctx.quiet {
-            println!("{}", v["share"].as_str().unwrap_or(""));
+            outln!("{}", v["share"].as_str().unwrap_or(""));
         } else {
-            println!(
+            outln!(
                 "share:    {} (published through the running node, pushed to its peers)",
                 v["share"].as_str().unwrap_or("")
             );
-            println!("version:  {}", v["version"]);
-            println!(
+            outln!("version:  {}", v["version"]);
+            outln!(
                 "stored:   {} new",
                 human_bytes(v["new_bytes"].as_u64().unwrap_or(0))
             );
@@ -128,7 +128,7 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let id = share_id_hex(&r.share);
     if ctx.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "share": id,
@@ -148,28 +148,28 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
             }))?
         );
     } else if ctx.quiet {
-        println!("{id}");
+        outln!("{id}");
     } else {
-        println!(
+        outln!(
             "share:    {id}{}",
             if r.created_share { " (new)" } else { "" }
         );
-        println!("version:  {}", r.seq);
-        println!(
+        outln!("version:  {}", r.seq);
+        outln!(
             "files:    {} files, {} dirs, {} symlinks, {}",
             r.files,
             r.dirs,
             r.links,
             human_bytes(r.logical_bytes)
         );
-        println!(
+        outln!(
             "stored:   {} new ({} in {} new chunks + {} of tree nodes and listing)",
             human_bytes(r.new_chunk_bytes + r.new_node_bytes),
             human_bytes(r.new_chunk_bytes),
             r.new_chunks,
             human_bytes(r.new_node_bytes)
         );
-        println!(
+        outln!(
             "time:     {secs:.2}s ({}/s)",
             human_bytes((r.logical_bytes as f64 / secs.max(1e-9)) as u64)
         );
@@ -190,10 +190,10 @@ pub fn versions(ctx: &Ctx, a: VersionsArgs) -> Result<()> {
         json!({"cmd": "versions", "share": share_id_hex(&id)}),
     )? {
         if ctx.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             for x in v.as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{:>5}  {:<20}  {:>12}  {}",
                     x["seq"],
                     fmt_time(x["time"].as_i64().unwrap_or(0)),
@@ -211,11 +211,11 @@ pub fn versions(ctx: &Ctx, a: VersionsArgs) -> Result<()> {
             .iter()
             .map(|v| json!({"seq": v.seq, "time": v.time, "size": v.size, "root": v.root.to_hex(), "head": ccbt_core::encoding::to_hex(&v.head)}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{:>5}  {:<20}  {:>12}  root", "seq", "time (UTC)", "size");
+        outln!("{:>5}  {:<20}  {:>12}  root", "seq", "time (UTC)", "size");
         for v in vs {
-            println!(
+            outln!(
                 "{:>5}  {:<20}  {:>12}  {}",
                 v.seq,
                 fmt_time(v.time),
@@ -243,12 +243,12 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {
         .export(&id, seq, &a.dir)
         .with_context(|| format!("cannot export to {}", a.dir.display()))?;
     if ctx.json {
-        println!(
+        outln!(
             "{}",
             json!({"share": share_id_hex(&id), "version": head.seq, "bytes": bytes, "dir": a.dir})
         );
     } else if !ctx.quiet {
-        println!(
+        outln!(
             "exported {} version {} ({}) to {} in {:.2}s",
             share_id_hex(&id),
             head.seq,
@@ -268,10 +268,10 @@ pub fn list(ctx: &Ctx) -> Result<()> {
             .iter()
             .map(|(id, r)| json!({"share": share_id_hex(id), "version": r.seq, "owner": r.owner}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for (id, r) in list {
-            println!(
+            outln!(
                 "{}  v{}  {}",
                 share_id_hex(&id),
                 r.seq,
@@ -297,11 +297,11 @@ pub fn pin(ctx: &Ctx, a: PinArgs, on: bool) -> Result<()> {
     if on {
         shares.pin(&id, seq)?;
         if !ctx.quiet {
-            println!("pinned {}@{seq}", share_id_hex(&id));
+            outln!("pinned {}@{seq}", share_id_hex(&id));
         }
     } else if shares.unpin(&id, seq)? {
         if !ctx.quiet {
-            println!("unpinned {}@{seq}", share_id_hex(&id));
+            outln!("unpinned {}@{seq}", share_id_hex(&id));
         }
     } else {
         bail!("{}@{seq} was not pinned", share_id_hex(&id));
@@ -336,7 +336,7 @@ pub fn cas(ctx: &Ctx, cmd: CasCmd) -> Result<()> {
             };
             let disk = shares.store.disk_usage();
             if ctx.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "logical_bytes": logical,
@@ -350,22 +350,22 @@ pub fn cas(ctx: &Ctx, cmd: CasCmd) -> Result<()> {
                     }))?
                 );
             } else {
-                println!(
+                outln!(
                     "logical:  {} (every stored version, in full)",
                     human_bytes(logical)
                 );
-                println!(
+                outln!(
                     "stored:   {} in {} chunks",
                     human_bytes(st.chunk_bytes),
                     st.chunk_count
                 );
-                println!(
+                outln!(
                     "nodes:    {} in {} Merkle nodes",
                     human_bytes(st.node_bytes),
                     st.node_count
                 );
-                println!("dedup:    {ratio:.2}x");
-                println!("on disk:  {}", human_bytes(disk));
+                outln!("dedup:    {ratio:.2}x");
+                outln!("on disk:  {}", human_bytes(disk));
             }
         }
         CasCmd::Verify => {
@@ -381,14 +381,14 @@ pub fn cas(ctx: &Ctx, cmd: CasCmd) -> Result<()> {
             let damage = report.damage;
             if damage.is_empty() {
                 if !ctx.quiet {
-                    println!(
+                    outln!(
                         "ok: {} chunks ({}) and {} nodes verified, every version complete",
                         st.chunk_count,
                         human_bytes(st.chunk_bytes),
                         st.node_count
                     );
                     if report.orphans > 0 {
-                        println!(
+                        outln!(
                             "note: {} unreferenced chunks from an interrupted publish; `ccbt cas gc` removes them",
                             report.orphans
                         );
@@ -405,13 +405,13 @@ pub fn cas(ctx: &Ctx, cmd: CasCmd) -> Result<()> {
             let keep = keep.unwrap_or(ctx.config.xet.keep_versions as u64).max(1);
             let r = shares.gc(keep)?;
             if ctx.json {
-                println!(
+                outln!(
                     "{}",
                     json!({"versions_removed": r.heads_removed, "chunks_removed": r.chunks_removed,
                            "chunk_bytes_removed": r.chunk_bytes_removed, "nodes_removed": r.nodes_removed})
                 );
             } else if !ctx.quiet {
-                println!(
+                outln!(
                     "removed {} old versions, {} chunks ({}), {} nodes; kept the newest {keep} of each share and pins",
                     r.heads_removed,
                     r.chunks_removed,

@@ -138,7 +138,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                     let wire = node.wire_in(&id) - wire0;
                     let c = node.xet.counters(&id);
                     if ctx.json {
-                        println!("{}", json!({
+                        outln!("{}", json!({
                             "event": "version", "share": share_id_hex(&id), "seq": r.seq,
                             "files_written": r.files_written, "files_deleted": r.files_deleted,
                             "fetched_chunks": r.fetched_chunks, "fetched_bytes": r.fetched_bytes,
@@ -147,7 +147,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                             "fetched_from": c.fetched_from.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::HashMap<_, _>>(),
                         }));
                     } else if !ctx.quiet {
-                        println!(
+                        outln!(
                             "version {}: {} files written, {} removed; fetched {} chunks ({}) and {} nodes, {} chunks already here, {} on the wire, {:.2}s",
                             r.seq, r.files_written, r.files_deleted, r.fetched_chunks, human_bytes(r.fetched_bytes),
                             r.fetched_nodes, r.dedup_chunks, human_bytes(wire), r.seconds
@@ -180,15 +180,15 @@ pub fn status(ctx: &Ctx) -> Result<()> {
         }
     };
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     match v["listen"].as_str() {
-        Some(l) => println!("node running, listening on {l}"),
-        None => println!("no node running on this data dir (start one with `ccbt seed`)"),
+        Some(l) => outln!("node running, listening on {l}"),
+        None => outln!("no node running on this data dir (start one with `ccbt seed`)"),
     }
     for s in v["shares"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "{}  v{}  {}  peers {}  fetched {}  served {}  dedup {}",
             s["share"].as_str().unwrap_or(""),
             s["version"],

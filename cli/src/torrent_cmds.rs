@@ -4,6 +4,7 @@ use crate::progress::{human_bytes, parse_size, ByteProgress};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use ccbt_core::create::{create_torrent, CreateOptions, TorrentKind};
+use ccbt_core::encoding::printable;
 use ccbt_core::encoding::to_hex;
 use ccbt_core::{Magnet, Metainfo};
 use clap::Args;
@@ -85,9 +86,9 @@ pub fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
         let mut v = info_json(&m);
         v["output"] = json!(a.output);
         v["seconds"] = json!(secs);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else if !ctx.quiet {
-        println!(
+        outln!(
             "created {} ({}, {} in {} files, {} pieces of {}) in {:.2}s ({}/s)",
             a.output.display(),
             m.kind(),
@@ -99,12 +100,12 @@ pub fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
             human_bytes((m.content_length() as f64 / secs.max(1e-9)) as u64),
         );
         if let Some(h) = m.v1_hash {
-            println!("info-hash v1: {}", to_hex(&h));
+            outln!("info-hash v1: {}", to_hex(&h));
         }
         if let Some(h) = m.v2_hash {
-            println!("info-hash v2: {}", to_hex(&h));
+            outln!("info-hash v2: {}", to_hex(&h));
         }
-        println!("magnet: {}", magnet_of(&m));
+        outln!("magnet: {}", magnet_of(&m));
     }
     Ok(())
 }
@@ -181,7 +182,7 @@ pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
     if a.target.starts_with("magnet:") {
         let mg = Magnet::parse(&a.target)?;
         if ctx.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&json!({
                     "name": mg.name,
@@ -195,26 +196,26 @@ pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
                 }))?
             );
         } else {
-            println!(
+            outln!(
                 "name:         {}",
-                mg.name.as_deref().unwrap_or("(not given)")
+                printable(mg.name.as_deref().unwrap_or("(not given)"))
             );
             if let Some(h) = mg.v1 {
-                println!("info-hash v1: {}", to_hex(&h));
+                outln!("info-hash v1: {}", to_hex(&h));
             }
             if let Some(h) = mg.v2 {
-                println!("info-hash v2: {}", to_hex(&h));
+                outln!("info-hash v2: {}", to_hex(&h));
             }
             if let Some(k) = mg.public_key {
-                println!("public key:   {} (BEP 46 mutable share)", to_hex(&k));
+                outln!("public key:   {} (BEP 46 mutable share)", to_hex(&k));
             }
             for t in &mg.trackers {
-                println!("tracker:      {t}");
+                outln!("tracker:      {}", printable(t));
             }
             for p in &mg.peers {
-                println!("peer:         {p}");
+                outln!("peer:         {}", printable(&p.to_string()));
             }
-            println!("(file list and sizes arrive from peers; use `ccbt magnet` to fetch them)");
+            outln!("(file list and sizes arrive from peers: `ccbt download` or `ccbt mount` of the magnet fetches them)");
         }
         return Ok(());
     }
@@ -229,42 +230,42 @@ pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
     }
     let m = Metainfo::from_bytes(&bytes).with_context(|| format!("{}", path.display()))?;
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&info_json(&m))?);
+        outln!("{}", serde_json::to_string_pretty(&info_json(&m))?);
         return Ok(());
     }
-    println!("name:         {}", m.name);
-    println!("type:         {}", m.kind());
+    outln!("name:         {}", printable(&m.name));
+    outln!("type:         {}", m.kind());
     if let Some(h) = m.v1_hash {
-        println!("info-hash v1: {}", to_hex(&h));
+        outln!("info-hash v1: {}", to_hex(&h));
     }
     if let Some(h) = m.v2_hash {
-        println!("info-hash v2: {}", to_hex(&h));
+        outln!("info-hash v2: {}", to_hex(&h));
     }
-    println!(
+    outln!(
         "pieces:       {} × {}",
         m.piece_count(),
         human_bytes(m.piece_length)
     );
-    println!(
+    outln!(
         "size:         {} ({} bytes)",
         human_bytes(m.content_length()),
         m.content_length()
     );
-    println!("private:      {}", if m.private { "yes" } else { "no" });
+    outln!("private:      {}", if m.private { "yes" } else { "no" });
     for (i, tier) in m.trackers.iter().enumerate() {
-        println!("tracker {i}:    {}", tier.join(" "));
+        outln!("tracker {i}:    {}", printable(&tier.join(" ")));
     }
     for u in &m.url_list {
-        println!("web seed:     {u}");
+        outln!("web seed:     {}", printable(u));
     }
     if let Some(c) = &m.comment {
-        println!("comment:      {c}");
+        outln!("comment:      {}", printable(c));
     }
     let real: Vec<_> = m.files.iter().filter(|f| !f.pad).collect();
-    println!("files ({}):", real.len());
+    outln!("files ({}):", real.len());
     for f in real {
-        println!("  {:>14}  {}", f.length, f.path_string());
+        outln!("  {:>14}  {}", f.length, printable(&f.path_string()));
     }
-    println!("magnet:       {}", magnet_of(&m));
+    outln!("magnet:       {}", printable(&magnet_of(&m).to_string()));
     Ok(())
 }

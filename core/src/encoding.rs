@@ -109,9 +109,36 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Text from a peer, a tracker or a torrent made safe for a terminal or a log line: control
+/// characters (ESC, BEL, CR, newlines...) become visible escapes (`\u{1b}`), so a name cannot
+/// move the cursor, ring the bell, or turn a one-line message into several.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("plain ünï"), "plain ünï");
+        assert_eq!(
+            printable("a\x1b[2Jb\x07c\rd\ne"),
+            "a\\u{1b}[2Jb\\u{7}c\\rd\\ne"
+        );
+    }
 
     #[test]
     fn base32_roundtrip() {

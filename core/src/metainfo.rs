@@ -402,7 +402,37 @@ fn parse_info(info: &Dict) -> Result<Metainfo, MetainfoError> {
     if m.files.len() > MAX_FILES {
         return Err(invalid(format!("more than {MAX_FILES} files")));
     }
+    check_paths(&m.files)?;
     Ok(m)
+}
+
+/// Rejects a file list where two files share a path, or a path is both a file and a directory
+/// (`a` and `a/b`): writing it would overwrite one file with another. Pad files (BEP 47) are
+/// never written, and may repeat.
+fn check_paths(files: &[FileEntry]) -> Result<(), MetainfoError> {
+    let mut paths: Vec<&[String]> = files
+        .iter()
+        .filter(|f| !f.pad)
+        .map(|f| f.path.as_slice())
+        .collect();
+    paths.sort_unstable();
+    for w in paths.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if a == b {
+            return Err(MetainfoError::UnsafePath(format!(
+                "two files have the path {:?}",
+                a.join("/")
+            )));
+        }
+        // Sorted by components, a directory's first entry comes right after a file of its name.
+        if b.starts_with(a) {
+            return Err(MetainfoError::UnsafePath(format!(
+                "{:?} is both a file and a directory",
+                a.join("/")
+            )));
+        }
+    }
+    Ok(())
 }
 
 type V2File = (Vec<String>, u64, bool, Option<Hash32>);
@@ -445,6 +475,9 @@ fn walk_file_tree(
                     Some(r.try_into().unwrap())
                 }
             };
+            if out.len() >= MAX_FILES {
+                return Err(invalid(format!("more than {MAX_FILES} files")));
+            }
             out.push((prefix.clone(), length, exec, root));
         } else {
             prefix.push(check_component(k)?);

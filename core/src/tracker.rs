@@ -234,7 +234,7 @@ pub fn parse_announce_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> 
         .ok_or_else(|| TrackerError::Malformed("reply is not a dictionary".into()))?;
     if let Some(f) = d.get(b"failure reason") {
         return Err(TrackerError::Failure(
-            f.as_str().unwrap_or("(unreadable reason)").to_string(),
+            crate::encoding::printable(f.as_str().unwrap_or("(unreadable reason)")).into_owned(),
         ));
     }
     let int = |k: &[u8]| d.get(k).and_then(Value::as_int);
@@ -298,7 +298,9 @@ pub fn parse_scrape_reply(body: &[u8], info_hash: &[u8; 20]) -> Result<ScrapeCou
         .as_dict()
         .ok_or_else(|| TrackerError::Malformed("reply is not a dictionary".into()))?;
     if let Some(f) = d.get(b"failure reason") {
-        return Err(TrackerError::Failure(f.as_str().unwrap_or("?").to_string()));
+        return Err(TrackerError::Failure(
+            crate::encoding::printable(f.as_str().unwrap_or("?")).into_owned(),
+        ));
     }
     let files = d
         .get(b"files")
@@ -335,7 +337,7 @@ pub fn udp_connect_request(tid: u32) -> [u8; 16] {
 
 fn udp_check(b: &[u8], action: u32, tid: u32, min: usize) -> Result<(), TrackerError> {
     if b.len() >= 8 && u32::from_be_bytes(b[..4].try_into().unwrap()) == 3 {
-        let msg = String::from_utf8_lossy(&b[8..]).into_owned();
+        let msg = crate::encoding::printable(&String::from_utf8_lossy(&b[8..])).into_owned();
         return Err(TrackerError::Failure(msg));
     }
     if b.len() < min {

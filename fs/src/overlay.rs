@@ -11,10 +11,10 @@
 //!   that are not there.
 
 use crate::inode::{from_secs, secs, Content, InoMap, Inode, Special, Tree, ROOT};
-use fuser::FileType;
 use ccbt_core::bencode::{self, OwnedValue as V, Value};
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::listing::{self, Entry, Kind};
+use fuser::FileType;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -359,7 +359,10 @@ mod tests {
         assert!(matches!(&g.content, Content::Overlay(o) if o.path == op));
         assert_eq!(get("link").target.as_deref(), Some("target\twith tab"));
         let dev = get("dev").attr(9, true);
-        assert_eq!((dev.kind, dev.rdev, dev.perm), (FileType::CharDevice, 0x102, 0o640));
+        assert_eq!(
+            (dev.kind, dev.rdev, dev.perm),
+            (FileType::CharDevice, 0x102, 0o640)
+        );
         assert!(decode_state(b"garbage").is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -287,7 +287,13 @@ pub fn is_mounted(dir: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(1) == canon.to_str())
 }
 
-pub fn mount(data: &Path, id: &str, dir: &Path, extra: &[&str], log: &Path) -> (MountGuard, String) {
+pub fn mount(
+    data: &Path,
+    id: &str,
+    dir: &Path,
+    extra: &[&str],
+    log: &Path,
+) -> (MountGuard, String) {
     std::fs::create_dir_all(dir).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut args = vec![
@@ -349,4 +355,3 @@ pub fn publish_and_seed(dir: &Path, src: &Path) -> (String, String, ChildGuard) 
     wait_listening(&alisten, 20);
     (id, alisten, a)
 }
-

@@ -91,8 +91,7 @@ fn concurrent_writers_readers_and_renames_finish_and_publish_exactly() {
                     }
                     6..=7 => {
                         let n = names[r.below(3) as usize];
-                        if let Ok(mut a) =
-                            std::fs::OpenOptions::new().append(true).open(m.join(n))
+                        if let Ok(mut a) = std::fs::OpenOptions::new().append(true).open(m.join(n))
                         {
                             use std::io::Write;
                             a.write_all(&vec![b'A' + w as u8; 1 + r.below(9000) as usize])
@@ -131,7 +130,12 @@ fn concurrent_writers_readers_and_renames_finish_and_publish_exactly() {
         workers.push(std::thread::spawn(move || {
             let mut ops = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                for (a, b) in [("d/f2", "d/f2.moved"), ("d/f2.moved", "d/f2"), ("d", "e"), ("e", "d")] {
+                for (a, b) in [
+                    ("d/f2", "d/f2.moved"),
+                    ("d/f2.moved", "d/f2"),
+                    ("d", "e"),
+                    ("e", "d"),
+                ] {
                     let st = Command::new("mv")
                         .arg(m.join(a))
                         .arg(m.join(b))
@@ -255,7 +259,10 @@ fn attributes_and_errnos_follow_posix() {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(want)).unwrap();
         assert_eq!(mode(&f), want);
     }
-    let o = Command::new("chown").args(["123:456", s(&f)]).status().unwrap();
+    let o = Command::new("chown")
+        .args(["123:456", s(&f)])
+        .status()
+        .unwrap();
     assert!(o.success());
     let md = std::fs::metadata(&f).unwrap();
     assert_eq!((md.uid(), md.gid()), (123, 456));

@@ -195,3 +195,54 @@ fn create_rejects_bad_requests() {
     let o = ccbt(&["create", s(&tmp.path().join("missing")), "-o", s(&out)]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
 }
+
+#[test]
+fn info_escapes_control_characters_and_ends_quietly_on_a_closed_pipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("evil\x1b[2J\x07name");
+    std::fs::write(&f, vec![7u8; 100_000]).unwrap();
+    let t = tmp.path().join("evil.torrent");
+    ccbt_ok(&["create", s(&f), "-o", s(&t)]);
+    let out = ccbt_ok(&["info", s(&t)]);
+    assert!(!out.contains('\x1b') && !out.contains('\x07'), "{out:?}");
+    assert!(out.contains("evil\\u{1b}[2J\\u{7}name"), "{out}");
+    let o = ccbt(&["info", "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=a%1b%5d0%3bx%07%0d%0aforged"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+    assert!(
+        !text.contains("ccbt magnet"),
+        "hints name only commands that exist: {text}"
+    );
+    // `ccbt info X | head -1`: the reader goes away (the listing is larger than a pipe holds);
+    // ccbt ends quietly with status 0.
+    let many = tmp.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..2000 {
+        std::fs::write(
+            many.join(format!("file-with-a-rather-long-name-{i:05}")),
+            b"x",
+        )
+        .unwrap();
+    }
+    let mt = tmp.path().join("many.torrent");
+    ccbt_ok(&["create", s(&many), "-o", s(&mt)]);
+    for json in [false, true] {
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; '{}' info {} '{}' | head -1 >/dev/null",
+                ccbt_bin().display(),
+                if json { "--json" } else { "" },
+                s(&mt)
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "exit {:?}: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

@@ -78,6 +78,9 @@ corpus = {
     'bad_meta_version.torrent': (v2(**{'meta version': 3}), 'unsupported meta version'),
     'deep_nesting.torrent': (b'l' * 100000 + b'e' * 100000, 'nested deeper'),
     'huge_string_length.torrent': (b'd4:info99999999999:x', 'truncated'),
+    'path_duplicate.torrent': (multi([['a'], ['a']]), 'two files have the path'),
+    'path_file_and_dir.torrent': (multi([['a'], ['a', 'b']]), 'both a file and a directory'),
+    'path_control_newline.torrent': (multi([['a\x00\nb\x1b[2J']]), 'NUL'),
 }
 expected = {}
 for name, (data, err) in corpus.items():
