@@ -102,6 +102,7 @@ impl Node {
                     "fetched_chunks": c.fetched_chunks, "fetched_bytes": c.fetched_chunk_bytes + c.fetched_node_bytes,
                     "served_chunks": c.served_chunks, "served_bytes": c.served_bytes,
                     "dedup_chunks": c.dedup_chunks, "dedup_bytes": c.dedup_bytes,
+                    "unknown_messages": c.unknown_messages, "refused_requests": c.refused_requests,
                     "wire_in": st.as_ref().map(|s| s.wire_in), "wire_out": st.as_ref().map(|s| s.wire_out),
                     "fetched_from": c.fetched_from.iter().map(|(a, b)| (a.to_string(), *b)).collect::<HashMap<_, _>>(),
                 })

@@ -489,3 +489,128 @@ fn dir_size(p: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Xet hex (four little-endian u64 words) to the hash's bytes.
+fn xet_bytes(hex: &str) -> Vec<u8> {
+    (0..4)
+        .flat_map(|i| {
+            u64::from_str_radix(&hex[i * 16..i * 16 + 16], 16)
+                .unwrap()
+                .to_le_bytes()
+        })
+        .collect()
+}
+
+/// Reads one peer-wire message (skipping keep-alives): (id, payload).
+fn read_msg(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    loop {
+        let mut hdr = [0u8; 4];
+        c.read_exact(&mut hdr)
+            .expect("the node closed the connection");
+        let len = u32::from_be_bytes(hdr) as usize;
+        if len == 0 {
+            continue;
+        }
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        return (body[0], body[1..].to_vec());
+    }
+}
+
+#[test]
+fn a_share_swarm_serves_only_that_share_and_ignores_unknown_messages() {
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("A");
+    let (s1, s2) = (t.path().join("s1"), t.path().join("s2"));
+    make_tree(&s1, &[("public.txt", 5000)]);
+    make_tree(&s2, &[("secret.txt", 7000)]);
+    let id1 = ccbt_ok(&["-q", "--data-dir", s(&a), "publish", s(&s1)])
+        .trim()
+        .to_string();
+    let id2 = ccbt_ok(&["-q", "--data-dir", s(&a), "publish", s(&s2)])
+        .trim()
+        .to_string();
+    assert_ne!(id1, id2);
+    let root_of = |id: &str| {
+        let v = ccbt_json(&["--data-dir", s(&a), "versions", id]);
+        xet_bytes(v[0]["root"].as_str().unwrap())
+    };
+    let (root1, root2) = (root_of(&id1), root_of(&id2));
+    let secret = ccbt_json(&["hash", "--chunks", s(&s2.join("secret.txt"))]);
+    let secret_chunk = xet_bytes(secret[0]["chunks"][0][2].as_str().unwrap());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &["--data-dir", s(&a), "seed", "--listen", &listen],
+        &t.path().join("A.log"),
+    );
+    wait_listening(&listen, 20);
+    // Join share 1's swarm as a ccbt_xet peer.
+    let share1: [u8; 20] = ccbt_core_hex(&id1);
+    let mut c = std::net::TcpStream::connect(&listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&bt_handshake(&share1, b"-XT0001-crossshare01", true))
+        .unwrap();
+    c.write_all(&ext_msg(0, b"d1:md8:ccbt_xeti3eee")).unwrap();
+    let mut hs = [0u8; 68];
+    c.read_exact(&mut hs).unwrap();
+    let their_id = loop {
+        let (id, p) = read_msg(&mut c);
+        if id == 20 && p[0] == 0 {
+            let at = p
+                .windows(9)
+                .position(|w| w == b"ccbt_xeti")
+                .expect("ccbt_xet");
+            break p[at + 9] - b'0';
+        }
+    };
+    // A message type from some later version: ignored, the connection stays.
+    c.write_all(&ext_msg(their_id, b"d1:t9:from-2030e"))
+        .unwrap();
+    let ask = |c: &mut std::net::TcpStream, id: u32, h: &[u8]| {
+        let mut m = b"d1:h32:".to_vec();
+        m.extend_from_slice(h);
+        m.extend_from_slice(format!("2:idi{id}e1:k1:x1:t3:reqe").as_bytes());
+        c.write_all(&ext_msg(their_id, &m)).unwrap();
+        loop {
+            let (mid, p) = read_msg(c);
+            if mid != 20 || p[0] != 3 {
+                continue; // ours is id 3
+            }
+            let p = &p[1..];
+            let tag = format!("idi{id}e");
+            if p.windows(tag.len()).any(|w| w == tag.as_bytes()) {
+                return String::from_utf8_lossy(&p[..p.len().min(60)]).into_owned();
+            }
+        }
+    };
+    let own = ask(&mut c, 1, &root1);
+    assert!(
+        own.contains("4:data"),
+        "share 1's own listing is served: {own}"
+    );
+    for (i, h) in [(2, &root2), (3, &secret_chunk)] {
+        let r = ask(&mut c, i, h);
+        assert!(
+            r.contains("2:nf"),
+            "share 2's data must not be served in share 1's swarm: {r}"
+        );
+    }
+    let st = ccbt_json(&["--data-dir", s(&a), "status"]);
+    let sh = st["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["share"] == id1.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no share {id1} in {st}"));
+    assert_eq!(sh["unknown_messages"], 1, "{sh}");
+    assert_eq!(sh["refused_requests"], 2, "{sh}");
+}
+
+fn ccbt_core_hex(h: &str) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}

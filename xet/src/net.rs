@@ -56,10 +56,25 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
     Head(Vec<u8>),
-    Req { id: u32, kind: Kind, hash: [u8; 32] },
-    Data { id: u32, kind: Kind, data: Bytes },
-    NotFound { id: u32 },
-    HaveVersion { seq: u64 },
+    Req {
+        id: u32,
+        kind: Kind,
+        hash: [u8; 32],
+    },
+    Data {
+        id: u32,
+        kind: Kind,
+        data: Bytes,
+    },
+    NotFound {
+        id: u32,
+    },
+    HaveVersion {
+        seq: u64,
+    },
+    /// A message type this version does not know: ignored (and counted), so the protocol can
+    /// grow as BEP 10 intends. A malformed message of a known type still bans.
+    Unknown(Vec<u8>),
 }
 
 impl Msg {
@@ -102,6 +117,10 @@ impl Msg {
                     ("t", OwnedValue::bytes("hv")),
                     ("seq", OwnedValue::Int(*seq as i64)),
                 ]),
+                None,
+            ),
+            Msg::Unknown(t) => (
+                OwnedValue::dict([("t", OwnedValue::bytes(t.clone()))]),
                 None,
             ),
         };
@@ -172,12 +191,7 @@ impl Msg {
             b"hv" => Msg::HaveVersion {
                 seq: int(b"seq")?.max(0) as u64,
             },
-            other => {
-                return Err(format!(
-                    "unknown message type {:?}",
-                    String::from_utf8_lossy(other)
-                ))
-            }
+            other => return Ok(Msg::Unknown(other.to_vec())),
         };
         if !rest.is_empty() {
             return Err("trailing bytes after the header".into());
@@ -197,13 +211,31 @@ pub struct Counters {
     pub served_bytes: u64,
     pub dedup_chunks: u64,
     pub dedup_bytes: u64,
+    /// Messages of types this version does not know (ignored).
+    pub unknown_messages: u64,
+    /// Requests refused: the hash is not part of this share (see [`Reach`]).
+    pub refused_requests: u64,
     pub fetched_from: HashMap<SocketAddr, u64>,
 }
+
+/// What a share's locally held versions reach: every listing, node and chunk hash under their
+/// roots. A peer in a share's swarm is served only these, so it cannot read another share's data
+/// by asking for its hashes. Walked lazily, and only for versions not walked yet.
+#[derive(Default)]
+struct Reach {
+    walked: std::collections::BTreeSet<u64>,
+    hashes: std::collections::HashSet<[u8; 32]>,
+}
+
+/// Requests from one peer being served at once; more is a peer ignoring the protocol's bound.
+const MAX_SERVING: usize = 2 * MAX_OUTSTANDING;
 
 struct PeerState {
     ctx: PeerCtx,
     outstanding: usize,
     seq: u64,
+    /// Its requests being served (off the runtime).
+    serving: usize,
 }
 
 struct Inner {
@@ -230,6 +262,8 @@ pub struct XetNode {
     peers_changed: tokio::sync::Notify,
     /// A request slot was freed (fetches waiting for a busy peer wake up).
     slot_freed: tokio::sync::Notify,
+    /// Per share, what it may serve (a leaf lock: never held across store reads).
+    reach: Mutex<HashMap<ShareId, Arc<Mutex<Reach>>>>,
 }
 
 impl XetNode {
@@ -253,6 +287,7 @@ impl XetNode {
             }),
             heads_tx: broadcast::channel(64).0,
             slot_freed: tokio::sync::Notify::new(),
+            reach: Mutex::new(HashMap::new()),
             peers_changed: tokio::sync::Notify::new(),
         })
     }
@@ -450,7 +485,69 @@ impl XetNode {
         Err(NetError::Unavailable(share_id_hex(share), hash))
     }
 
+    /// Brings a share's [`Reach`] up to the versions held locally. Blocking (store reads); the
+    /// share's reach lock is held meanwhile so two requests never walk the same version.
+    fn update_reach(&self, share: &ShareId) -> Arc<Mutex<Reach>> {
+        let r = self
+            .reach
+            .lock()
+            .unwrap()
+            .entry(*share)
+            .or_default()
+            .clone();
+        let newest = self
+            .shares
+            .record(share)
+            .ok()
+            .flatten()
+            .map_or(0, |r| r.seq);
+        let mut g = r.lock().unwrap();
+        if g.walked.last().copied().unwrap_or(0) >= newest {
+            return r.clone();
+        }
+        let store = &self.shares.store;
+        let versions = self.shares.versions(share).unwrap_or_default();
+        for v in versions {
+            if g.walked.contains(&v.seq) {
+                continue;
+            }
+            let Ok(head) = Head::decode(&v.head) else {
+                continue;
+            };
+            let mut stack = vec![head.value.root];
+            // A version whose listing is not here yet is walked again later.
+            let complete = match self.shares.listing(&head) {
+                Ok(entries) => {
+                    stack.extend(entries.iter().map(|e| e.root));
+                    true
+                }
+                Err(_) => false,
+            };
+            while let Some(h) = stack.pop() {
+                if h == [0; 32] || !g.hashes.insert(h) {
+                    continue;
+                }
+                if let Ok(Some(text)) = store.get_node(&h) {
+                    if let Ok(kids) = tree::parse_node(XetHash(h), &text) {
+                        stack.extend(kids.iter().map(|k| k.hash.0));
+                    }
+                }
+            }
+            if complete {
+                g.walked.insert(v.seq);
+            }
+        }
+        drop(g);
+        r
+    }
+
+    /// A node or chunk of `share` for a peer in its swarm (blocking: store reads).
     fn serve(&self, share: &ShareId, kind: Kind, hash: &[u8; 32]) -> Option<(Kind, Vec<u8>)> {
+        let reach = self.update_reach(share);
+        if !reach.lock().unwrap().hashes.contains(hash) {
+            self.count(share, |k| k.refused_requests += 1);
+            return None;
+        }
         let store = &self.shares.store;
         if kind != Kind::Chunk {
             if let Ok(Some(n)) = store.get_node(hash) {
@@ -486,6 +583,7 @@ impl ExtensionHandler for XetExt {
                     ctx: peer.clone(),
                     outstanding: 0,
                     seq: 0,
+                    serving: 0,
                 },
             );
             g.heads.get(&peer.info_hash).cloned()
@@ -535,18 +633,39 @@ impl ExtensionHandler for XetExt {
             }
             Msg::Req { id, kind, hash } => {
                 tracing::debug!("{} asks for {} ({kind:?})", peer.addr, XetHash(hash));
-                let reply = match self.0.serve(&share, kind, &hash) {
-                    Some((k, data)) => Msg::Data {
-                        id,
-                        kind: k,
-                        data: Bytes::from(data),
-                    },
-                    None => Msg::NotFound { id },
-                };
-                ExtReply {
-                    send: vec![reply.encode()],
-                    ban: None,
+                {
+                    let mut g = self.0.inner.lock().unwrap();
+                    let Some(p) = g.peers.get_mut(&peer.key) else {
+                        return ExtReply::default();
+                    };
+                    if p.serving >= MAX_SERVING {
+                        return ExtReply {
+                            send: vec![],
+                            ban: Some(format!(
+                                "more than {MAX_SERVING} ccbt_xet requests in flight"
+                            )),
+                        };
+                    }
+                    p.serving += 1;
                 }
+                // Store reads run off the runtime's workers; the reply goes out when ready.
+                let node = self.0.clone();
+                let (key, sender) = (peer.key, peer.sender.clone());
+                tokio::task::spawn_blocking(move || {
+                    let reply = match node.serve(&share, kind, &hash) {
+                        Some((k, data)) => Msg::Data {
+                            id,
+                            kind: k,
+                            data: Bytes::from(data),
+                        },
+                        None => Msg::NotFound { id },
+                    };
+                    sender.send(EXT_NAME, reply.encode());
+                    if let Some(p) = node.inner.lock().unwrap().peers.get_mut(&key) {
+                        p.serving = p.serving.saturating_sub(1);
+                    }
+                });
+                ExtReply::default()
             }
             Msg::Data { id, kind, data } => {
                 if let Some(tx) = self.0.inner.lock().unwrap().pending.remove(&(peer.key, id)) {
@@ -563,6 +682,15 @@ impl ExtensionHandler for XetExt {
                 if let Some(p) = self.0.inner.lock().unwrap().peers.get_mut(&peer.key) {
                     p.seq = p.seq.max(seq);
                 }
+                ExtReply::default()
+            }
+            Msg::Unknown(t) => {
+                tracing::debug!(
+                    "{} sent a ccbt_xet message of unknown type {:?}: ignored",
+                    peer.addr,
+                    String::from_utf8_lossy(&t)
+                );
+                self.0.count(&share, |k| k.unknown_messages += 1);
                 ExtReply::default()
             }
         }
@@ -616,7 +744,12 @@ mod tests {
         assert!(Msg::decode(Bytes::from(big))
             .unwrap_err()
             .contains("exceeds"));
-        assert!(Msg::decode(Bytes::from_static(b"d1:t3:zzze")).is_err());
+        // A type from a later version is not an error (and may carry data after its header).
+        assert_eq!(
+            Msg::decode(Bytes::from_static(b"d1:t3:zzz1:xi1eeDATA")).unwrap(),
+            Msg::Unknown(b"zzz".to_vec())
+        );
+        assert!(Msg::decode(Bytes::from_static(b"d1:t3:reqe")).is_err());
         assert!(Msg::decode(Bytes::from_static(b"d1:t2:nf2:idi1eeXX")).is_err());
         assert!(Msg::decode(Bytes::from_static(b"garbage")).is_err());
     }
