@@ -38,7 +38,7 @@ for r in $(seq "$ROUNDS"); do
     R[dbench-$side]+="$(dbenchjob "$d") "
   done
 done
-stat() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {printf "%s %s", a[NR], a[int((NR+1)/2)]}'; }
+stat() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {printf "%s %s\n", a[NR], a[int((NR+1)/2)]}'; }
 printf '%-28s %14s %14s %14s %14s %8s\n' case mount-best mount-median native-best native-median ratio
 for k in rand seq dbench; do
   unit=$(case $k in rand) echo IOPS;; seq) echo MiB/s;; dbench) echo MB/s;; esac)

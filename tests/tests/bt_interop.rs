@@ -482,7 +482,8 @@ fn swarm_of_libtorrent_ccbt_and_aria2() {
 
 /// A hostile seeder: claims every piece and answers every request with garbage.
 fn hostile_seeder(info_hash: [u8; 20], pieces: usize) -> (u16, std::thread::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Each hostile peer has its own address: bans are by IP.
+    let l = TcpListener::bind("127.0.0.2:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let h = std::thread::spawn(move || {
         l.set_nonblocking(false).unwrap();
@@ -531,7 +532,7 @@ fn hostile_seeder(info_hash: [u8; 20], pieces: usize) -> (u16, std::thread::Join
 
 /// A peer that completes the handshake and then sends a 2 GiB message length.
 fn oversized_peer(info_hash: [u8; 20]) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = TcpListener::bind("127.0.0.3:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         if let Some(Ok(mut c)) = l.incoming().next() {
@@ -577,9 +578,9 @@ fn hostile_peers_are_banned_and_the_file_is_exact() {
             &format!("127.0.0.1:{}", free_port()),
             "--no-trackers",
             "--peer",
-            &format!("127.0.0.1:{hostile}"),
+            &format!("127.0.0.2:{hostile}"),
             "--peer",
-            &format!("127.0.0.1:{big}"),
+            &format!("127.0.0.3:{big}"),
             "--peer",
             &listen,
         ],
@@ -953,7 +954,7 @@ fn btmh_magnets_hybrid_over_a_tracker_and_v2_only_with_hash_requests() {
 /// A peer that offers ut_metadata and answers every request with bytes of the right length that
 /// do not hash to the info-hash.
 fn lying_metadata_peer(info_hash: [u8; 20], size: usize) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = TcpListener::bind("127.0.0.4:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in l.incoming().take(4) {
@@ -1026,7 +1027,7 @@ fn lying_metadata_peer_is_ignored_and_honest_metadata_wins() {
         "-o",
         s(&fx.root.join("dl0")),
         "--peer",
-        &format!("127.0.0.1:{liar}"),
+        &format!("127.0.0.4:{liar}"),
         "--no-trackers",
     ]);
     assert!(!out.status.success());
@@ -1034,7 +1035,7 @@ fn lying_metadata_peer_is_ignored_and_honest_metadata_wins() {
     assert!(err.contains("does not match the info-hash"), "{err}");
     assert!(!fx.root.join("dl0").join("data").exists());
     // The liar and an honest libtorrent: the verified copy wins.
-    let (liar, honest) = (format!("127.0.0.1:{liar}"), format!("127.0.0.1:{lt_port}"));
+    let (liar, honest) = (format!("127.0.0.4:{liar}"), format!("127.0.0.1:{lt_port}"));
     let r = ccbt_get(
         &fx.root,
         &fx.v1(),
@@ -1137,4 +1138,59 @@ fn full_disk_stops_with_a_clear_error_and_resume_finishes() {
     assert_eq!(r["complete"], true, "{r}");
     assert!(r["resumed_pieces"].as_u64().unwrap() >= have, "{r}");
     fx.assert_same(&small, files);
+}
+
+#[test]
+fn idle_connections_cannot_hold_every_peer_slot() {
+    let fx = fixture("v1", &[], FILES, "64K");
+    let ih = hex20(&fx.v1());
+    let (_seed, listen) = fx.ccbt_seed("d", &["--no-trackers"], 20);
+    // 60 connections (more than the 50 slots) that handshake, then only send keep-alives.
+    let mut idle = Vec::new();
+    for i in 0..60 {
+        let Ok(mut c) = std::net::TcpStream::connect(&listen) else {
+            continue;
+        };
+        let id = format!("-ID0001-idle{i:08}");
+        if c.write_all(&bt_handshake(&ih, id.as_bytes(), false)).is_ok() {
+            idle.push(c);
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keepalive = {
+        let stop = stop.clone();
+        let conns: Vec<_> = idle.iter().map(|c| c.try_clone().unwrap()).collect();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for mut c in &conns {
+                    let _ = c.write_all(&[0, 0, 0, 0]);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    // Past the grace a new connection gets before it may be dropped as idle.
+    std::thread::sleep(Duration::from_secs(11));
+    let dl = fx.root.join("dl");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d2")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &listen,
+        ],
+        60,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    keepalive.join().unwrap();
+    assert_eq!(r["complete"], true, "{r}");
+    fx.assert_same(&dl, FILES);
+    drop(idle);
 }

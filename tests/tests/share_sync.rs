@@ -255,8 +255,10 @@ fn ext_msg(id: u8, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-fn hostile_xet_peer(share: [u8; 20], kind: Evil, old_head: Vec<u8>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+/// Listens on its own address `127.0.0.<last>` (bans are by IP) and returns it.
+fn hostile_xet_peer(share: [u8; 20], kind: Evil, old_head: Vec<u8>, last: u8) -> String {
+    let l = TcpListener::bind(format!("127.0.0.{last}:0")).unwrap();
+    let addr = l.local_addr().unwrap().to_string();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for c in l.incoming().take(4) {
@@ -346,7 +348,7 @@ fn hostile_xet_peer(share: [u8; 20], kind: Evil, old_head: Vec<u8>) -> u16 {
             }
         }
     });
-    port
+    addr
 }
 
 #[test]
@@ -393,12 +395,9 @@ fn hostile_peers_are_rejected_and_sync_completes() {
         Evil::Truncated,
     ];
     let mut args: Vec<String> = vec![];
-    for k in kinds {
+    for (i, k) in kinds.into_iter().enumerate() {
         args.push("--peer".into());
-        args.push(format!(
-            "127.0.0.1:{}",
-            hostile_xet_peer(share, k, old_head.clone())
-        ));
+        args.push(hostile_xet_peer(share, k, old_head.clone(), 10 + i as u8));
     }
     args.push("--peer".into());
     args.push(alisten.clone());

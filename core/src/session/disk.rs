@@ -188,7 +188,7 @@ fn verdict(t: &TorrentShared, piece: u32, ok: bool, write_failed: bool, from: Ha
         *st += 1;
         if *st >= BAN_STRIKES {
             tracing::warn!("banned peer {addr}: sent corrupt data for {BAN_STRIKES} pieces");
-            s.banned.insert(addr);
+            s.banned.insert(addr.ip());
             s.banned_ids.insert(id);
             if let Some(p) = s.peers.get(&k) {
                 let _ = p.cmd.send(Cmd::Close);

@@ -162,13 +162,40 @@ pub(crate) struct PeerEntry {
     last_up: u64,
     pub down_rate: f64,
     pub up_rate: f64,
+    pub connected_at: Instant,
+    /// Asked to close to make room (it leaves the map when its task ends).
+    pub evicted: bool,
+}
+
+/// A peer that has neither wanted our data nor sent us any for this long may be dropped to make
+/// room when every slot is taken (as libtorrent does), so idle connections cannot hold all slots.
+pub(crate) const IDLE_EVICT_AFTER: Duration = Duration::from_secs(10);
+
+impl State {
+    /// The connected peer least worth keeping, if any may go: not interested in us, never sent
+    /// us a byte, connected for a while; the longest-connected first.
+    pub(crate) fn evictable(&self, now: Instant) -> Option<u64> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.evicted
+                    && !p.interested
+                    && p.down_total == 0
+                    && p.up_total == 0
+                    && now.duration_since(p.connected_at) >= IDLE_EVICT_AFTER
+            })
+            .min_by_key(|(_, p)| p.connected_at)
+            .map(|(k, _)| *k)
+    }
 }
 
 pub(crate) struct State {
     pub picker: Picker,
     pub peers: HashMap<u64, PeerEntry>,
     known: HashMap<SocketAddr, (Option<Instant>, u32)>,
-    pub banned: HashSet<SocketAddr>,
+    /// Banned addresses: an IP, not (IP, port), so a banned peer cannot come back from another
+    /// port.
+    pub banned: HashSet<std::net::IpAddr>,
     pub banned_ids: HashSet<[u8; 20]>,
     pub strikes: HashMap<SocketAddr, u32>,
     pub connecting: HashSet<SocketAddr>,
@@ -855,7 +882,7 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
                 .filter(|(a, (last, fails))| {
                     !connected.contains(a)
                         && !s.connecting.contains(a)
-                        && !s.banned.contains(a)
+                        && !s.banned.contains(&a.ip())
                         && !is_self(&t, **a)
                         && last.is_none_or(|l| {
                             now.duration_since(l) > Duration::from_secs(5u64 << (*fails).min(6))

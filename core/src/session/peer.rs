@@ -113,8 +113,8 @@ pub(crate) async fn run(
         Ok(()) | Err(Reason::Closed) => tracing::debug!("peer {addr} closed"),
         Err(Reason::Protocol(m)) => tracing::info!("dropped peer {addr}: {m}"),
         Err(Reason::Ban(m)) => {
-            tracing::warn!("banned peer {addr}: {m}");
-            s.banned.insert(addr);
+            tracing::warn!("banned peer {}: {}", addr.ip(), crate::encoding::printable(&m));
+            s.banned.insert(addr.ip());
         }
     }
 }
@@ -155,14 +155,26 @@ async fn run_inner(
     let n = t.expected.len();
     {
         let mut s = t.state.lock().unwrap();
-        if s.banned.contains(&addr) || s.banned_ids.contains(&theirs.peer_id) {
+        if s.banned.contains(&addr.ip()) || s.banned_ids.contains(&theirs.peer_id) {
             return Err(Reason::Protocol("banned".into()));
         }
         if s.peers.values().any(|p| p.peer_id == theirs.peer_id) {
             return Err(Reason::Protocol("already connected to this peer".into()));
         }
         if s.peers.len() >= t.cfg.max_peers {
-            return Err(Reason::Protocol("peer limit reached".into()));
+            match s.evictable(Instant::now()) {
+                Some(k) => {
+                    // Its task removes it (and its availability) as it ends.
+                    let victim = s.peers.get_mut(&k).expect("listed");
+                    victim.evicted = true;
+                    tracing::info!(
+                        "peer limit reached: dropping idle peer {} to make room for {addr}",
+                        victim.addr
+                    );
+                    let _ = victim.cmd.send(Cmd::Close);
+                }
+                None => return Err(Reason::Protocol("peer limit reached".into())),
+            }
         }
         s.peers.insert(
             key,
@@ -179,6 +191,8 @@ async fn run_inner(
                 last_up: 0,
                 down_rate: 0.0,
                 up_rate: 0.0,
+                connected_at: Instant::now(),
+                evicted: false,
             },
         );
         s.add_known_connected(addr);
