@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: deps demo test lint unit bench
+.PHONY: deps demo test lint unit bench fuzz fuzz-smoke
 deps:
 	./scripts/deps.sh
 
@@ -16,6 +16,13 @@ test: deps
 	$(CARGO) test --workspace
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	./scripts/fuzz.sh $(FUZZ_SMOKE_SECS)
+
+# Every fuzz target for FUZZ_SECS seconds (make fuzz FUZZ_SECS=600).
+FUZZ_SECS ?= 600
+FUZZ_SMOKE_SECS ?= 15
+fuzz:
+	./scripts/fuzz.sh $(FUZZ_SECS)
 
 # Fast unit tests only.
 unit:

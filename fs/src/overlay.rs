@@ -304,6 +304,16 @@ pub(crate) fn write_state(dir: &Path, state: &[u8], sync: bool) -> std::io::Resu
     Ok(())
 }
 
+/// For the fuzzer: decodes a state file (no file is opened).
+#[doc(hidden)]
+pub fn fuzz_decode_state(b: &[u8]) {
+    if let Some(saved) = decode_state(b) {
+        for s in &saved {
+            let _ = s.entry.perm();
+        }
+    }
+}
+
 pub(crate) fn load_state(dir: &Path) -> Option<Vec<Saved>> {
     decode_state(&std::fs::read(dir.join("state")).ok()?)
 }
