@@ -108,7 +108,14 @@ impl Node {
                 })
             })
             .collect();
-        json!({"listen": self.session.listen_addr().to_string(), "shares": v})
+        let lat = self.session.runtime_latency();
+        json!({
+            "listen": self.session.listen_addr().to_string(),
+            "shares": v,
+            "runtime_latency_ms": {
+                "samples": lat.samples, "p50": lat.p50_ms, "p99": lat.p99_ms, "max": lat.max_ms,
+            },
+        })
     }
 
     fn serve_socket(self: &Arc<Self>, data_dir: &Path) -> Result<()> {

@@ -1152,7 +1152,9 @@ fn idle_connections_cannot_hold_every_peer_slot() {
             continue;
         };
         let id = format!("-ID0001-idle{i:08}");
-        if c.write_all(&bt_handshake(&ih, id.as_bytes(), false)).is_ok() {
+        if c.write_all(&bt_handshake(&ih, id.as_bytes(), false))
+            .is_ok()
+        {
             idle.push(c);
         }
     }
@@ -1193,4 +1195,74 @@ fn idle_connections_cannot_hold_every_peer_slot() {
     assert_eq!(r["complete"], true, "{r}");
     fx.assert_same(&dl, FILES);
     drop(idle);
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn peers_that_never_read_cannot_grow_a_seeds_memory() {
+    let fx = fixture("v1", &[], &[("big.bin", 48 << 20)], "256K");
+    let ih = hex20(&fx.v1());
+    let (seed, listen) = fx.ccbt_seed("d", &["--no-trackers"], 30);
+    let pid = seed.0.id();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss_kib(pid);
+    let pieces = fx.info["piece_count"].as_u64().unwrap() as u32;
+    let mut conns = Vec::new();
+    for i in 0..20u32 {
+        let mut c = std::net::TcpStream::connect(&listen).unwrap();
+        // A small receive buffer and no reads: everything queues on the seed's side.
+        c.write_all(&bt_handshake(
+            &ih,
+            format!("-NR0001-noread{i:06}").as_bytes(),
+            false,
+        ))
+        .unwrap();
+        let mut m = vec![0, 0, 0, 1, 2]; // interested
+        for k in 0..512u32 {
+            let piece = (i * 7 + k / 2) % pieces;
+            m.extend_from_slice(&13u32.to_be_bytes());
+            m.push(6);
+            m.extend_from_slice(&piece.to_be_bytes());
+            m.extend_from_slice(&((k % 2) * (128 << 10)).to_be_bytes());
+            m.extend_from_slice(&(128u32 << 10).to_be_bytes());
+        }
+        let _ = c.write_all(&m);
+        conns.push(c);
+    }
+    // Unchoke rounds come every few seconds; requests repeat so unchoked peers have some queued.
+    let mut peak = before;
+    for round in 0..12 {
+        std::thread::sleep(Duration::from_secs(1));
+        if round % 3 == 2 {
+            for (i, c) in conns.iter_mut().enumerate() {
+                let mut m = Vec::new();
+                for k in 0..256u32 {
+                    let piece = (i as u32 * 11 + k) % pieces;
+                    m.extend_from_slice(&13u32.to_be_bytes());
+                    m.push(6);
+                    m.extend_from_slice(&piece.to_be_bytes());
+                    m.extend_from_slice(&0u32.to_be_bytes());
+                    m.extend_from_slice(&(128u32 << 10).to_be_bytes());
+                }
+                let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = c.write_all(&m);
+            }
+        }
+        peak = peak.max(rss_kib(pid));
+    }
+    eprintln!("seed RSS: {before} KiB before, {peak} KiB peak with 20 peers that never read");
+    assert!(
+        peak < before + 64 * 1024,
+        "the seed grew from {before} KiB to {peak} KiB for peers that never read"
+    );
+    drop(conns);
 }

@@ -194,19 +194,26 @@ pub async fn sync_version(
         .collect();
     resolve(node, &share, head.seq, &file_roots, &mut nodes, &mut report).await?;
     // Commit the version (nodes, head, record) before touching the directory: from here on the
-    // store can rebuild the files even if we are killed while writing them.
-    node.shares.commit_head(&share, head, nodes, None)?;
-    tracing::debug!(
-        "version {} resolved and committed in {:.3}s",
-        head.seq,
-        started.elapsed().as_secs_f64()
-    );
-    write_dir(node, &share, head, &entries, dir, spare_budget, &mut report)?;
-    tracing::debug!(
-        "version {} written in {:.3}s",
-        head.seq,
-        started.elapsed().as_secs_f64()
-    );
+    // store can rebuild the files even if we are killed while writing them. Store and file
+    // writes run on a blocking thread, not on the runtime's workers.
+    let (n, h, d) = (node.clone(), head.clone(), dir.to_path_buf());
+    let mut report = tokio::task::spawn_blocking(move || -> Result<SyncReport, SyncError> {
+        n.shares.commit_head(&share, &h, nodes, None)?;
+        tracing::debug!(
+            "version {} resolved and committed in {:.3}s",
+            h.seq,
+            started.elapsed().as_secs_f64()
+        );
+        write_dir(&n, &share, &h, &entries, &d, spare_budget, &mut report)?;
+        tracing::debug!(
+            "version {} written in {:.3}s",
+            h.seq,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(report)
+    })
+    .await
+    .map_err(|e| SyncError::Io(dir.to_path_buf(), std::io::Error::other(e)))??;
     report.seconds = started.elapsed().as_secs_f64();
     node.have_version(&share, head.seq);
     Ok(report)

@@ -3,6 +3,8 @@
 //! connects peers, rechokes, checkpoints and notices completion.
 
 mod disk;
+mod latency;
+pub use latency::RuntimeLatency;
 pub mod metadata_fetch;
 mod peer;
 pub mod tracker_client;
@@ -248,6 +250,7 @@ pub(crate) struct SessionInner {
     pub registry: Registry,
     pub disk: disk::DiskPool,
     next_key: AtomicU64,
+    latency: Arc<latency::LatencyProbe>,
 }
 
 impl SessionInner {
@@ -315,6 +318,7 @@ impl Session {
             registry,
             disk: disk::DiskPool::start(cfg.hash_workers),
             next_key: AtomicU64::new(1),
+            latency: latency::LatencyProbe::start(),
         });
         let acc = inner.clone();
         tokio::spawn(async move {
@@ -336,6 +340,11 @@ impl Session {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen_addr
+    }
+
+    /// How late the runtime's timers fire (see [`latency`]): the health of the async workers.
+    pub fn runtime_latency(&self) -> RuntimeLatency {
+        self.inner.latency.stats()
     }
 
     pub fn peer_id(&self) -> [u8; 20] {
@@ -440,13 +449,15 @@ impl Session {
         } else if storage.any_data() {
             rechecked = true;
             let pl = meta.piece_length;
-            let good: Vec<bool> = (0..n as u32)
-                .into_par_iter()
-                .map_init(Vec::new, |buf, p| {
-                    storage::check_piece(&storage, &expected[p as usize], p, pl, buf)
-                        .unwrap_or(false)
-                })
-                .collect();
+            let good: Vec<bool> = off_runtime(|| {
+                (0..n as u32)
+                    .into_par_iter()
+                    .map_init(Vec::new, |buf, p| {
+                        storage::check_piece(&storage, &expected[p as usize], p, pl, buf)
+                            .unwrap_or(false)
+                    })
+                    .collect()
+            });
             for (i, g) in good.iter().enumerate() {
                 if *g {
                     picker.mark_have(i as u32);
@@ -654,6 +665,17 @@ async fn accept_peer(
     };
     peer::run(t, stream, addr, Some(theirs)).await;
     Ok(())
+}
+
+/// Runs blocking work (disk reads, hashing on all cores) without stalling the runtime: on a
+/// worker thread of a multi-thread runtime the worker hands its other tasks on first.
+pub(crate) fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 fn save_checkpoint(t: &TorrentShared) {

@@ -22,10 +22,16 @@ const MAX_PIPELINE: usize = 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Upload bytes read from disk and not yet handed to the socket, per peer. A block is read only
+/// once the peer's queue has room, so a peer that never reads its socket costs at most this much
+/// memory (plus the writer's batch), however much it requests.
+const UPLOAD_BUDGET: usize = 1 << 20;
+
 enum Out {
     Msg(Message),
-    /// A piece block: rate-limited and counted as upload.
-    Block(Message, usize),
+    /// A piece block: rate-limited and counted as upload. Its permit holds its bytes in the
+    /// peer's upload budget until it is encoded for the socket.
+    Block(Message, usize, tokio::sync::OwnedSemaphorePermit),
 }
 
 async fn writer(
@@ -41,7 +47,7 @@ async fn writer(
         while let Some(o) = next.take() {
             match o {
                 Out::Msg(m) => m.encode(&mut buf),
-                Out::Block(m, n) => {
+                Out::Block(m, n, _permit) => {
                     let d = t.up.take(n).max(t.session.up.take(n));
                     if !d.is_zero() {
                         if !buf.is_empty() && w.write_all(&buf).await.is_err() {
@@ -86,6 +92,7 @@ struct Conn {
     ext: Option<ExtHandshake>,
     peer_reqq: usize,
     uploads: VecDeque<(u32, u32, u32)>,
+    up_budget: Arc<tokio::sync::Semaphore>,
     pipeline: usize,
     blocks_this_second: usize,
     /// ut_metadata requests this peer made (BEP 9 flood protection).
@@ -113,7 +120,11 @@ pub(crate) async fn run(
         Ok(()) | Err(Reason::Closed) => tracing::debug!("peer {addr} closed"),
         Err(Reason::Protocol(m)) => tracing::info!("dropped peer {addr}: {m}"),
         Err(Reason::Ban(m)) => {
-            tracing::warn!("banned peer {}: {}", addr.ip(), crate::encoding::printable(&m));
+            tracing::warn!(
+                "banned peer {}: {}",
+                addr.ip(),
+                crate::encoding::printable(&m)
+            );
             s.banned.insert(addr.ip());
         }
     }
@@ -221,6 +232,7 @@ async fn run_inner(
         ext: None,
         peer_reqq: 250,
         uploads: VecDeque::new(),
+        up_budget: Arc::new(tokio::sync::Semaphore::new(UPLOAD_BUDGET)),
         pipeline: t.cfg.pipeline_depth.max(4),
         blocks_this_second: 0,
         meta_requests: 0,
@@ -423,19 +435,35 @@ impl Conn {
 
     async fn serve_uploads(&mut self) -> Result<(), Reason> {
         while let Some((index, begin, length)) = self.uploads.pop_front() {
+            // Room in the peer's upload budget first, then the disk read (off the runtime).
+            let permit = self
+                .up_budget
+                .clone()
+                .acquire_many_owned(length)
+                .await
+                .map_err(|_| Reason::Closed)?;
             let off = index as u64 * self.t.meta.piece_length + begin as u64;
-            let mut buf = vec![0u8; length as usize];
-            if let Err(e) = self.t.storage.read(off, &mut buf) {
-                tracing::warn!("cannot read piece {index} for upload: {e}");
-                continue;
-            }
+            let t = self.t.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; length as usize];
+                t.storage.read(off, &mut buf).map(|_| buf)
+            })
+            .await
+            .map_err(|_| Reason::Closed)?;
+            let buf = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("cannot read piece {index} for upload: {e}");
+                    continue;
+                }
+            };
             let m = Message::Piece {
                 index,
                 begin,
                 data: Bytes::from(buf),
             };
             self.out
-                .send(Out::Block(m, length as usize))
+                .send(Out::Block(m, length as usize, permit))
                 .await
                 .map_err(|_| Reason::Closed)?;
         }
