@@ -736,4 +736,79 @@ mod tests {
             "orphan not swept"
         );
     }
+
+    /// The child half of the crash test: writes, then dies without any cleanup.
+    fn crash_child(dir: &Path) -> ! {
+        let s = Store::open(dir).unwrap();
+        for i in 0..100u32 {
+            let d = format!("committed cached chunk {i}").into_bytes();
+            s.put_chunk_cached(&fake_hash(&d), &d).unwrap();
+        }
+        s.commit_cached().unwrap();
+        let mut v = VersionBatch::default();
+        v.node([9; 32], b"node of v1".to_vec());
+        v.head([2; 20], 1, b"head v1".to_vec());
+        v.share([2; 20], b"record v1".to_vec());
+        s.commit_version(v).unwrap();
+        for i in 0..100u32 {
+            let d = format!("uncommitted cached chunk {i}").into_bytes();
+            s.put_chunk_cached(&fake_hash(&d), &d).unwrap();
+        }
+        let mut b = ChunkBatch::default();
+        for i in 0..50u32 {
+            let d = format!("staged publish chunk {i}").into_bytes();
+            s.stage_chunk(&mut b, &fake_hash(&d), &d).unwrap();
+        }
+        s.write_chunks(b).unwrap();
+        // kill -9 as far as the store can tell: no destructor, no flush.
+        std::process::abort();
+    }
+
+    /// The crash rules: an indexed chunk always has its bytes, a committed version survives
+    /// whole, and what was written but not committed is not indexed (gc finds it as orphans).
+    #[test]
+    fn a_crash_keeps_commits_and_never_indexes_missing_bytes() {
+        if let Ok(d) = std::env::var("CCBT_CAS_CRASH_CHILD") {
+            crash_child(Path::new(&d));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::a_crash_keeps_commits_and_never_indexes_missing_bytes",
+                "--test-threads=1",
+            ])
+            .env("CCBT_CAS_CRASH_CHILD", dir.path())
+            .output()
+            .unwrap();
+        assert!(!st.status.success(), "the child must die mid-write");
+        let s = Store::open(dir.path()).expect("the store opens after a crash");
+        for i in 0..100u32 {
+            let d = format!("committed cached chunk {i}").into_bytes();
+            assert_eq!(
+                s.get_chunk(&fake_hash(&d)).unwrap().as_deref(),
+                Some(&d[..])
+            );
+            let u = format!("uncommitted cached chunk {i}").into_bytes();
+            assert!(
+                !s.has_chunk(&fake_hash(&u)).unwrap(),
+                "indexed without a commit"
+            );
+        }
+        for i in 0..50u32 {
+            let d = format!("staged publish chunk {i}").into_bytes();
+            assert!(!s.has_chunk(&fake_hash(&d)).unwrap());
+        }
+        assert_eq!(
+            s.get_head(&[2; 20], 1).unwrap().as_deref(),
+            Some(&b"head v1"[..])
+        );
+        assert_eq!(
+            s.get_node(&[9; 32]).unwrap().as_deref(),
+            Some(&b"node of v1"[..])
+        );
+        assert_eq!(s.stats().unwrap().chunk_count, 100);
+        let rep = s.verify(&fake_hash, &|_| [9; 32], &|_| {}).unwrap();
+        assert!(rep.damage.is_empty(), "{rep:?}");
+    }
 }
