@@ -151,7 +151,42 @@ pub struct InfoArgs {
     pub target: String,
 }
 
-fn info_json(m: &Metainfo) -> serde_json::Value {
+/// `info_json` as a serializer that writes the file list one entry at a time.
+struct InfoJson<'a>(&'a Metainfo);
+
+impl serde::Serialize for InfoJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let m = self.0;
+        let mut head = info_json_head(m);
+        let mut map = ser.serialize_map(None)?;
+        if let serde_json::Value::Object(o) = &mut head {
+            for (k, v) in std::mem::take(o) {
+                map.serialize_entry(&k, &v)?;
+            }
+        }
+        struct Files<'a>(&'a [ccbt_core::FileEntry]);
+        impl serde::Serialize for Files<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                ser.collect_seq(self.0.iter().filter(|f| !f.pad).map(file_json))
+            }
+        }
+        map.serialize_entry("files", &Files(&m.files))?;
+        map.end()
+    }
+}
+
+fn file_json(f: &ccbt_core::FileEntry) -> serde_json::Value {
+    json!({
+        "path": f.path_string(),
+        "length": f.length,
+        "executable": f.executable,
+        "pieces_root": f.pieces_root.map(|r| to_hex(&r)),
+    })
+}
+
+/// Everything of `info --json` but the file list.
+fn info_json_head(m: &Metainfo) -> serde_json::Value {
     json!({
         "name": m.name,
         "kind": m.kind(),
@@ -167,16 +202,17 @@ fn info_json(m: &Metainfo) -> serde_json::Value {
         "comment": m.comment,
         "created_by": m.created_by,
         "creation_date": m.creation_date,
-        "files": m.files.iter().filter(|f| !f.pad).map(|f| json!({
-            "path": f.path_string(),
-            "length": f.length,
-            "executable": f.executable,
-            "pieces_root": f.pieces_root.map(|r| to_hex(&r)),
-        })).collect::<Vec<_>>(),
         "pad_files": m.files.iter().filter(|f| f.pad).count(),
         "magnet": magnet_of(m).format(),
     })
 }
+
+fn info_json(m: &Metainfo) -> serde_json::Value {
+    let mut v = info_json_head(m);
+    v["files"] = m.files.iter().filter(|f| !f.pad).map(file_json).collect();
+    v
+}
+
 
 pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
     if a.target.starts_with("magnet:") {
@@ -230,7 +266,16 @@ pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
     }
     let m = Metainfo::from_bytes(&bytes).with_context(|| format!("{}", path.display()))?;
     if ctx.json {
-        outln!("{}", serde_json::to_string_pretty(&info_json(&m))?);
+        // Streamed: a torrent may list a million files, and a JSON tree of them costs gigabytes.
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &InfoJson(&m)).map_err(|e| {
+            // Keep the I/O error's kind: a closed pipe ends the command quietly.
+            e.io_error_kind()
+                .map_or_else(|| std::io::Error::other(e), std::io::Error::from)
+        })?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(());
     }
     outln!("name:         {}", printable(&m.name));

@@ -149,6 +149,8 @@ impl<'a> Decoder<'a> {
                     items.push(self.value(depth + 1)?);
                 }
                 self.pos += 1;
+                // Exact-size containers: a torrent may hold a million small dictionaries.
+                items.shrink_to_fit();
                 Ok(Value::List(items))
             }
             b'd' => {
@@ -180,6 +182,7 @@ impl<'a> Decoder<'a> {
                     entries.push((k, v));
                 }
                 self.pos += 1;
+                entries.shrink_to_fit();
                 Ok(Value::Dict(Dict {
                     entries,
                     raw: &self.buf[start..self.pos],
