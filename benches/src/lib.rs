@@ -2,7 +2,7 @@
 //! and `benches/*.sh` (comparisons with other tools). This library holds what they share.
 
 use ccbt_xet::chunker::chunk_reference;
-use ccbt_xet::hash::{chunk_hash, file_hash, merkle_root, Node};
+use ccbt_xet::hash::{chunk_hash, file_hash, merkle_root, MerkleEntry};
 
 /// `n` pseudo-random bytes (xorshift64 from `seed`): incompressible, with Xet chunks of the
 /// usual sizes.
@@ -22,10 +22,10 @@ pub fn data(n: usize, seed: u64) -> Vec<u8> {
 /// The baseline: the Xet file hash by the spec, byte at a time, one thread.
 pub fn reference_file_hash(d: &[u8]) -> [u8; 32] {
     let mut prev = 0;
-    let nodes: Vec<Node> = chunk_reference(d)
+    let nodes: Vec<MerkleEntry> = chunk_reference(d)
         .iter()
         .map(|&c| {
-            let n = Node {
+            let n = MerkleEntry {
                 hash: chunk_hash(&d[prev..c]),
                 size: (c - prev) as u64,
             };

@@ -1,5 +1,5 @@
 //! `ccbt demo`: the idea on one machine, on loopback, in a temporary directory that is removed
-//! afterwards (DESIGN.md §9). Two nodes: A publishes a folder and mounts it (writable, it owns the
+//! afterwards (docs/cli.md). Two nodes: A publishes a folder and mounts it (writable, it owns the
 //! key); B mounts it from A over the `ccbt_xet` extension. A file is edited in place through A's
 //! mount; B's mount shows the new content seconds later, and the demo prints the bytes that moved
 //! against the file's size. Then the local half: versions, export, a torrent of the folder.
@@ -48,7 +48,7 @@ pub fn demo(ctx: &Ctx) -> Result<()> {
 fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     use ccbt_core::extension::Registry;
     use ccbt_core::session::{Session, SessionConfig};
-    use ccbt_xet::net::XetNode;
+    use ccbt_xet::net::ShareNet;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -69,8 +69,8 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     let _in_rt = rt.enter();
     let start_node = |shares: Arc<Shares>,
                       peers: Vec<std::net::SocketAddr>|
-     -> Result<(Arc<XetNode>, Session, ccbt_core::session::TorrentHandle)> {
-        let xet = XetNode::new(shares);
+     -> Result<(Arc<ShareNet>, Session, ccbt_core::session::TorrentHandle)> {
+        let xet = ShareNet::new(shares);
         let mut reg = Registry::default();
         reg.register(xet.extension());
         let session = rt.block_on(Session::start(SessionConfig::default(), reg))?;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use ccbt_core::extension::Registry;
 use ccbt_core::session::{Session, TorrentHandle};
 use ccbt_xet::head::{parse_share_id, share_id_hex, ShareId};
-use ccbt_xet::net::XetNode;
+use ccbt_xet::net::ShareNet;
 use ccbt_xet::shares::{ShareChoice, Shares};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 pub struct Node {
     pub session: Session,
-    pub xet: Arc<XetNode>,
+    pub xet: Arc<ShareNet>,
     pub shares: Arc<Shares>,
     swarms: Mutex<HashMap<ShareId, TorrentHandle>>,
     trackers: Vec<String>,
@@ -43,7 +43,7 @@ impl Node {
             Shares::open(&ctx.data_dir)
                 .with_context(|| format!("cannot open the data dir {}", ctx.data_dir.display()))?,
         );
-        let xet = XetNode::new(shares.clone());
+        let xet = ShareNet::new(shares.clone());
         let mut reg = Registry::default();
         reg.register(xet.extension());
         let session = Session::start(ctx.session_config(listen), reg).await?;

@@ -213,7 +213,6 @@ fn info_json(m: &Metainfo) -> serde_json::Value {
     v
 }
 
-
 pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
     if a.target.starts_with("magnet:") {
         let mg = Magnet::parse(&a.target)?;

@@ -1,28 +1,24 @@
 //! `ccbt-core`: classic BitTorrent, independent of the share layer and of storage.
 //!
-//! Sans-IO protocol cores, each tested with byte vectors: a strict bencode codec ([`bencode`]),
-//! metainfo for v1, v2 and hybrid torrents ([`metainfo`]), BEP 52 Merkle trees ([`merkle`]),
-//! magnet links ([`magnet`]), the peer wire ([`wire`]), BEP 10 extensions ([`extension`]), BEP 9
-//! metadata exchange ([`metadata`]), tracker formats ([`tracker`]), the piece picker ([`picker`]),
-//! the choker ([`choker`]) and rate limits ([`ratelimit`]). Files are touched by [`storage`],
-//! [`resume`] and [`create`] (hashing on all cores); sockets only by the tokio [`session`] on top.
+//! Grouped by layer:
+//! - [`format`]: bencode, metainfo (v1, v2, hybrid), BEP 52 Merkle trees, magnet links, torrent
+//!   creation (hashing on all cores);
+//! - [`proto`]: sans-IO protocol cores tested with byte vectors: the peer wire, BEP 10
+//!   extensions, BEP 9 metadata, tracker formats, the piece picker, the choker, rate limits;
+//! - [`disk`]: piece storage over files and resume checkpoints;
+//! - [`session`]: tokio on top: one connect/accept path for peer streams, peer tasks, trackers,
+//!   the disk pool (invariants in `docs/invariants.md`).
+//!
+//! The modules are re-exported at the crate root (`ccbt_core::bencode`, `ccbt_core::wire`...).
 
-pub mod bencode;
-pub mod choker;
-pub mod create;
-pub mod encoding;
-pub mod extension;
-pub mod magnet;
-pub mod merkle;
-pub mod metadata;
-pub mod metainfo;
-pub mod picker;
-pub mod ratelimit;
-pub mod resume;
+pub mod disk;
+pub mod format;
+pub mod proto;
 pub mod session;
-pub mod storage;
-pub mod tracker;
-pub mod wire;
+
+pub use disk::{resume, storage};
+pub use format::{bencode, create, encoding, magnet, merkle, metainfo};
+pub use proto::{choker, extension, metadata, picker, ratelimit, tracker, wire};
 
 pub use magnet::Magnet;
 pub use metainfo::{FileEntry, Metainfo, MetainfoError};

@@ -37,7 +37,7 @@ pub mod torrent;
 
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::head::{Head, ShareId};
-use ccbt_xet::net::XetNode;
+use ccbt_xet::net::ShareNet;
 use fuser::{FileType, INodeNo, ReplyDirectory};
 use inode::{Content, InoMap, Inode, Tree};
 use std::collections::HashMap;
@@ -237,7 +237,7 @@ impl Drop for Mounted {
 
 /// Mounts `head`'s version of the share at `dir`.
 pub fn mount(
-    node: Arc<XetNode>,
+    node: Arc<ShareNet>,
     rt: tokio::runtime::Handle,
     head: Head,
     dir: &Path,

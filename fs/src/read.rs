@@ -7,7 +7,7 @@
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::head::{Head, ShareId};
 use ccbt_xet::listing::{self, Entry};
-use ccbt_xet::net::{Kind, XetNode};
+use ccbt_xet::net::{Kind, ShareNet};
 use ccbt_xet::tree;
 use fuser::Errno;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -44,13 +44,13 @@ pub(crate) fn io_errno(e: std::io::Error) -> Errno {
 }
 
 pub(crate) struct Reader {
-    pub node: Arc<XetNode>,
+    pub node: Arc<ShareNet>,
     pub rt: tokio::runtime::Handle,
     pub share: ShareId,
     pub timeout: Duration,
     /// Parsed (and verified) Merkle nodes: a read walks a few levels, and random readers walk the
     /// same upper levels again and again.
-    node_cache: Mutex<HashMap<XetHash, Arc<Vec<ccbt_xet::hash::Node>>>>,
+    node_cache: Mutex<HashMap<XetHash, Arc<Vec<ccbt_xet::hash::MerkleEntry>>>>,
     /// The most recently read chunks (verified), for readers that hit the same chunk many times.
     chunk_cache: Mutex<VecDeque<(XetHash, Arc<Vec<u8>>)>>,
     /// Local chunks already checked against their hash by this mount.
@@ -59,7 +59,7 @@ pub(crate) struct Reader {
 
 impl Reader {
     pub fn new(
-        node: Arc<XetNode>,
+        node: Arc<ShareNet>,
         rt: tokio::runtime::Handle,
         share: ShareId,
         timeout: Duration,

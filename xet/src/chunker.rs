@@ -1,4 +1,4 @@
-//! Content-defined chunking, bit-compatible with xet-core (DESIGN.md §3).
+//! Content-defined chunking, bit-compatible with xet-core (docs/formats.md).
 //!
 //! The gear hash at a position depends only on the last 64 bytes (older bytes are shifted out of the
 //! u64), so a position is a *candidate* cut ("hit") independently of where chunks begin, and any cut
@@ -9,7 +9,7 @@
 
 use crate::gear::{scan4, step};
 
-/// The gearhash crate's default table (DESIGN.md §3 fixes it).
+/// The gearhash crate's default table (docs/formats.md fixes it).
 pub use gearhash::DEFAULT_TABLE as GEAR;
 
 pub const MIN_CHUNK: usize = 8 * 1024;

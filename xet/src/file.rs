@@ -7,7 +7,7 @@
 //! [`hash_reader_parallel`] reads on one thread.
 
 use crate::chunker::{find_hits, resolve_cuts, Chunker, MAX_CHUNK, WINDOW};
-use crate::hash::{chunk_hash, file_hash, merkle_root, Node, XetHash};
+use crate::hash::{chunk_hash, file_hash, merkle_root, MerkleEntry, XetHash};
 use rayon::prelude::*;
 use std::io::Read;
 use std::sync::mpsc;
@@ -21,8 +21,8 @@ pub struct ChunkInfo {
 }
 
 impl ChunkInfo {
-    pub fn node(&self) -> Node {
-        Node {
+    pub fn node(&self) -> MerkleEntry {
+        MerkleEntry {
             hash: self.hash,
             size: self.len as u64,
         }
@@ -40,7 +40,7 @@ pub struct FileDigest {
 
 impl FileDigest {
     fn from_chunks(size: u64, chunks: Vec<ChunkInfo>) -> FileDigest {
-        let nodes: Vec<Node> = chunks.iter().map(ChunkInfo::node).collect();
+        let nodes: Vec<MerkleEntry> = chunks.iter().map(ChunkInfo::node).collect();
         let merkle_root = merkle_root(&nodes);
         FileDigest {
             size,

@@ -1,4 +1,4 @@
-//! Xet hashes (DESIGN.md §3): chunk hashes, the variable-branching Merkle tree, file hashes and the
+//! Xet hashes (docs/formats.md): chunk hashes, the variable-branching Merkle tree, file hashes and the
 //! Xet hex form. Pure functions.
 
 use std::fmt;
@@ -67,13 +67,13 @@ pub fn chunk_hash(data: &[u8]) -> XetHash {
 
 /// A Merkle node or leaf: its hash and the bytes it covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Node {
+pub struct MerkleEntry {
     pub hash: XetHash,
     pub size: u64,
 }
 
 /// The text an internal node's hash is taken over (also how nodes are stored and sent).
-pub fn node_text(children: &[Node]) -> String {
+pub fn node_text(children: &[MerkleEntry]) -> String {
     let mut s = String::with_capacity(children.len() * 90);
     for c in children {
         s.push_str(&c.hash.to_hex());
@@ -84,16 +84,16 @@ pub fn node_text(children: &[Node]) -> String {
     s
 }
 
-pub fn internal_node(children: &[Node]) -> Node {
+pub fn internal_node(children: &[MerkleEntry]) -> MerkleEntry {
     let text = node_text(children);
-    Node {
+    MerkleEntry {
         hash: XetHash(*blake3::keyed_hash(&INTERNAL_NODE_KEY, text.as_bytes()).as_bytes()),
         size: children.iter().map(|c| c.size).sum(),
     }
 }
 
-/// Length of the group starting at `nodes[0]` (DESIGN.md §3).
-pub fn group_len(nodes: &[Node]) -> usize {
+/// Length of the group starting at `nodes[0]` (docs/formats.md).
+pub fn group_len(nodes: &[MerkleEntry]) -> usize {
     if nodes.len() <= 2 {
         return nodes.len();
     }
@@ -106,9 +106,12 @@ pub fn group_len(nodes: &[Node]) -> usize {
 }
 
 /// Builds the tree bottom-up, calling `visit(node, children)` for every internal node made.
-pub fn merkle_tree(leaves: &[Node], mut visit: impl FnMut(&Node, &[Node])) -> Node {
+pub fn merkle_tree(
+    leaves: &[MerkleEntry],
+    mut visit: impl FnMut(&MerkleEntry, &[MerkleEntry]),
+) -> MerkleEntry {
     if leaves.is_empty() {
-        return Node {
+        return MerkleEntry {
             hash: XetHash::ZERO,
             size: 0,
         };
@@ -129,7 +132,7 @@ pub fn merkle_tree(leaves: &[Node], mut visit: impl FnMut(&Node, &[Node])) -> No
     layer[0]
 }
 
-pub fn merkle_root(leaves: &[Node]) -> XetHash {
+pub fn merkle_root(leaves: &[MerkleEntry]) -> XetHash {
     merkle_tree(leaves, |_, _| {}).hash
 }
 
@@ -158,12 +161,12 @@ mod tests {
 
     #[test]
     fn groups_bounded() {
-        let nodes: Vec<Node> = (0..100u8)
+        let nodes: Vec<MerkleEntry> = (0..100u8)
             .map(|i| {
                 let mut h = [0u8; 32];
                 h[24] = 1 + (i % 3) * 4; // never divisible by 4 unless i%3... keep odd
                 h[24] |= 1;
-                Node {
+                MerkleEntry {
                     hash: XetHash(h),
                     size: 1,
                 }

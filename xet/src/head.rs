@@ -1,4 +1,4 @@
-//! Share keys, share ids and signed heads (DESIGN.md §4).
+//! Share keys, share ids and signed heads (docs/formats.md).
 //!
 //! A head is a BEP 44 mutable item: `k` (ed25519 public key), `seq`, `v` = {root, size, t} and `sig`
 //! over the BEP 44 signing string (empty salt). Share id = SHA-1(public key).

@@ -1,6 +1,6 @@
 //! `ccbt-xet`: the share layer.
 //!
-//! - [`chunker`]: Xet-compatible content-defined chunking (bit-identical to xet-core, DESIGN.md §3),
+//! - [`chunker`]: Xet-compatible content-defined chunking (bit-identical to xet-core, docs/formats.md),
 //!   streaming, with a multi-lane scan ([`gear`], the scan kernel).
 //! - [`hash`]: chunk hashes, the variable-branching Merkle tree, file hashes, the Xet hex form.
 //! - [`file`]: whole-file chunk + hash, streaming or on all cores, bounded memory.
@@ -27,4 +27,4 @@ pub use file::{
     hash_bytes, hash_file_parallel, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest,
     FileHasher,
 };
-pub use hash::{Node, XetHash};
+pub use hash::{MerkleEntry, XetHash};

@@ -1,4 +1,4 @@
-//! Version listings (DESIGN.md §4): a canonical bencoded list of entries sorted by path bytes.
+//! Version listings (docs/formats.md): a canonical bencoded list of entries sorted by path bytes.
 //! A received listing that breaks any rule is rejected whole.
 
 use ccbt_core::bencode::{self, OwnedValue, Value};

@@ -1,4 +1,4 @@
-//! The `ccbt_xet` BEP 10 extension (DESIGN.md §6): head gossip, requests for chunks and Merkle
+//! The `ccbt_xet` BEP 10 extension (docs/protocol.md): head gossip, requests for chunks and Merkle
 //! nodes by hash, data and not-found replies, have-version notices.
 //!
 //! Wire form: a bencoded header dictionary, then (for `data`) the raw bytes, whose length the
@@ -255,7 +255,7 @@ pub enum NetError {
 }
 
 /// A node's share-networking state; the extension handler and the sync engine share it.
-pub struct XetNode {
+pub struct ShareNet {
     pub shares: Arc<Shares>,
     inner: Mutex<Inner>,
     heads_tx: broadcast::Sender<(ShareId, u64)>,
@@ -266,8 +266,8 @@ pub struct XetNode {
     reach: Mutex<HashMap<ShareId, Arc<Mutex<Reach>>>>,
 }
 
-impl XetNode {
-    pub fn new(shares: Arc<Shares>) -> Arc<XetNode> {
+impl ShareNet {
+    pub fn new(shares: Arc<Shares>) -> Arc<ShareNet> {
         let mut heads = HashMap::new();
         if let Ok(list) = shares.list() {
             for (id, _) in list {
@@ -276,7 +276,7 @@ impl XetNode {
                 }
             }
         }
-        Arc::new(XetNode {
+        Arc::new(ShareNet {
             shares,
             inner: Mutex::new(Inner {
                 heads,
@@ -567,7 +567,7 @@ impl XetNode {
     }
 }
 
-struct XetExt(Arc<XetNode>);
+struct XetExt(Arc<ShareNet>);
 
 impl ExtensionHandler for XetExt {
     fn name(&self) -> &'static str {

@@ -273,7 +273,7 @@ impl Shares {
         Ok(listing::decode(&bytes)?)
     }
 
-    /// Commits a verified head with the Merkle nodes of its version in one batch (DESIGN.md §5: a
+    /// Commits a verified head with the Merkle nodes of its version in one batch (docs/invariants.md: a
     /// crash never leaves a head pointing at missing data), and moves the share's record to it when
     /// it is newer. The one place a version enters the store: `publish`, the owner's mount and the
     /// sync engine all come through here.
@@ -624,11 +624,11 @@ impl Shares {
             &|text| {
                 // A node's hash is over its text; reuse the parser's exact rule.
                 let s = std::str::from_utf8(text).unwrap_or("");
-                let children: Vec<crate::hash::Node> = s
+                let children: Vec<crate::hash::MerkleEntry> = s
                     .split_terminator('\n')
                     .filter_map(|l| {
                         let (h, z) = l.split_once(" : ")?;
-                        Some(crate::hash::Node {
+                        Some(crate::hash::MerkleEntry {
                             hash: XetHash::from_hex(h)?,
                             size: z.parse().ok()?,
                         })

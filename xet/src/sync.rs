@@ -9,7 +9,7 @@
 use crate::hash::XetHash;
 use crate::head::{share_id_hex, Head, ShareId};
 use crate::listing::{self, Entry, Kind as EntryKind};
-use crate::net::{Kind, NetError, XetNode};
+use crate::net::{Kind, NetError, ShareNet};
 use crate::shares::ShareError;
 use crate::{spare, tree};
 use ccbt_cas::ChunkBatch;
@@ -62,7 +62,7 @@ pub struct SyncReport {
 
 /// Resolves trees to their leaves, fetching missing nodes and chunks. Returns root → leaves.
 async fn resolve(
-    node: &Arc<XetNode>,
+    node: &Arc<ShareNet>,
     share: &ShareId,
     min_seq: u64,
     roots: &[XetHash],
@@ -165,7 +165,7 @@ pub fn synced_seq(dir: &Path) -> Option<(ShareId, u64)> {
 /// Fetches version `head` of `share` and writes it into `dir`. Up to `spare_budget` bytes of
 /// large files get background spare copies for fast updates ([`crate::spare`]; 0 = none).
 pub async fn sync_version(
-    node: &Arc<XetNode>,
+    node: &Arc<ShareNet>,
     share: ShareId,
     head: &Head,
     dir: &Path,
@@ -220,7 +220,7 @@ pub async fn sync_version(
 }
 
 fn write_dir(
-    node: &Arc<XetNode>,
+    node: &Arc<ShareNet>,
     share: &ShareId,
     head: &Head,
     entries: &[Entry],

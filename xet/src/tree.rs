@@ -1,8 +1,8 @@
-//! Files in the CAS: a file is its Merkle tree (DESIGN.md §4). Storing chunks a file's bytes and
+//! Files in the CAS: a file is its Merkle tree (docs/formats.md). Storing chunks a file's bytes and
 //! collects its internal nodes; reading walks the tree from the root and verifies every chunk.
 
 use crate::file::{hash_file_parallel_with, ChunkInfo, FileDigest, FileHasher};
-use crate::hash::{chunk_hash, internal_node, merkle_tree, node_text, Node, XetHash};
+use crate::hash::{chunk_hash, internal_node, merkle_tree, node_text, MerkleEntry, XetHash};
 use ccbt_cas::{CasError, ChunkBatch, Store};
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -30,7 +30,7 @@ pub type NodeList = Vec<([u8; 32], Vec<u8>)>;
 
 /// Collects the internal nodes of the tree over `chunks` and returns the root.
 pub fn tree_nodes(chunks: &[ChunkInfo], out: &mut NodeList) -> XetHash {
-    let leaves: Vec<Node> = chunks.iter().map(ChunkInfo::node).collect();
+    let leaves: Vec<MerkleEntry> = chunks.iter().map(ChunkInfo::node).collect();
     merkle_tree(&leaves, |n, children| {
         out.push((n.hash.0, node_text(children).into_bytes()))
     })
@@ -136,7 +136,7 @@ pub fn store_reader<R: Read>(
 }
 
 /// Parses a node's text into its children, strictly.
-pub fn parse_node(hash: XetHash, text: &[u8]) -> Result<Vec<Node>, TreeError> {
+pub fn parse_node(hash: XetHash, text: &[u8]) -> Result<Vec<MerkleEntry>, TreeError> {
     let bad = |m: &str| TreeError::BadNode(hash, m.to_string());
     let s = std::str::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
     let mut out = Vec::new();
@@ -144,7 +144,7 @@ pub fn parse_node(hash: XetHash, text: &[u8]) -> Result<Vec<Node>, TreeError> {
         let (h, size) = line.split_once(" : ").ok_or_else(|| bad("bad line"))?;
         let h = XetHash::from_hex(h).ok_or_else(|| bad("bad child hash"))?;
         let size: u64 = size.parse().map_err(|_| bad("bad child size"))?;
-        out.push(Node { hash: h, size });
+        out.push(MerkleEntry { hash: h, size });
     }
     if out.is_empty() || !s.ends_with('\n') {
         return Err(bad("no children"));

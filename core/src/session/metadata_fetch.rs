@@ -5,18 +5,18 @@
 //! info-hash, so a lying peer cannot poison what honest peers send; the first verified copy wins.
 
 use super::tracker_client;
+use super::transport::{self, PeerStream};
 use crate::extension::ExtHandshake;
 use crate::merkle::{self, Hash32};
 use crate::metadata::{Assembler, MetaMsg, MetadataError, NAME};
 use crate::tracker::{Announce, Event};
-use crate::wire::{Decoder, Handshake, HashReq, Message, HANDSHAKE_LEN};
+use crate::wire::{Decoder, Handshake, HashReq, Message};
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Our local id for `ut_metadata` on fetch-only connections.
@@ -167,22 +167,12 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
 /// One peer: handshake, extension handshake, every metadata piece, then (v2-only) the piece layers.
 async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<Fetched, String> {
     let io = |e: std::io::Error| e.to_string();
-    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(io)?;
-    let _ = s.set_nodelay(true);
+    let mut s = transport::connect(addr, Duration::from_secs(5)).await?;
     let mut ours_hs = Handshake::new(ih, cfg.peer_id);
     if cfg.v1.is_none() {
         ours_hs.reserved[7] |= 0x10; // BEP 52: we speak v2
     }
-    s.write_all(&ours_hs.encode()).await.map_err(io)?;
-    let mut hs = [0u8; HANDSHAKE_LEN];
-    s.read_exact(&mut hs).await.map_err(io)?;
-    let theirs = Handshake::decode(&hs).map_err(|e| e.to_string())?;
-    if theirs.info_hash != ih {
-        return Err("answered for another torrent".into());
-    }
+    let theirs = transport::handshake(&mut s, &ours_hs, None).await?;
     if !theirs.supports_extensions() {
         return Err("does not support extensions (BEP 10), so cannot send metadata".into());
     }
@@ -268,7 +258,7 @@ async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<
 /// BEP 52: asks the peer for the piece layer of every file longer than a piece (in blocks of at
 /// most 512 hashes, without proofs) and checks each assembled layer against its `pieces root`.
 async fn piece_layers(
-    s: &mut TcpStream,
+    s: &mut PeerStream,
     dec: &mut Decoder,
     info: &[u8],
 ) -> Result<BTreeMap<Hash32, Vec<Hash32>>, String> {
@@ -350,7 +340,7 @@ async fn piece_layers(
     Ok(layers)
 }
 
-async fn send(s: &mut TcpStream, id: u8, payload: Bytes) -> Result<(), String> {
+async fn send(s: &mut PeerStream, id: u8, payload: Bytes) -> Result<(), String> {
     let mut out = BytesMut::new();
     Message::Extended { id, payload }.encode(&mut out);
     s.write_all(&out).await.map_err(|e| e.to_string())

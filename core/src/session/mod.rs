@@ -4,6 +4,7 @@
 
 mod disk;
 mod latency;
+mod transport;
 pub use latency::RuntimeLatency;
 pub mod metadata_fetch;
 mod peer;
@@ -18,7 +19,7 @@ use crate::ratelimit::TokenBucket;
 use crate::resume::Checkpoint;
 use crate::storage::{self, Expected, Prealloc, Storage};
 use crate::tracker::{Announce, Event};
-use crate::wire::{Bitfield, Handshake, HANDSHAKE_LEN};
+use crate::wire::Bitfield;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,8 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, thiserror::Error)]
@@ -323,10 +323,7 @@ impl Session {
         let acc = inner.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, addr)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
+                let (stream, addr) = transport::accept(&listener).await;
                 let inner = acc.clone();
                 tokio::spawn(async move {
                     if let Err(e) = accept_peer(inner, stream, addr).await {
@@ -646,14 +643,10 @@ fn stats(t: &TorrentShared) -> Stats {
 
 async fn accept_peer(
     inner: Arc<SessionInner>,
-    mut stream: TcpStream,
+    mut stream: transport::PeerStream,
     addr: SocketAddr,
-) -> std::io::Result<()> {
-    let mut hs = [0u8; HANDSHAKE_LEN];
-    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut hs))
-        .await
-        .map_err(|_| std::io::Error::other("handshake timed out"))??;
-    let theirs = Handshake::decode(&hs).map_err(std::io::Error::other)?;
+) -> Result<(), String> {
+    let theirs = transport::read_handshake(&mut stream).await?;
     let t = inner
         .torrents
         .lock()
@@ -661,7 +654,7 @@ async fn accept_peer(
         .get(&theirs.info_hash)
         .cloned();
     let Some(t) = t else {
-        return Err(std::io::Error::other("unknown info-hash"));
+        return Err("unknown info-hash".into());
     };
     peer::run(t, stream, addr, Some(theirs)).await;
     Ok(())
@@ -796,12 +789,11 @@ fn is_self(t: &TorrentShared, a: SocketAddr) -> bool {
 }
 
 async fn connect_peer(t: Arc<TorrentShared>, addr: SocketAddr) {
-    let res = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await;
+    let res = transport::connect(addr, Duration::from_secs(10)).await;
     t.state.lock().unwrap().connecting.remove(&addr);
     match res {
-        Ok(Ok(stream)) => peer::run(t, stream, addr, None).await,
-        Ok(Err(e)) => tracing::debug!("connect {addr}: {e}"),
-        Err(_) => tracing::debug!("connect {addr}: timed out"),
+        Ok(stream) => peer::run(t, stream, addr, None).await,
+        Err(e) => tracing::debug!("connect {addr}: {e}"),
     }
 }
 

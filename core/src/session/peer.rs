@@ -1,17 +1,17 @@
 //! One peer connection: handshake, then a reader loop (messages in, requests out, uploads served)
 //! and a writer task fed by a bounded channel (backpressure, upload rate limits).
 
+use super::transport::{self, PeerStream};
 use super::{Cmd, PeerEntry, TorrentShared};
 use crate::extension::{ExtHandshake, PeerCtx};
 use crate::picker::Block;
-use crate::wire::{Bitfield, Decoder, Handshake, Message, BLOCK_SIZE, HANDSHAKE_LEN, MAX_REQUEST};
+use crate::wire::{Bitfield, Decoder, Handshake, Message, BLOCK_SIZE, MAX_REQUEST};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Upload requests queued per peer; more are dropped (the peer re-requests).
@@ -108,7 +108,7 @@ enum Reason {
 
 pub(crate) async fn run(
     t: Arc<TorrentShared>,
-    stream: TcpStream,
+    stream: PeerStream,
     addr: SocketAddr,
     incoming: Option<Handshake>,
 ) {
@@ -132,33 +132,15 @@ pub(crate) async fn run(
 
 async fn run_inner(
     t: Arc<TorrentShared>,
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     incoming: Option<Handshake>,
     key: u64,
 ) -> Result<(), Reason> {
-    let _ = stream.set_nodelay(true);
     let ours = Handshake::new(t.info_hash, t.session.peer_id);
-    let io = |e: std::io::Error| Reason::Protocol(e.to_string());
-    let theirs = match incoming {
-        Some(h) => {
-            stream.write_all(&ours.encode()).await.map_err(io)?;
-            h
-        }
-        None => {
-            stream.write_all(&ours.encode()).await.map_err(io)?;
-            let mut hs = [0u8; HANDSHAKE_LEN];
-            tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut hs))
-                .await
-                .map_err(|_| Reason::Protocol("handshake timed out".into()))?
-                .map_err(io)?;
-            let h = Handshake::decode(&hs).map_err(|e| Reason::Protocol(e.to_string()))?;
-            if h.info_hash != t.info_hash {
-                return Err(Reason::Protocol("peer answered for another torrent".into()));
-            }
-            h
-        }
-    };
+    let theirs = transport::handshake(&mut stream, &ours, incoming)
+        .await
+        .map_err(Reason::Protocol)?;
     if theirs.peer_id == t.session.peer_id {
         return Err(Reason::Protocol("connected to ourselves".into()));
     }
