@@ -21,8 +21,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// when no close or fsync has.
 const STATE_EVERY: Duration = Duration::from_secs(1);
 
-/// An overlay file's newly stored root: (inode, overlay path, gen it was read at, root, size).
-type NewRoot = (u64, PathBuf, u64, XetHash, u64);
+/// An overlay file's newly stored root, and what it was read from.
+struct NewRoot {
+    ino: u64,
+    path: PathBuf,
+    /// The file's `gen` when it was read: a later write makes the root stale.
+    gen: u64,
+    root: XetHash,
+    size: u64,
+}
 
 /// Publishes the working tree as the next version; returns the newest version (unchanged when
 /// the tree equals the last published version).
@@ -78,7 +85,13 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
                         d.merkle_root
                     }
                 };
-                new_roots.push((*ino, o.path.clone(), o.gen, root, size));
+                new_roots.push(NewRoot {
+                    ino: *ino,
+                    path: o.path.clone(),
+                    gen: o.gen,
+                    root,
+                    size,
+                });
                 root
             }
         };
@@ -123,14 +136,14 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
     {
         // The published roots become the overlay files' clean state (unless written meanwhile).
         let mut st = s.state();
-        for (ino, p, g, r, size) in new_roots {
-            if let Some(n) = st.tree.nodes.get_mut(&ino) {
+        for nr in new_roots {
+            if let Some(n) = st.tree.nodes.get_mut(&nr.ino) {
                 if let Content::Overlay(o) = &mut n.content {
-                    if o.path == p && o.gen == g {
-                        o.root = Some(r);
+                    if o.path == nr.path && o.gen == nr.gen {
+                        o.root = Some(nr.root);
                         // Untouched since it was read: the base of later edits.
                         o.edits = Some(Edits {
-                            base: (r, size),
+                            base: (nr.root, nr.size),
                             ranges: Vec::new(),
                         });
                     }

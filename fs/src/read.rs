@@ -43,6 +43,22 @@ pub(crate) fn io_errno(e: std::io::Error) -> Errno {
     }
 }
 
+/// A chunk of a file: where it starts in the file, its hash, its length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkSpan {
+    pub offset: u64,
+    pub hash: XetHash,
+    pub len: u64,
+}
+
+/// The slice `[from, from + dst.len())` of a chunk, to be copied into `dst`.
+struct Part<'a> {
+    hash: XetHash,
+    chunk_len: u64,
+    from: usize,
+    dst: &'a mut [u8],
+}
+
 pub(crate) struct Reader {
     pub node: Arc<ShareNet>,
     pub rt: tokio::runtime::Handle,
@@ -106,15 +122,15 @@ impl Reader {
         }
     }
 
-    /// The chunks (offset, hash, size) of a file that overlap `[off, end)`, fetching the nodes on
-    /// the way down from the root as needed.
+    /// The chunks of a file that overlap `[off, end)`, fetching the nodes on the way down from
+    /// the root as needed.
     pub fn chunks_for(
         &self,
         root: XetHash,
         size: u64,
         off: u64,
         end: u64,
-    ) -> Result<Vec<(u64, XetHash, u64)>, Errno> {
+    ) -> Result<Vec<ChunkSpan>, Errno> {
         let store = &self.node.shares.store;
         let mut out = Vec::new();
         let mut stack = vec![(root, 0u64, size)];
@@ -181,7 +197,11 @@ impl Reader {
                     }
                     stack.extend(items.into_iter().rev());
                 }
-                None => out.push((base, h, len)),
+                None => out.push(ChunkSpan {
+                    offset: base,
+                    hash: h,
+                    len,
+                }),
             }
         }
         Ok(out)
@@ -237,8 +257,14 @@ impl Reader {
     }
 
     /// Copies each chunk's range `[s, s + dst.len())` into `dst`, verifying the chunk.
-    fn fill_parts(&self, parts: Vec<(XetHash, u64, usize, &mut [u8])>) -> Result<(), Errno> {
-        for (h, clen, s, dst) in parts {
+    fn fill_parts(&self, parts: Vec<Part<'_>>) -> Result<(), Errno> {
+        for Part {
+            hash: h,
+            chunk_len: clen,
+            from: s,
+            dst,
+        } in parts
+        {
             let e = s + dst.len();
             // A chunk read to its end is copied straight from the store into the reply; one that
             // goes on past this read goes through the cache, as the next read starts there.
@@ -291,12 +317,17 @@ impl Reader {
         // Each chunk's slice of the reply.
         let mut parts = Vec::with_capacity(chunks.len());
         let mut rest = &mut out[at..];
-        for (base, h, clen) in &chunks {
-            let s = (off.max(*base) - base) as usize;
-            let e = (end.min(base + clen) - base) as usize;
+        for c in &chunks {
+            let s = (off.max(c.offset) - c.offset) as usize;
+            let e = (end.min(c.offset + c.len) - c.offset) as usize;
             let (dst, r) = rest.split_at_mut(e - s);
             rest = r;
-            parts.push((*h, *clen, s, dst));
+            parts.push(Part {
+                hash: c.hash,
+                chunk_len: c.len,
+                from: s,
+                dst,
+            });
         }
         // Verifying and copying a large read's chunks is split over two threads: on a local
         // store that work, not I/O, bounds a sequential reader.
@@ -328,7 +359,7 @@ impl Reader {
             if let Ok(next) = self.chunks_for(root, size, from, ahead_end) {
                 let store_missing: Vec<XetHash> = next
                     .iter()
-                    .map(|c| c.1)
+                    .map(|c| c.hash)
                     .filter(|h| !self.node.shares.store.has_chunk(&h.0).unwrap_or(true))
                     .collect();
                 let node = self.node.clone();
@@ -337,7 +368,12 @@ impl Reader {
                     let node = node.clone();
                     self.rt.spawn(async move {
                         if let Ok((_, d)) = node.fetch(&share, h, Kind::Chunk, 0).await {
-                            let _ = node.shares.store.put_chunk_cached(&h.0, &d);
+                            // The store write runs off the runtime's workers.
+                            let n = node.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                n.shares.store.put_chunk_cached(&h.0, &d)
+                            })
+                            .await;
                         }
                     });
                 }
@@ -352,8 +388,8 @@ impl Reader {
         let size = UNKNOWN_SIZE; // the listing's size is not in the head: cover everything
         let chunks = self.chunks_for(root, size, 0, size)?;
         let mut bytes = Vec::new();
-        for (_, h, _) in chunks {
-            bytes.extend_from_slice(&self.chunk(h)?);
+        for c in chunks {
+            bytes.extend_from_slice(&self.chunk(c.hash)?);
         }
         listing::decode(&bytes).map_err(|e| errno(e, Errno::EIO))
     }
@@ -362,6 +398,6 @@ impl Reader {
     pub fn fetch_all(&self, root: XetHash, size: u64) -> Result<(), Errno> {
         self.chunks_for(root, size, 0, size)?
             .iter()
-            .try_for_each(|(_, h, _)| self.chunk(*h).map(|_| ()))
+            .try_for_each(|c| self.chunk(c.hash).map(|_| ()))
     }
 }
