@@ -1,0 +1,452 @@
+//! KRPC (BEP 5): bencoded dictionaries over UDP. `t` is the transaction id, `y` the kind (`q`
+//! query, `r` response, `e` error), `q` the method, `a` the arguments, `r` the return values, `e`
+//! `[code, message]`. Every field read is type-checked and bounded: a hostile datagram gives a
+//! [`KrpcError`], never a panic or an allocation larger than the datagram.
+
+use crate::Id;
+use ccbt_core::bencode::{self, OwnedValue as V, Value};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// The largest datagram we decode (a DHT packet fits one UDP payload on any path).
+pub const MAX_PACKET: usize = 1500;
+/// Compact node info (BEP 5): id, IPv4 address, port.
+pub const NODE_LEN: usize = 26;
+/// Longest token or transaction id we accept.
+pub const MAX_TOKEN: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KrpcError {
+    #[error("KRPC packet of {0} bytes exceeds {MAX_PACKET}")]
+    TooLarge(usize),
+    #[error("KRPC packet is not bencode: {0}")]
+    Bencode(String),
+    #[error("malformed KRPC packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// A node: its id and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    pub id: Id,
+    pub addr: SocketAddrV4,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Ping,
+    FindNode {
+        target: Id,
+    },
+    GetPeers {
+        info_hash: Id,
+    },
+    AnnouncePeer {
+        info_hash: Id,
+        port: u16,
+        /// BEP 5: use the packet's source port instead of `port`.
+        implied_port: bool,
+        token: Vec<u8>,
+    },
+    /// A method this codec does not know (answered with error 204).
+    Unknown(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Response {
+    pub nodes: Vec<NodeInfo>,
+    pub token: Option<Vec<u8>>,
+    pub values: Vec<SocketAddrV4>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Query(Query),
+    Response(Response),
+    Error { code: i64, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub tid: Vec<u8>,
+    /// The sender's node id (absent only in errors).
+    pub id: Option<Id>,
+    /// BEP 43: the sender is read-only (do not add it to routing tables).
+    pub read_only: bool,
+    /// BEP 42: our address as the sender saw it, if it said.
+    pub your_ip: Option<SocketAddrV4>,
+    pub body: Body,
+}
+
+fn id20(v: Option<&Value>) -> Option<Id> {
+    v?.as_bytes()?.try_into().ok()
+}
+
+fn compact_addr(b: &[u8]) -> Option<SocketAddrV4> {
+    let b: &[u8; 6] = b.try_into().ok()?;
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+        u16::from_be_bytes([b[4], b[5]]),
+    ))
+}
+
+fn addr_bytes(a: &SocketAddrV4) -> [u8; 6] {
+    let mut o = [0u8; 6];
+    o[..4].copy_from_slice(&a.ip().octets());
+    o[4..].copy_from_slice(&a.port().to_be_bytes());
+    o
+}
+
+/// Compact node infos (a multiple of 26 bytes).
+pub fn decode_nodes(b: &[u8]) -> Result<Vec<NodeInfo>, KrpcError> {
+    if !b.len().is_multiple_of(NODE_LEN) {
+        return Err(KrpcError::Malformed(
+            "'nodes' is not a multiple of 26 bytes",
+        ));
+    }
+    Ok(b.chunks_exact(NODE_LEN)
+        .filter_map(|c| {
+            Some(NodeInfo {
+                id: c[..20].try_into().ok()?,
+                addr: compact_addr(&c[20..])?,
+            })
+        })
+        .collect())
+}
+
+pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
+    let mut o = Vec::with_capacity(nodes.len() * NODE_LEN);
+    for n in nodes {
+        o.extend_from_slice(&n.id);
+        o.extend_from_slice(&addr_bytes(&n.addr));
+    }
+    o
+}
+
+impl Message {
+    pub fn decode(pkt: &[u8]) -> Result<Message, KrpcError> {
+        if pkt.len() > MAX_PACKET {
+            return Err(KrpcError::TooLarge(pkt.len()));
+        }
+        let v = bencode::decode(pkt).map_err(|e| KrpcError::Bencode(e.to_string()))?;
+        let d = v
+            .as_dict()
+            .ok_or(KrpcError::Malformed("not a dictionary"))?;
+        let tid = d
+            .get(b"t")
+            .and_then(Value::as_bytes)
+            .filter(|t| t.len() <= MAX_TOKEN)
+            .ok_or(KrpcError::Malformed("no transaction id"))?
+            .to_vec();
+        let read_only = matches!(d.get(b"ro").and_then(Value::as_int), Some(1));
+        let your_ip = d
+            .get(b"ip")
+            .and_then(Value::as_bytes)
+            .and_then(compact_addr);
+        let y = d
+            .get(b"y")
+            .and_then(Value::as_bytes)
+            .ok_or(KrpcError::Malformed("no message kind 'y'"))?;
+        let (id, body) = match y {
+            b"q" => {
+                let a = d
+                    .get(b"a")
+                    .and_then(Value::as_dict)
+                    .ok_or(KrpcError::Malformed("query without arguments 'a'"))?;
+                let id = id20(a.get(b"id")).ok_or(KrpcError::Malformed("query without an id"))?;
+                let method = d
+                    .get(b"q")
+                    .and_then(Value::as_bytes)
+                    .ok_or(KrpcError::Malformed("query without a method 'q'"))?;
+                let hash = |k: &[u8], what| id20(a.get(k)).ok_or(KrpcError::Malformed(what));
+                let q = match method {
+                    b"ping" => Query::Ping,
+                    b"find_node" => Query::FindNode {
+                        target: hash(b"target", "find_node without a 20-byte target")?,
+                    },
+                    b"get_peers" => Query::GetPeers {
+                        info_hash: hash(b"info_hash", "get_peers without a 20-byte info_hash")?,
+                    },
+                    b"announce_peer" => {
+                        let port = a
+                            .get(b"port")
+                            .and_then(Value::as_int)
+                            .and_then(|p| u16::try_from(p).ok())
+                            .ok_or(KrpcError::Malformed("announce_peer without a valid port"))?;
+                        Query::AnnouncePeer {
+                            info_hash: hash(b"info_hash", "announce_peer without an info_hash")?,
+                            port,
+                            implied_port: matches!(
+                                a.get(b"implied_port").and_then(Value::as_int),
+                                Some(1)
+                            ),
+                            token: a
+                                .get(b"token")
+                                .and_then(Value::as_bytes)
+                                .filter(|t| t.len() <= MAX_TOKEN)
+                                .ok_or(KrpcError::Malformed("announce_peer without a token"))?
+                                .to_vec(),
+                        }
+                    }
+                    other => Query::Unknown(other.iter().take(32).copied().collect()),
+                };
+                (Some(id), Body::Query(q))
+            }
+            b"r" => {
+                let r = d
+                    .get(b"r")
+                    .and_then(Value::as_dict)
+                    .ok_or(KrpcError::Malformed("response without return values 'r'"))?;
+                let id =
+                    id20(r.get(b"id")).ok_or(KrpcError::Malformed("response without an id"))?;
+                let nodes = match r.get(b"nodes") {
+                    None => Vec::new(),
+                    Some(n) => decode_nodes(
+                        n.as_bytes()
+                            .ok_or(KrpcError::Malformed("'nodes' is not a string"))?,
+                    )?,
+                };
+                let values = match r.get(b"values") {
+                    None => Vec::new(),
+                    Some(v) => v
+                        .as_list()
+                        .ok_or(KrpcError::Malformed("'values' is not a list"))?
+                        .iter()
+                        .filter_map(|x| x.as_bytes().and_then(compact_addr))
+                        .collect(),
+                };
+                let token = match r.get(b"token") {
+                    None => None,
+                    Some(t) => Some(
+                        t.as_bytes()
+                            .filter(|t| t.len() <= MAX_TOKEN)
+                            .ok_or(KrpcError::Malformed("bad token"))?
+                            .to_vec(),
+                    ),
+                };
+                (
+                    Some(id),
+                    Body::Response(Response {
+                        nodes,
+                        token,
+                        values,
+                    }),
+                )
+            }
+            b"e" => {
+                let e = d
+                    .get(b"e")
+                    .and_then(Value::as_list)
+                    .ok_or(KrpcError::Malformed("error without 'e' list"))?;
+                let code = e
+                    .first()
+                    .and_then(Value::as_int)
+                    .ok_or(KrpcError::Malformed("error without a code"))?;
+                let message = e
+                    .get(1)
+                    .and_then(Value::as_bytes)
+                    .map(|m| String::from_utf8_lossy(&m[..m.len().min(256)]).into_owned())
+                    .unwrap_or_default();
+                (None, Body::Error { code, message })
+            }
+            _ => return Err(KrpcError::Malformed("unknown message kind 'y'")),
+        };
+        Ok(Message {
+            tid,
+            id,
+            read_only,
+            your_ip,
+            body,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut top: Vec<(&str, V)> = vec![("t", V::bytes(self.tid.clone()))];
+        if self.read_only {
+            top.push(("ro", V::Int(1)));
+        }
+        if let Some(ip) = &self.your_ip {
+            top.push(("ip", V::bytes(addr_bytes(ip).to_vec())));
+        }
+        let id = || V::bytes(self.id.unwrap_or([0; 20]).to_vec());
+        match &self.body {
+            Body::Query(q) => {
+                let mut a = vec![("id", id())];
+                let method = match q {
+                    Query::Ping => "ping",
+                    Query::FindNode { target } => {
+                        a.push(("target", V::bytes(target.to_vec())));
+                        "find_node"
+                    }
+                    Query::GetPeers { info_hash } => {
+                        a.push(("info_hash", V::bytes(info_hash.to_vec())));
+                        "get_peers"
+                    }
+                    Query::AnnouncePeer {
+                        info_hash,
+                        port,
+                        implied_port,
+                        token,
+                    } => {
+                        a.push(("info_hash", V::bytes(info_hash.to_vec())));
+                        a.push(("port", V::Int(*port as i64)));
+                        a.push(("implied_port", V::Int(*implied_port as i64)));
+                        a.push(("token", V::bytes(token.clone())));
+                        "announce_peer"
+                    }
+                    Query::Unknown(m) => {
+                        top.push(("q", V::bytes(m.clone())));
+                        top.push(("a", V::dict(a)));
+                        top.push(("y", V::bytes("q")));
+                        return V::dict(top).encode();
+                    }
+                };
+                top.push(("q", V::bytes(method)));
+                top.push(("a", V::dict(a)));
+                top.push(("y", V::bytes("q")));
+            }
+            Body::Response(r) => {
+                let mut d = vec![("id", id())];
+                if !r.nodes.is_empty() {
+                    d.push(("nodes", V::bytes(encode_nodes(&r.nodes))));
+                }
+                if let Some(t) = &r.token {
+                    d.push(("token", V::bytes(t.clone())));
+                }
+                if !r.values.is_empty() {
+                    d.push((
+                        "values",
+                        V::List(
+                            r.values
+                                .iter()
+                                .map(|a| V::bytes(addr_bytes(a).to_vec()))
+                                .collect(),
+                        ),
+                    ));
+                }
+                top.push(("r", V::dict(d)));
+                top.push(("y", V::bytes("r")));
+            }
+            Body::Error { code, message } => {
+                top.push((
+                    "e",
+                    V::List(vec![V::Int(*code), V::bytes(message.as_bytes())]),
+                ));
+                top.push(("y", V::bytes("e")));
+            }
+        }
+        V::dict(top).encode()
+    }
+}
+
+/// The address a response should be sent to for an IPv4 peer (IPv6 is BEP 32, later).
+pub fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bep5_example_vectors() {
+        // The examples of BEP 5, byte for byte.
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        let m = Message::decode(ping).unwrap();
+        assert_eq!(m.tid, b"aa");
+        assert_eq!(m.id, Some(*b"abcdefghij0123456789"));
+        assert_eq!(m.body, Body::Query(Query::Ping));
+        assert_eq!(m.encode(), ping);
+
+        let pong = b"d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re";
+        let m = Message::decode(pong).unwrap();
+        assert_eq!(m.body, Body::Response(Response::default()));
+        assert_eq!(m.encode(), pong);
+
+        let find = b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node1:t2:aa1:y1:qe";
+        let m = Message::decode(find).unwrap();
+        assert_eq!(
+            m.body,
+            Body::Query(Query::FindNode {
+                target: *b"mnopqrstuvwxyz123456"
+            })
+        );
+        assert_eq!(m.encode(), find);
+
+        let ann = b"d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe";
+        let m = Message::decode(ann).unwrap();
+        assert_eq!(
+            m.body,
+            Body::Query(Query::AnnouncePeer {
+                info_hash: *b"mnopqrstuvwxyz123456",
+                port: 6881,
+                implied_port: true,
+                token: b"aoeusnth".to_vec(),
+            })
+        );
+        assert_eq!(m.encode(), ann);
+
+        let peers = b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re";
+        let m = Message::decode(peers).unwrap();
+        let Body::Response(r) = &m.body else { panic!() };
+        assert_eq!(r.token.as_deref(), Some(&b"aoeusnth"[..]));
+        assert_eq!(r.values.len(), 2);
+        assert_eq!(r.values[0], compact_addr(b"axje.u").unwrap());
+        assert_eq!(m.encode(), peers);
+
+        let err = b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee";
+        let m = Message::decode(err).unwrap();
+        assert_eq!(
+            m.body,
+            Body::Error {
+                code: 201,
+                message: "A Generic Error Ocurred".into()
+            }
+        );
+        assert_eq!(m.encode(), err);
+    }
+
+    #[test]
+    fn nodes_round_trip_and_hostile_packets_fail_cleanly() {
+        let n = NodeInfo {
+            id: [7; 20],
+            addr: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 3), 6881),
+        };
+        let m = Message {
+            tid: vec![1, 2],
+            id: Some([9; 20]),
+            read_only: false,
+            your_ip: Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 1)),
+            body: Body::Response(Response {
+                nodes: vec![n, n],
+                token: Some(vec![5; 8]),
+                values: vec![],
+            }),
+        };
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        for bad in [
+            &b"garbage"[..],
+            b"d1:t2:aa1:y1:qe",                        // no arguments
+            b"d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe", // short id
+            b"d1:rd2:id20:abcdefghij01234567895:nodes3:abce1:t2:aa1:y1:re", // bad nodes
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:y1:qe", // no tid
+            b"d1:t2:aa1:y1:ze",                        // unknown kind
+        ] {
+            assert!(
+                Message::decode(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            Message::decode(&vec![b'x'; MAX_PACKET + 1]).unwrap_err(),
+            KrpcError::TooLarge(MAX_PACKET + 1)
+        );
+        // An unknown method is a query we answer with an error, not a failure to decode.
+        let m =
+            Message::decode(b"d1:ad2:id20:abcdefghij0123456789e1:q6:vote_x1:t2:aa1:y1:qe").unwrap();
+        assert_eq!(m.body, Body::Query(Query::Unknown(b"vote_x".to_vec())));
+    }
+}
