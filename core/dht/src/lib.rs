@@ -8,7 +8,9 @@
 //! Nothing here touches a socket or a clock: the node task on top feeds datagrams and the time.
 
 pub mod krpc;
+pub mod lookup;
 pub mod routing;
+pub mod server;
 
 /// A node id or an info-hash: 160 bits.
 pub type Id = [u8; 20];
