@@ -47,15 +47,53 @@ pub enum Query {
         implied_port: bool,
         token: Vec<u8>,
     },
+    /// BEP 44 get: an item by target (with `seq`, only if newer than it).
+    Get {
+        target: Id,
+        seq: Option<i64>,
+    },
+    /// BEP 44 put of an immutable (`mutable` = None) or mutable item.
+    Put {
+        token: Vec<u8>,
+        /// The bencoded value.
+        v: Vec<u8>,
+        mutable: Option<MutablePut>,
+    },
     /// A method this codec does not know (answered with error 204).
     Unknown(Vec<u8>),
 }
+
+/// The signed part of a mutable BEP 44 put (or get reply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutablePut {
+    pub k: [u8; 32],
+    pub salt: Vec<u8>,
+    pub seq: i64,
+    pub sig: [u8; 64],
+    /// Compare-and-swap: the put applies only if the stored seq equals this.
+    pub cas: Option<i64>,
+}
+
+/// The largest bencoded value of a BEP 44 item.
+pub const MAX_ITEM: usize = 1000;
+/// The longest salt of a mutable item.
+pub const MAX_SALT: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Response {
     pub nodes: Vec<NodeInfo>,
     pub token: Option<Vec<u8>>,
     pub values: Vec<SocketAddrV4>,
+    /// BEP 44 get: the item's bencoded value, and for a mutable item its key, seq and signature.
+    pub item: Option<ItemReply>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemReply {
+    pub v: Vec<u8>,
+    pub k: Option<[u8; 32]>,
+    pub seq: Option<i64>,
+    pub sig: Option<[u8; 64]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +225,47 @@ impl Message {
                                 .to_vec(),
                         }
                     }
+                    b"get" => Query::Get {
+                        target: hash(b"target", "get without a 20-byte target")?,
+                        seq: a.get(b"seq").and_then(Value::as_int),
+                    },
+                    b"put" => {
+                        let token = a
+                            .get(b"token")
+                            .and_then(Value::as_bytes)
+                            .filter(|t| t.len() <= MAX_TOKEN)
+                            .ok_or(KrpcError::Malformed("put without a token"))?
+                            .to_vec();
+                        let v = a
+                            .get(b"v")
+                            .ok_or(KrpcError::Malformed("put without a value"))?
+                            .to_owned_value()
+                            .encode();
+                        let mutable = match a.get(b"k") {
+                            None => None,
+                            Some(k) => Some(MutablePut {
+                                k: k.as_bytes()
+                                    .and_then(|k| k.try_into().ok())
+                                    .ok_or(KrpcError::Malformed("put: 'k' is not 32 bytes"))?,
+                                salt: a
+                                    .get(b"salt")
+                                    .map(|x| x.as_bytes().map(<[u8]>::to_vec))
+                                    .unwrap_or(Some(Vec::new()))
+                                    .ok_or(KrpcError::Malformed("put: bad salt"))?,
+                                seq: a
+                                    .get(b"seq")
+                                    .and_then(Value::as_int)
+                                    .ok_or(KrpcError::Malformed("put: mutable item without seq"))?,
+                                sig: a
+                                    .get(b"sig")
+                                    .and_then(Value::as_bytes)
+                                    .and_then(|x| x.try_into().ok())
+                                    .ok_or(KrpcError::Malformed("put: 'sig' is not 64 bytes"))?,
+                                cas: a.get(b"cas").and_then(Value::as_int),
+                            }),
+                        };
+                        Query::Put { token, v, mutable }
+                    }
                     other => Query::Unknown(other.iter().take(32).copied().collect()),
                 };
                 (Some(id), Body::Query(q))
@@ -223,12 +302,24 @@ impl Message {
                             .to_vec(),
                     ),
                 };
+                let item = r.get(b"v").map(|v| ItemReply {
+                    v: v.to_owned_value().encode(),
+                    k: r.get(b"k")
+                        .and_then(Value::as_bytes)
+                        .and_then(|k| k.try_into().ok()),
+                    seq: r.get(b"seq").and_then(Value::as_int),
+                    sig: r
+                        .get(b"sig")
+                        .and_then(Value::as_bytes)
+                        .and_then(|x| x.try_into().ok()),
+                });
                 (
                     Some(id),
                     Body::Response(Response {
                         nodes,
                         token,
                         values,
+                        item,
                     }),
                 )
             }
@@ -293,6 +384,29 @@ impl Message {
                         a.push(("token", V::bytes(token.clone())));
                         "announce_peer"
                     }
+                    Query::Get { target, seq } => {
+                        a.push(("target", V::bytes(target.to_vec())));
+                        if let Some(q) = seq {
+                            a.push(("seq", V::Int(*q)));
+                        }
+                        "get"
+                    }
+                    Query::Put { token, v, mutable } => {
+                        a.push(("token", V::bytes(token.clone())));
+                        a.push(("v", raw_value(v)));
+                        if let Some(m) = mutable {
+                            a.push(("k", V::bytes(m.k.to_vec())));
+                            if !m.salt.is_empty() {
+                                a.push(("salt", V::bytes(m.salt.clone())));
+                            }
+                            a.push(("seq", V::Int(m.seq)));
+                            a.push(("sig", V::bytes(m.sig.to_vec())));
+                            if let Some(c) = m.cas {
+                                a.push(("cas", V::Int(c)));
+                            }
+                        }
+                        "put"
+                    }
                     Query::Unknown(m) => {
                         top.push(("q", V::bytes(m.clone())));
                         top.push(("a", V::dict(a)));
@@ -323,6 +437,18 @@ impl Message {
                         ),
                     ));
                 }
+                if let Some(it) = &r.item {
+                    d.push(("v", raw_value(&it.v)));
+                    if let Some(k) = it.k {
+                        d.push(("k", V::bytes(k.to_vec())));
+                    }
+                    if let Some(q) = it.seq {
+                        d.push(("seq", V::Int(q)));
+                    }
+                    if let Some(sig) = it.sig {
+                        d.push(("sig", V::bytes(sig.to_vec())));
+                    }
+                }
                 top.push(("r", V::dict(d)));
                 top.push(("y", V::bytes("r")));
             }
@@ -336,6 +462,14 @@ impl Message {
         }
         V::dict(top).encode()
     }
+}
+
+/// A bencoded value held as bytes, back into a tree for encoding (it was decoded strictly, so
+/// this cannot fail for values this codec produced; anything else encodes as an empty string).
+fn raw_value(v: &[u8]) -> V {
+    bencode::decode(v)
+        .map(|x| x.to_owned_value())
+        .unwrap_or_else(|_| V::bytes(Vec::new()))
 }
 
 /// The address a response should be sent to for an IPv4 peer (IPv6 is BEP 32, later).
@@ -423,6 +557,12 @@ mod tests {
                 nodes: vec![n, n],
                 token: Some(vec![5; 8]),
                 values: vec![],
+                item: Some(ItemReply {
+                    v: b"12:Hello World!".to_vec(),
+                    k: Some([3; 32]),
+                    seq: Some(4),
+                    sig: Some([6; 64]),
+                }),
             }),
         };
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);

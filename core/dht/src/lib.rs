@@ -7,6 +7,7 @@
 //!
 //! Nothing here touches a socket or a clock: the node task on top feeds datagrams and the time.
 
+pub mod items;
 pub mod krpc;
 pub mod lookup;
 pub mod routing;

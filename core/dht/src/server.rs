@@ -7,7 +7,8 @@
 //! per info-hash and `MAX_HASHES` info-hashes; queries per source IP are rate-limited by the
 //! caller's settings.
 
-use crate::krpc::{Body, Message, NodeInfo, Query, Response};
+use crate::items::ItemStore;
+use crate::krpc::{Body, ItemReply, Message, NodeInfo, Query, Response};
 use crate::routing::{RoutingTable, K};
 use crate::Id;
 use sha1::{Digest, Sha1};
@@ -25,6 +26,7 @@ pub const MAX_HASHES: usize = 10_000;
 pub const MAX_VALUES: usize = 50;
 
 pub struct Server {
+    pub items: ItemStore,
     secrets: [[u8; 16]; 2],
     rotated: Instant,
     peers: HashMap<Id, Vec<(SocketAddrV4, Instant)>>,
@@ -34,6 +36,7 @@ impl Server {
     /// `secret` seeds the token secrets (random bytes from the caller).
     pub fn new(secret: [u8; 16], now: Instant) -> Server {
         Server {
+            items: ItemStore::default(),
             secrets: [secret, secret],
             rotated: now,
             peers: HashMap::new(),
@@ -127,12 +130,13 @@ impl Server {
                         nodes: nodes(info_hash),
                         token,
                         values,
+                        item: None,
                     }
                 } else {
                     Response {
-                        nodes: Vec::new(),
                         token,
                         values,
+                        ..Default::default()
                     }
                 }))
             }
@@ -157,6 +161,41 @@ impl Server {
                 }
                 self.store(*info_hash, SocketAddrV4::new(*from.ip(), port), now);
                 reply(Body::Response(Response::default()))
+            }
+            Query::Get { target, seq } => {
+                let token = Some(Self::token_for(&self.secrets[0], from.ip()));
+                let item = self.items.get(target, now).map(|i| ItemReply {
+                    // A reader that already has this seq gets no value back (BEP 44).
+                    v: match (&i.mutable, seq) {
+                        (Some(m), Some(q)) if m.seq <= *q => Vec::new(),
+                        _ => i.v.clone(),
+                    },
+                    k: i.mutable.as_ref().map(|m| m.k),
+                    seq: i.mutable.as_ref().map(|m| m.seq),
+                    sig: i.mutable.as_ref().map(|m| m.sig),
+                });
+                let item = item.filter(|i| !i.v.is_empty() || i.seq.is_some());
+                reply(Body::Response(Response {
+                    nodes: nodes(target),
+                    token,
+                    values: Vec::new(),
+                    item,
+                }))
+            }
+            Query::Put { token, v, mutable } => {
+                if !self.token_ok(token, from.ip()) {
+                    return Some(reply(Body::Error {
+                        code: 203,
+                        message: "bad token".into(),
+                    }));
+                }
+                match self.items.put(v.clone(), mutable.clone(), now) {
+                    Ok(_) => reply(Body::Response(Response::default())),
+                    Err(e) => reply(Body::Error {
+                        code: e as i64,
+                        message: e.message().into(),
+                    }),
+                }
             }
             Query::Unknown(_) => reply(Body::Error {
                 code: 204,
@@ -256,6 +295,60 @@ mod tests {
         assert!(matches!(
             s.answer(&table, from, &unknown, now).unwrap().body,
             Body::Error { code: 204, .. }
+        ));
+    }
+
+    #[test]
+    fn items_are_put_with_a_token_and_got_back() {
+        use crate::items::{immutable_target, signing_bytes};
+        use ed25519_dalek::{Signer, SigningKey};
+        let now = Instant::now();
+        let table = RoutingTable::new([2; 20]);
+        let mut s = Server::new([4; 16], now);
+        let from = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 7), 5000);
+        let v = b"12:Hello World!".to_vec();
+        let target = immutable_target(&v);
+        let got = s
+            .answer(&table, from, &q(Query::Get { target, seq: None }), now)
+            .unwrap();
+        let Body::Response(r) = got.body else {
+            panic!()
+        };
+        assert!(r.item.is_none());
+        let token = r.token.unwrap();
+        let put = q(Query::Put {
+            token: token.clone(),
+            v: v.clone(),
+            mutable: None,
+        });
+        assert!(matches!(
+            s.answer(&table, from, &put, now).unwrap().body,
+            Body::Response(_)
+        ));
+        let got = s
+            .answer(&table, from, &q(Query::Get { target, seq: None }), now)
+            .unwrap();
+        let Body::Response(r) = got.body else {
+            panic!()
+        };
+        assert_eq!(r.item.unwrap().v, v);
+        // A mutable put with a bad signature: error 206.
+        let sk = SigningKey::from_bytes(&[1; 32]);
+        let sig = sk.sign(&signing_bytes(b"", 1, b"1:x")).to_bytes();
+        let bad = q(Query::Put {
+            token,
+            v: b"1:y".to_vec(),
+            mutable: Some(crate::krpc::MutablePut {
+                k: sk.verifying_key().to_bytes(),
+                salt: Vec::new(),
+                seq: 1,
+                sig,
+                cas: None,
+            }),
+        });
+        assert!(matches!(
+            s.answer(&table, from, &bad, now).unwrap().body,
+            Body::Error { code: 206, .. }
         ));
     }
 }
