@@ -135,6 +135,60 @@ impl Shared {
         Ok(())
     }
 
+    /// A new, empty overlay file (made before taking the state lock).
+    fn new_overlay_file(&self) -> Result<(PathBuf, File), Errno> {
+        std::fs::create_dir_all(&self.cfg.overlay_dir).map_err(io_errno)?;
+        let p = overlay::new_path(&self.cfg.overlay_dir, 0);
+        let f = overlay::open_rw(&p, true).map_err(io_errno)?;
+        Ok((p, f))
+    }
+
+    /// Inserts a new regular file (with its overlay file) or special node under `parent`;
+    /// on failure the overlay file is removed.
+    #[allow(clippy::too_many_arguments)]
+    fn make_node(
+        &self,
+        st: &mut State,
+        req: &Request,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        file: Option<(PathBuf, File)>,
+        special: Option<Special>,
+    ) -> Result<u64, Errno> {
+        let mut n = self.new_inode(st, req, parent, Kind::File, mode);
+        let path = file.as_ref().map(|f| f.0.clone());
+        if let Some((p, f)) = file {
+            n.content = Content::Overlay(Overlay::new(p, f, None));
+        }
+        n.special = special;
+        let now = n.ctime;
+        match st.tree.insert(&mut st.inos, parent, name, n, now) {
+            Ok(ino) => {
+                st.unsaved = true;
+                Ok(ino)
+            }
+            Err(e) => {
+                if let Some(p) = path {
+                    let _ = std::fs::remove_file(p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Replies to an operation that changed the published tree.
+    fn reply_changed(&self, res: Result<(), Errno>, reply: ReplyEmpty) {
+        match res {
+            Ok(()) => {
+                self.changed();
+                self.request_publish();
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Records an open of `ino`.
     fn add_handle(&self, st: &mut State, ino: u64, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -208,14 +262,7 @@ impl ShareFs {
                 st.unsaved = true;
                 Ok(())
             });
-        match res {
-            Ok(()) => {
-                s.changed();
-                s.request_publish();
-                reply.ok()
-            }
-            Err(e) => reply.error(e),
-        }
+        s.reply_changed(res, reply);
     }
 }
 
@@ -615,22 +662,10 @@ impl Filesystem for ShareFs {
     ) {
         let s = &self.0;
         let res = s.writable().and_then(|_| name_str(name)).and_then(|name| {
-            std::fs::create_dir_all(&s.cfg.overlay_dir).map_err(io_errno)?;
-            let p = overlay::new_path(&s.cfg.overlay_dir, 0);
-            let f = overlay::open_rw(&p, true).map_err(io_errno)?;
+            let file = s.new_overlay_file()?;
             let mut st = s.state();
             let st = &mut *st;
-            let mut n = s.new_inode(st, req, parent.0, Kind::File, mode);
-            n.content = Content::Overlay(Overlay::new(p.clone(), f, None));
-            let now = n.ctime;
-            let ino = match st.tree.insert(&mut st.inos, parent.0, name, n, now) {
-                Ok(i) => i,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&p);
-                    return Err(e);
-                }
-            };
-            st.unsaved = true;
+            let ino = s.make_node(st, req, parent.0, name, mode, Some(file), None)?;
             let attr = s.attr_of(st, ino)?;
             let content = st.tree.nodes[&ino].content.clone();
             let fh = s.add_handle(
@@ -682,35 +717,13 @@ impl Filesystem for ShareFs {
         let res = s.writable().and_then(|_| name_str(name)).and_then(|name| {
             // A regular file gets an (empty) overlay file; the others live in the tree only.
             let file = match special {
-                None => {
-                    std::fs::create_dir_all(&s.cfg.overlay_dir).map_err(io_errno)?;
-                    let p = overlay::new_path(&s.cfg.overlay_dir, 0);
-                    let f = overlay::open_rw(&p, true).map_err(io_errno)?;
-                    Some((p, f))
-                }
+                None => Some(s.new_overlay_file()?),
                 Some(_) => None,
             };
+            let special = special.map(|kind| Special { kind, rdev });
             let mut st = s.state();
-            let st = &mut *st;
-            let mut n = s.new_inode(st, req, parent.0, Kind::File, mode);
-            let path = file.as_ref().map(|f| f.0.clone());
-            match file {
-                Some((p, f)) => n.content = Content::Overlay(Overlay::new(p, f, None)),
-                None => n.special = special.map(|kind| Special { kind, rdev }),
-            }
-            let now = n.ctime;
-            match st.tree.insert(&mut st.inos, parent.0, name, n, now) {
-                Ok(ino) => {
-                    st.unsaved = true;
-                    s.attr_of(st, ino)
-                }
-                Err(e) => {
-                    if let Some(p) = path {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    Err(e)
-                }
-            }
+            let ino = s.make_node(&mut st, req, parent.0, name, mode, file, special)?;
+            s.attr_of(&st, ino)
         });
         match res {
             Ok(attr) => {
@@ -814,14 +827,7 @@ impl Filesystem for ShareFs {
             st.unsaved = true;
             Ok(())
         });
-        match res {
-            Ok(()) => {
-                s.changed();
-                s.request_publish();
-                reply.ok()
-            }
-            Err(e) => reply.error(e),
-        }
+        s.reply_changed(res, reply);
     }
 
     fn setattr(
