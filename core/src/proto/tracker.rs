@@ -225,10 +225,8 @@ pub fn parse_compact_v6(b: &[u8]) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Parses a bencoded HTTP announce reply.
-pub fn parse_announce_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
-    let v =
-        bencode::decode(body).map_err(|e| TrackerError::Malformed(format!("not bencode ({e})")))?;
+/// A tracker reply's dictionary, or the tracker's own failure reason (escaped for terminals).
+fn reply_dict<'a, 'b>(v: &'b Value<'a>) -> Result<&'b bencode::Dict<'a>, TrackerError> {
     let d = v
         .as_dict()
         .ok_or_else(|| TrackerError::Malformed("reply is not a dictionary".into()))?;
@@ -237,6 +235,14 @@ pub fn parse_announce_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> 
             crate::encoding::printable(f.as_str().unwrap_or("(unreadable reason)")).into_owned(),
         ));
     }
+    Ok(d)
+}
+
+/// Parses a bencoded HTTP announce reply.
+pub fn parse_announce_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
+    let v =
+        bencode::decode(body).map_err(|e| TrackerError::Malformed(format!("not bencode ({e})")))?;
+    let d = reply_dict(&v)?;
     let int = |k: &[u8]| d.get(k).and_then(Value::as_int);
     let interval = int(b"interval")
         .filter(|i| *i >= 0)
@@ -294,14 +300,7 @@ pub struct ScrapeCounts {
 pub fn parse_scrape_reply(body: &[u8], info_hash: &[u8; 20]) -> Result<ScrapeCounts, TrackerError> {
     let v =
         bencode::decode(body).map_err(|e| TrackerError::Malformed(format!("not bencode ({e})")))?;
-    let d = v
-        .as_dict()
-        .ok_or_else(|| TrackerError::Malformed("reply is not a dictionary".into()))?;
-    if let Some(f) = d.get(b"failure reason") {
-        return Err(TrackerError::Failure(
-            crate::encoding::printable(f.as_str().unwrap_or("?")).into_owned(),
-        ));
-    }
+    let d = reply_dict(&v)?;
     let files = d
         .get(b"files")
         .and_then(Value::as_dict)
