@@ -65,22 +65,27 @@ fn concurrent_writers_readers_and_renames_finish_and_publish_exactly() {
     let names = ["d/f0", "d/f1", "d/f2"];
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let mut workers = Vec::new();
+    // Every handle is opened before any worker starts: handles survive the renames below, while
+    // opening by path during them may miss.
+    let open = |write: bool| -> Vec<std::fs::File> {
+        names
+            .iter()
+            .map(|n| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .open(m.join(n))
+                    .unwrap()
+            })
+            .collect()
+    };
+    let mut handles: Vec<Vec<std::fs::File>> = (0..4).map(|i| open(i < 2)).collect();
     for w in 0..2u64 {
         let (stop, m, tx) = (stop.clone(), m.clone(), tx.clone());
+        let files = handles.remove(0);
         workers.push(std::thread::spawn(move || {
             let mut r = Rng(0x9e37_79b9 + w);
             let mut ops = 0u64;
-            // Handles opened once survive the renames below; reopening by path may miss.
-            let files: Vec<std::fs::File> = names
-                .iter()
-                .map(|n| {
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(m.join(n))
-                        .unwrap()
-                })
-                .collect();
             while !stop.load(Ordering::Relaxed) {
                 let f = &files[r.below(3) as usize];
                 match r.below(10) {
@@ -107,13 +112,10 @@ fn concurrent_writers_readers_and_renames_finish_and_publish_exactly() {
     }
     for rd in 0..2u64 {
         let (stop, m, tx) = (stop.clone(), m.clone(), tx.clone());
+        let files = handles.remove(0);
         workers.push(std::thread::spawn(move || {
             let mut r = Rng(0x1234_5678 + rd);
             let mut ops = 0u64;
-            let files: Vec<std::fs::File> = names
-                .iter()
-                .map(|n| std::fs::File::open(m.join(n)).unwrap())
-                .collect();
             let mut buf = vec![0u8; 128 << 10];
             while !stop.load(Ordering::Relaxed) {
                 let f = &files[r.below(3) as usize];
@@ -159,10 +161,18 @@ fn concurrent_writers_readers_and_renames_finish_and_publish_exactly() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(msg) => done.push(msg),
-            Err(_) => panic!(
+            Err(_) => {
+                // A worker that failed (rather than hung) reports its own error.
+                for w in workers.drain(..).filter(|w| w.is_finished()) {
+                    if let Err(e) = w.join() {
+                        std::panic::resume_unwind(e);
+                    }
+                }
+                panic!(
                 "the mount stopped answering (a deadlock?): only {done:?} finished within 30 s\n{}",
                 std::fs::read_to_string(t.path().join("A.log")).unwrap_or_default()
-            ),
+                );
+            }
         }
     }
     for w in workers {
