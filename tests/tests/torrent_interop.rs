@@ -246,3 +246,38 @@ fn info_escapes_control_characters_and_ends_quietly_on_a_closed_pipe() {
         );
     }
 }
+
+#[test]
+fn a_torrent_with_too_many_files_is_refused_before_it_costs_memory() {
+    require("prlimit", "util-linux");
+    let tmp = tempfile::tempdir().unwrap();
+    // 1 000 001 one-byte files: one more than ccbt accepts.
+    let n = 1_000_001usize;
+    let mut files = Vec::with_capacity(n * 30);
+    files.push(b'l');
+    for i in 0..n {
+        let name = format!("f{i}");
+        files.extend_from_slice(format!("d6:lengthi1e4:pathl{}:{name}ee", name.len()).as_bytes());
+    }
+    files.push(b'e');
+    let pieces = n.div_ceil(1 << 20) * 20;
+    let mut t = b"d4:infod5:files".to_vec();
+    t.extend_from_slice(&files);
+    t.extend_from_slice(
+        format!("4:name4:many12:piece lengthi1048576e6:pieces{pieces}:").as_bytes(),
+    );
+    t.extend(std::iter::repeat_n(0u8, pieces));
+    t.extend_from_slice(b"ee");
+    let path = tmp.path().join("many.torrent");
+    std::fs::write(&path, &t).unwrap();
+    // Within 256 MiB of address space (the file alone is about 30 MB).
+    let o = std::process::Command::new("prlimit")
+        .arg(format!("--as={}", 256u64 << 20))
+        .arg(ccbt_bin())
+        .args(["info", s(&path)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("more than 1000000 files"), "{err}");
+}

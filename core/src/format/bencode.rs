@@ -118,6 +118,68 @@ pub fn decode_prefix(input: &[u8]) -> Result<(Value<'_>, usize), BencodeError> {
     Ok((v, d.pos))
 }
 
+/// Counts the items of the list found by following dictionary keys `path` from the top, without
+/// building anything (O(1) memory): a cheap check before a full decode, so an input with far too
+/// many entries is refused before it costs memory. `None` if the path is absent or the input
+/// malformed there (the full decode then says why).
+pub fn count_list_at(input: &[u8], path: &[&[u8]]) -> Option<usize> {
+    let mut pos = 0;
+    for key in path {
+        if input.get(pos) != Some(&b'd') {
+            return None;
+        }
+        pos += 1;
+        loop {
+            if input.get(pos)? == &b'e' {
+                return None; // key not found
+            }
+            let (k, after) = scan_bytes(input, pos)?;
+            if k == *key {
+                pos = after;
+                break;
+            }
+            pos = skip(input, after, 0)?;
+        }
+    }
+    if input.get(pos) != Some(&b'l') {
+        return None;
+    }
+    pos += 1;
+    let mut n = 0;
+    while input.get(pos)? != &b'e' {
+        pos = skip(input, pos, 0)?;
+        n += 1;
+    }
+    Some(n)
+}
+
+/// A byte string at `pos`: its bytes and the position after it.
+fn scan_bytes(input: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let colon = pos + input.get(pos..)?.iter().take(21).position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&input[pos..colon]).ok()?.parse().ok()?;
+    let end = colon.checked_add(1)?.checked_add(len)?;
+    Some((input.get(colon + 1..end)?, end))
+}
+
+/// The position after the value at `pos`.
+fn skip(input: &[u8], mut pos: usize, depth: usize) -> Option<usize> {
+    if depth >= MAX_DEPTH {
+        return None;
+    }
+    match *input.get(pos)? {
+        b'i' => Some(pos + input.get(pos..)?.iter().position(|&b| b == b'e')? + 1),
+        b'l' | b'd' => {
+            pos += 1;
+            while *input.get(pos)? != b'e' {
+                pos = skip(input, pos, depth + 1)?;
+            }
+            Some(pos + 1)
+        }
+        b'0'..=b'9' => scan_bytes(input, pos).map(|(_, e)| e),
+        _ => None,
+    }
+}
+
 struct Decoder<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -402,6 +464,19 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn counts_a_list_without_decoding() {
+        let t = b"d4:infod5:filesld1:ai1eed1:bl1:x1:yeee4:name1:ne1:zi3ee";
+        assert_eq!(count_list_at(t, &[b"info", b"files"]), Some(2));
+        assert_eq!(count_list_at(t, &[b"info", b"name"]), None);
+        assert_eq!(count_list_at(t, &[b"nope"]), None);
+        assert_eq!(
+            count_list_at(b"d4:infod5:filesl", &[b"info", b"files"]),
+            None
+        );
+        assert_eq!(count_list_at(b"li1ei2ee", &[]), Some(2));
     }
 
     #[test]

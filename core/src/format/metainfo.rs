@@ -32,6 +32,14 @@ impl From<BencodeError> for MetainfoError {
     }
 }
 
+/// Refuses a v1 file list over [`MAX_FILES`] before it is decoded (counted in O(1) memory).
+fn too_many_files(count: Option<usize>) -> Result<(), MetainfoError> {
+    match count {
+        Some(n) if n > MAX_FILES => Err(invalid(format!("{n} files: more than {MAX_FILES} files"))),
+        _ => Ok(()),
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> MetainfoError {
     MetainfoError::Invalid(msg.into())
 }
@@ -116,6 +124,7 @@ impl Metainfo {
 
     /// Parses a `.torrent` file's bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
+        too_many_files(bencode::count_list_at(bytes, &[b"info", b"files"]))?;
         let root = bencode::decode(bytes)?;
         let root = root
             .as_dict()
@@ -132,6 +141,7 @@ impl Metainfo {
 
     /// Parses a bare `info` dictionary (as received over ut_metadata).
     pub fn from_info_bytes(info_bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
+        too_many_files(bencode::count_list_at(info_bytes, &[b"files"]))?;
         let v = bencode::decode(info_bytes)?;
         let info = v
             .as_dict()
