@@ -134,6 +134,21 @@ fn addr_bytes(a: &SocketAddrV4) -> [u8; 6] {
     o
 }
 
+/// The longest error message kept from a peer, in bytes.
+const MAX_ERROR_TEXT: usize = 256;
+
+/// At most `max` bytes of text from a peer, as UTF-8 (invalid bytes replaced, cut at a character
+/// boundary), so decoding what we encoded gives the same text back.
+fn short_text(b: &[u8], max: usize) -> String {
+    let mut s = String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned();
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s
+}
+
 /// Compact node infos (a multiple of 26 bytes).
 pub fn decode_nodes(b: &[u8]) -> Result<Vec<NodeInfo>, KrpcError> {
     if !b.len().is_multiple_of(NODE_LEN) {
@@ -335,7 +350,7 @@ impl Message {
                 let message = e
                     .get(1)
                     .and_then(Value::as_bytes)
-                    .map(|m| String::from_utf8_lossy(&m[..m.len().min(256)]).into_owned())
+                    .map(|m| short_text(m, MAX_ERROR_TEXT))
                     .unwrap_or_default();
                 (None, Body::Error { code, message })
             }
@@ -540,6 +555,21 @@ mod tests {
             }
         );
         assert_eq!(m.encode(), err);
+    }
+
+    #[test]
+    fn error_text_survives_a_round_trip() {
+        // Found by the fuzzer: invalid UTF-8 near the cut grew when replaced, so the text we
+        // encoded was cut again (differently) when decoded.
+        let mut pkt = b"d1:eli20e300:A Generic Error Ocurr".to_vec();
+        pkt.extend(std::iter::repeat_n(0xffu8, 300 - 21));
+        pkt.extend_from_slice(b"e1:t2:aa1:y1:ee");
+        let m = Message::decode(&pkt).unwrap();
+        let Body::Error { message, .. } = &m.body else {
+            panic!()
+        };
+        assert!(message.len() <= MAX_ERROR_TEXT);
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
     }
 
     #[test]
