@@ -173,6 +173,34 @@ impl ItemStore {
 }
 
 #[cfg(test)]
+impl Item {
+    /// A mutable item with a signature that does not verify (what a hostile node would store).
+    pub fn forged_for_test(v: Vec<u8>, k: [u8; 32], seq: i64) -> Item {
+        Item {
+            v,
+            mutable: Some(MutablePut {
+                k,
+                salt: Vec::new(),
+                seq,
+                sig: [7; 64],
+                cas: None,
+            }),
+            stored: Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl ItemStore {
+    /// Stores without any check (a hostile node's store).
+    pub fn insert_for_test(&mut self, target: Id, mut item: Item, now: Instant) {
+        item.stored = now;
+        self.bytes += item.v.len();
+        self.items.insert(target, item);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};

@@ -7,9 +7,11 @@
 //!
 //! Nothing here touches a socket or a clock: the node task on top feeds datagrams and the time.
 
+pub mod bep42;
 pub mod items;
 pub mod krpc;
 pub mod lookup;
+pub mod node;
 pub mod routing;
 pub mod server;
 

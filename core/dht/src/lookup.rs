@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 pub const ALPHA: usize = 3;
 /// A query unanswered for this long has failed.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(4);
+/// A query unanswered for this long stops holding a slot: the next candidate is asked meanwhile
+/// (a late answer still counts), so one lost packet does not stall the lookup for the timeout.
+pub const SLOW_AFTER: Duration = Duration::from_millis(1000);
 /// Candidates kept (the closest ones): bounds memory whatever replies say.
 const MAX_CANDIDATES: usize = 8 * K;
 /// Peers collected by one get_peers lookup.
@@ -55,11 +58,12 @@ impl Lookup {
             peer_set: HashSet::new(),
             queries_sent: 0,
         };
-        l.add(seeds);
+        l.add_nodes(seeds);
         l
     }
 
-    fn add(&mut self, nodes: impl IntoIterator<Item = NodeInfo>) {
+    /// Offers nodes heard of elsewhere (a bootstrap router's reply).
+    pub fn add_nodes(&mut self, nodes: impl IntoIterator<Item = NodeInfo>) {
         for n in nodes {
             if self.seen.insert(n.id) {
                 self.cands.push(Candidate {
@@ -96,7 +100,7 @@ impl Lookup {
         let in_flight = self
             .cands
             .iter()
-            .filter(|c| matches!(c.status, Status::Asked(_)))
+            .filter(|c| matches!(c.status, Status::Asked(t) if now.duration_since(t) < SLOW_AFTER))
             .count();
         let want: Vec<Id> = self
             .frontier()
@@ -135,7 +139,7 @@ impl Lookup {
                 self.peers.push(*p);
             }
         }
-        self.add(nodes.iter().copied());
+        self.add_nodes(nodes.iter().copied());
     }
 
     pub fn on_timeout(&mut self, id: &Id) {
