@@ -6,10 +6,12 @@ use crate::items::signing_bytes;
 use ed25519_dalek::{Signer, SigningKey};
 use std::collections::BinaryHeap;
 
+/// A packet in flight: (deliver at, sequence, from, to, bytes).
+type InFlight = std::cmp::Reverse<(Instant, u64, SocketAddrV4, SocketAddrV4, Vec<u8>)>;
+
 struct Net {
     nodes: BTreeMap<SocketAddrV4, Node>,
-    /// (deliver at, sequence, from, to, bytes), earliest first.
-    queue: BinaryHeap<std::cmp::Reverse<(Instant, u64, SocketAddrV4, SocketAddrV4, Vec<u8>)>>,
+    queue: BinaryHeap<InFlight>,
     now: Instant,
     seq: u64,
     rng: StdRng,
