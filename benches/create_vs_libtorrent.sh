@@ -2,6 +2,8 @@
 # `ccbt create --hybrid` vs libtorrent create_torrent + set_piece_hashes (hybrid) on the same 1 GiB
 # tree, alternated in one run, page cache warm. Prints each run and the median throughputs + ratio.
 # usage: benches/create_vs_libtorrent.sh [RUNS=3] [MIB=1024] [PIECE=262144]
+# Loopback only: the DHT stays off (no public bootstrap routers).
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; MIB=${2:-1024}; PIECE=${3:-262144}

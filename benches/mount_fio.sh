@@ -3,6 +3,8 @@
 # `ccbt mount` versus the same file on the native filesystem, same run; then `find | wc -l` and
 # `ls -lR` over a 100k-file share through the mount.
 # usage: benches/mount_fio.sh [MIB=1024] [FILES=100000]
+# Loopback only: the DHT stays off (no public bootstrap routers).
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-1024}; FILES=${2:-100000}

@@ -3,6 +3,8 @@
 #   fio random 4 KiB writes and sequential 1 MiB writes on a 64 MiB file (psync, end_fsync=1),
 #   and dbench (its default loadfile, 2 clients), each ROUNDS times, interleaved, best and median.
 # usage: benches/owner_write.sh [ROUNDS=3] [DBENCH_SECS=10]
+# Loopback only: the DHT stays off (no public bootstrap routers).
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; DSECS=${2:-10}

@@ -4,6 +4,8 @@
 # wire. rsync: an rsync daemon on 127.0.0.1 serving the edited folder, `rsync --stats` into an
 # up-to-date copy of the old one. Same data, same run.
 # usage: benches/update_propagation.sh [MIB=1024]
+# Loopback only: the DHT stays off (no public bootstrap routers).
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-1024}

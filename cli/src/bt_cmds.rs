@@ -157,7 +157,8 @@ fn base_cfg(ctx: &Ctx) -> Result<TorrentConfig> {
 pub struct Sources<'a> {
     pub peers: &'a [SocketAddr],
     pub trackers: &'a [String],
-    pub listen_port: u16,
+    /// Our peer address (the DHT's UDP socket goes on it too).
+    pub listen: SocketAddr,
     pub timeout: Duration,
 }
 
@@ -208,14 +209,16 @@ pub fn resolve_torrent(
             Metainfo::from_bytes(&c.torrent).context("the checkpoint's torrent is damaged")?;
         return Ok((meta, peers));
     }
-    if peers.is_empty() && trackers.is_empty() {
-        bail!("no peer source for {hex}: give --peer ADDR, or a magnet with a tracker (tr=) or a peer (x.pe=); the DHT is not built yet");
+    let dht = ctx.discovery(src.listen);
+    if peers.is_empty() && trackers.is_empty() && dht.is_none() {
+        bail!("no peer source for {hex}: the DHT is off, so give --peer ADDR, or a magnet with a tracker (tr=) or a peer (x.pe=)");
     }
     if !ctx.quiet {
         eprintln!(
-            "fetching the torrent's metadata for {hex} from {} peer(s) and {} tracker(s)...",
+            "fetching the torrent's metadata for {hex} from {} peer(s), {} tracker(s){}...",
             peers.len(),
-            trackers.len()
+            trackers.len(),
+            if dht.is_some() { " and the DHT" } else { "" }
         );
     }
     let cfg = ccbt_core::session::metadata_fetch::FetchConfig {
@@ -224,7 +227,8 @@ pub fn resolve_torrent(
         peers: peers.clone(),
         trackers: trackers.clone(),
         peer_id: ccbt_core::session::new_peer_id(),
-        listen_port: src.listen_port,
+        listen_port: src.listen.port(),
+        discovery: dht.clone(),
         timeout: src.timeout,
     };
     let got =
@@ -253,7 +257,7 @@ pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
         &Sources {
             peers: &a.peers,
             trackers: &[],
-            listen_port: listen.port(),
+            listen,
             timeout: Duration::from_secs(120),
         },
     )?;
@@ -375,6 +379,9 @@ fn run(ctx: &Ctx, job: Job) -> Result<()> {
     let quiet = ctx.quiet;
     rt.block_on(async move {
         let session = Session::start(ctx.session_config(job.listen), Registry::default()).await?;
+        if let Some(d) = ctx.discovery(session.listen_addr()) {
+            session.set_discovery(d);
+        }
         let started = Instant::now();
         let name = job.meta.name.clone();
         let handle = session.add_torrent(job.meta, job.cfg)?;

@@ -53,6 +53,14 @@ pub struct Discovery {
     pub enable_dht: bool,
     pub enable_pex: bool,
     pub enable_udp_trackers: bool,
+    /// `host:port` of DHT nodes to join through (default: the public routers).
+    pub dht_bootstrap: Vec<String>,
+    /// DHT routing-table entries from one IP address (0 = no limit, for loopback test networks).
+    pub dht_max_nodes_per_ip: usize,
+    /// DHT queries answered per source IP per second (0 = no limit).
+    pub dht_queries_per_ip_per_sec: u32,
+    /// How often a share's follower with no connected peer asks the DHT for a newer head.
+    pub dht_head_poll_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +129,13 @@ impl Default for Config {
                 enable_dht: true,
                 enable_pex: true,
                 enable_udp_trackers: true,
+                dht_bootstrap: ccbt_dht::PUBLIC_ROUTERS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                dht_max_nodes_per_ip: 1,
+                dht_queries_per_ip_per_sec: 20,
+                dht_head_poll_secs: 60,
             },
             limits: Limits {
                 global_down_kib: 0,
@@ -196,6 +211,13 @@ impl Config {
 
     /// `CCBT_*` environment overrides (the names the seed documents use).
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn parse_bool(k: &str, v: &str) -> Result<bool> {
+            match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => anyhow::bail!("environment variable {k}={v:?} is not true or false"),
+            }
+        }
         fn parse<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
             v.parse()
                 .map_err(|_| anyhow::anyhow!("environment variable {k}={v:?} is not a valid value"))
@@ -223,6 +245,30 @@ impl Config {
         }
         if let Some(v) = get("CCBT_FILE_CACHE_MIB") {
             self.fs.file_cache_mib = parse("CCBT_FILE_CACHE_MIB", v)?;
+        }
+        if let Some(v) = get("CCBT_ENABLE_DHT") {
+            self.discovery.enable_dht = parse_bool("CCBT_ENABLE_DHT", &v)?;
+        }
+        if let Some(v) = get("CCBT_ENABLE_PEX") {
+            self.discovery.enable_pex = parse_bool("CCBT_ENABLE_PEX", &v)?;
+        }
+        if let Some(v) = get("CCBT_DHT_BOOTSTRAP") {
+            self.discovery.dht_bootstrap = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("CCBT_DHT_MAX_NODES_PER_IP") {
+            self.discovery.dht_max_nodes_per_ip = parse("CCBT_DHT_MAX_NODES_PER_IP", v)?;
+        }
+        if let Some(v) = get("CCBT_DHT_QUERIES_PER_IP_PER_SEC") {
+            self.discovery.dht_queries_per_ip_per_sec =
+                parse("CCBT_DHT_QUERIES_PER_IP_PER_SEC", v)?;
+        }
+        if let Some(v) = get("CCBT_DHT_HEAD_POLL_SECS") {
+            self.discovery.dht_head_poll_secs = parse("CCBT_DHT_HEAD_POLL_SECS", v)?;
         }
         if let Some(v) = get("CCBT_SYNC_SPARE_MIB") {
             self.xet.sync_spare_mib = parse("CCBT_SYNC_SPARE_MIB", v)?;

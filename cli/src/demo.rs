@@ -177,7 +177,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     );
     drop(mount_b);
     mount_a.unmount()?;
-    drop(rt);
+
     Ok(())
 }
 

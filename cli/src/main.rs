@@ -15,6 +15,7 @@ macro_rules! outln {
 mod bt_cmds;
 mod config;
 mod demo;
+mod dht_cmds;
 mod mount_cmds;
 mod node;
 mod progress;
@@ -50,6 +51,13 @@ pub struct Cli {
     /// Print machine-readable JSON (commands that print data)
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bootstrap the DHT from this node (repeatable; replaces [discovery] dht_bootstrap and
+    /// turns the DHT on; `none`: start a new network with no bootstrap node)
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
+    /// Do not use the DHT
+    #[arg(long, global = true)]
+    pub no_dht: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -98,15 +106,23 @@ pub enum Command {
     /// Checkpointed downloads: list, clean, delete
     #[command(subcommand)]
     Checkpoints(bt_cmds::CheckpointCmd),
+    /// The Mainline DHT: status, peers, get, put, ping
+    #[command(subcommand)]
+    Dht(dht_cmds::DhtCmd),
 }
 
-/// The async runtime every networked command runs on (one per process).
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    use anyhow::Context as _;
-    tokio::runtime::Builder::new_multi_thread()
+/// The async runtime every networked command runs on: one per process, so the DHT node started
+/// to resolve a magnet keeps running for the download that follows.
+pub(crate) fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    Ok(RT.get_or_init(|| rt))
 }
 
 /// Settings every command sees.
@@ -115,6 +131,11 @@ pub struct Ctx {
     pub quiet: bool,
     pub json: bool,
     pub data_dir: PathBuf,
+    /// `--dht-bootstrap` nodes (`None`: the config's).
+    pub dht_bootstrap: Option<Vec<String>>,
+    pub no_dht: bool,
+    /// The process's DHT node, started on first use ([`Ctx::dht`]).
+    dht: std::sync::OnceLock<Option<ccbt_dht::Dht>>,
 }
 
 impl Ctx {
@@ -135,6 +156,78 @@ impl Ctx {
             global_down: self.config.limits.global_down_kib * 1024,
             global_up: self.config.limits.global_up_kib * 1024,
             hash_workers: self.config.disk.hash_workers,
+        }
+    }
+}
+
+impl Ctx {
+    /// Whether the DHT is on: `--no-dht` and `enable_dht = false` turn it off, `--dht-bootstrap`
+    /// turns it on.
+    pub fn dht_enabled(&self) -> bool {
+        !self.no_dht && (self.config.discovery.enable_dht || self.dht_bootstrap.is_some())
+    }
+
+    /// The process's DHT node, started on first use with its UDP socket on `listen` (the peer
+    /// port). `None` when the DHT is off, or when its socket cannot be opened (said once).
+    pub fn dht(&self, listen: std::net::SocketAddr) -> Option<ccbt_dht::Dht> {
+        self.dht
+            .get_or_init(|| {
+                if !self.dht_enabled() {
+                    return None;
+                }
+                let d = &self.config.discovery;
+                let bootstrap = self.bootstrap_list();
+                let _ = std::fs::create_dir_all(&self.data_dir);
+                let cfg = ccbt_dht::DhtConfig {
+                    bind: listen,
+                    bootstrap,
+                    state_file: Some(self.data_dir.join("dht.dat")),
+                    settings: ccbt_dht::node::Settings {
+                        max_nodes_per_ip: d.dht_max_nodes_per_ip,
+                        queries_per_ip_per_sec: d.dht_queries_per_ip_per_sec,
+                        read_only: false,
+                    },
+                };
+                let rt = runtime().ok()?;
+                let _in = rt.enter();
+                match ccbt_dht::Dht::start(cfg) {
+                    Ok(dht) => Some(dht),
+                    Err(e) => {
+                        eprintln!("warning: the DHT is off: {e}");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// Where the DHT bootstraps from.
+    pub fn bootstrap_list(&self) -> Vec<String> {
+        self.dht_bootstrap
+            .clone()
+            .unwrap_or_else(|| self.config.discovery.dht_bootstrap.clone())
+    }
+
+    /// The DHT node if one was started (without starting one).
+    pub fn dht_started(&self) -> Option<ccbt_dht::Dht> {
+        self.dht.get().cloned().flatten()
+    }
+
+    /// The DHT as the session's peer source.
+    pub fn discovery(
+        &self,
+        listen: std::net::SocketAddr,
+    ) -> Option<ccbt_core::session::discovery::DiscoveryHandle> {
+        self.dht(listen)
+            .map(|d| ccbt_core::session::discovery::DiscoveryHandle(std::sync::Arc::new(d)))
+    }
+
+    /// Before exit: the DHT's routing table is saved for the next run (bounded).
+    fn finish(&self) {
+        if let (Some(d), Ok(rt)) = (self.dht_started(), runtime()) {
+            let _ = rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(2), d.save()).await
+            });
         }
     }
 }
@@ -198,27 +291,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config,
         quiet: cli.quiet,
         json: cli.json,
+        dht_bootstrap: (!cli.dht_bootstrap.is_empty()).then(|| {
+            cli.dht_bootstrap
+                .iter()
+                .filter(|s| !s.is_empty() && s.as_str() != "none")
+                .cloned()
+                .collect()
+        }),
+        no_dht: cli.no_dht,
+        dht: std::sync::OnceLock::new(),
     };
-    match cli.command {
-        Command::Create(a) => torrent_cmds::create(&ctx, a),
-        Command::Info(a) => torrent_cmds::info(&ctx, a),
-        Command::Hash(a) => xet_cmds::hash(&ctx, a),
-        Command::Publish(a) => share_cmds::publish(&ctx, a),
-        Command::Versions(a) => share_cmds::versions(&ctx, a),
-        Command::Export(a) => share_cmds::export(&ctx, a),
-        Command::Shares => share_cmds::list(&ctx),
-        Command::Pin(a) => share_cmds::pin(&ctx, a, true),
-        Command::Unpin(a) => share_cmds::pin(&ctx, a, false),
-        Command::Cas(c) => share_cmds::cas(&ctx, c),
-        Command::Demo => demo::demo(&ctx),
-        Command::Download(a) => bt_cmds::download(&ctx, a),
-        Command::Seed(a) => bt_cmds::seed(&ctx, a),
-        Command::Sync(a) => sync_cmds::sync(&ctx, a),
-        Command::Status => sync_cmds::status(&ctx),
-        Command::Mount(a) => mount_cmds::mount_cmd(&ctx, a),
-        Command::Unmount { dir } => mount_cmds::unmount_cmd(&ctx, dir),
-        Command::Resume(a) => bt_cmds::resume(&ctx, a),
-        Command::Scrape(a) => bt_cmds::scrape(&ctx, a),
-        Command::Checkpoints(c) => bt_cmds::checkpoints(&ctx, c),
+    let r = run_command(&ctx, cli.command);
+    ctx.finish();
+    r
+}
+
+fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Create(a) => torrent_cmds::create(ctx, a),
+        Command::Info(a) => torrent_cmds::info(ctx, a),
+        Command::Hash(a) => xet_cmds::hash(ctx, a),
+        Command::Publish(a) => share_cmds::publish(ctx, a),
+        Command::Versions(a) => share_cmds::versions(ctx, a),
+        Command::Export(a) => share_cmds::export(ctx, a),
+        Command::Shares => share_cmds::list(ctx),
+        Command::Pin(a) => share_cmds::pin(ctx, a, true),
+        Command::Unpin(a) => share_cmds::pin(ctx, a, false),
+        Command::Cas(c) => share_cmds::cas(ctx, c),
+        Command::Demo => demo::demo(ctx),
+        Command::Download(a) => bt_cmds::download(ctx, a),
+        Command::Seed(a) => bt_cmds::seed(ctx, a),
+        Command::Sync(a) => sync_cmds::sync(ctx, a),
+        Command::Status => sync_cmds::status(ctx),
+        Command::Mount(a) => mount_cmds::mount_cmd(ctx, a),
+        Command::Unmount { dir } => mount_cmds::unmount_cmd(ctx, dir),
+        Command::Resume(a) => bt_cmds::resume(ctx, a),
+        Command::Scrape(a) => bt_cmds::scrape(ctx, a),
+        Command::Checkpoints(c) => bt_cmds::checkpoints(ctx, c),
+        Command::Dht(c) => dht_cmds::dht(ctx, c),
     }
 }

@@ -48,7 +48,7 @@ fn torrent_target(
     let src = |timeout| Sources {
         peers: &a.net.peers,
         trackers: &a.net.trackers,
-        listen_port: ctx.listen(a.net.listen).port(),
+        listen: ctx.listen(a.net.listen),
         timeout: Duration::from_secs(timeout),
     };
     if Path::new(target).is_file() || target.len() == 64 {
@@ -94,6 +94,9 @@ fn mount_torrent_cmd(
         ctx.session_config(listen),
         ccbt_core::extension::Registry::default(),
     ))?;
+    if let Some(d) = ctx.discovery(session.listen_addr()) {
+        session.set_discovery(d);
+    }
     let hex = ccbt_core::encoding::to_hex(
         &meta
             .v1_hash
@@ -144,6 +147,14 @@ fn mount_torrent_cmd(
     let _ = bg.umount_and_join();
     rt.block_on(handle.finished());
     Ok(())
+}
+
+/// What to tell a user whose share was not found: where we looked and what else to try.
+pub fn no_source_hint(ctx: &Ctx) -> String {
+    match ctx.dht_started() {
+        Some(_) => " on the DHT or from peers (is the owner's node running? --peer ADDR or --tracker URL help too)".into(),
+        None => " (the DHT is off: give --peer ADDR or --tracker URL, or turn the DHT on)".into(),
+    }
 }
 
 async fn wait_for_stop(dir: &Path) {
@@ -197,7 +208,7 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
             }
             tokio::select! {
                 _ = rx.recv() => {}
-                _ = tokio::time::sleep_until(deadline) => bail!("no version of share {} found within {}s (give --peer or --tracker)", share_id_hex(&id), a.net.timeout),
+                _ = tokio::time::sleep_until(deadline) => bail!("no version of share {} found within {}s{}", share_id_hex(&id), a.net.timeout, no_source_hint(ctx)),
             }
         }
     })?;

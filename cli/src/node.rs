@@ -6,7 +6,10 @@ use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use ccbt_core::extension::Registry;
 use ccbt_core::session::{Session, TorrentHandle};
-use ccbt_xet::head::{parse_share_id, share_id_hex, ShareId};
+use ccbt_dht::krpc::MutablePut;
+use ccbt_dht::node::{FoundItem, ItemKind, PutItem};
+use ccbt_dht::Dht;
+use ccbt_xet::head::{parse_share_id, share_id_hex, Head, ShareId};
 use ccbt_xet::net::ShareNet;
 use ccbt_xet::shares::{ShareChoice, Shares};
 use serde_json::{json, Value};
@@ -25,6 +28,9 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 pub struct Node {
     pub session: Session,
+    /// The DHT (unless off): share heads as BEP 44 items, swarm peers by share id.
+    pub dht: Option<Dht>,
+    head_poll: std::time::Duration,
     pub xet: Arc<ShareNet>,
     pub shares: Arc<Shares>,
     swarms: Mutex<HashMap<ShareId, TorrentHandle>>,
@@ -47,8 +53,16 @@ impl Node {
         let mut reg = Registry::default();
         reg.register(xet.extension());
         let session = Session::start(ctx.session_config(listen), reg).await?;
+        let dht = ctx.dht(session.listen_addr());
+        if let Some(d) = ctx.discovery(session.listen_addr()) {
+            session.set_discovery(d);
+        }
         let node = Arc::new(Node {
             session,
+            dht,
+            head_poll: std::time::Duration::from_secs(
+                ctx.config.discovery.dht_head_poll_secs.max(1),
+            ),
             xet,
             shares,
             swarms: Mutex::new(HashMap::new()),
@@ -59,19 +73,103 @@ impl Node {
         Ok(node)
     }
 
-    /// Joins a share's swarm (idempotent).
-    pub fn join(&self, id: ShareId) -> Result<()> {
+    /// Joins a share's swarm (idempotent); with the DHT, also keeps its head there.
+    pub fn join(self: &Arc<Self>, id: ShareId) -> Result<()> {
         let mut g = self.swarms.lock().unwrap();
         if let std::collections::hash_map::Entry::Vacant(e) = g.entry(id) {
             e.insert(
                 self.session
                     .add_swarm(id, self.trackers.clone(), self.peers.clone())?,
             );
+            if let Some(d) = &self.dht {
+                tokio::spawn(self.clone().head_on_dht(d.clone(), id));
+            }
         }
         Ok(())
     }
 
-    pub fn join_all(&self) -> Result<usize> {
+    /// A share's head on the DHT (BEP 44, target = share id): every node that holds a head puts
+    /// the newest it knows, at once when it changes and every 30 minutes (items expire after
+    /// about two hours); a node with no head, or with no connected peer to push the next one,
+    /// gets it from the DHT (every `[discovery] dht_head_poll_secs`). Pushes over connections
+    /// stay the fast path.
+    async fn head_on_dht(self: Arc<Self>, dht: Dht, id: ShareId) {
+        use std::time::{Duration, Instant};
+        let mut heads = self.xet.subscribe();
+        let mut put: Option<(u64, Instant)> = None;
+        loop {
+            let newest = self
+                .xet
+                .newest_head(&id)
+                .or_else(|| self.shares.head(&id, None).ok());
+            if let Some(h) = &newest {
+                let due = put.is_none_or(|(seq, at)| {
+                    h.seq > seq || at.elapsed() >= Duration::from_secs(30 * 60)
+                });
+                if due {
+                    match dht.put(head_item(h)).await {
+                        Ok((_, stored, err)) => tracing::debug!(
+                            "share {} version {} put on {stored} DHT nodes{}",
+                            share_id_hex(&id),
+                            h.seq,
+                            err.map(|(c, m)| format!(" (error {c}: {m})"))
+                                .unwrap_or_default()
+                        ),
+                        Err(_) => return,
+                    }
+                    put = Some((h.seq, Instant::now()));
+                }
+            }
+            if newest.is_none() || self.xet.peer_count(&id) == 0 {
+                let kind = ItemKind::Mutable {
+                    k: None,
+                    salt: Vec::new(),
+                    min_seq: newest.as_ref().map(|h| h.seq as i64),
+                };
+                let t0 = Instant::now();
+                let got = dht.get(id, kind).await;
+                tracing::debug!(
+                    "DHT get of share {}: {:?} in {:?}",
+                    share_id_hex(&id),
+                    got.as_ref().map(|g| g.is_some()),
+                    t0.elapsed()
+                );
+                match got {
+                    Ok(Some(it)) => {
+                        if let Some(h) = head_from_item(&it).filter(|h| h.verify_for(&id).is_ok()) {
+                            if self.xet.offer_head(h.clone(), None) {
+                                tracing::info!(
+                                    "share {}: version {} from the DHT",
+                                    share_id_hex(&id),
+                                    h.seq
+                                );
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+            }
+            let wait = if newest.is_none() {
+                Duration::from_secs(2)
+            } else {
+                self.head_poll
+            };
+            let end = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(end) => break,
+                    r = heads.recv() => match r {
+                        Ok((s, _)) if s == id => break,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => tokio::time::sleep_until(end).await,
+                    },
+                }
+            }
+        }
+    }
+
+    pub fn join_all(self: &Arc<Self>) -> Result<usize> {
         let list = self.shares.list()?;
         for (id, _) in &list {
             self.join(*id)?;
@@ -152,6 +250,10 @@ impl Node {
     async fn request(self: Arc<Self>, req: Value) -> Result<Value> {
         match req["cmd"].as_str().unwrap_or("") {
             "status" => Ok(self.status()),
+            "dht_status" => match &self.dht {
+                Some(d) => Ok(crate::dht_cmds::status_json(&d.status().await?)),
+                None => bail!("the running node has the DHT off"),
+            },
             "versions" => {
                 let id =
                     parse_share_id(req["share"].as_str().unwrap_or("")).context("bad share id")?;
@@ -190,6 +292,39 @@ impl Node {
             other => bail!("unknown request {other:?}"),
         }
     }
+}
+
+/// A share head as a BEP 44 mutable item (empty salt): the head is already signed that way.
+pub fn head_item(h: &Head) -> PutItem {
+    PutItem::Mutable {
+        v: h.value.encode(),
+        m: MutablePut {
+            k: h.public_key,
+            salt: Vec::new(),
+            seq: h.seq as i64,
+            sig: h.signature,
+            cas: None,
+        },
+    }
+}
+
+/// A verified BEP 44 item back into a share head, if its value is one (not yet checked against
+/// a share: call `verify_for`).
+pub fn head_from_item(it: &FoundItem) -> Option<Head> {
+    let m = it.mutable.as_ref()?;
+    if !m.salt.is_empty() || m.seq < 0 {
+        return None;
+    }
+    let mut b = b"d1:k32:".to_vec();
+    b.extend_from_slice(&m.k);
+    b.extend_from_slice(format!("3:seqi{}e3:sig64:", m.seq).as_bytes());
+    b.extend_from_slice(&m.sig);
+    b.extend_from_slice(b"1:v");
+    b.extend_from_slice(&it.v);
+    b.push(b'e');
+    let h = Head::decode(&b).ok()?;
+    h.verify().ok()?;
+    Some(h)
 }
 
 /// Sends a request to the node running on `data_dir`, if one is. `Ok(None)`: no node.

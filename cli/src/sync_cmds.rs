@@ -162,7 +162,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
             tokio::select! {
                 _ = heads.recv() => {}
                 _ = tokio::time::sleep_until(deadline), if done == 0 => {
-                    bail!("no peer of share {} offered a version within {}s (give --peer or --tracker)", share_id_hex(&id), a.net.timeout);
+                    bail!("no peer of share {} offered a version within {}s{}", share_id_hex(&id), a.net.timeout, crate::mount_cmds::no_source_hint(ctx));
                 }
                 _ = &mut stop => return Ok(()),
             }

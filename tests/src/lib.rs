@@ -24,13 +24,22 @@ pub fn ccbt_bin() -> PathBuf {
     bin
 }
 
+/// A `ccbt` command for tests: the DHT off unless the test turns it on with `--dht-bootstrap`,
+/// never a public bootstrap router even then (an empty default list), and the per-IP DHT limits
+/// off, because every node of a loopback network shares 127.0.0.0/8.
+pub fn ccbt_cmd() -> Command {
+    let mut c = Command::new(ccbt_bin());
+    c.env_remove("CCBT_DATA_DIR")
+        .env("CCBT_ENABLE_DHT", "false")
+        .env("CCBT_DHT_BOOTSTRAP", "")
+        .env("CCBT_DHT_MAX_NODES_PER_IP", "0")
+        .env("CCBT_DHT_QUERIES_PER_IP_PER_SEC", "0");
+    c
+}
+
 /// Runs ccbt with `args`, returning its output.
 pub fn ccbt(args: &[&str]) -> Output {
-    Command::new(ccbt_bin())
-        .args(args)
-        .env_remove("CCBT_DATA_DIR")
-        .output()
-        .expect("run ccbt")
+    ccbt_cmd().args(args).output().expect("run ccbt")
 }
 
 /// Runs ccbt and requires success; returns stdout.
@@ -192,7 +201,7 @@ pub fn start_opentracker(dir: &Path, port: u16, hashes: &[String]) -> ChildGuard
 pub fn spawn_ccbt(args: &[&str], log: &Path) -> ChildGuard {
     let f = std::fs::File::create(log).unwrap();
     ChildGuard(
-        Command::new(ccbt_bin())
+        ccbt_cmd()
             .args(args)
             .stdout(f.try_clone().unwrap())
             .stderr(f)

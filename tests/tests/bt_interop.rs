@@ -123,7 +123,7 @@ impl Fixture {
 fn ccbt_download(args: &[&str], secs: u64) -> Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
-    let mut child = Command::new(ccbt_bin())
+    let mut child = ccbt_cmd()
         .args(&a)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1073,7 +1073,7 @@ fn full_disk_stops_with_a_clear_error_and_resume_finishes() {
     assert!(st.success(), "cannot mount a tmpfs (the tests run as root)");
     let _g = TmpfsGuard(small.clone());
     let data = fx.root.join("d");
-    let mut child = Command::new(ccbt_bin())
+    let mut child = ccbt_cmd()
         .args([
             "--json",
             "--data-dir",

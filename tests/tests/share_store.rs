@@ -226,7 +226,7 @@ fn kill_9_during_publish_loses_nothing() {
     );
     let mut seen_versions = 1;
     for (i, delay_ms) in [30u64, 150, 400, 800, 1500].into_iter().enumerate() {
-        let mut child = Command::new(ccbt_bin())
+        let mut child = ccbt_cmd()
             .args(["--data-dir", s(&data), "-q", "publish", s(&src)])
             .spawn()
             .unwrap();

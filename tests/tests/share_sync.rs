@@ -205,7 +205,7 @@ fn cross_share_dedup_fetches_nothing_twice() {
         .unwrap()
         .to_string();
     let out = net.tmp.path().join("copyY");
-    let o = std::process::Command::new(ccbt_bin())
+    let o = ccbt_cmd()
         .args([
             "--json",
             "--data-dir",
@@ -407,7 +407,7 @@ fn hostile_peers_are_rejected_and_sync_completes() {
     let listen = format!("127.0.0.1:{}", free_port());
     cmd.extend(["--listen", &listen]);
     cmd.extend(args.iter().map(String::as_str));
-    let o = std::process::Command::new(ccbt_bin())
+    let o = ccbt_cmd()
         .args(&cmd)
         .output()
         .unwrap();

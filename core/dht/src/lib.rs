@@ -14,6 +14,9 @@ pub mod lookup;
 pub mod node;
 pub mod routing;
 pub mod server;
+pub mod service;
+
+pub use service::{Dht, DhtConfig, DhtError, PUBLIC_ROUTERS};
 
 /// A node id or an info-hash: 160 bits.
 pub type Id = [u8; 20];

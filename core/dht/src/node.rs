@@ -71,9 +71,14 @@ pub type OpId = u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemKind {
     Immutable,
-    /// `min_seq`: only values newer than this are wanted (nodes at or below it send no value).
+    /// Either kind (a 40-hex target typed by a user): a value with a key is checked as mutable
+    /// with an empty salt, one without as immutable.
+    Any,
+    /// `k`: the public key if known (a share id is only the target, SHA-1 of key and salt; the
+    /// key then comes with the value and must hash to the target). `min_seq`: only values newer
+    /// than this are wanted (nodes at or below it send no value).
     Mutable {
-        k: [u8; 32],
+        k: Option<[u8; 32]>,
         salt: Vec<u8>,
         min_seq: Option<i64>,
     },
@@ -294,6 +299,10 @@ impl Node {
     pub fn set_bootstrap(&mut self, addrs: Vec<SocketAddrV4>) {
         self.bootstrap = addrs;
         self.last_bootstrap = None;
+    }
+
+    pub fn bootstrap_nodes(&self) -> &[SocketAddrV4] {
+        &self.bootstrap
     }
 
     /// Nodes saved from an earlier run: offered to the table as questionable (a failed query
@@ -552,7 +561,8 @@ impl Node {
                         ..
                     }) = self.ops.get_mut(&op)
                     {
-                        l.add_nodes(r.nodes.iter().copied());
+                        let own = self.table.own_id();
+                        l.add_nodes(r.nodes.iter().filter(|n| n.id != own).copied());
                     }
                     self.advance(op, now);
                 }
@@ -593,6 +603,7 @@ impl Node {
         error: Option<(i64, String)>,
         now: Instant,
     ) {
+        let own = self.id();
         let Some(o) = self.ops.get_mut(&op) else {
             return;
         };
@@ -611,7 +622,10 @@ impl Node {
                             None => {}
                         }
                     }
-                    l.on_reply(&id, &r.nodes, &r.values, r.token.clone());
+                    // Never a candidate: ourselves (the nodes we asked know us by now).
+                    let nodes: Vec<NodeInfo> =
+                        r.nodes.iter().filter(|n| n.id != own).copied().collect();
+                    l.on_reply(&id, &nodes, &r.values, r.token.clone());
                 }
                 None => l.on_timeout(&id),
             },
@@ -946,7 +960,17 @@ fn checked_item(target: &Id, kind: &ItemKind, item: &crate::krpc::ItemReply) -> 
     if item.v.is_empty() {
         return None;
     }
+    let kind = match (kind, item.k) {
+        (ItemKind::Any, Some(_)) => &ItemKind::Mutable {
+            k: None,
+            salt: Vec::new(),
+            min_seq: None,
+        },
+        (ItemKind::Any, None) => &ItemKind::Immutable,
+        _ => kind,
+    };
     match kind {
+        ItemKind::Any => None,
         ItemKind::Immutable => (immutable_target(&item.v) == *target).then(|| FoundItem {
             v: item.v.clone(),
             mutable: None,
@@ -960,7 +984,8 @@ fn checked_item(target: &Id, kind: &ItemKind, item: &crate::krpc::ItemReply) -> 
                 sig: item.sig?,
                 cas: None,
             };
-            (m.k == *k && mutable_target(k, salt) == *target && items::verify(&m, &item.v)).then(
+            let key_ok = k.is_none_or(|k| k == m.k);
+            (key_ok && mutable_target(&m.k, salt) == *target && items::verify(&m, &item.v)).then(
                 || FoundItem {
                     v: item.v.clone(),
                     mutable: Some(m),

@@ -34,6 +34,8 @@ pub struct FetchConfig {
     /// Announced to trackers (our session's listen port).
     pub listen_port: u16,
     pub timeout: Duration,
+    /// The DHT, asked for peers every few seconds until done.
+    pub discovery: Option<super::discovery::DiscoveryHandle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +104,19 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
             }
         })
     };
+    let dht = cfg.discovery.clone().map(|d| {
+        let tx = peer_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                for p in d.0.find_peers(ih, None).await {
+                    let _ = tx.send(p);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    });
     drop(peer_tx);
-    let sources_open = !cfg.trackers.is_empty();
+    let sources_open = !cfg.trackers.is_empty() || cfg.discovery.is_some();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Fetched, String>>();
     let mut seen = HashSet::new();
     let mut queue = std::collections::VecDeque::new();
@@ -161,6 +174,9 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
         }
     };
     announcer.abort();
+    if let Some(d) = dht {
+        d.abort();
+    }
     result
 }
 

@@ -6,6 +6,7 @@ mod disk;
 mod latency;
 mod transport;
 pub use latency::RuntimeLatency;
+pub mod discovery;
 pub mod metadata_fetch;
 mod peer;
 pub mod tracker_client;
@@ -251,6 +252,8 @@ pub(crate) struct SessionInner {
     pub disk: disk::DiskPool,
     next_key: AtomicU64,
     latency: Arc<latency::LatencyProbe>,
+    /// Set once, after start (the DHT binds the listen port the session chose).
+    discovery: std::sync::OnceLock<discovery::DiscoveryHandle>,
 }
 
 impl SessionInner {
@@ -319,6 +322,7 @@ impl Session {
             disk: disk::DiskPool::start(cfg.hash_workers),
             next_key: AtomicU64::new(1),
             latency: latency::LatencyProbe::start(),
+            discovery: std::sync::OnceLock::new(),
         });
         let acc = inner.clone();
         tokio::spawn(async move {
@@ -337,6 +341,16 @@ impl Session {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen_addr
+    }
+
+    /// Peers from the DHT for every torrent and swarm added from now on (public torrents only).
+    /// Set once; later calls are ignored.
+    pub fn set_discovery(&self, d: discovery::DiscoveryHandle) {
+        let _ = self.inner.discovery.set(d);
+    }
+
+    pub fn discovery(&self) -> Option<discovery::DiscoveryHandle> {
+        self.inner.discovery.get().cloned()
     }
 
     /// How late the runtime's timers fire (see [`latency`]): the health of the async workers.
@@ -782,6 +796,52 @@ async fn tracker_loop(
     }
 }
 
+/// The DHT: announce and get peers now, again soon while peers are scarce, and every 15 minutes
+/// once the swarm is found (BEP 5 announces expire after about 30 minutes).
+async fn discovery_loop(
+    t: Arc<TorrentShared>,
+    d: discovery::DiscoveryHandle,
+    mut quit: watch::Receiver<bool>,
+) {
+    let port = t.session.listen_addr.port();
+    let mut hashes = vec![t.info_hash];
+    if let Some(v2) = t.meta.v2_hash {
+        let short: [u8; 20] = v2[..20].try_into().unwrap();
+        if short != t.info_hash {
+            hashes.push(short);
+        }
+    }
+    loop {
+        let mut found = 0;
+        for h in &hashes {
+            let peers = tokio::select! {
+                p = d.0.find_peers(*h, Some(port)) => p,
+                _ = quit.changed() => return,
+            };
+            let mut s = t.state.lock().unwrap();
+            for p in peers {
+                if !is_self(&t, p) {
+                    s.add_known(p);
+                    found += 1;
+                }
+            }
+        }
+        t.wake.notify_one();
+        let connected = t.state.lock().unwrap().peers.len();
+        let wait = if found == 0 {
+            Duration::from_secs(10)
+        } else if connected < 3 {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(15 * 60)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = quit.changed() => return,
+        }
+    }
+}
+
 /// Trackers list the announcing peer too; never dial ourselves.
 fn is_self(t: &TorrentShared, a: SocketAddr) -> bool {
     let me = t.session.listen_addr;
@@ -845,6 +905,13 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
                 quit_rx.clone(),
             )));
         }
+    }
+    if let (Some(d), false) = (t.session.discovery.get(), t.meta.private) {
+        trackers.push(tokio::spawn(discovery_loop(
+            t.clone(),
+            d.clone(),
+            quit_rx.clone(),
+        )));
     }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let started = Instant::now();

@@ -199,7 +199,7 @@ fn mutable_items_newest_verified_seq_wins() {
     };
     assert_eq!(error.map(|e| e.0), Some(302));
     let kind = ItemKind::Mutable {
-        k,
+        k: None,
         salt: Vec::new(),
         min_seq: None,
     };
@@ -298,7 +298,7 @@ fn two_nodes_find_each_other() {
         Request::Get {
             target: mutable_target(&k, b""),
             kind: ItemKind::Mutable {
-                k,
+                k: Some(k),
                 salt: Vec::new(),
                 min_seq: None,
             },
@@ -409,4 +409,27 @@ fn saved_state_round_trips() {
     assert_eq!(id, n.id());
     assert_eq!(nodes.len(), n.table.len());
     assert!(load_state(b"garbage").is_none());
+}
+
+/// An operation started before the node has bootstrapped waits for the first nodes and then
+/// runs at once (not at the next bootstrap retry).
+#[test]
+fn an_early_operation_runs_as_soon_as_the_table_has_a_node() {
+    let mut net = Net::new(1, 0.0, 8);
+    let key = SigningKey::from_bytes(&[6; 32]);
+    net.op(0, Request::Put(signed(&key, 1, b"1:y")));
+    let now = net.now;
+    let mut b = Node::new([0xab; 20], loopback(), 78, now);
+    b.set_bootstrap(vec![addr(0)]);
+    net.nodes.insert(addr(1), b);
+    let k = key.verifying_key().to_bytes();
+    let d = net.op(
+        1,
+        Request::Get {
+            target: mutable_target(&k, b""),
+            kind: ItemKind::Any,
+        },
+    );
+    assert!(matches!(d.outcome, Outcome::Item(Some(_))), "{d:?}");
+    assert!(d.elapsed < Duration::from_secs(1), "{:?}", d.elapsed);
 }

@@ -1,0 +1,306 @@
+//! `ccbt dht`: the DHT for users and for diagnosis. Each command runs its own short-lived DHT node
+//! (bootstrapped like any other: `[discovery] dht_bootstrap` or `--dht-bootstrap`), except
+//! `status`, which asks the node running on this data dir first.
+
+use crate::node::{client_request, head_from_item};
+use crate::Ctx;
+use anyhow::{bail, Context, Result};
+use ccbt_core::encoding::{from_hex, printable, to_hex};
+use ccbt_dht::node::{FoundItem, ItemKind};
+use ccbt_dht::Dht;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+#[derive(Args, Clone)]
+pub struct DhtNet {
+    /// UDP address for this command's DHT node (default: any free port)
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    pub listen: SocketAddr,
+    /// Seconds to wait for the routing table to fill before giving up
+    #[arg(long, default_value_t = 15)]
+    pub wait: u64,
+}
+
+#[derive(Subcommand)]
+pub enum DhtCmd {
+    /// Nodes, buckets, items stored, queries in and out
+    Status(DhtNet),
+    /// Peers the DHT knows for an info-hash (40 hex) or share id
+    Peers {
+        info_hash: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// A BEP 44 item, verified: a share id or 40-hex target, or a 64-hex public key
+    Get {
+        target: String,
+        /// Salt of a mutable item (with a 64-hex public key)
+        #[arg(long)]
+        salt: Option<String>,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Store an immutable value (a string; --bencoded takes it as bencode) and print its target
+    Put {
+        value: String,
+        #[arg(long)]
+        bencoded: bool,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Ping a DHT node
+    Ping {
+        addr: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+}
+
+fn start(ctx: &Ctx, net: &DhtNet) -> Result<Dht> {
+    if !ctx.dht_enabled() {
+        bail!("the DHT is off (--no-dht, CCBT_ENABLE_DHT=false or [discovery] enable_dht = false); give --dht-bootstrap HOST:PORT to use it");
+    }
+    ctx.dht(net.listen)
+        .context("the DHT could not start (see the warning above)")
+}
+
+/// Waits for the routing table; an empty one is an error that says where we tried.
+fn ready(ctx: &Ctx, d: &Dht, net: &DhtNet) -> Result<()> {
+    let rt = crate::runtime()?;
+    let n = rt.block_on(d.wait_for_nodes(Duration::from_secs(net.wait)));
+    if n == 0 {
+        let boot = ctx.bootstrap_list().join(", ");
+        bail!(
+            "no DHT node answered within {}s (bootstrap: {boot}); check --dht-bootstrap",
+            net.wait
+        );
+    }
+    Ok(())
+}
+
+fn parse_hash(s: &str) -> Result<[u8; 20]> {
+    from_hex(s)
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{s:?} is not 40 hex digits"))
+}
+
+/// A bencoded value for a terminal: a string as text (escaped), anything else as bencode.
+fn show_value(v: &[u8]) -> String {
+    match ccbt_core::bencode::decode(v) {
+        Ok(ccbt_core::bencode::Value::Bytes(b)) => {
+            printable(&String::from_utf8_lossy(b)).into_owned()
+        }
+        _ => printable(&String::from_utf8_lossy(v)).into_owned(),
+    }
+}
+
+fn item_json(target: &[u8; 20], it: &FoundItem) -> Value {
+    let mut j = json!({
+        "target": to_hex(target),
+        "value": show_value(&it.v),
+        "value_hex": to_hex(&it.v),
+        "nodes": it.seen,
+        "mutable": it.mutable.is_some(),
+    });
+    if let Some(m) = &it.mutable {
+        j["public_key"] = json!(to_hex(&m.k));
+        j["seq"] = json!(m.seq);
+        j["salt"] = json!(printable(&String::from_utf8_lossy(&m.salt)).into_owned());
+        j["signature"] = json!(to_hex(&m.sig));
+        if let Some(h) = head_from_item(it) {
+            j["head"] = json!({
+                "share": ccbt_xet::head::share_id_hex(&h.share_id()),
+                "version": h.seq, "root": to_hex(&h.value.root), "size": h.value.size, "time": h.value.time,
+            });
+        }
+    }
+    j
+}
+
+pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
+    let rt = crate::runtime()?;
+    match cmd {
+        DhtCmd::Status(net) => {
+            let v = match client_request(&ctx.data_dir, json!({"cmd": "dht_status"}))? {
+                Some(v) => v,
+                None => {
+                    let d = start(ctx, &net)?;
+                    let _ = rt.block_on(d.wait_for_nodes(Duration::from_secs(net.wait)));
+                    // Let the bootstrap lookup finish filling the table.
+                    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+                    status_json(&rt.block_on(d.status())?)
+                }
+            };
+            if ctx.json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                outln!(
+                    "node {} on {}: {} nodes in {} buckets, {} items and {} info-hashes stored",
+                    v["id"].as_str().unwrap_or(""),
+                    v["listen"].as_str().unwrap_or(""),
+                    v["nodes"],
+                    v["buckets"].as_array().map_or(0, |b| b.len()),
+                    v["items"],
+                    v["peer_hashes"]
+                );
+                outln!(
+                    "queries in {}, out {}; replies {}, errors {}, timeouts {}; bytes in {}, out {}; malformed {}, rate-limited {}",
+                    v["queries_in"], v["queries_out"], v["replies_in"], v["errors_in"], v["timeouts"],
+                    v["bytes_in"], v["bytes_out"], v["malformed"], v["rate_limited"]
+                );
+            }
+        }
+        DhtCmd::Peers { info_hash, net } => {
+            let ih = parse_hash(&info_hash)?;
+            let d = start(ctx, &net)?;
+            ready(ctx, &d, &net)?;
+            let peers = rt.block_on(d.get_peers(ih, None))?;
+            if ctx.json {
+                outln!(
+                    "{}",
+                    json!({"info_hash": to_hex(&ih), "peers": peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()})
+                );
+            } else {
+                if peers.is_empty() && !ctx.quiet {
+                    eprintln!("no peers found for {}", to_hex(&ih));
+                }
+                for p in peers {
+                    outln!("{p}");
+                }
+            }
+        }
+        DhtCmd::Get { target, salt, net } => {
+            let salt = salt.unwrap_or_default().into_bytes();
+            let (t, kind) = match target.len() {
+                64 => {
+                    let k: [u8; 32] = from_hex(&target)
+                        .and_then(|b| b.try_into().ok())
+                        .context("a public key is 64 hex digits")?;
+                    (
+                        ccbt_dht::items::mutable_target(&k, &salt),
+                        ItemKind::Mutable {
+                            k: Some(k),
+                            salt,
+                            min_seq: None,
+                        },
+                    )
+                }
+                _ if !salt.is_empty() => bail!("--salt needs the 64-hex public key, not a target"),
+                _ => (parse_hash(&target)?, ItemKind::Any),
+            };
+            let d = start(ctx, &net)?;
+            ready(ctx, &d, &net)?;
+            let Some(it) = rt.block_on(d.get(t, kind))? else {
+                bail!("no node holds a valid item for {}", to_hex(&t));
+            };
+            let j = item_json(&t, &it);
+            if ctx.json {
+                outln!("{j}");
+            } else {
+                match &it.mutable {
+                    Some(m) => outln!(
+                        "mutable item {} seq {} (key {}, {} nodes)",
+                        to_hex(&t),
+                        m.seq,
+                        to_hex(&m.k),
+                        it.seen
+                    ),
+                    None => outln!("immutable item {} ({} nodes)", to_hex(&t), it.seen),
+                }
+                outln!("value: {}", j["value"].as_str().unwrap_or(""));
+                if let Some(h) = j.get("head") {
+                    outln!(
+                        "share head: version {}, root {}, {} bytes, time {}",
+                        h["version"],
+                        h["root"].as_str().unwrap_or(""),
+                        h["size"],
+                        h["time"]
+                    );
+                }
+            }
+        }
+        DhtCmd::Put {
+            value,
+            bencoded,
+            net,
+        } => {
+            let v = if bencoded {
+                ccbt_core::bencode::decode(value.as_bytes()).context("the value is not bencode")?;
+                value.into_bytes()
+            } else {
+                let mut b = format!("{}:", value.len()).into_bytes();
+                b.extend_from_slice(value.as_bytes());
+                b
+            };
+            if v.len() > ccbt_dht::krpc::MAX_ITEM {
+                bail!(
+                    "the value is {} bytes bencoded; BEP 44 allows 1000",
+                    v.len()
+                );
+            }
+            let d = start(ctx, &net)?;
+            ready(ctx, &d, &net)?;
+            let (t, stored, err) = rt.block_on(d.put(ccbt_dht::node::PutItem::Immutable(v)))?;
+            if stored == 0 {
+                bail!(
+                    "no DHT node stored the item{}",
+                    err.map(|(c, m)| format!(" (last error {c}: {})", printable(&m)))
+                        .unwrap_or_default()
+                );
+            }
+            if ctx.json {
+                outln!("{}", json!({"target": to_hex(&t), "stored": stored}));
+            } else {
+                outln!("{}", to_hex(&t));
+                if !ctx.quiet {
+                    eprintln!("stored on {stored} nodes");
+                }
+            }
+        }
+        DhtCmd::Ping { addr, net } => {
+            let a: SocketAddrV4 = rt
+                .block_on(tokio::net::lookup_host(&addr))
+                .with_context(|| format!("cannot resolve {addr}"))?
+                .find_map(|a| match a {
+                    SocketAddr::V4(a) => Some(a),
+                    _ => None,
+                })
+                .with_context(|| format!("{addr} has no IPv4 address"))?;
+            let d = start(ctx, &net)?;
+            let t0 = std::time::Instant::now();
+            match rt.block_on(d.ping(a))? {
+                Some(id) => {
+                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    if ctx.json {
+                        outln!(
+                            "{}",
+                            json!({"addr": a.to_string(), "id": to_hex(&id), "ms": ms})
+                        );
+                    } else {
+                        outln!("{a}: node {} answered in {ms:.1} ms", to_hex(&id));
+                    }
+                }
+                None => bail!("{a} did not answer a DHT ping within 4s"),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn status_json(s: &ccbt_dht::service::Status) -> Value {
+    let st = &s.stats;
+    json!({
+        "id": to_hex(&s.id), "listen": s.local.to_string(), "nodes": s.nodes,
+        "buckets": s.buckets.iter().map(|(i, n, r)| json!({"bucket": i, "nodes": n, "replacements": r})).collect::<Vec<_>>(),
+        "items": s.items, "peer_hashes": s.peer_hashes, "operations": s.ops_running,
+        "external_ip": s.external_ip.map(|i| i.to_string()),
+        "bootstrap": s.bootstrap.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "queries_in": st.queries_in, "queries_out": st.queries_out, "replies_in": st.replies_in,
+        "errors_in": st.errors_in, "timeouts": st.timeouts, "packets_in": st.packets_in,
+        "packets_out": st.packets_out, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
+        "malformed": st.malformed, "rate_limited": st.rate_limited, "unsolicited": st.unsolicited,
+        "bad_items": st.bad_items, "other_packets": s.other_packets,
+    })
+}
