@@ -10,10 +10,13 @@ demo: deps
 	$(CARGO) build --release -p ccbt
 	./target/release/ccbt demo
 
-# The whole suite: unit, end-to-end and interop tests, then format and lint checks.
+# The whole suite: unit, end-to-end and interop tests, then format and lint checks. Everything is
+# built first (that may fetch crates); the tests then run offline in a network namespace with only
+# loopback (scripts/netns.sh), so no test can reach another machine.
 test: deps
 	$(CARGO) build -p ccbt
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-run
+	./scripts/netns.sh $(CARGO) test --workspace --offline
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	./scripts/fuzz.sh $(FUZZ_SMOKE_SECS)

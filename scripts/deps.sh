@@ -3,8 +3,10 @@
 # librocksdb-dev + libclang-dev: link Debian's RocksDB (see .cargo/config.toml) instead of a 20-minute build.
 # python3-libtorrent, mktorrent: independent BitTorrent software the interop tests compare against.
 # fuse3: mount/umount helpers for the FUSE tests.
+# iproute2: the loopback-only network namespace the suite runs in; python3-cryptography: ed25519
+# keys in libtorrent's format for the BEP 44 interop tests.
 set -euo pipefail
-PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench)
+PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
