@@ -85,6 +85,33 @@ fn tree_bytes(p: &Path) -> u64 {
     }
 }
 
+/// Puts a head on the DHT from a short-lived node (bounded); returns how many nodes stored it.
+fn put_head_on_dht(ctx: &Ctx, head: &ccbt_xet::head::Head) -> Result<usize> {
+    let dht = ctx
+        .dht(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+        .context("the DHT could not start")?;
+    let rt = crate::runtime()?;
+    rt.block_on(async {
+        if dht.wait_for_nodes(std::time::Duration::from_secs(10)).await == 0 {
+            anyhow::bail!("no DHT node answered within 10s");
+        }
+        let (_, stored, err) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            dht.put(crate::node::head_item(head)),
+        )
+        .await
+        .context("the DHT put timed out")??;
+        if stored == 0 {
+            anyhow::bail!(
+                "no DHT node stored it{}",
+                err.map(|(c, m)| format!(" (error {c}: {m})"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(stored)
+    })
+}
+
 pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     // A node running on this data dir owns the store: hand it the work (it also pushes the head).
     let dir = std::fs::canonicalize(&a.dir)
@@ -127,6 +154,26 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     };
     let secs = started.elapsed().as_secs_f64();
     let id = share_id_hex(&r.share);
+    // No node runs here to announce the version: put its head on the DHT now, so followers
+    // polling it see the new version even before a node serves it.
+    let dht_nodes = if ctx.dht_enabled() {
+        match put_head_on_dht(ctx, &shares.head(&r.share, Some(r.seq))?) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                if !ctx.quiet {
+                    eprintln!("warning: the new head is not on the DHT: {e:#}; `ccbt seed` on this data dir puts it there");
+                }
+                Some(0)
+            }
+        }
+    } else {
+        None
+    };
+    if let (Some(n), false, false) = (dht_nodes, ctx.json, ctx.quiet) {
+        if n > 0 {
+            eprintln!("dht:      head put on {n} nodes");
+        }
+    }
     if ctx.json {
         outln!(
             "{}",
@@ -145,6 +192,7 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
                 "listing_root": r.listing_root.to_hex(),
                 "seconds": secs,
                 "warnings": r.warnings,
+                "dht_nodes": dht_nodes,
             }))?
         );
     } else if ctx.quiet {

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A private loopback DHT of libtorrent nodes for ccbt's DHT tests, driven over stdin/stdout.
 
-usage: lt_dht.py --nodes N --base-port P [--bootstrap HOST:PORT]
+usage: lt_dht.py --ports P0,P1,... [--bootstrap HOST:PORT]   (one node per port)
 Node 0 starts the network (or joins --bootstrap); nodes 1.. bootstrap from node 0. Prints one JSON
 line {"ready": true, "nodes": [...]} once every routing table is filled, then answers one JSON
 line per command line read from stdin, for example
@@ -64,14 +64,34 @@ def item_bytes(x):
     return lt.bencode(x)
 
 
+def plain(a):
+    if isinstance(a, lt.dht_stats_alert):
+        return dict(k='stats', nodes=sum(b['num_nodes'] for b in a.routing_table))
+    if isinstance(a, lt.dht_mutable_item_alert):
+        try:
+            v = item_bytes(a.item)
+        except Exception:
+            # The binding cannot turn a value with binary strings (a share head's root) into
+            # Python; libtorrent verified it, and the signature covers it.
+            v = None
+        return dict(k='mutable', key=bytes(a.key), seq=a.seq, v=v, sig=bytes(a.signature),
+                    authoritative=a.authoritative)
+    if isinstance(a, lt.dht_put_alert):
+        return dict(k='put', num_success=a.num_success)
+    if isinstance(a, lt.dht_get_peers_reply_alert):
+        return dict(k='peers', ih=str(a.info_hash), peers=[f'{p[0]}:{p[1]}' for p in a.peers()])
+    return None
+
+
 class Net:
-    def __init__(self, n, base, boot):
+    def __init__(self, ports, boot):
         self.ses, self.alerts, self.seeds = [], [], []
-        self.addrs = [f'127.0.0.1:{base + i}' for i in range(n)]
+        self.addrs = [f'127.0.0.1:{p}' for p in ports]
+        n = len(ports)
         self.last_announce = 0
         for i in range(n):
             b = boot if i == 0 else self.addrs[0]
-            self.ses.append(lt.session(settings(base + i, b)))
+            self.ses.append(lt.session(settings(ports[i], b)))
             self.alerts.append([])
             if i:
                 # Sequential start: node 0 hears of node i, and hands it the earlier nodes (it is
@@ -79,8 +99,12 @@ class Net:
                 self.wait(lambda: self.table(0) >= i and self.table(i) >= i - 1, 10)
 
     def pump(self):
+        # An alert is only valid until the next pop_alerts: what the commands need is copied out.
         for i, s in enumerate(self.ses):
-            self.alerts[i].extend(s.pop_alerts())
+            for a in s.pop_alerts():
+                d = plain(a)
+                if d is not None:
+                    self.alerts[i].append(d)
             del self.alerts[i][:-2000]
         if time.time() - self.last_announce > 5:
             self.last_announce = time.time()
@@ -97,16 +121,22 @@ class Net:
             time.sleep(0.05)
         return None
 
+    def of(self, i, kind):
+        return [a for a in self.alerts[i] if a['k'] == kind]
+
     def table(self, i):
-        n0 = sum(1 for a in self.alerts[i] if isinstance(a, lt.dht_stats_alert))
+        n0 = len(self.of(i, 'stats'))
         self.ses[i].post_dht_stats()
-        st = self.wait(lambda: [a for a in self.alerts[i] if isinstance(a, lt.dht_stats_alert)][n0:], 2)
-        return sum(b['num_nodes'] for b in st[-1].routing_table) if st else -1
+        st = self.wait(lambda: self.of(i, 'stats')[n0:], 2)
+        return st[-1]['nodes'] if st else -1
 
     def run(self, c):
         n = c.get('n', len(self.ses) - 1)
         s, al = self.ses[n], self.alerts[n]
         cmd = c['cmd']
+        if cmd == 'dump':
+            return dict(alerts=[{k: (v.hex() if isinstance(v, bytes) else v) for k, v in a.items()}
+                                for a in self.alerts[n] if a['k'] != 'stats'])
         if cmd == 'nodes':
             return dict(nodes=self.table(n))
         if cmd == 'add_node':
@@ -140,9 +170,9 @@ class Net:
             found = set()
 
             def got():
-                for a in al:
-                    if isinstance(a, lt.dht_get_peers_reply_alert) and a.info_hash == ih:
-                        found.update(f'{p[0]}:{p[1]}' for p in a.peers())
+                for a in self.of(n, 'peers'):
+                    if a['ih'] == str(ih):
+                        found.update(a['peers'])
                 return found if c.get('want') is None or c['want'] in found else None
             for _ in range(5):
                 s.dht_get_peers(ih)
@@ -150,51 +180,52 @@ class Net:
                     break
             return dict(peers=sorted(found))
         if cmd == 'get_mutable':
+            # Asked again until an item with at least min_seq arrives (libtorrent reports each
+            # node's answer; an empty one has no item to read).
             key = bytes.fromhex(c['key'])
             salt = c.get('salt', '').encode()
-            al.clear()
-            s.dht_get_mutable_item(key, salt)
             want = c.get('min_seq', 0)
-
-            def got():
-                xs = [a for a in al if isinstance(a, lt.dht_mutable_item_alert) and bytes(a.key) == key]
-                best = max(xs, key=lambda a: a.seq, default=None)
-                if best is not None and (best.authoritative or best.seq >= want) and best.seq >= want:
-                    return best
-                return None
-            a = self.wait(got, c.get('timeout', 20))
-            if a is None:
-                xs = [x for x in al if isinstance(x, lt.dht_mutable_item_alert) and bytes(x.key) == key]
-                a = max(xs, key=lambda x: x.seq, default=None)
-            if a is None:
-                return dict(found=False)
-            return dict(found=True, seq=a.seq, value_hex=item_bytes(a.item).hex(),
-                        signature=bytes(a.signature).hex(), authoritative=a.authoritative)
+            end = time.time() + c.get('timeout', 30)
+            best = None
+            while time.time() < end and best is None:
+                al.clear()
+                s.dht_get_mutable_item(key, salt)
+                t_end = min(end, time.time() + 5)
+                while time.time() < t_end and best is None:
+                    self.pump()
+                    for a in self.of(n, 'mutable'):
+                        v = a['v']
+                        if a['key'] != key or v in (b'', b'0:') or a['seq'] < want or a['seq'] <= 0:
+                            continue
+                        best = dict(found=True, seq=a['seq'], value_hex=v.hex() if v else None,
+                                    signature=a['sig'].hex(), authoritative=a['authoritative'])
+                    time.sleep(0.05)
+            return best or dict(found=False)
         if cmd == 'put_mutable':
             priv, pub = keypair(bytes.fromhex(c['seed']))
-            n0 = sum(1 for a in al if isinstance(a, lt.dht_put_alert))
+            n0 = len(self.of(n, 'put'))
             s.dht_put_mutable_item(priv, pub, c['value'], c.get('salt', '').encode())
-            a = self.wait(lambda: [x for x in al if isinstance(x, lt.dht_put_alert)][n0:], 20)
-            return dict(put_nodes=a[-1].num_success if a else 0, key=bytes(pub).hex())
+            a = self.wait(lambda: self.of(n, 'put')[n0:], 20)
+            return dict(put_nodes=a[-1]['num_success'] if a else 0, key=bytes(pub).hex())
         if cmd == 'put_immutable':
-            n0 = sum(1 for a in al if isinstance(a, lt.dht_put_alert))
+            n0 = len(self.of(n, 'put'))
             target = s.dht_put_immutable_item(c['value'])
-            a = self.wait(lambda: [x for x in al if isinstance(x, lt.dht_put_alert)][n0:], 20)
-            return dict(target=str(target), put_nodes=a[-1].num_success if a else 0)
+            a = self.wait(lambda: self.of(n, 'put')[n0:], 20)
+            return dict(target=str(target), put_nodes=a[-1]['num_success'] if a else 0)
         return dict(error=f'unknown command {cmd}')
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--nodes', type=int, default=4)
-    ap.add_argument('--base-port', type=int, required=True)
+    ap.add_argument('--ports', required=True)
     ap.add_argument('--bootstrap', default='')
     a = ap.parse_args()
     if a.bootstrap:
         loopback(a.bootstrap)
-    net = Net(a.nodes, a.base_port, a.bootstrap)
+    ports = [int(p) for p in a.ports.split(',')]
+    net = Net(ports, a.bootstrap)
     # Sequential start: node 0 hands the earlier nodes to the later ones.
-    print(json.dumps(dict(ready=True, nodes=net.addrs, tables=[net.table(i) for i in range(a.nodes)])),
+    print(json.dumps(dict(ready=True, nodes=net.addrs, tables=[net.table(i) for i in range(len(ports))])),
           flush=True)
     buf = b''
     while True:

@@ -364,3 +364,77 @@ pub fn publish_and_seed(dir: &Path, src: &Path) -> (String, String, ChildGuard) 
     wait_listening(&alisten, 20);
     (id, alisten, a)
 }
+
+// ---- a private libtorrent DHT ----
+
+/// libtorrent DHT nodes on loopback (tests/scripts/lt_dht.py), driven one JSON line at a time.
+/// Node 0 starts the network; the others join through it. Killed on drop.
+pub struct LtDht {
+    _child: ChildGuard,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub nodes: Vec<String>,
+}
+
+impl LtDht {
+    /// `n` nodes; `bootstrap`: join an existing network (a ccbt node) instead of starting one.
+    pub fn start(n: usize, bootstrap: Option<&str>) -> LtDht {
+        require_libtorrent();
+        let ports: Vec<String> = (0..n).map(|_| free_port().to_string()).collect();
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(root().join("tests/scripts/lt_dht.py"))
+            .arg("--ports")
+            .arg(ports.join(","));
+        if let Some(b) = bootstrap {
+            cmd.arg("--bootstrap").arg(b);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start lt_dht.py");
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = LtDht {
+            _child: ChildGuard(child),
+            stdin,
+            lines,
+            nodes: Vec::new(),
+        };
+        let ready = d.read(90);
+        assert_eq!(ready["ready"], true, "lt_dht.py: {ready}");
+        d.nodes = ready["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        d
+    }
+
+    fn read(&mut self, secs: u64) -> Value {
+        let l = self
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(secs))
+            .unwrap_or_else(|_| panic!("lt_dht.py did not answer within {secs}s"));
+        serde_json::from_str(&l).unwrap_or_else(|_| panic!("lt_dht.py said {l:?}"))
+    }
+
+    /// Runs one command (see lt_dht.py) and returns its answer (bounded at 120 s).
+    pub fn cmd(&mut self, c: Value) -> Value {
+        use std::io::Write;
+        writeln!(self.stdin, "{c}").expect("write to lt_dht.py");
+        let v = self.read(120);
+        assert!(v.get("error").is_none(), "lt_dht.py {c}: {v}");
+        v
+    }
+}
