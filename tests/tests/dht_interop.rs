@@ -428,7 +428,7 @@ fn hostile_dht_traffic_is_bounded_and_bad_heads_are_refused() {
     let data = root.join("A");
     let id = publish(&data, &root.join("src"));
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = ccbt_cmd()
+    let child = ccbt_cmd()
         .args([
             "--data-dir",
             s(&data),
