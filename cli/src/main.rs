@@ -156,6 +156,7 @@ impl Ctx {
             global_down: self.config.limits.global_down_kib * 1024,
             global_up: self.config.limits.global_up_kib * 1024,
             hash_workers: self.config.disk.hash_workers,
+            pex: self.config.discovery.enable_pex,
         }
     }
 }

@@ -83,10 +83,14 @@ def create(src, out, mode, piece):
 def session(port):
     s = _session(port)
     limit = int(os.environ.get('LT_UPLOAD_LIMIT', '0') or 0)
-    if limit:
+    down = int(os.environ.get('LT_DOWNLOAD_LIMIT', '0') or 0)
+    if limit or down:
         # libtorrent exempts local-network peers (all of 127/8) from rate limits by default.
         pc = s.get_peer_class(lt.session.local_peer_class_id)
-        pc['upload_limit'] = limit
+        if limit:
+            pc['upload_limit'] = limit
+        if down:
+            pc['download_limit'] = down
         s.set_peer_class(lt.session.local_peer_class_id, pc)
     return s
 

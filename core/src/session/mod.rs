@@ -51,6 +51,8 @@ pub struct SessionConfig {
     pub global_up: u64,
     /// Threads that write and hash received blocks (0: one per core).
     pub hash_workers: usize,
+    /// Peer exchange (BEP 11) on public torrents and swarms.
+    pub pex: bool,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +62,7 @@ impl Default for SessionConfig {
             global_down: 0,
             global_up: 0,
             hash_workers: 0,
+            pex: true,
         }
     }
 }
@@ -168,6 +171,10 @@ pub(crate) struct PeerEntry {
     pub connected_at: Instant,
     /// Asked to close to make room (it leaves the map when its task ends).
     pub evicted: bool,
+    /// Where other peers can reach it (for PEX), if known.
+    pub reachable: Option<SocketAddr>,
+    /// We dialed it.
+    pub outgoing: bool,
 }
 
 /// A peer that has neither wanted our data nor sent us any for this long may be dropped to make
@@ -250,6 +257,7 @@ pub(crate) struct SessionInner {
     pub up: TokenBucket,
     pub registry: Registry,
     pub disk: disk::DiskPool,
+    pub pex: bool,
     next_key: AtomicU64,
     latency: Arc<latency::LatencyProbe>,
     /// Set once, after start (the DHT binds the listen port the session chose).
@@ -320,6 +328,7 @@ impl Session {
             up: TokenBucket::new(cfg.global_up),
             registry,
             disk: disk::DiskPool::start(cfg.hash_workers),
+            pex: cfg.pex,
             next_key: AtomicU64::new(1),
             latency: latency::LatencyProbe::start(),
             discovery: std::sync::OnceLock::new(),

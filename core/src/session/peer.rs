@@ -97,7 +97,19 @@ struct Conn {
     blocks_this_second: usize,
     /// ut_metadata requests this peer made (BEP 9 flood protection).
     meta_requests: u32,
+    /// PEX: the peers this peer has heard of from us, and when we last sent or received.
+    pex_sent: HashSet<SocketAddr>,
+    pex_last_sent: Option<Instant>,
+    pex_last_recv: Option<Instant>,
+    /// When its extension handshake arrived.
+    ext_at: Option<Instant>,
 }
+
+/// PEX: the first message goes this soon after the extension handshake, then one a minute
+/// (BEP 11: not more often); messages a peer sends faster than `PEX_MIN_GAP` are ignored.
+const PEX_FIRST: Duration = Duration::from_secs(3);
+const PEX_EVERY: Duration = Duration::from_secs(60);
+const PEX_MIN_GAP: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 enum Reason {
@@ -138,6 +150,7 @@ async fn run_inner(
     key: u64,
 ) -> Result<(), Reason> {
     let ours = Handshake::new(t.info_hash, t.session.peer_id);
+    let outgoing = incoming.is_none();
     let theirs = transport::handshake(&mut stream, &ours, incoming)
         .await
         .map_err(Reason::Protocol)?;
@@ -186,6 +199,10 @@ async fn run_inner(
                 up_rate: 0.0,
                 connected_at: Instant::now(),
                 evicted: false,
+                // Where others can reach it: the address we dialed; an incoming peer's comes
+                // with its extension handshake (its listen port).
+                reachable: outgoing.then_some(addr),
+                outgoing,
             },
         );
         s.add_known_connected(addr);
@@ -218,6 +235,10 @@ async fn run_inner(
         pipeline: t.cfg.pipeline_depth.max(4),
         blocks_this_second: 0,
         meta_requests: 0,
+        pex_sent: HashSet::new(),
+        pex_last_sent: None,
+        pex_last_recv: None,
+        ext_at: None,
     };
     let res = c.session(rd, &theirs, &mut cmd_rx, &mut ext_rx).await;
     // Give back what we asked this peer for.
@@ -258,6 +279,9 @@ impl Conn {
             let serve_meta = self.ut_metadata_id();
             if let Some(id) = serve_meta {
                 m.insert(crate::metadata::NAME.to_string(), id);
+            }
+            if let Some(id) = self.ut_pex_id() {
+                m.insert(crate::pex::NAME.to_string(), id);
             }
             let h = ExtHandshake {
                 m,
@@ -349,6 +373,7 @@ impl Conn {
                         self.send(Message::KeepAlive).await?;
                         last_sent_keepalive = now;
                     }
+                    self.maybe_send_pex(now).await?;
                     // Adapt the pipeline to about a second of this peer's rate.
                     let want = (self.blocks_this_second * 2).clamp(self.t.cfg.pipeline_depth.max(4), MAX_PIPELINE);
                     self.pipeline = want.min(self.peer_reqq.max(16));
@@ -629,6 +654,17 @@ impl Conn {
                 self.peer_reqq = (q as usize).clamp(16, MAX_PIPELINE);
             }
             let first = self.ext.is_none();
+            if let (Some(port), true) = (h.listen_port, first) {
+                let mut s = self.t.state.lock().unwrap();
+                if let Some(p) = s.peers.get_mut(&self.key) {
+                    if !p.outgoing && port != 0 {
+                        p.reachable = Some(SocketAddr::new(self.ctx.addr.ip(), port));
+                    }
+                }
+            }
+            if first {
+                self.ext_at = Some(Instant::now());
+            }
             self.ext = Some(h);
             if first {
                 for handler in self.t.session.registry.handlers().to_vec() {
@@ -643,11 +679,119 @@ impl Conn {
         if Some(id) == self.ut_metadata_id() {
             return self.on_ut_metadata(payload).await;
         }
+        if Some(id) == self.ut_pex_id() {
+            self.on_pex(&payload);
+            return Ok(());
+        }
         let Some(handler) = self.t.session.registry.by_local_id(id).cloned() else {
             return Ok(()); // an extension we never advertised: ignore
         };
         let r = handler.on_message(&self.ctx, payload);
         self.apply_ext_reply(handler.name(), r).await
+    }
+
+    /// Our local id for `ut_pex` (after ut_metadata's), unless PEX is off or the torrent private.
+    fn ut_pex_id(&self) -> Option<u8> {
+        (self.t.session.pex && !self.t.meta.private)
+            .then(|| self.t.session.registry.handlers().len() as u8 + 2)
+    }
+
+    /// BEP 11: tell the peer which peers joined and left since our last message (at most 50
+    /// each), a few seconds after the handshake and then once a minute.
+    async fn maybe_send_pex(&mut self, now: Instant) -> Result<(), Reason> {
+        let (Some(pid), Some(_), Some(at)) = (
+            self.peer_ext_id(crate::pex::NAME),
+            self.ut_pex_id(),
+            self.ext_at,
+        ) else {
+            return Ok(());
+        };
+        let due = match self.pex_last_sent {
+            None => now.duration_since(at) >= PEX_FIRST,
+            Some(t) => now.duration_since(t) >= PEX_EVERY,
+        };
+        if !due {
+            return Ok(());
+        }
+        self.pex_last_sent = Some(now);
+        let current: std::collections::HashMap<SocketAddr, u8> = {
+            let s = self.t.state.lock().unwrap();
+            let n = self.t.expected.len();
+            s.peers
+                .iter()
+                .filter(|(k, p)| **k != self.key && !p.evicted)
+                .filter_map(|(_, p)| {
+                    let a = p.reachable?;
+                    let mut f = 0;
+                    if n > 0 && p.bitfield.count() == n {
+                        f |= crate::pex::FLAG_SEED;
+                    }
+                    if p.outgoing {
+                        f |= crate::pex::FLAG_REACHABLE;
+                    }
+                    Some((a, f))
+                })
+                .collect()
+        };
+        let added: Vec<(SocketAddr, u8)> = current
+            .iter()
+            .filter(|(a, _)| !self.pex_sent.contains(*a) && **a != self.ctx.addr)
+            .take(crate::pex::MAX_SEND)
+            .map(|(a, f)| (*a, *f))
+            .collect();
+        let dropped: Vec<SocketAddr> = self
+            .pex_sent
+            .iter()
+            .filter(|a| !current.contains_key(a))
+            .take(crate::pex::MAX_SEND)
+            .copied()
+            .collect();
+        if added.is_empty() && dropped.is_empty() {
+            return Ok(());
+        }
+        for (a, _) in &added {
+            self.pex_sent.insert(*a);
+        }
+        for a in &dropped {
+            self.pex_sent.remove(a);
+        }
+        let payload = crate::pex::PexMsg { added, dropped }.encode();
+        self.send(Message::Extended {
+            id: pid,
+            payload: Bytes::from(payload),
+        })
+        .await
+    }
+
+    /// Peers a peer told us about: candidates like any other, through the same limits and
+    /// bans. A message before `PEX_MIN_GAP` is ignored; a malformed one too (PEX is a hint).
+    fn on_pex(&mut self, payload: &[u8]) {
+        let now = Instant::now();
+        if self
+            .pex_last_recv
+            .is_some_and(|t| now.duration_since(t) < PEX_MIN_GAP)
+        {
+            return;
+        }
+        self.pex_last_recv = Some(now);
+        let Ok(m) = crate::pex::PexMsg::decode(payload) else {
+            return;
+        };
+        let me = self.t.session.listen_addr;
+        let mut s = self.t.state.lock().unwrap();
+        let mut n = 0;
+        for (a, _) in m.added {
+            let own = a.port() == me.port() && (a.ip() == me.ip() || me.ip().is_unspecified());
+            if !own && !s.banned.contains(&a.ip()) && !a.ip().is_unspecified() {
+                s.add_known(a);
+                n += 1;
+            }
+        }
+        drop(s);
+        if n > 0 {
+            tracing::debug!("{} told us of {n} peers (PEX)", self.ctx.addr);
+            self.t.wake.notify_one();
+        }
     }
 
     /// Our local id for `ut_metadata` (after the registry's), when we have metadata to give:
