@@ -1,6 +1,7 @@
 //! `ccbt demo`: the idea on one machine, on loopback, in a temporary directory that is removed
 //! afterwards (docs/cli.md). Two nodes: A publishes a folder and mounts it (writable, it owns the
-//! key); B mounts it from A over the `ccbt_xet` extension. A file is edited in place through A's
+//! key); B knows only the share id and A's DHT node on loopback: it gets the head and A's address
+//! from the DHT, then mounts the share from A over the `ccbt_xet` extension. A file is edited in place through A's
 //! mount; B's mount shows the new content seconds later, and the demo prints the bytes that moved
 //! against the file's size. Then the local half: versions, export, a torrent of the folder.
 
@@ -67,19 +68,72 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     outln!("share id {}", share_id_hex(&id));
     let rt = crate::runtime()?;
     let _in_rt = rt.enter();
+    // Each node has a DHT node on its peer port. A starts a private loopback DHT; B knows only
+    // A's DHT address and the share id: no peer address, no tracker.
     let start_node = |shares: Arc<Shares>,
-                      peers: Vec<std::net::SocketAddr>|
-     -> Result<(Arc<ShareNet>, Session, ccbt_core::session::TorrentHandle)> {
+                      bootstrap: Vec<String>|
+     -> Result<(
+        Arc<ShareNet>,
+        Session,
+        ccbt_core::session::TorrentHandle,
+        ccbt_dht::Dht,
+    )> {
         let xet = ShareNet::new(shares);
         let mut reg = Registry::default();
         reg.register(xet.extension());
         let session = rt.block_on(Session::start(SessionConfig::default(), reg))?;
-        let swarm = session.add_swarm(id, vec![], peers)?;
-        Ok((xet, session, swarm))
+        let dht = ccbt_dht::Dht::start(ccbt_dht::DhtConfig {
+            bind: session.listen_addr(),
+            bootstrap,
+            state_file: None,
+            // Both nodes share 127.0.0.1: no per-IP limits on this private network.
+            settings: ccbt_dht::node::Settings {
+                max_nodes_per_ip: 0,
+                queries_per_ip_per_sec: 0,
+                read_only: false,
+            },
+        })?;
+        session.set_discovery(ccbt_core::session::discovery::DiscoveryHandle(Arc::new(
+            dht.clone(),
+        )));
+        let swarm = session.add_swarm(id, vec![], vec![])?;
+        Ok((xet, session, swarm, dht))
     };
-    let (a_xet, a_session, _a_swarm) = start_node(a_shares.clone(), vec![])?;
+    let (a_xet, _a_session, _a_swarm, a_dht) = start_node(a_shares.clone(), vec![])?;
+    let head = a_shares.head(&id, None)?;
+    rt.block_on(a_dht.put(crate::node::head_item(&head)))?;
     let b_shares = Arc::new(Shares::open(&tmp.join("node-b-net"))?);
-    let (b_xet, _b_session, b_swarm) = start_node(b_shares, vec![a_session.listen_addr()])?;
+    let (b_xet, _b_session, b_swarm, b_dht) =
+        start_node(b_shares, vec![a_dht.local_addr().to_string()])?;
+    step(ctx, "node B mounts it knowing only the share id");
+    let t_find = Instant::now();
+    let found = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let kind = ccbt_dht::node::ItemKind::Mutable {
+                    k: None,
+                    salt: Vec::new(),
+                    min_seq: None,
+                };
+                if let Ok(Some(it)) = b_dht.get(id, kind).await {
+                    if let Some(h) = crate::node::head_from_item(&it) {
+                        return h;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+    })
+    .context("node B found no head on the DHT")?;
+    found.verify_for(&id)?;
+    outln!(
+        "B asked the DHT (bootstrapped from A's DHT node at {}) for the share id: version {} in {:.0} ms, signature verified; A's address comes from the DHT too",
+        a_dht.local_addr(),
+        found.seq,
+        t_find.elapsed().as_secs_f64() * 1000.0
+    );
+    b_xet.offer_head(found, None);
     let cfg = |name: &str| ccbt_fs::MountConfig {
         share: id,
         overlay_dir: tmp.join(name).join("overlay"),
@@ -92,7 +146,6 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     let (ma, mb) = (tmp.join("mnt-a"), tmp.join("mnt-b"));
     std::fs::create_dir_all(&ma)?;
     std::fs::create_dir_all(&mb)?;
-    let head = a_shares.head(&id, None)?;
     let mount_a = ccbt_fs::mount(
         a_xet.clone(),
         rt.handle().clone(),
@@ -100,7 +153,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         &ma,
         cfg("node-a-net"),
     )?;
-    // B learns the head from A over the wire.
+    // B has the head from the DHT (a newer one may have come over the wire since).
     let deadline = Instant::now() + Duration::from_secs(20);
     let head_b = loop {
         if let Some(h) = b_xet.newest_head(&id) {
