@@ -381,6 +381,11 @@ fn demo_runs_and_cleans_up() {
         "{out}"
     );
     assert!(out.contains("bytes that reached B"), "{out}");
+    // B started from the share id alone: head and peer from A's DHT node.
+    assert!(
+        out.contains("B asked the DHT (bootstrapped from A's DHT node at 127.0.0.1:"),
+        "{out}"
+    );
     let left = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .flatten()
