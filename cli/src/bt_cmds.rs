@@ -196,11 +196,14 @@ pub fn resolve_torrent(
                 Err(_) => tracing::warn!("ignoring x.pe={pe}: not an IP:port"),
             }
         }
-        if m.v1.is_none() && m.v2.is_none() {
-            bail!("this magnet names no torrent (no urn:btih or urn:btmh); for a share use `ccbt mount` or `ccbt sync`");
+        trackers.extend(m.trackers.clone());
+        match (m.v1, m.v2, m.public_key) {
+            (None, None, Some(k)) => (Some(resolve_bep46(ctx, &k, &m.salt, src.listen)?), None),
+            (None, None, None) => {
+                bail!("this magnet names no torrent (no urn:btih, urn:btmh or urn:btpk)")
+            }
+            (v1, v2, _) => (v1, v2),
         }
-        trackers.extend(m.trackers);
-        (m.v1, m.v2)
     };
     let swarm: [u8; 20] = v1.unwrap_or_else(|| v2.unwrap()[..20].try_into().unwrap());
     let hex = ccbt_core::encoding::to_hex(&swarm);
@@ -247,6 +250,61 @@ pub fn resolve_torrent(
         );
     }
     Ok((meta, peers))
+}
+
+/// BEP 46: the torrent a public key (and salt) currently names: the newest verified mutable
+/// item on the DHT, whose value is a dictionary with `ih` (share heads published with
+/// `--torrent` have one).
+fn resolve_bep46(ctx: &Ctx, k: &[u8; 32], salt: &[u8], listen: SocketAddr) -> Result<[u8; 20]> {
+    use ccbt_dht::node::ItemKind;
+    let dht = ctx
+        .dht(listen)
+        .context("a magnet with xs=urn:btpk: is resolved on the DHT, which is off (--no-dht, CCBT_ENABLE_DHT=false); give --dht-bootstrap")?;
+    let target = ccbt_dht::items::mutable_target(k, salt);
+    let rt = crate::runtime()?;
+    let item = rt.block_on(async {
+        dht.wait_for_nodes(Duration::from_secs(15)).await;
+        for _ in 0..5 {
+            let kind = ItemKind::Mutable {
+                k: Some(*k),
+                salt: salt.to_vec(),
+                min_seq: None,
+            };
+            if let Ok(Some(it)) = dht.get(target, kind).await {
+                return Some(it);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        None
+    });
+    let item = item.with_context(|| {
+        format!(
+            "no DHT node holds a signed item for key {} (target {})",
+            to_hex(k),
+            to_hex(&target)
+        )
+    })?;
+    let seq = item.mutable.as_ref().map_or(0, |m| m.seq);
+    let v = ccbt_core::bencode::decode(&item.v).context("the item's value is not bencode")?;
+    let ih: [u8; 20] = v
+        .as_dict()
+        .and_then(|d| d.get(b"ih"))
+        .and_then(|x| x.as_bytes())
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| {
+            format!(
+                "the item for key {} (seq {seq}) names no torrent ('ih')",
+                to_hex(k)
+            )
+        })?;
+    if !ctx.quiet {
+        eprintln!(
+            "BEP 46: key {} at seq {seq} names torrent {}",
+            to_hex(k),
+            to_hex(&ih)
+        );
+    }
+    Ok(ih)
 }
 
 pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {

@@ -107,25 +107,26 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         start_node(b_shares, vec![a_dht.local_addr().to_string()])?;
     step(ctx, "node B mounts it knowing only the share id");
     let t_find = Instant::now();
-    let found = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let kind = ccbt_dht::node::ItemKind::Mutable {
-                    k: None,
-                    salt: Vec::new(),
-                    min_seq: None,
-                };
-                if let Ok(Some(it)) = b_dht.get(id, kind).await {
-                    if let Some(h) = crate::node::head_from_item(&it) {
-                        return h;
+    let found = rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    let kind = ccbt_dht::node::ItemKind::Mutable {
+                        k: None,
+                        salt: Vec::new(),
+                        min_seq: None,
+                    };
+                    if let Ok(Some(it)) = b_dht.get(id, kind).await {
+                        if let Some(h) = crate::node::head_from_item(&it) {
+                            return h;
+                        }
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            })
+            .await
         })
-        .await
-    })
-    .context("node B found no head on the DHT")?;
+        .context("node B found no head on the DHT")?;
     found.verify_for(&id)?;
     outln!(
         "B asked the DHT (bootstrapped from A's DHT node at {}) for the share id: version {} in {:.0} ms, signature verified; A's address comes from the DHT too",

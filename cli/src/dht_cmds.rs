@@ -86,14 +86,15 @@ fn parse_hash(s: &str) -> Result<[u8; 20]> {
         .with_context(|| format!("{s:?} is not 40 hex digits"))
 }
 
-/// A bencoded value for a terminal: a string as text (escaped), anything else as bencode.
+/// A bencoded value for a terminal: a text string as text (escaped); anything else (binary,
+/// dictionaries, lists) as its bencoding in hex.
 fn show_value(v: &[u8]) -> String {
-    match ccbt_core::bencode::decode(v) {
-        Ok(ccbt_core::bencode::Value::Bytes(b)) => {
-            printable(&String::from_utf8_lossy(b)).into_owned()
+    if let Ok(ccbt_core::bencode::Value::Bytes(b)) = ccbt_core::bencode::decode(v) {
+        if let Ok(t) = std::str::from_utf8(b) {
+            return printable(t).into_owned();
         }
-        _ => printable(&String::from_utf8_lossy(v)).into_owned(),
     }
+    format!("(bencoded, {} bytes) {}", v.len(), to_hex(v))
 }
 
 fn item_json(target: &[u8; 20], it: &FoundItem) -> Value {

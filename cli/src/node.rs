@@ -34,6 +34,9 @@ pub struct Node {
     pub xet: Arc<ShareNet>,
     pub shares: Arc<Shares>,
     swarms: Mutex<HashMap<ShareId, TorrentHandle>>,
+    /// Torrents of versions published with `--torrent` while the node runs.
+    pub torrents: Mutex<Vec<TorrentHandle>>,
+    data_dir: PathBuf,
     trackers: Vec<String>,
     peers: Vec<SocketAddr>,
 }
@@ -66,6 +69,8 @@ impl Node {
             xet,
             shares,
             swarms: Mutex::new(HashMap::new()),
+            torrents: Mutex::new(Vec::new()),
+            data_dir: ctx.data_dir.clone(),
             trackers,
             peers,
         });
@@ -271,10 +276,39 @@ impl Node {
                 };
                 let node = self.clone();
                 let started = std::time::Instant::now();
-                let r = tokio::task::spawn_blocking(move || {
-                    node.shares.publish(&dir, choice, &AtomicU64::new(0))
+                let torrent = req["torrent"].as_bool().unwrap_or(false);
+                let ctx_dir = self.data_dir.clone();
+                let r = tokio::task::spawn_blocking(move || -> Result<_> {
+                    let t = if torrent {
+                        Some(crate::share_cmds::version_torrent_in(&ctx_dir, &dir)?)
+                    } else {
+                        None
+                    };
+                    let ih = t.as_ref().map(|t| t.1);
+                    let r = node
+                        .shares
+                        .publish_with_ih(&dir, choice, &AtomicU64::new(0), ih)?;
+                    Ok((r, t, dir))
                 })
                 .await??;
+                let (r, t, dir) = r;
+                // The version as a torrent: seeded from the folder from now on.
+                if let Some((meta, ih)) = t {
+                    let cfg = ccbt_core::session::TorrentConfig {
+                        out_dir: dir.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                        seed: true,
+                        resume: true,
+                        data_dir: Some(self.data_dir.clone()),
+                        ..Default::default()
+                    };
+                    match self.session.add_torrent(meta, cfg) {
+                        Ok(h) => self.torrents.lock().unwrap().push(h),
+                        Err(e) => tracing::warn!(
+                            "cannot seed the torrent {}: {e}",
+                            ccbt_core::encoding::to_hex(&ih)
+                        ),
+                    }
+                }
                 // Push the new head to every connected peer at once.
                 let head = self.shares.head(&r.share, Some(r.seq))?;
                 self.join(r.share)?;

@@ -68,6 +68,50 @@ pub struct PublishArgs {
     /// Start a new share even if this folder was published before
     #[arg(long)]
     pub new: bool,
+    /// Also make this version a hybrid torrent of the folder, seed it (with `ccbt seed` or the
+    /// running node), and name its info-hash in the head (BEP 46: any client can fetch the
+    /// newest version from `magnet:?xs=urn:btpk:<public key>`)
+    #[arg(long)]
+    pub torrent: bool,
+}
+
+/// `publish --torrent`: the folder as a hybrid torrent, checkpointed in the data dir so the node
+/// (now, or the next `ccbt seed`) seeds it from the folder itself. Returns it and its v1 hash.
+pub fn version_torrent(ctx: &Ctx, dir: &Path) -> Result<(ccbt_core::Metainfo, [u8; 20])> {
+    version_torrent_in(&ctx.data_dir, dir)
+}
+
+pub fn version_torrent_in(data_dir: &Path, dir: &Path) -> Result<(ccbt_core::Metainfo, [u8; 20])> {
+    let meta = ccbt_core::create::create_torrent(
+        dir,
+        &ccbt_core::create::CreateOptions {
+            created_by: Some(format!("ccbt {}", env!("CARGO_PKG_VERSION"))),
+            ..Default::default()
+        },
+        &AtomicU64::new(0),
+    )
+    .with_context(|| format!("cannot make a torrent of {}", dir.display()))?;
+    let ih = meta
+        .v1_hash
+        .context("a hybrid torrent has a v1 info-hash")?;
+    let out_dir = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let n = meta.pieces.len().max(1);
+    // No pieces marked: the first run rechecks the folder (it is the data) and then seeds.
+    ccbt_core::resume::Checkpoint {
+        info_hash_hex: ccbt_core::encoding::to_hex(&ih),
+        torrent: meta.to_torrent_bytes(),
+        out_dir,
+        have: vec![0; n.div_ceil(8)],
+        files: Vec::new(),
+        saved: 0,
+        only: Vec::new(),
+        skip: Vec::new(),
+        name: meta.name.clone(),
+        pieces_have: 0,
+        pieces_total: n as u64,
+    }
+    .save(data_dir)?;
+    Ok((meta, ih))
 }
 
 fn tree_bytes(p: &Path) -> u64 {
@@ -118,7 +162,7 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
         .with_context(|| format!("cannot publish {}", a.dir.display()))?;
     if let Some(v) = crate::node::client_request(
         &ctx.data_dir,
-        json!({"cmd": "publish", "dir": dir, "share": a.share, "new": a.new}),
+        json!({"cmd": "publish", "dir": dir, "share": a.share, "new": a.new, "torrent": a.torrent}),
     )? {
         if ctx.json {
             outln!("{}", serde_json::to_string_pretty(&v)?);
@@ -146,12 +190,21 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let r = {
+        let ih = if a.torrent {
+            Some(version_torrent(ctx, &dir)?.1)
+        } else {
+            None
+        };
         let _bar =
             ByteProgress::start("publishing", tree_bytes(&a.dir), counter.clone(), ctx.quiet);
         shares
-            .publish(&a.dir, choice, &counter)
+            .publish_with_ih(&a.dir, choice, &counter, ih)
             .with_context(|| format!("cannot publish {}", a.dir.display()))?
     };
+    let torrent_ih = shares
+        .head(&r.share, Some(r.seq))
+        .ok()
+        .and_then(|h| h.value.ih);
     let secs = started.elapsed().as_secs_f64();
     let id = share_id_hex(&r.share);
     // No node runs here to announce the version: put its head on the DHT now, so followers
@@ -169,6 +222,12 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     } else {
         None
     };
+    if let (Some(ih), false, false) = (torrent_ih, ctx.json, ctx.quiet) {
+        eprintln!(
+            "torrent:  {} (hybrid; `ccbt seed` on this data dir seeds it)",
+            ccbt_core::encoding::to_hex(&ih)
+        );
+    }
     if let (Some(n), false, false) = (dht_nodes, ctx.json, ctx.quiet) {
         if n > 0 {
             eprintln!("dht:      head put on {n} nodes");
@@ -193,6 +252,7 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
                 "seconds": secs,
                 "warnings": r.warnings,
                 "dht_nodes": dht_nodes,
+                "torrent_info_hash": torrent_ih.map(|h| ccbt_core::encoding::to_hex(&h)),
             }))?
         );
     } else if ctx.quiet {

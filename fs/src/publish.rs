@@ -123,6 +123,8 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
                     time: SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs() as i64),
+                    // An edit through the mount is not the torrent a previous version named.
+                    ih: None,
                 },
                 nodes,
             )

@@ -589,3 +589,99 @@ fn extract_bytes(pkt: &[u8], key: &[u8]) -> Option<Vec<u8>> {
     let n: usize = std::str::from_utf8(&pkt[at..colon]).ok()?.parse().ok()?;
     Some(pkt[colon + 1..colon + 1 + n].to_vec())
 }
+
+/// BEP 46 both ways: a version published with `--torrent` names its hybrid torrent in the head;
+/// libtorrent downloads that torrent from its info-hash (peers from the DHT), and
+/// `ccbt download 'magnet:?xs=urn:btpk:<key>'` resolves the key to it and downloads it.
+#[test]
+fn bep46_a_version_published_as_a_torrent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let src = root.join("album");
+    make_tree(&src, &[("one.flac", 1 << 20), ("two.flac", 700_000)]);
+    let mut dht = LtDht::start(3, None);
+    let boot = dht.nodes[0].clone();
+    let data = root.join("A");
+    let r = ok_json(
+        &[
+            "--data-dir",
+            s(&data),
+            "--dht-bootstrap",
+            &boot,
+            "publish",
+            s(&src),
+            "--torrent",
+        ],
+        120,
+    );
+    let ih = r["torrent_info_hash"]
+        .as_str()
+        .expect("an info-hash")
+        .to_string();
+    let id = r["share"].as_str().unwrap().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _a = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&data),
+            "--dht-bootstrap",
+            &boot,
+            "seed",
+            "--listen",
+            &listen,
+        ],
+        &root.join("A.log"),
+    );
+    wait_listening(&listen, 20);
+    // The head names the torrent (ccbt's own reading of the DHT item).
+    let item = ok_json(
+        &[
+            "--data-dir",
+            s(&root.join("probe")),
+            "--dht-bootstrap",
+            &boot,
+            "dht",
+            "get",
+            &id,
+        ],
+        60,
+    );
+    assert!(
+        item["value_hex"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("696832303a{ih}")),
+        "{item}"
+    );
+    let key = item["public_key"].as_str().unwrap().to_string();
+    // libtorrent: a classic torrent from its info-hash alone.
+    let save = root.join("lt");
+    let r = dht.cmd(json!({"cmd": "magnet", "n": 2, "uri": format!("magnet:?xt=urn:btih:{ih}"), "save": s(&save), "timeout": 90}));
+    assert_eq!(
+        r["done"],
+        true,
+        "{r}: {}",
+        std::fs::read_to_string(root.join("A.log")).unwrap_or_default()
+    );
+    same_tree(&src, &save.join("album"));
+    // ccbt: the BEP 46 magnet.
+    let out = root.join("c");
+    let o = ccbt_bounded(
+        &[
+            "--data-dir",
+            s(&root.join("C")),
+            "--dht-bootstrap",
+            &boot,
+            "download",
+            &format!("magnet:?xs=urn:btpk:{key}"),
+            "-o",
+            s(&out),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        150,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("names torrent {ih}")));
+    same_tree(&src, &out.join("album"));
+}

@@ -39,22 +39,27 @@ pub fn parse_share_id(s: &str) -> Option<ShareId> {
     ccbt_core::encoding::hex_array(s)
 }
 
-/// The head's value: which listing, how big, when.
+/// The head's value: which listing, how big, when; with `ccbt publish --torrent`, also the v1
+/// info-hash of the version as a classic torrent (BEP 46's `ih`, so BEP 46 consumers can fetch
+/// it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadValue {
     pub root: [u8; 32],
     pub size: u64,
     pub time: i64,
+    pub ih: Option<[u8; 20]>,
 }
 
 impl HeadValue {
     pub fn encode(&self) -> Vec<u8> {
-        OwnedValue::dict([
-            ("root", OwnedValue::bytes(self.root.to_vec())),
-            ("size", OwnedValue::Int(self.size as i64)),
-            ("t", OwnedValue::Int(self.time)),
-        ])
-        .encode()
+        let mut d = Vec::new();
+        if let Some(ih) = self.ih {
+            d.push(("ih", OwnedValue::bytes(ih.to_vec())));
+        }
+        d.push(("root", OwnedValue::bytes(self.root.to_vec())));
+        d.push(("size", OwnedValue::Int(self.size as i64)));
+        d.push(("t", OwnedValue::Int(self.time)));
+        OwnedValue::dict(d).encode()
     }
 }
 
@@ -112,11 +117,9 @@ impl Head {
             ("sig", OwnedValue::bytes(self.signature.to_vec())),
             (
                 "v",
-                OwnedValue::dict([
-                    ("root", OwnedValue::bytes(self.value.root.to_vec())),
-                    ("size", OwnedValue::Int(self.value.size as i64)),
-                    ("t", OwnedValue::Int(self.value.time)),
-                ]),
+                bencode::decode(&self.value.encode())
+                    .expect("our own encoding")
+                    .to_owned_value(),
             ),
         ])
         .encode()
@@ -171,6 +174,14 @@ impl Head {
                 root: root.try_into().unwrap(),
                 size: size as u64,
                 time: t,
+                ih: match vdict.get(b"ih") {
+                    None => None,
+                    Some(x) => Some(
+                        x.as_bytes()
+                            .and_then(|b| <[u8; 20]>::try_from(b).ok())
+                            .ok_or_else(|| bad("'v.ih' is not 20 bytes"))?,
+                    ),
+                },
             },
             signature: sig.try_into().unwrap(),
         };
@@ -200,6 +211,7 @@ mod tests {
                 root: [9; 32],
                 size: 123,
                 time: 1_700_000_000,
+                ih: None,
             },
         );
         h.verify().unwrap();
@@ -214,8 +226,19 @@ mod tests {
         let mut forged = h.clone();
         forged.seq = 6;
         assert_eq!(forged.verify(), Err(HeadError::BadSignature));
-        let mut forged = h;
+        let mut forged = h.clone();
         forged.value.size = 1;
+        assert_eq!(forged.verify(), Err(HeadError::BadSignature));
+        // BEP 46: a head naming a torrent; `ih` is signed like the rest.
+        let mut v = h.value.clone();
+        v.ih = Some([7; 20]);
+        let t = Head::sign(&k, 6, v);
+        assert!(t.value.encode().starts_with(b"d2:ih20:"));
+        let d = Head::decode(&t.encode()).unwrap();
+        assert_eq!(d, t);
+        d.verify().unwrap();
+        let mut forged = t;
+        forged.value.ih = Some([8; 20]);
         assert_eq!(forged.verify(), Err(HeadError::BadSignature));
     }
 

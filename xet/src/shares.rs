@@ -332,6 +332,18 @@ impl Shares {
         choice: ShareChoice,
         progress: &AtomicU64,
     ) -> Result<PublishReport> {
+        self.publish_with_ih(dir, choice, progress, None)
+    }
+
+    /// As [`Shares::publish`], with the v1 info-hash of the same folder as a classic torrent in
+    /// the head (BEP 46 `ih`).
+    pub fn publish_with_ih(
+        &self,
+        dir: &Path,
+        choice: ShareChoice,
+        progress: &AtomicU64,
+        ih: Option<[u8; 20]>,
+    ) -> Result<PublishReport> {
         let canon = std::fs::canonicalize(dir).map_err(io(dir))?;
         if !std::fs::metadata(&canon).map_err(io(&canon))?.is_dir() {
             return Err(ShareError::Invalid(format!(
@@ -382,6 +394,7 @@ impl Shares {
                 root: listing.merkle_root.0,
                 size: logical,
                 time: now(),
+                ih,
             },
         );
         self.commit_head(&id, &head, nodes, Some(binding_key))?;

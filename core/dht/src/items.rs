@@ -202,6 +202,32 @@ impl ItemStore {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn bep46_targets() {
+        let k: [u8; 32] = (0..32)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"8543d3e6115f0f98c944077a4493dcd543e49c739fd998550a1f614ab36ed63e"
+                        [2 * i..2 * i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect::<Vec<u8>>()
+            .try_into()
+            .unwrap();
+        let hex = |t: Id| t.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(mutable_target(&k, b"")),
+            "cc3f9d90b572172053626f9980ce261a850d050b"
+        );
+        assert_eq!(
+            hex(mutable_target(&k, b"n")),
+            "59ee7c2cb9b4f7eb1986ee2d18fd2fdb8a56554f"
+        );
+    }
+
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 

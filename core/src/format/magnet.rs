@@ -16,8 +16,10 @@ pub enum MagnetError {
 pub struct Magnet {
     pub v1: Option<[u8; 20]>,
     pub v2: Option<[u8; 32]>,
-    /// BEP 46: an ed25519 public key naming a mutable share.
+    /// BEP 46: an ed25519 public key naming a mutable item (a share, or a torrent that updates).
     pub public_key: Option<[u8; 32]>,
+    /// BEP 46 `s=`: the mutable item's salt (hex in the link).
+    pub salt: Vec<u8>,
     pub name: Option<String>,
     pub trackers: Vec<String>,
     /// `x.pe`: peers to dial directly (`host:port`).
@@ -68,6 +70,11 @@ impl Magnet {
                         );
                     }
                 }
+                "s" => {
+                    m.salt = crate::encoding::from_hex(&v)
+                        .filter(|s| s.len() <= 64)
+                        .ok_or_else(|| bad("s (salt) must be hex, at most 64 bytes"))?;
+                }
                 "dn" => m.name = Some(v),
                 "tr" => m.trackers.push(v),
                 "x.pe" => m.peers.push(v),
@@ -91,6 +98,9 @@ impl Magnet {
         }
         if let Some(k) = self.public_key {
             parts.push(format!("xs=urn:btpk:{}", to_hex(&k)));
+            if !self.salt.is_empty() {
+                parts.push(format!("s={}", to_hex(&self.salt)));
+            }
         }
         if let Some(n) = &self.name {
             parts.push(format!("dn={}", percent_encode(n.as_bytes())));
