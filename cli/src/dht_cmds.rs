@@ -6,7 +6,7 @@ use crate::node::{client_request, head_from_item};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use ccbt_core::encoding::{from_hex, printable, to_hex};
-use ccbt_dht::node::{FoundItem, ItemKind};
+use ccbt_dht::node::{Done, FoundItem, ItemKind, Outcome, Request};
 use ccbt_dht::Dht;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -155,14 +155,13 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
         }
         DhtCmd::Peers { info_hash, net } => {
             let ih = parse_hash(&info_hash)?;
-            let d = start(ctx, &net)?;
-            ready(ctx, &d, &net)?;
-            let peers = rt.block_on(d.get_peers(ih, None))?;
+            let v = run_request(ctx, &net, json!({"op": "peers", "ih": to_hex(&ih)}))?;
+            let peers: Vec<&str> = v["peers"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
+                .unwrap_or_default();
             if ctx.json {
-                outln!(
-                    "{}",
-                    json!({"info_hash": to_hex(&ih), "peers": peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()})
-                );
+                outln!("{v}");
             } else {
                 if peers.is_empty() && !ctx.quiet {
                     eprintln!("no peers found for {}", to_hex(&ih));
@@ -174,41 +173,34 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
         }
         DhtCmd::Get { target, salt, net } => {
             let salt = salt.unwrap_or_default().into_bytes();
-            let (t, kind) = match target.len() {
+            let req = match target.len() {
                 64 => {
                     let k: [u8; 32] = from_hex(&target)
                         .and_then(|b| b.try_into().ok())
                         .context("a public key is 64 hex digits")?;
-                    (
-                        ccbt_dht::items::mutable_target(&k, &salt),
-                        ItemKind::Mutable {
-                            k: Some(k),
-                            salt,
-                            min_seq: None,
-                        },
-                    )
+                    json!({"op": "get", "key": to_hex(&k), "salt": to_hex(&salt)})
                 }
                 _ if !salt.is_empty() => bail!("--salt needs the 64-hex public key, not a target"),
-                _ => (parse_hash(&target)?, ItemKind::Any),
+                _ => json!({"op": "get", "target": to_hex(&parse_hash(&target)?)}),
             };
-            let d = start(ctx, &net)?;
-            ready(ctx, &d, &net)?;
-            let Some(it) = rt.block_on(d.get(t, kind))? else {
-                bail!("no node holds a valid item for {}", to_hex(&t));
-            };
-            let j = item_json(&t, &it);
+            let j = run_request(ctx, &net, req)?;
+            if j["found"] == json!(false) {
+                bail!(
+                    "no node holds a valid item for {}",
+                    j["target"].as_str().unwrap_or("")
+                );
+            }
             if ctx.json {
                 outln!("{j}");
             } else {
-                match &it.mutable {
-                    Some(m) => outln!(
-                        "mutable item {} seq {} (key {}, {} nodes)",
-                        to_hex(&t),
-                        m.seq,
-                        to_hex(&m.k),
-                        it.seen
+                let seen = &j["nodes"];
+                let t = j["target"].as_str().unwrap_or("");
+                match j["seq"].as_i64() {
+                    Some(seq) => outln!(
+                        "mutable item {t} seq {seq} (key {}, {seen} nodes)",
+                        j["public_key"].as_str().unwrap_or("")
                     ),
-                    None => outln!("immutable item {} ({} nodes)", to_hex(&t), it.seen),
+                    None => outln!("immutable item {t} ({seen} nodes)"),
                 }
                 outln!("value: {}", j["value"].as_str().unwrap_or(""));
                 if let Some(h) = j.get("head") {
@@ -288,6 +280,72 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A lookup described as JSON (`{"op": "peers", "ih"}` or `{"op": "get", "target" | "key",
+/// "salt"}`), as a DHT request.
+pub fn parse_request(v: &Value) -> Result<Request> {
+    let hex20 = |k: &str| -> Result<[u8; 20]> {
+        from_hex(v[k].as_str().unwrap_or(""))
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| format!("'{k}' is not 40 hex digits"))
+    };
+    match v["op"].as_str().unwrap_or("") {
+        "peers" => Ok(Request::GetPeers {
+            info_hash: hex20("ih")?,
+            announce: None,
+        }),
+        "get" => match v["key"].as_str() {
+            Some(k) => {
+                let k: [u8; 32] = from_hex(k)
+                    .and_then(|b| b.try_into().ok())
+                    .context("'key' is not 64 hex digits")?;
+                let salt = from_hex(v["salt"].as_str().unwrap_or("")).unwrap_or_default();
+                Ok(Request::Get {
+                    target: ccbt_dht::items::mutable_target(&k, &salt),
+                    kind: ItemKind::Mutable {
+                        k: Some(k),
+                        salt,
+                        min_seq: None,
+                    },
+                })
+            }
+            None => Ok(Request::Get {
+                target: hex20("target")?,
+                kind: ItemKind::Any,
+            }),
+        },
+        other => bail!("unknown DHT request {other:?}"),
+    }
+}
+
+/// A finished lookup as JSON, with what it cost (milliseconds, queries sent).
+pub fn done_json(req: &Request, d: &Done) -> Value {
+    let mut j = match (&d.outcome, req) {
+        (Outcome::Peers { peers, .. }, Request::GetPeers { info_hash, .. }) => json!({
+            "info_hash": to_hex(info_hash),
+            "peers": peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        }),
+        (Outcome::Item(Some(it)), Request::Get { target, .. }) => item_json(target, it),
+        (_, Request::Get { target, .. }) => json!({"target": to_hex(target), "found": false}),
+        _ => json!({}),
+    };
+    j["ms"] = json!(d.elapsed.as_secs_f64() * 1000.0);
+    j["queries"] = json!(d.queries);
+    j
+}
+
+/// Runs a lookup on the node running on this data dir (its routing table is warm), or on a
+/// node of its own.
+fn run_request(ctx: &Ctx, net: &DhtNet, req: Value) -> Result<Value> {
+    if let Some(v) = client_request(&ctx.data_dir, json!({"cmd": "dht_request", "req": req}))? {
+        return Ok(v);
+    }
+    let r = parse_request(&req)?;
+    let d = start(ctx, net)?;
+    ready(ctx, &d, net)?;
+    let done = crate::runtime()?.block_on(d.request(r.clone()))?;
+    Ok(done_json(&r, &done))
 }
 
 pub fn status_json(s: &ccbt_dht::service::Status) -> Value {

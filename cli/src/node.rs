@@ -255,6 +255,15 @@ impl Node {
     async fn request(self: Arc<Self>, req: Value) -> Result<Value> {
         match req["cmd"].as_str().unwrap_or("") {
             "status" => Ok(self.status()),
+            "dht_request" => {
+                let d = self
+                    .dht
+                    .as_ref()
+                    .context("the running node has the DHT off")?;
+                let r = crate::dht_cmds::parse_request(&req["req"])?;
+                let done = d.request(r.clone()).await?;
+                Ok(crate::dht_cmds::done_json(&r, &done))
+            }
             "dht_status" => match &self.dht {
                 Some(d) => Ok(crate::dht_cmds::status_json(&d.status().await?)),
                 None => bail!("the running node has the DHT off"),

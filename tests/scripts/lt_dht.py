@@ -76,6 +76,14 @@ def plain(a):
             v = None
         return dict(k='mutable', key=bytes(a.key), seq=a.seq, v=v, sig=bytes(a.signature),
                     authoritative=a.authoritative)
+    if isinstance(a, lt.session_stats_alert):
+        return dict(k='counters', values=dict(a.values))
+    if isinstance(a, lt.dht_immutable_item_alert):
+        try:
+            v = item_bytes(a.item)
+        except Exception:
+            v = None
+        return dict(k='immutable', target=str(a.target), v=v)
     if isinstance(a, lt.dht_put_alert):
         return dict(k='put', num_success=a.num_success)
     if isinstance(a, lt.dht_get_peers_reply_alert):
@@ -207,6 +215,23 @@ class Net:
             s.dht_put_mutable_item(priv, pub, c['value'], c.get('salt', '').encode())
             a = self.wait(lambda: self.of(n, 'put')[n0:], 20)
             return dict(put_nodes=a[-1]['num_success'] if a else 0, key=bytes(pub).hex())
+        if cmd == 'get_immutable':
+            # One lookup, timed, with the get queries it sent (libtorrent's counters).
+            def counter(name):
+                n0 = len(self.of(n, 'counters'))
+                s.post_session_stats()
+                c = self.wait(lambda: self.of(n, 'counters')[n0:], 5)
+                return c[-1]['values'].get(name, 0) if c else 0
+            q0 = counter('dht.dht_get_out')
+            target = lt.sha1_hash(bytes.fromhex(c['target']))
+            n0 = len(self.of(n, 'immutable'))
+            t0 = time.time()
+            s.dht_get_immutable_item(target)
+            got = self.wait(lambda: [a for a in self.of(n, 'immutable')[n0:] if a['target'] == str(target)],
+                            c.get('timeout', 30))
+            ms = (time.time() - t0) * 1000
+            found = bool(got) and got[-1]['v'] not in (None, b'', b'0:')
+            return dict(found=found, ms=ms, queries=counter('dht.dht_get_out') - q0)
         if cmd == 'put_immutable':
             n0 = len(self.of(n, 'put'))
             target = s.dht_put_immutable_item(c['value'])

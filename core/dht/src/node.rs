@@ -543,7 +543,7 @@ impl Node {
             self.on_insert(ins, now);
         }
         if let (Some(ip), Some(id)) = (msg.your_ip, id) {
-            self.vote_ip(*ip.ip(), id);
+            self.vote_ip(*ip.ip(), id, now);
         }
         match p.why {
             Why::Maintenance => {}
@@ -577,7 +577,9 @@ impl Node {
         }
     }
 
-    fn vote_ip(&mut self, ip: Ipv4Addr, voter: Id) {
+    /// BEP 42: what nodes say our address is; once enough distinct nodes agree on a public
+    /// address our id does not conform to, we take a conforming id (same table, re-bucketed).
+    fn vote_ip(&mut self, ip: Ipv4Addr, voter: Id, now: Instant) {
         if self.ip_votes.len() > 16 && !self.ip_votes.contains_key(&ip) {
             return;
         }
@@ -592,6 +594,12 @@ impl Node {
             .max_by_key(|(_, v)| v.len())
         {
             self.external_ip = Some(*best);
+        }
+        if let Some(ip) = self.external_ip {
+            if !bep42::exempt(ip) && !bep42::conforms(ip, &self.id()) {
+                let id = Node::random_id(&mut self.rng, Some(ip));
+                self.table = self.table.with_new_id(id, now);
+            }
         }
     }
 

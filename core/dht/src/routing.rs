@@ -162,6 +162,19 @@ impl RoutingTable {
             b.last_changed = Some(now);
             return Insert::Added;
         }
+        // BEP 42: prefer nodes whose id matches their address, without requiring it: a
+        // conforming newcomer takes the place of a non-conforming node.
+        if crate::bep42::conforms(*info.addr.ip(), &info.id) {
+            if let Some(pos) = b
+                .nodes
+                .iter()
+                .position(|e| !crate::bep42::conforms(*e.info.addr.ip(), &e.info.id))
+            {
+                b.nodes[pos] = entry;
+                b.last_changed = Some(now);
+                return Insert::Added;
+            }
+        }
         let ping = b
             .nodes
             .iter()
@@ -239,6 +252,16 @@ impl RoutingTable {
             }
         }
         id
+    }
+
+    /// The same nodes under a new own id (after BEP 42 asks for one): re-bucketed.
+    pub fn with_new_id(&self, own: Id, now: Instant) -> RoutingTable {
+        let mut t = RoutingTable::new(own);
+        t.max_per_ip = self.max_per_ip;
+        for e in self.nodes() {
+            t.insert(e.info, e.last_answer.is_some(), now);
+        }
+        t
     }
 
     /// Every node in the table (for saving it in the data dir).

@@ -433,3 +433,30 @@ fn an_early_operation_runs_as_soon_as_the_table_has_a_node() {
     assert!(matches!(d.outcome, Outcome::Item(Some(_))), "{d:?}");
     assert!(d.elapsed < Duration::from_secs(1), "{:?}", d.elapsed);
 }
+
+/// BEP 42: once three nodes agree on a public address, our id conforms to it; a conforming
+/// newcomer displaces a non-conforming node from a full bucket.
+#[test]
+fn bep42_id_follows_the_voted_external_address() {
+    let now = Instant::now();
+    let mut n = Node::new([0x11; 20], Settings::default(), 9, now);
+    let public = Ipv4Addr::new(124, 31, 75, 21);
+    assert!(!bep42::conforms(public, &n.id()));
+    for i in 0..3u8 {
+        let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i + 1), 6881);
+        n.start(Request::Ping(from), now);
+        let (_, pkt) = n.poll_transmit().unwrap();
+        let q = Message::decode(&pkt).unwrap();
+        let reply = Message {
+            tid: q.tid,
+            id: Some([i + 1; 20]),
+            read_only: false,
+            your_ip: Some(SocketAddrV4::new(public, 6881)),
+            body: Body::Response(Response::default()),
+        };
+        n.handle(from, &reply.encode(), now);
+    }
+    assert_eq!(n.external_ip, Some(public));
+    assert!(bep42::conforms(public, &n.id()));
+    assert_eq!(n.table.len(), 3, "the nodes stay, re-bucketed");
+}
