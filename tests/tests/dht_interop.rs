@@ -569,6 +569,22 @@ fn hostile_dht_traffic_is_bounded_and_bad_heads_are_refused() {
     // Still the genuine newest head, and the node still answers.
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(probe(&["dht", "get", &id])["seq"], 2);
+    // The probe's routing table was saved in its data dir: with no bootstrap node at all, a
+    // new run finds the item through the saved nodes.
+    assert!(probe_dir.join("dht.dat").is_file());
+    let again = ok_json(
+        &[
+            "--data-dir",
+            s(&probe_dir),
+            "--dht-bootstrap",
+            "none",
+            "dht",
+            "get",
+            &id,
+        ],
+        60,
+    );
+    assert_eq!(again["seq"], 2);
     let st = ok_json(&["--data-dir", s(&data), "dht", "status"], 30);
     assert!(st["malformed"].as_u64().unwrap() >= 2, "{st}");
     assert!(st["rate_limited"].as_u64().unwrap() > 4000, "{st}");
