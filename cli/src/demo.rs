@@ -40,7 +40,18 @@ fn step(ctx: &Ctx, msg: &str) {
 
 pub fn demo(ctx: &Ctx) -> Result<()> {
     let tmp = tempdir()?;
+    // A reader that goes away (`ccbt demo | head`) ends the demo early: nothing may stay behind.
+    let t = tmp.clone();
+    *crate::AT_EXIT.lock().unwrap() = Some(Box::new(move || {
+        for m in ["mnt-a", "mnt-b"] {
+            if let Ok(c) = std::ffi::CString::new(t.join(m).as_os_str().as_encoded_bytes()) {
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        let _ = std::fs::remove_dir_all(&t);
+    }));
     let res = two_nodes(ctx, &tmp).and_then(|_| run(ctx, &tmp));
+    crate::AT_EXIT.lock().unwrap().take();
     let _ = std::fs::remove_dir_all(&tmp);
     res
 }

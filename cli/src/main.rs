@@ -235,12 +235,20 @@ impl Ctx {
 
 /// Standard output failed: a closed pipe ends the command quietly, anything else is an error.
 pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    // What a command left to undo at exit (the demo's mounts and temporary directory).
+    if let Some(f) = AT_EXIT.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        f();
+    }
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
     eprintln!("error: cannot write to standard output: {e}");
     std::process::exit(1);
 }
+
+/// Cleanup to run if the command has to exit early (see [`stdout_failed`]).
+pub(crate) static AT_EXIT: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>> =
+    std::sync::Mutex::new(None);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
