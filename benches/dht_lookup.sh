@@ -33,14 +33,19 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-tc qdisc add dev lo root netem delay 25ms 15ms loss 1%
+if tc qdisc add dev lo root netem delay 25ms 15ms loss 1% 2>/dev/null; then
+  NET="netem 25±15 ms each way, 1 % loss"
+else
+  NET="plain loopback: this kernel has no netem (sch_netem), so no delay or loss"
+  echo "warning: $NET" >&2
+fi
 
 ports=$(seq 42000 $((42000 + LT_NODES - 1)) | paste -sd,)
 mkfifo "$W/lt.in"
-/usr/bin/python3 tests/scripts/lt_dht.py --ports "$ports" < "$W/lt.in" > "$W/lt.out" 2> "$W/lt.err" &
+/usr/bin/python3 tests/scripts/lt_dht.py --ports "$ports" --settle 2 < "$W/lt.in" > "$W/lt.out" 2> "$W/lt.err" &
 PIDS+=($!)
 exec 3> "$W/lt.in"
-lt() { echo "$1" >&3; local n; n=$(wc -l < "$W/lt.out"); while [ "$(wc -l < "$W/lt.out")" -le "$n" ]; do sleep 0.05; done; tail -1 "$W/lt.out"; }
+lt() { local n; n=$(wc -l < "$W/lt.out"); echo "$1" >&3; while [ "$(wc -l < "$W/lt.out")" -le "$n" ]; do sleep 0.05; done; tail -1 "$W/lt.out"; }
 for _ in $(seq 600); do [ -s "$W/lt.out" ] && break; sleep 0.5; done
 head -1 "$W/lt.out" | grep -q ready || { echo "libtorrent nodes did not start" >&2; cat "$W/lt.err" >&2; exit 1; }
 BOOT=127.0.0.1:42000
@@ -49,7 +54,7 @@ for i in $(seq 0 $((CCBT_NODES - 1))); do
   PIDS+=($!)
   CPIDS+=($!)
 done
-echo "network: $LT_NODES libtorrent + $CCBT_NODES ccbt nodes; netem 25±15 ms each way, 1 % loss; settling 40 s" >&2
+echo "network: $LT_NODES libtorrent + $CCBT_NODES ccbt nodes; $NET; settling 40 s" >&2
 sleep 40
 targets=()
 for i in $(seq "$ITEMS"); do
@@ -84,6 +89,7 @@ t1=$(date +%s.%N)
 cold=$(echo "$t1 - $t0" | bc)
 cmp -s "$W/mnt/video.bin" "$W/share/video.bin" && same=yes || same=NO
 
+echo "network: $LT_NODES libtorrent + $CCBT_NODES ccbt nodes, $ITEMS targets; $NET"
 python3 - "$W/ccbt.jsonl" "$W/lt.jsonl" "$rss" "$cold" "$same" <<'EOF'
 import json, sys
 def load(p):

@@ -92,11 +92,12 @@ def plain(a):
 
 
 class Net:
-    def __init__(self, ports, boot):
+    def __init__(self, ports, boot, settle=10):
         self.ses, self.alerts, self.seeds = [], [], []
         self.addrs = [f'127.0.0.1:{p}' for p in ports]
         n = len(ports)
         self.last_announce = 0
+        self.seq = 0
         for i in range(n):
             b = boot if i == 0 else self.addrs[0]
             self.ses.append(lt.session(settings(ports[i], b)))
@@ -104,16 +105,22 @@ class Net:
             if i:
                 # Sequential start: node 0 hears of node i, and hands it the earlier nodes (it is
                 # a router to them, and libtorrent keeps routers out of its routing table).
-                self.wait(lambda: self.table(0) >= i and self.table(i) >= i - 1, 10)
+                self.wait(lambda: self.table(0) >= i and self.table(i) >= min(i - 1, 8), settle)
 
     def pump(self):
-        # An alert is only valid until the next pop_alerts: what the commands need is copied out.
+        # An alert is only valid until the next pop_alerts: what the commands need is copied out,
+        # numbered, so "new since" survives trimming the list.
         for i, s in enumerate(self.ses):
             for a in s.pop_alerts():
                 d = plain(a)
                 if d is not None:
+                    self.seq += 1
+                    d['n'] = self.seq
                     self.alerts[i].append(d)
             del self.alerts[i][:-2000]
+
+    def since(self, i, kind, n0):
+        return [a for a in self.alerts[i] if a['k'] == kind and a['n'] > n0]
         if time.time() - self.last_announce > 5:
             self.last_announce = time.time()
             for h in self.seeds:
@@ -133,9 +140,9 @@ class Net:
         return [a for a in self.alerts[i] if a['k'] == kind]
 
     def table(self, i):
-        n0 = len(self.of(i, 'stats'))
+        n0 = self.seq
         self.ses[i].post_dht_stats()
-        st = self.wait(lambda: self.of(i, 'stats')[n0:], 2)
+        st = self.wait(lambda: self.since(i, 'stats', n0), 2)
         return st[-1]['nodes'] if st else -1
 
     def run(self, c):
@@ -211,31 +218,36 @@ class Net:
             return best or dict(found=False)
         if cmd == 'put_mutable':
             priv, pub = keypair(bytes.fromhex(c['seed']))
-            n0 = len(self.of(n, 'put'))
+            n0 = self.seq
             s.dht_put_mutable_item(priv, pub, c['value'], c.get('salt', '').encode())
-            a = self.wait(lambda: self.of(n, 'put')[n0:], 20)
+            a = self.wait(lambda: self.since(n, 'put', n0), 20)
             return dict(put_nodes=a[-1]['num_success'] if a else 0, key=bytes(pub).hex())
         if cmd == 'get_immutable':
             # One lookup, timed, with the get queries it sent (libtorrent's counters).
             def counter(name):
-                n0 = len(self.of(n, 'counters'))
+                n0 = self.seq
                 s.post_session_stats()
-                c = self.wait(lambda: self.of(n, 'counters')[n0:], 5)
+                c = self.wait(lambda: self.since(n, 'counters', n0), 5)
                 return c[-1]['values'].get(name, 0) if c else 0
             q0 = counter('dht.dht_get_out')
             target = lt.sha1_hash(bytes.fromhex(c['target']))
-            n0 = len(self.of(n, 'immutable'))
+            n0 = self.seq
             t0 = time.time()
             s.dht_get_immutable_item(target)
-            got = self.wait(lambda: [a for a in self.of(n, 'immutable')[n0:] if a['target'] == str(target)],
-                            c.get('timeout', 30))
+            # Timed to the alert: wait_for_alert returns as soon as one is posted.
+            end = t0 + c.get('timeout', 30)
+            got = None
+            while time.time() < end and not got:
+                s.wait_for_alert(100)
+                self.pump()
+                got = [a for a in self.since(n, 'immutable', n0) if a['target'] == str(target)]
             ms = (time.time() - t0) * 1000
             found = bool(got) and got[-1]['v'] not in (None, b'', b'0:')
             return dict(found=found, ms=ms, queries=counter('dht.dht_get_out') - q0)
         if cmd == 'put_immutable':
-            n0 = len(self.of(n, 'put'))
+            n0 = self.seq
             target = s.dht_put_immutable_item(c['value'])
-            a = self.wait(lambda: self.of(n, 'put')[n0:], 20)
+            a = self.wait(lambda: self.since(n, 'put', n0), 20)
             return dict(target=str(target), put_nodes=a[-1]['num_success'] if a else 0)
         return dict(error=f'unknown command {cmd}')
 
@@ -244,11 +256,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--ports', required=True)
     ap.add_argument('--bootstrap', default='')
+    ap.add_argument('--settle', type=float, default=10, help='seconds to wait for each node to join')
     a = ap.parse_args()
     if a.bootstrap:
         loopback(a.bootstrap)
     ports = [int(p) for p in a.ports.split(',')]
-    net = Net(ports, a.bootstrap)
+    net = Net(ports, a.bootstrap, a.settle)
     # Sequential start: node 0 hands the earlier nodes to the later ones.
     print(json.dumps(dict(ready=True, nodes=net.addrs, tables=[net.table(i) for i in range(len(ports))])),
           flush=True)

@@ -158,8 +158,9 @@ const MAX_OPS: usize = 256;
 const MAX_PENDING: usize = 2048;
 /// Source IPs tracked by the rate limiter.
 const MAX_LIMITER_IPS: usize = 4096;
-/// Bootstrap again this often while the table is nearly empty.
+/// Bootstrap again this often while the table is nearly empty, and this often while it is empty.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
+const BOOTSTRAP_RETRY_EMPTY: Duration = Duration::from_secs(1);
 /// How often one stale bucket is refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// Votes from distinct nodes before we believe an external address (BEP 42).
@@ -818,9 +819,16 @@ impl Node {
         // Bootstrap while the table is small: ask the routers for nodes near us.
         if self.table.len() < K
             && !self.bootstrap.is_empty()
-            && self
-                .last_bootstrap
-                .is_none_or(|t| now.duration_since(t) >= BOOTSTRAP_RETRY)
+            && self.last_bootstrap.is_none_or(|t| {
+                // An empty table is retried soon (a lost reply must not stall every
+                // operation waiting for nodes); a small one every BOOTSTRAP_RETRY.
+                let every = if self.table.is_empty() {
+                    BOOTSTRAP_RETRY_EMPTY
+                } else {
+                    BOOTSTRAP_RETRY
+                };
+                now.duration_since(t) >= every
+            })
         {
             self.last_bootstrap = Some(now);
             let own = self.id();
