@@ -438,3 +438,16 @@ impl LtDht {
         v
     }
 }
+
+/// Fails the test unless the two trees are equal (`diff -r`, symlinks compared as links).
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let o = Command::new("diff")
+        .args(["-r", "--no-dereference", s(a), s(b)])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "trees differ: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

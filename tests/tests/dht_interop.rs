@@ -60,20 +60,6 @@ fn torrent_of(dir: &Path, kind: &str) -> (std::path::PathBuf, Value) {
     (t, info)
 }
 
-fn same_tree(a: &Path, b: &Path) {
-    let o = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
-
 /// A libtorrent seeder that announces only on the DHT; `ccbt download 'magnet:?xt=...'` with
 /// nothing but a bootstrap node finds it and completes byte-exact (v1 and hybrid).
 #[test]
@@ -117,7 +103,7 @@ fn bare_magnets_download_from_a_libtorrent_seeder_found_on_the_dht() {
             String::from_utf8_lossy(&o.stderr)
         );
         eprintln!("{kind}: bare magnet via the DHT in {:?}", t0.elapsed());
-        same_tree(&root.join("seed/data"), &out.join("data"));
+        assert_same_tree(&root.join("seed/data"), &out.join("data"));
     }
 }
 
@@ -165,7 +151,7 @@ fn libtorrent_finds_a_ccbt_seeder_only_through_the_dht() {
     let save = root.join("lt");
     let r = dht.cmd(json!({"cmd": "magnet", "n": 2, "uri": format!("magnet:?xt=urn:btih:{ih}"), "save": s(&save), "timeout": 90}));
     assert_eq!(r["done"], true, "{r}");
-    same_tree(&root.join("seed/data"), &save.join("data"));
+    assert_same_tree(&root.join("seed/data"), &save.join("data"));
 }
 
 /// A share's head is a BEP 44 mutable item libtorrent reads (it checks the signature itself),
@@ -680,7 +666,7 @@ fn bep46_a_version_published_as_a_torrent() {
         "{r}: {}",
         std::fs::read_to_string(root.join("A.log")).unwrap_or_default()
     );
-    same_tree(&src, &save.join("album"));
+    assert_same_tree(&src, &save.join("album"));
     // ccbt: the BEP 46 magnet.
     let out = root.join("c");
     let o = ccbt_bounded(
@@ -700,5 +686,5 @@ fn bep46_a_version_published_as_a_torrent() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("names torrent {ih}")));
-    same_tree(&src, &out.join("album"));
+    assert_same_tree(&src, &out.join("album"));
 }

@@ -14,18 +14,6 @@ fn publish(data: &Path, dir: &Path, extra: &[&str]) -> Value {
     ccbt_json(&a)
 }
 
-fn cmp_trees(a: &Path, b: &Path) {
-    let o = Command::new("diff")
-        .args(["-r", "--no-dereference", s(a), s(b)])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
-
 fn verify_clean(data: &Path) {
     let o = ccbt(&["--data-dir", s(data), "cas", "verify"]);
     assert!(
@@ -87,7 +75,7 @@ fn publish_export_roundtrip_with_every_kind_of_entry() {
     std::fs::remove_file(&fifo).unwrap();
     let out = t.path().join("out");
     ccbt_ok(&["--data-dir", s(&data), "export", &id, s(&out)]);
-    cmp_trees(&src, &out);
+    assert_same_tree(&src, &out);
     let m = std::fs::metadata(out.join("run.sh")).unwrap();
     assert_eq!(m.mode() & 0o111, 0o111, "exec bit lost");
     assert_eq!(
@@ -134,7 +122,7 @@ fn republish_after(edit: impl FnOnce(&Path)) -> (u64, u64, u64) {
         &format!("{id}@2"),
         s(&out),
     ]);
-    cmp_trees(&src, &out);
+    assert_same_tree(&src, &out);
     (
         r2["new_chunks"].as_u64().unwrap(),
         r2["new_node_bytes"].as_u64().unwrap(),
@@ -247,7 +235,7 @@ fn kill_9_during_publish_loses_nothing() {
             &format!("{id}@1"),
             s(&out),
         ]);
-        cmp_trees(&v1_copy, &out);
+        assert_same_tree(&v1_copy, &out);
         eprintln!("kill after {delay_ms} ms: exit {status:?}, {n} versions");
     }
     // The interrupted publish completes on a re-run.
@@ -260,7 +248,7 @@ fn kill_9_during_publish_loses_nothing() {
         &format!("{id}@{}", done["version"]),
         s(&out),
     ]);
-    cmp_trees(&src, &out);
+    assert_same_tree(&src, &out);
     // gc removes the orphans the kills left behind.
     ccbt_ok(&["--data-dir", s(&data), "cas", "gc"]);
     verify_clean(&data);

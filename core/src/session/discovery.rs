@@ -2,10 +2,13 @@
 //! that finds peers by info-hash). The session only sees this trait, so `ccbt-core` does not
 //! depend on the DHT crate (which depends on it for bencode).
 
+use super::TorrentShared;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 pub type PeersFuture = Pin<Box<dyn Future<Output = Vec<SocketAddr>> + Send>>;
 
@@ -21,5 +24,51 @@ pub struct DiscoveryHandle(pub Arc<dyn Discovery>);
 impl std::fmt::Debug for DiscoveryHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DiscoveryHandle")
+    }
+}
+
+/// The DHT: announce and get peers now, again soon while peers are scarce, and every 15 minutes
+/// once the swarm is found (BEP 5 announces expire after about 30 minutes).
+pub(crate) async fn discovery_loop(
+    t: Arc<TorrentShared>,
+    d: DiscoveryHandle,
+    mut quit: watch::Receiver<bool>,
+) {
+    let port = t.session.listen_addr.port();
+    let mut hashes = vec![t.info_hash];
+    if let Some(v2) = t.meta.v2_hash {
+        let short: [u8; 20] = v2[..20].try_into().unwrap();
+        if short != t.info_hash {
+            hashes.push(short);
+        }
+    }
+    loop {
+        let mut found = 0;
+        for h in &hashes {
+            let peers = tokio::select! {
+                p = d.0.find_peers(*h, Some(port)) => p,
+                _ = quit.changed() => return,
+            };
+            let mut s = t.state.lock().unwrap();
+            for p in peers {
+                if !super::is_self(&t, p) {
+                    s.add_known(p);
+                    found += 1;
+                }
+            }
+        }
+        t.wake.notify_one();
+        let connected = t.state.lock().unwrap().peers.len();
+        let wait = if found == 0 {
+            Duration::from_secs(10)
+        } else if connected < 3 {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(15 * 60)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = quit.changed() => return,
+        }
     }
 }

@@ -805,54 +805,8 @@ async fn tracker_loop(
     }
 }
 
-/// The DHT: announce and get peers now, again soon while peers are scarce, and every 15 minutes
-/// once the swarm is found (BEP 5 announces expire after about 30 minutes).
-async fn discovery_loop(
-    t: Arc<TorrentShared>,
-    d: discovery::DiscoveryHandle,
-    mut quit: watch::Receiver<bool>,
-) {
-    let port = t.session.listen_addr.port();
-    let mut hashes = vec![t.info_hash];
-    if let Some(v2) = t.meta.v2_hash {
-        let short: [u8; 20] = v2[..20].try_into().unwrap();
-        if short != t.info_hash {
-            hashes.push(short);
-        }
-    }
-    loop {
-        let mut found = 0;
-        for h in &hashes {
-            let peers = tokio::select! {
-                p = d.0.find_peers(*h, Some(port)) => p,
-                _ = quit.changed() => return,
-            };
-            let mut s = t.state.lock().unwrap();
-            for p in peers {
-                if !is_self(&t, p) {
-                    s.add_known(p);
-                    found += 1;
-                }
-            }
-        }
-        t.wake.notify_one();
-        let connected = t.state.lock().unwrap().peers.len();
-        let wait = if found == 0 {
-            Duration::from_secs(10)
-        } else if connected < 3 {
-            Duration::from_secs(60)
-        } else {
-            Duration::from_secs(15 * 60)
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = quit.changed() => return,
-        }
-    }
-}
-
 /// Trackers list the announcing peer too; never dial ourselves.
-fn is_self(t: &TorrentShared, a: SocketAddr) -> bool {
+pub(crate) fn is_self(t: &TorrentShared, a: SocketAddr) -> bool {
     let me = t.session.listen_addr;
     a.port() == me.port() && (a.ip() == me.ip() || me.ip().is_unspecified())
 }
@@ -916,7 +870,7 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
         }
     }
     if let (Some(d), false) = (t.session.discovery.get(), t.meta.private) {
-        trackers.push(tokio::spawn(discovery_loop(
+        trackers.push(tokio::spawn(discovery::discovery_loop(
             t.clone(),
             d.clone(),
             quit_rx.clone(),
