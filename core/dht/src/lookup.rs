@@ -82,11 +82,20 @@ impl Lookup {
         });
     }
 
-    /// The K closest candidates that have not failed.
-    fn frontier(&self) -> impl Iterator<Item = &Candidate> {
+    /// The K closest candidates that have neither failed nor (once someone has answered) gone
+    /// slow: the ones the lookup waits for and asks next.
+    fn frontier(&self, now: Instant) -> impl Iterator<Item = &Candidate> {
+        let any_answered = self
+            .cands
+            .iter()
+            .any(|c| matches!(c.status, Status::Answered(_)));
         self.cands
             .iter()
-            .filter(|c| c.status != Status::Failed)
+            .filter(move |c| match c.status {
+                Status::Failed => false,
+                Status::Asked(t) => !any_answered || now.duration_since(t) < SLOW_AFTER,
+                _ => true,
+            })
             .take(K)
     }
 
@@ -103,7 +112,7 @@ impl Lookup {
             .filter(|c| matches!(c.status, Status::Asked(t) if now.duration_since(t) < SLOW_AFTER))
             .count();
         let want: Vec<Id> = self
-            .frontier()
+            .frontier(now)
             .filter(|c| c.status == Status::New)
             .take(ALPHA.saturating_sub(in_flight))
             .map(|c| c.info.id)
@@ -150,15 +159,13 @@ impl Lookup {
         }
     }
 
-    /// Nothing in flight and every one of the K closest live candidates has answered.
-    pub fn done(&self) -> bool {
-        !self
-            .cands
-            .iter()
-            .any(|c| matches!(c.status, Status::Asked(_)))
-            && self
-                .frontier()
-                .all(|c| matches!(c.status, Status::Answered(_)))
+    /// Done when every one of the K closest candidates that neither failed nor went slow has
+    /// answered. A slow node (silent for [`SLOW_AFTER`]) does not hold the lookup for the full
+    /// timeout, as in libtorrent: a dead node in the table costs 1 s, not 4. Until someone has
+    /// answered, slow queries still count (a lossy start must not end the lookup empty).
+    pub fn done(&self, now: Instant) -> bool {
+        self.frontier(now)
+            .all(|c| matches!(c.status, Status::Answered(_)))
     }
 
     /// The closest nodes that answered, with their tokens (where announce_peer or put go).
@@ -227,7 +234,7 @@ mod tests {
             let mut l = Lookup::new(target, infos[..3].iter().copied());
             let mut rounds = 0;
             let mut t = now;
-            while !l.done() {
+            while !l.done(t) {
                 rounds += 1;
                 assert!(rounds < 200, "the lookup does not converge");
                 let ask = l.next(t);
@@ -299,7 +306,33 @@ mod tests {
             None,
         );
         assert_eq!(l.peers, vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4)]);
-        assert!(l.done());
+        assert!(l.done(now));
         assert_eq!(l.closest_answered(8), vec![(a, Some(vec![9]))]);
+    }
+
+    #[test]
+    fn a_silent_node_delays_the_end_by_slow_after_not_the_timeout() {
+        let t0 = Instant::now();
+        let node = |i: u64| NodeInfo {
+            id: rid(i),
+            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, i as u16),
+        };
+        let target = rid(50);
+        let mut l = Lookup::new(target, (1..=3).map(node));
+        let asked = l.next(t0);
+        assert_eq!(asked.len(), 3);
+        // Two answer with nothing closer; one stays silent.
+        for n in &asked[..2] {
+            l.on_reply(&n.id, &[], &[], None);
+        }
+        assert!(!l.done(t0), "the silent node is still young");
+        let later = t0 + SLOW_AFTER;
+        assert!(l.done(later), "a slow node does not hold the lookup");
+        // Before anyone answers, slow nodes still count.
+        let mut quiet = Lookup::new(target, (1..=3).map(node));
+        quiet.next(t0);
+        assert!(!quiet.done(later));
+        quiet.next(t0 + QUERY_TIMEOUT); // marks them failed
+        assert!(quiet.done(t0 + QUERY_TIMEOUT));
     }
 }

@@ -710,8 +710,11 @@ impl Node {
         let mut finish = None;
         let mut store = None;
         let expired = now.duration_since(o.started) >= LOOKUP_DEADLINE;
+        // An immutable value verifies by its hash alone: the first one found is the answer, no
+        // need to walk on (a mutable one may have a higher seq closer to the target).
+        let found_immutable = o.best.as_ref().is_some_and(|b| b.mutable.is_none());
         match &mut o.phase {
-            Phase::Lookup(l) if !l.done() && !expired => {
+            Phase::Lookup(l) if !l.done(now) && !expired && !found_immutable => {
                 let q = lookup_query(&o.req, target);
                 sends = l.next(now).into_iter().map(|n| (n, q.clone())).collect();
             }

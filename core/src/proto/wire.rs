@@ -27,6 +27,7 @@ impl Handshake {
     pub fn new(info_hash: [u8; 20], peer_id: [u8; 20]) -> Self {
         let mut reserved = [0u8; 8];
         reserved[5] |= 0x10; // BEP 10 extension protocol
+        reserved[7] |= 0x04; // BEP 6 Fast extension
         Handshake {
             reserved,
             info_hash,
@@ -36,6 +37,11 @@ impl Handshake {
 
     pub fn supports_extensions(&self) -> bool {
         self.reserved[5] & 0x10 != 0
+    }
+
+    /// BEP 6: both sides must set the bit for the Fast messages to be used.
+    pub fn supports_fast(&self) -> bool {
+        self.reserved[7] & 0x04 != 0
     }
 
     pub fn encode(&self) -> [u8; HANDSHAKE_LEN] {
@@ -85,6 +91,19 @@ pub enum Message {
         length: u32,
     },
     Port(u16),
+    /// BEP 6: a piece worth fetching from us (a hint).
+    Suggest(u32),
+    /// BEP 6: we have every piece / none (instead of a bitfield).
+    HaveAll,
+    HaveNone,
+    /// BEP 6: a request that will not be served.
+    Reject {
+        index: u32,
+        begin: u32,
+        length: u32,
+    },
+    /// BEP 6: a piece that may be requested while choked.
+    AllowedFast(u32),
     /// BEP 10: extension id (0 = handshake) and payload.
     Extended {
         id: u8,
@@ -164,6 +183,15 @@ impl Message {
             Message::Interested => simple(2, &[]),
             Message::NotInterested => simple(3, &[]),
             Message::Have(i) => simple(4, &[*i]),
+            Message::Suggest(i) => simple(0x0D, &[*i]),
+            Message::HaveAll => simple(0x0E, &[]),
+            Message::HaveNone => simple(0x0F, &[]),
+            Message::Reject {
+                index,
+                begin,
+                length,
+            } => simple(0x10, &[*index, *begin, *length]),
+            Message::AllowedFast(i) => simple(0x11, &[*i]),
             Message::Request {
                 index,
                 begin,
@@ -267,6 +295,24 @@ impl Message {
             9 => {
                 want(2)?;
                 Message::Port(body.get_u16())
+            }
+            0x0D => {
+                want(4)?;
+                Message::Suggest(body.get_u32())
+            }
+            0x0E => want(0).map(|_| Message::HaveAll)?,
+            0x0F => want(0).map(|_| Message::HaveNone)?,
+            0x10 => {
+                want(12)?;
+                Message::Reject {
+                    index: body.get_u32(),
+                    begin: body.get_u32(),
+                    length: body.get_u32(),
+                }
+            }
+            0x11 => {
+                want(4)?;
+                Message::AllowedFast(body.get_u32())
             }
             20 => {
                 if len < 1 {
@@ -490,7 +536,7 @@ mod tests {
         let e = h.encode();
         assert_eq!(e[0], 19);
         assert_eq!(&e[1..20], b"BitTorrent protocol");
-        assert_eq!(&e[20..28], &[0, 0, 0, 0, 0, 0x10, 0, 0]);
+        assert_eq!(&e[20..28], &[0, 0, 0, 0, 0, 0x10, 0, 0x04]); // BEP 10, BEP 6
         assert_eq!(Handshake::decode(&e).unwrap(), h);
         let mut bad = e;
         bad[0] = 18;
@@ -549,6 +595,19 @@ mod tests {
                 vec![0, 0, 0, 4, 20, 0, b'd', b'e'],
             ),
             (Message::Port(6881), vec![0, 0, 0, 3, 9, 0x1a, 0xe1]),
+            // BEP 6's messages.
+            (Message::Suggest(3), vec![0, 0, 0, 5, 0x0D, 0, 0, 0, 3]),
+            (Message::HaveAll, vec![0, 0, 0, 1, 0x0E]),
+            (Message::HaveNone, vec![0, 0, 0, 1, 0x0F]),
+            (
+                Message::Reject {
+                    index: 1,
+                    begin: 16384,
+                    length: 16384,
+                },
+                vec![0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
+            ),
+            (Message::AllowedFast(9), vec![0, 0, 0, 5, 0x11, 0, 0, 0, 9]),
             (Message::HashRequest(hr()), hash_msg(21, &[])),
             (Message::HashReject(hr()), hash_msg(23, &[])),
             (

@@ -185,6 +185,9 @@ async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<
     let io = |e: std::io::Error| e.to_string();
     let mut s = transport::connect(addr, Duration::from_secs(5)).await?;
     let mut ours_hs = Handshake::new(ih, cfg.peer_id);
+    // Only metadata is wanted here: no Fast extension, which would oblige us to send a have
+    // message first.
+    ours_hs.reserved[7] &= !0x04;
     if cfg.v1.is_none() {
         ours_hs.reserved[7] |= 0x10; // BEP 52: we speak v2
     }

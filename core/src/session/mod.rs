@@ -222,6 +222,25 @@ impl State {
     pub(crate) fn add_known(&mut self, addr: SocketAddr) {
         self.known.entry(addr).or_insert((None, 0));
     }
+
+    pub(crate) fn reset_backoff(&mut self, addr: SocketAddr) {
+        if let Some(k) = self.known.get_mut(&addr) {
+            k.1 = 0;
+        }
+    }
+}
+
+/// A connection that lasted this long resets its address's redial backoff.
+pub(crate) const REDIAL_RESET_AFTER: Duration = Duration::from_secs(30);
+
+/// How long after its last dial an address is dialled again, `dials` being the dials since it
+/// last held a lasting connection: 1, 2, 4 ... 60 s. A peer still loading its torrent or not
+/// listening yet is found within seconds; one that keeps failing costs a dial a minute.
+pub(crate) fn redial_after(dials: u32) -> Duration {
+    match dials {
+        0 => Duration::ZERO,
+        n => Duration::from_secs((1u64 << (n - 1).min(6)).min(60)),
+    }
 }
 
 pub(crate) struct TorrentShared {
@@ -752,6 +771,7 @@ async fn tracker_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut event = Event::Started;
+    let started = Instant::now();
     let mut failures = 0u32;
     let mut sent_completed = *done.borrow();
     loop {
@@ -770,8 +790,11 @@ async fn tracker_loop(
                     tracing::warn!("tracker {url}: {w}");
                 }
                 event = Event::None;
-                // Ask again soon while we know few peers; otherwise follow the tracker.
-                let iv = if s.peers.len() < 3 {
+                // Ask again soon (the tracker's min interval, within 5-60 s) while we know few
+                // peers and for the first minutes, when others are joining too; then follow the
+                // tracker's interval.
+                let early = started.elapsed() < Duration::from_secs(300);
+                let iv = if s.peers.len() < 3 || early {
                     r.min_interval.unwrap_or(30).clamp(5, 60)
                 } else {
                     r.interval.clamp(30, 1800)
@@ -928,9 +951,7 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
                         && !s.connecting.contains(a)
                         && !s.banned.contains(&a.ip())
                         && !is_self(&t, **a)
-                        && last.is_none_or(|l| {
-                            now.duration_since(l) > Duration::from_secs(5u64 << (*fails).min(6))
-                        })
+                        && last.is_none_or(|l| now.duration_since(l) >= redial_after(*fails))
                 })
                 .map(|(a, _)| *a)
                 .collect();

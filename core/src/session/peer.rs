@@ -7,7 +7,7 @@ use crate::extension::{ExtHandshake, PeerCtx};
 use crate::picker::Block;
 use crate::wire::{Bitfield, Decoder, Handshake, Message, BLOCK_SIZE, MAX_REQUEST};
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,14 @@ const MAX_UPLOAD_QUEUE: usize = 512;
 const MAX_PIPELINE: usize = 1024;
 /// A peer that sends nothing for this long while we wait on it loses its requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A block still missing this long after it was asked for, while the peer's measured rate says
+/// it should have come long ago (and at least [`STUCK_MIN`]), was dropped by the peer: it goes to
+/// another peer and this one does not get it again for [`SHUN_FOR`] (unless it is our only peer).
+const STUCK_FACTOR: f64 = 4.0;
+const STUCK_MIN: Duration = Duration::from_secs(2);
+const SHUN_FOR: Duration = Duration::from_secs(3);
+/// AllowedFast pieces kept per peer (BEP 6 suggests about 10).
+const MAX_ALLOWED_FAST: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Upload bytes read from disk and not yet handed to the socket, per peer. A block is read only
@@ -86,7 +94,16 @@ struct Conn {
     peer_choking: bool,
     am_interested: bool,
     bitfield: Bitfield,
-    outstanding: HashSet<Block>,
+    /// Blocks asked of this peer, with when.
+    outstanding: HashMap<Block, Instant>,
+    /// Blocks this peer dropped (timed out): asked of others for a while.
+    shunned: HashMap<Block, Instant>,
+    /// Blocks a second, smoothed: how soon an asked block should come.
+    block_rate: f64,
+    /// Both sides speak BEP 6 (have all/none, reject, allowed fast, suggest).
+    fast: bool,
+    /// Pieces the peer lets us ask for while it chokes us (BEP 6).
+    allowed_fast: HashSet<u32>,
     last_block: Instant,
     last_recv: Instant,
     ext: Option<ExtHandshake>,
@@ -127,7 +144,13 @@ pub(crate) async fn run(
     let key = t.session.key();
     let r = run_inner(t.clone(), stream, addr, incoming, key).await;
     let mut s = t.state.lock().unwrap();
-    s.peers.remove(&key);
+    if let Some(p) = s.peers.remove(&key) {
+        // A connection that lasted was a good peer: if it goes, redial it at once and then
+        // quickly (a restarting client), not after the backoff its early dials built up.
+        if p.connected_at.elapsed() >= super::REDIAL_RESET_AFTER {
+            s.reset_backoff(addr);
+        }
+    }
     match r {
         Ok(()) | Err(Reason::Closed) => tracing::debug!("peer {addr} closed"),
         Err(Reason::Protocol(m)) => tracing::info!("dropped peer {addr}: {m}"),
@@ -225,7 +248,11 @@ async fn run_inner(
         peer_choking: true,
         am_interested: false,
         bitfield: Bitfield::new(n),
-        outstanding: HashSet::new(),
+        outstanding: HashMap::new(),
+        shunned: HashMap::new(),
+        block_rate: 0.0,
+        fast: ours.supports_fast() && theirs.supports_fast(),
+        allowed_fast: HashSet::new(),
         last_block: Instant::now(),
         last_recv: Instant::now(),
         ext: None,
@@ -244,7 +271,7 @@ async fn run_inner(
     // Give back what we asked this peer for.
     {
         let mut s = t.state.lock().unwrap();
-        let out: Vec<Block> = c.outstanding.drain().collect();
+        let out: Vec<Block> = c.outstanding.drain().map(|(b, _)| b).collect();
         s.picker.peer_gone(&c.bitfield, &out);
     }
     if c.ext.is_some() {
@@ -270,7 +297,11 @@ impl Conn {
         // Opening messages: our pieces first (BEP 3: a bitfield is only valid as the first
         // message), then the extension handshake.
         let have = self.t.state.lock().unwrap().picker.have().clone();
-        if have.count() > 0 {
+        if self.fast && have.count() == have.len() {
+            self.send(Message::HaveAll).await?;
+        } else if self.fast && have.count() == 0 {
+            self.send(Message::HaveNone).await?;
+        } else if have.count() > 0 {
             self.send(Message::Bitfield(Bytes::copy_from_slice(have.as_bytes())))
                 .await?;
         }
@@ -344,12 +375,17 @@ impl Conn {
                             self.update_interest().await?;
                         }
                         Some(Cmd::Choke) => {
-                            self.uploads.clear();
                             self.send(Message::Choke).await?;
+                            // BEP 6: a choke no longer drops queued requests silently.
+                            for (index, begin, length) in std::mem::take(&mut self.uploads) {
+                                if self.fast {
+                                    self.send(Message::Reject { index, begin, length }).await?;
+                                }
+                            }
                         }
                         Some(Cmd::Unchoke) => self.send(Message::Unchoke).await?,
                         Some(Cmd::Cancel(b)) => {
-                            if self.outstanding.remove(&b) {
+                            if self.outstanding.remove(&b).is_some() {
                                 let length = self.t.state.lock().unwrap().picker.block_len(b);
                                 self.send(Message::Cancel { index: b.piece, begin: b.block * BLOCK_SIZE, length }).await?;
                             }
@@ -364,11 +400,13 @@ impl Conn {
                     if !self.outstanding.is_empty() && now.duration_since(self.last_block) > REQUEST_TIMEOUT {
                         // Snubbed: hand its requests to others.
                         let mut s = self.t.state.lock().unwrap();
-                        for b in self.outstanding.drain() {
+                        for (b, _) in self.outstanding.drain() {
                             s.picker.unrequest(b);
                         }
                         self.last_block = now;
                     }
+                    self.block_rate = self.block_rate * 0.7 + self.blocks_this_second as f64 * 0.3;
+                    self.release_stuck(now).await?;
                     if now.duration_since(last_sent_keepalive) > Duration::from_secs(60) {
                         self.send(Message::KeepAlive).await?;
                         last_sent_keepalive = now;
@@ -376,7 +414,8 @@ impl Conn {
                     self.maybe_send_pex(now).await?;
                     // Adapt the pipeline to about a second of this peer's rate.
                     let want = (self.blocks_this_second * 2).clamp(self.t.cfg.pipeline_depth.max(4), MAX_PIPELINE);
-                    self.pipeline = want.min(self.peer_reqq.max(16));
+                    // Below the peer's reqq: Transmission drops the reqq-th request silently.
+                    self.pipeline = want.min(self.peer_reqq.saturating_sub(1)).max(1);
                     self.blocks_this_second = 0;
                     if self.t.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                         return Ok(());
@@ -408,15 +447,90 @@ impl Conn {
         Ok(())
     }
 
+    /// The peer's pieces are now `bf` (a bitfield, have all, have none).
+    fn replace_bitfield(&mut self, bf: Bitfield) {
+        let mut s = self.t.state.lock().unwrap();
+        s.picker.peer_gone(&self.bitfield, &[]);
+        s.picker.peer_bitfield(&bf);
+        if let Some(p) = s.peers.get_mut(&self.key) {
+            p.bitfield = bf.clone();
+        }
+        drop(s);
+        self.bitfield = bf;
+    }
+
+    /// Blocks the peer should have sent long ago by its own rate (a dropped request) go back
+    /// to the picker for other peers, with a cancel to this one.
+    async fn release_stuck(&mut self, now: Instant) -> Result<(), Reason> {
+        if self.outstanding.is_empty() || self.block_rate < 0.5 {
+            return Ok(()); // a stalled peer is the REQUEST_TIMEOUT's case
+        }
+        let expected = self.outstanding.len() as f64 / self.block_rate;
+        let limit = STUCK_MIN.max(Duration::from_secs_f64(expected * STUCK_FACTOR));
+        let stuck: Vec<Block> = self
+            .outstanding
+            .iter()
+            .filter(|(_, &at)| now.duration_since(at) > limit)
+            .map(|(b, _)| *b)
+            .collect();
+        for b in stuck {
+            self.outstanding.remove(&b);
+            let (length, others) = {
+                let mut s = self.t.state.lock().unwrap();
+                s.picker.unrequest(b);
+                (s.picker.block_len(b), s.peers.len() > 1)
+            };
+            if others {
+                self.shunned.insert(b, now);
+            }
+            tracing::debug!(
+                "peer {}: block {}/{} timed out",
+                self.ctx.addr,
+                b.piece,
+                b.block
+            );
+            self.send(Message::Cancel {
+                index: b.piece,
+                begin: b.block * BLOCK_SIZE,
+                length,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn fill_requests(&mut self) -> Result<(), Reason> {
-        if self.peer_choking || !self.am_interested || self.outstanding.len() >= self.pipeline / 2 {
+        let choked_fast = self.peer_choking && self.fast && !self.allowed_fast.is_empty();
+        if (self.peer_choking && !choked_fast)
+            || !self.am_interested
+            || self.outstanding.len() >= self.pipeline / 2
+        {
             return Ok(());
         }
         let want = self.pipeline - self.outstanding.len();
+        let now = Instant::now();
+        self.shunned
+            .retain(|_, t| now.duration_since(*t) < SHUN_FOR);
+        // Choked, a Fast peer still serves the pieces it allowed.
+        let allowed;
+        let from = if choked_fast {
+            let mut bf = Bitfield::new(self.bitfield.len());
+            for &i in &self.allowed_fast {
+                if self.bitfield.get(i as usize) {
+                    bf.set(i as usize);
+                }
+            }
+            allowed = bf;
+            &allowed
+        } else {
+            &self.bitfield
+        };
         let reqs: Vec<(Block, u32)> = {
             let mut s = self.t.state.lock().unwrap();
-            let out = &self.outstanding;
-            let picked = s.picker.pick(&self.bitfield, want, &|b| out.contains(&b));
+            let (out, shun) = (&self.outstanding, &self.shunned);
+            let picked = s.picker.pick(from, want, &|b| {
+                out.contains_key(&b) || shun.contains_key(&b)
+            });
             picked
                 .into_iter()
                 .map(|b| (b, s.picker.block_len(b)))
@@ -429,7 +543,7 @@ impl Conn {
             self.last_block = Instant::now();
         }
         for (b, length) in reqs {
-            self.outstanding.insert(b);
+            self.outstanding.insert(b, now);
             self.send(Message::Request {
                 index: b.piece,
                 begin: b.block * BLOCK_SIZE,
@@ -500,11 +614,55 @@ impl Conn {
             }
             Message::Choke => {
                 self.peer_choking = true;
-                let mut s = self.t.state.lock().unwrap();
-                for b in self.outstanding.drain() {
-                    s.picker.unrequest(b);
+                // A Fast peer rejects what it will not serve, one by one; the others drop it all.
+                if !self.fast {
+                    let mut s = self.t.state.lock().unwrap();
+                    for (b, _) in self.outstanding.drain() {
+                        s.picker.unrequest(b);
+                    }
                 }
             }
+            Message::HaveAll | Message::HaveNone => {
+                if !self.fast {
+                    return Err(Reason::Protocol(
+                        "have all/none without the Fast extension".into(),
+                    ));
+                }
+                let n = self.bitfield.len();
+                let bf = if matches!(m, Message::HaveAll) {
+                    Bitfield::full(n)
+                } else {
+                    Bitfield::new(n)
+                };
+                self.replace_bitfield(bf);
+                self.update_interest().await?;
+            }
+            Message::Reject {
+                index,
+                begin,
+                length: _,
+            } => {
+                if !self.fast {
+                    return Err(Reason::Protocol("reject without the Fast extension".into()));
+                }
+                let b = Block {
+                    piece: index,
+                    block: begin / BLOCK_SIZE,
+                };
+                if self.outstanding.remove(&b).is_some() {
+                    self.t.state.lock().unwrap().picker.unrequest(b);
+                }
+            }
+            Message::AllowedFast(i) => {
+                if self.fast
+                    && (i as usize) < self.bitfield.len()
+                    && self.allowed_fast.len() < MAX_ALLOWED_FAST
+                {
+                    self.allowed_fast.insert(i);
+                }
+            }
+            // A hint only; the picker's order stands.
+            Message::Suggest(_) => {}
             Message::Unchoke => {
                 self.peer_choking = false;
                 self.last_block = Instant::now();
@@ -545,15 +703,7 @@ impl Conn {
                 // accept it any time, replacing what we knew; only a malformed one is fatal.
                 let bf = Bitfield::from_bytes(&b, self.bitfield.len())
                     .ok_or_else(|| Reason::Ban("malformed bitfield".into()))?;
-                {
-                    let mut s = self.t.state.lock().unwrap();
-                    s.picker.peer_gone(&self.bitfield, &[]);
-                    s.picker.peer_bitfield(&bf);
-                    if let Some(p) = s.peers.get_mut(&self.key) {
-                        p.bitfield = bf.clone();
-                    }
-                }
-                self.bitfield = bf;
+                self.replace_bitfield(bf);
                 self.update_interest().await?;
             }
             Message::Request {
@@ -586,6 +736,13 @@ impl Conn {
                 }
                 if !choked && self.uploads.len() < MAX_UPLOAD_QUEUE {
                     self.uploads.push_back((index, begin, length));
+                } else if self.fast {
+                    self.send(Message::Reject {
+                        index,
+                        begin,
+                        length,
+                    })
+                    .await?;
                 }
             }
             Message::Cancel {
@@ -614,7 +771,7 @@ impl Conn {
                     "block for piece {index} that does not exist"
                 )));
             }
-            if !self.outstanding.remove(&b)
+            if self.outstanding.remove(&b).is_none()
                 || !begin.is_multiple_of(BLOCK_SIZE)
                 || data.len() as u32 != s.picker.block_len(b)
             {
@@ -651,7 +808,8 @@ impl Conn {
             let h = ExtHandshake::decode(&payload)
                 .ok_or_else(|| Reason::Protocol("malformed extension handshake".into()))?;
             if let Some(q) = h.reqq {
-                self.peer_reqq = (q as usize).clamp(16, MAX_PIPELINE);
+                self.peer_reqq = (q as usize).clamp(2, MAX_PIPELINE + 1);
+                self.pipeline = self.pipeline.min(self.peer_reqq - 1);
             }
             let first = self.ext.is_none();
             if let (Some(port), true) = (h.listen_port, first) {
