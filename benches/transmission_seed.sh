@@ -34,16 +34,16 @@ transmission-remote "127.0.0.1:$RP" -a "$W/t.torrent" >/dev/null
 for _ in $(seq 300); do transmission-remote "127.0.0.1:$RP" -l | grep -q "100%" && break; sleep 0.2; done
 transmission-remote "127.0.0.1:$RP" -l | grep -q "100%" || { echo "Transmission did not verify its data"; exit 1; }
 for i in $(seq "$RUNS"); do
+  rm -rf "$W/lt"
+  LP=$((40000 + RANDOM % 20000))
+  /usr/bin/python3 "$LT" leech "$W/t.torrent" "$W/lt" "$LP" 300 "127.0.0.1:$PP" > "$W/lt.json"
+  l=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$W/lt.json")
   rm -rf "$W/dl" "$W/d"
   t0=$(date +%s.%N)
   timeout 300 "$BIN" -q --data-dir "$W/d" download "$W/t.torrent" -o "$W/dl" \
       --listen 127.0.0.1:0 --peer "127.0.0.1:$PP" --no-trackers --no-resume
   c=$(echo "$(date +%s.%N) - $t0" | bc -l)
   cmp -s "$W/dl/data/a.bin" "$W/seed/data/a.bin" || { echo "ccbt download differs"; exit 1; }
-  rm -rf "$W/lt"
-  LP=$((40000 + RANDOM % 20000))
-  /usr/bin/python3 "$LT" leech "$W/t.torrent" "$W/lt" "$LP" 300 "127.0.0.1:$PP" > "$W/lt.json"
-  l=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$W/lt.json")
   printf 'run %d: ccbt %6.2f s  libtorrent %6.2f s  ratio %.2f\n' "$i" "$c" "$l" "$(echo "$c/$l" | bc -l)"
   echo "$c $l" >> "$W/all"
 done

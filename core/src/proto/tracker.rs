@@ -50,6 +50,8 @@ pub struct AnnounceReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerUrl {
     Http {
+        /// `https://`: TLS.
+        tls: bool,
         host: String,
         port: u16,
         /// Path and any query, starting with `/`.
@@ -62,6 +64,24 @@ pub enum TrackerUrl {
 }
 
 impl TrackerUrl {
+    /// The URL of `target` (a path and query from [`http_announce_target`]) on an HTTP tracker.
+    pub fn http_url(&self, target: &str) -> Option<String> {
+        match self {
+            TrackerUrl::Http {
+                tls, host, port, ..
+            } => {
+                let scheme = if *tls { "https" } else { "http" };
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                Some(format!("{scheme}://{host}:{port}{target}"))
+            }
+            TrackerUrl::Udp { .. } => None,
+        }
+    }
+
     pub fn parse(url: &str) -> Result<TrackerUrl, TrackerError> {
         let bad = || TrackerError::BadUrl(url.to_string());
         let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
@@ -83,9 +103,10 @@ impl TrackerUrl {
             return Err(bad());
         }
         match scheme {
-            "http" => Ok(TrackerUrl::Http {
+            "http" | "https" => Ok(TrackerUrl::Http {
+                tls: scheme == "https",
                 host,
-                port: port.unwrap_or(80),
+                port: port.unwrap_or(if scheme == "https" { 443 } else { 80 }),
                 path: path.to_string(),
             }),
             "udp" => Ok(TrackerUrl::Udp {
@@ -428,10 +449,16 @@ mod tests {
         assert_eq!(
             TrackerUrl::parse("http://127.0.0.1:6969/announce").unwrap(),
             TrackerUrl::Http {
+                tls: false,
                 host: "127.0.0.1".into(),
                 port: 6969,
                 path: "/announce".into()
             }
+        );
+        let https = TrackerUrl::parse("https://[::1]/a?x=1").unwrap();
+        assert_eq!(
+            https.http_url("/a?x=1&info_hash=%00").unwrap(),
+            "https://[::1]:443/a?x=1&info_hash=%00"
         );
         assert_eq!(
             TrackerUrl::parse("udp://[::1]:80").unwrap(),
@@ -440,7 +467,7 @@ mod tests {
                 port: 80
             }
         );
-        assert!(TrackerUrl::parse("https://x/announce").is_err());
+        assert!(TrackerUrl::parse("wss://x/announce").is_err());
         assert!(TrackerUrl::parse("udp://host").is_err());
         let t = http_announce_target("/announce", &ann());
         assert!(t.starts_with("/announce?info_hash=%12%12"));

@@ -159,7 +159,13 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
                 match r {
                     Ok(info) => break Ok(info),
                     Err(e) => {
-                        tracing::info!("metadata from {e}");
+                        // Said, not only logged: a swarm of peers that cannot serve metadata
+                        // (no BEP 10) otherwise looks like a silent wait.
+                        if sources_open {
+                            tracing::warn!("no metadata from {e}; still looking for other peers");
+                        } else {
+                            tracing::warn!("no metadata from {e}");
+                        }
                         last_err = e;
                     }
                 }

@@ -1,11 +1,12 @@
-//! Async tracker clients over the pure formats in [`crate::tracker`]: HTTP/1.0 GET (no TLS: HTTPS
-//! trackers get a clear error) and BEP 15 UDP, each bounded by timeouts.
+//! Async tracker clients over the pure formats in [`crate::tracker`]: HTTP and HTTPS through
+//! reqwest on rustls (redirects, compression, chunked and keep-alive replies; the system's CA
+//! store, or the file `SSL_CERT_FILE` names) and BEP 15 UDP, each bounded by timeouts.
 
 use crate::tracker::{self, Announce, AnnounceReply, TrackerError, TrackerUrl};
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{lookup_host, TcpStream, UdpSocket};
+use tokio::net::{lookup_host, UdpSocket};
 use tokio::time::timeout;
 
 /// Largest HTTP tracker reply read (a reply with 10 000 peers is ~60 KiB).
@@ -27,40 +28,81 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, AnnounceError> {
         .ok_or_else(|| AnnounceError::Io(format!("{host} has no address")))
 }
 
-/// One HTTP GET; returns the body of a 200 reply.
-async fn http_get(host: &str, port: u16, target: &str) -> Result<Vec<u8>, AnnounceError> {
-    let addr = resolve(host, port).await?;
-    let io = |e: std::io::Error| AnnounceError::Io(format!("tracker {host}:{port}: {e}"));
-    let mut s = timeout(Duration::from_secs(10), TcpStream::connect(addr))
-        .await
-        .map_err(|_| AnnounceError::Io(format!("tracker {host}:{port}: connect timed out")))?
-        .map_err(io)?;
-    let req = format!(
-        "GET {target} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: ccbt/{}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    s.write_all(req.as_bytes()).await.map_err(io)?;
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 16384];
-        loop {
-            let n = s.read(&mut chunk).await?;
-            if n == 0 || buf.len() + n > MAX_REPLY {
-                break;
+/// The one HTTP client (its connection pool keeps tracker and web seed connections alive).
+pub(crate) fn http_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .user_agent(concat!("ccbt/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("the HTTP client's settings are valid")
+    })
+}
+
+/// One line for an HTTP failure: reqwest's message and its causes (a certificate error is deep
+/// in the chain), without the URL (the caller names what failed; a query string is noise), with
+/// a hint when it is the certificate.
+pub(crate) fn http_error(e: reqwest::Error) -> String {
+    let timeout = e.is_timeout();
+    let e = e.without_url();
+    let mut msg = String::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !msg.contains(&t) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
             }
-            buf.extend_from_slice(&chunk[..n]);
+            msg.push_str(&t);
         }
-        Ok::<_, std::io::Error>(())
-    };
-    timeout(Duration::from_secs(15), read)
+        cur = c.source();
+    }
+    let msg = crate::encoding::printable(&msg).into_owned();
+    if msg.contains("certificate") || msg.contains("UnknownIssuer") {
+        format!(
+            "TLS certificate not accepted ({msg}); if the server uses a private CA, point SSL_CERT_FILE at the CA's certificate"
+        )
+    } else if timeout {
+        "timed out".to_string()
+    } else {
+        msg
+    }
+}
+
+/// One HTTP(S) GET: the status and body, at most `limit` bytes (decompressed); `range` asks for
+/// those bytes (inclusive).
+pub(crate) async fn http_get(
+    url: &str,
+    range: Option<(u64, u64)>,
+    limit: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut req = http_client().get(url);
+    if let Some((from, to)) = range {
+        req = req.header(reqwest::header::RANGE, format!("bytes={from}-{to}"));
+    }
+    let mut resp = req.send().await.map_err(http_error)?;
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("reply larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+async fn tracker_get(t: &TrackerUrl, target: &str) -> Result<Vec<u8>, AnnounceError> {
+    let url = t.http_url(target).expect("an HTTP tracker");
+    let (status, body) = http_get(&url, None, MAX_REPLY)
         .await
-        .map_err(|_| AnnounceError::Io(format!("tracker {host}:{port}: reply timed out")))?
-        .map_err(io)?;
-    let (status, body) = tracker::http_response_body(&buf)?;
+        .map_err(AnnounceError::Io)?;
     if status != 200 {
-        return Err(AnnounceError::Io(format!(
-            "tracker {host}:{port} answered HTTP {status}"
-        )));
+        return Err(AnnounceError::Io(format!("answered HTTP {status}")));
     }
     Ok(body)
 }
@@ -83,8 +125,11 @@ async fn udp_exchange(sock: &UdpSocket, req: &[u8], tries: u32) -> Result<Vec<u8
 
 pub async fn announce(url: &str, a: &Announce) -> Result<AnnounceReply, AnnounceError> {
     match TrackerUrl::parse(url)? {
-        TrackerUrl::Http { host, port, path } => {
-            let body = http_get(&host, port, &tracker::http_announce_target(&path, a)).await?;
+        t @ TrackerUrl::Http { .. } => {
+            let TrackerUrl::Http { path, .. } = &t else {
+                unreachable!()
+            };
+            let body = tracker_get(&t, &tracker::http_announce_target(path, a)).await?;
             Ok(tracker::parse_announce_reply(&body)?)
         }
         TrackerUrl::Udp { host, port } => {
@@ -116,13 +161,16 @@ pub async fn scrape(
     info_hash: &[u8; 20],
 ) -> Result<tracker::ScrapeCounts, AnnounceError> {
     match TrackerUrl::parse(url)? {
-        TrackerUrl::Http { host, port, path } => {
-            let target = tracker::http_scrape_target(&path, info_hash).ok_or_else(|| {
+        t @ TrackerUrl::Http { .. } => {
+            let TrackerUrl::Http { path, .. } = &t else {
+                unreachable!()
+            };
+            let target = tracker::http_scrape_target(path, info_hash).ok_or_else(|| {
                 AnnounceError::Io(format!(
                     "{url} does not support scrape (path has no 'announce')"
                 ))
             })?;
-            let body = http_get(&host, port, &target).await?;
+            let body = tracker_get(&t, &target).await?;
             Ok(tracker::parse_scrape_reply(&body, info_hash)?)
         }
         TrackerUrl::Udp { .. } => Err(AnnounceError::Io("UDP scrape not implemented".into())),
