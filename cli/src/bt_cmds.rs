@@ -61,6 +61,9 @@ pub struct DownloadArgs {
     /// Do not contact the torrent's trackers (use --peer)
     #[arg(long)]
     pub no_trackers: bool,
+    /// Do not fetch from the torrent's web seeds (url-list, BEP 19)
+    #[arg(long)]
+    pub no_web_seeds: bool,
     /// Preallocate files fully instead of sparsely
     #[arg(long)]
     pub preallocate: bool,
@@ -340,6 +343,7 @@ pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
     cfg.resume = !a.no_resume;
     cfg.peers = peers;
     cfg.use_trackers = !a.no_trackers;
+    cfg.use_web_seeds = !a.no_web_seeds;
     run(
         ctx,
         Job {

@@ -1329,7 +1329,7 @@ fn dropping_seeder(
                     let Some(block) = data.get(off..off + length as usize) else {
                         break;
                     };
-                    let mut m = ((9 + length) as u32).to_be_bytes().to_vec();
+                    let mut m = (9 + length).to_be_bytes().to_vec();
                     m.push(7);
                     m.extend_from_slice(&body[1..9]);
                     m.extend_from_slice(block);
@@ -1553,4 +1553,211 @@ fn https_tracker_with_a_test_ca() {
         .unwrap_or_else(|| panic!("no certificate error: {err}"));
     eprintln!("wrong CA: {line}");
     assert!(line.contains("SSL_CERT_FILE"), "{line}");
+}
+
+/// nginx-light on `port` with the given `location` blocks; logs the gzip ratio of each request.
+fn nginx(dir: &Path, port: u16, locations: &str) -> ChildGuard {
+    require("nginx", "nginx-light");
+    std::fs::create_dir_all(dir).unwrap();
+    let d = s(dir);
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off; user root; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{}}
+http {{
+  log_format g '$request_uri $status $gzip_ratio';
+  access_log {d}/access.log g;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  gzip on; gzip_types text/plain application/octet-stream; gzip_min_length 0;
+  server {{ listen 127.0.0.1:{port}; {locations} }}
+}}
+"
+        ),
+    )
+    .unwrap();
+    let g = ChildGuard(
+        Command::new("nginx")
+            .args(["-c", s(&dir.join("nginx.conf")), "-p", d])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&format!("127.0.0.1:{port}"), 10);
+    g
+}
+
+/// A tracker behind nginx that redirects the announce, then proxies it with gzip and chunked
+/// transfer on a keep-alive connection: ccbt announces through all of it and downloads.
+#[test]
+fn tracker_behind_a_redirecting_compressing_proxy() {
+    let (tport, nport) = (free_port(), free_port());
+    let fx = fixture(
+        "v1",
+        &[format!("http://127.0.0.1:{nport}/redir/announce")],
+        FILES,
+        "64K",
+    );
+    let _tr = start_opentracker(&fx.root.join("tracker"), tport, &fx.tracker_hashes());
+    let ng = fx.root.join("nginx");
+    let _ng = nginx(
+        &ng,
+        nport,
+        &format!(
+            "location /redir/ {{ rewrite ^/redir/(.*)$ /tracker/$1 redirect; }}
+             location /tracker/ {{ proxy_pass http://127.0.0.1:{tport}/; proxy_http_version 1.1; }}"
+        ),
+    );
+    let (_seed, _) = fx.ccbt_seed("seed-dd", &[], 20);
+    let dl = fx.root.join("dl");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    assert!(r["tracker_ok"].as_u64().unwrap() >= 1, "{r}");
+    fx.assert_same(&dl, FILES);
+    let log = std::fs::read_to_string(ng.join("access.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("/redir/announce") && l.contains(" 302 ")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.starts_with("/tracker/announce")
+            && l.contains(" 200 ")
+            && !l.ends_with(" -")),
+        "the tracker's reply was not gzipped: {log}"
+    );
+}
+
+/// BEP 19 web seeds served by nginx: with no peer at all the download is byte-exact; a web seed
+/// serving corrupt bytes beside one honest (slow) peer is dropped and the download completes.
+#[test]
+fn web_seeds_alone_and_a_corrupt_one_beside_an_honest_peer() {
+    let nport = free_port();
+    let base = format!("http://127.0.0.1:{nport}");
+    let fx = fixture("v1", &[], FILES, "64K");
+    // Two more torrents of the same data, differing only in their url-list.
+    let good_t = fx.root.join("good.torrent");
+    let bad_t = fx.root.join("bad.torrent");
+    for (t, url) in [
+        (&good_t, format!("{base}/ws/")),
+        (&bad_t, format!("{base}/bad")),
+    ] {
+        ccbt_ok(&[
+            "create",
+            s(&fx.src_parent.join("data")),
+            "--v1",
+            "--piece-length",
+            "64K",
+            "-w",
+            &url,
+            "-o",
+            s(t),
+            "-q",
+        ]);
+    }
+    // The corrupt copy: every byte of the big file flipped past its first MiB.
+    let bad = fx.root.join("badroot/data");
+    std::fs::create_dir_all(fx.root.join("badroot")).unwrap();
+    std::process::Command::new("cp")
+        .args([
+            "-r",
+            s(&fx.src_parent.join("data")),
+            s(&fx.root.join("badroot")),
+        ])
+        .status()
+        .unwrap();
+    let mut b = std::fs::read(bad.join("movie.bin")).unwrap();
+    for x in &mut b[1 << 20..] {
+        *x ^= 0x5a;
+    }
+    std::fs::write(bad.join("movie.bin"), b).unwrap();
+    let _ng = nginx(
+        &fx.root.join("nginx"),
+        nport,
+        &format!(
+            "location /ws/ {{ alias {}/; }} location /bad/ {{ alias {}/; }}",
+            s(&fx.src_parent),
+            s(&fx.root.join("badroot"))
+        ),
+    );
+    let dl = fx.root.join("dl");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            s(&good_t),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(r["hash_failures"], 0, "{r}");
+    fx.assert_same(&dl, FILES);
+    // Corrupt web seed + a slow honest peer.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _seed = ChildGuard(
+        ccbt_cmd()
+            .args([
+                "--data-dir",
+                s(&fx.root.join("sd")),
+                "seed",
+                s(&bad_t),
+                s(&fx.src_parent),
+                "--listen",
+                &listen,
+                "--no-trackers",
+                "--up-limit",
+                "1024",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&listen, 20);
+    let dl2 = fx.root.join("dl2");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d2")),
+            "download",
+            s(&bad_t),
+            "-o",
+            s(&dl2),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &listen,
+        ],
+        120,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    fx.assert_same(&dl2, FILES);
+    assert!(r["hash_failures"].as_u64().unwrap() >= 1, "{r}");
+    let err = r["stderr"].as_str().unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.contains("web seed") && l.contains("dropped"))
+        .unwrap_or_else(|| panic!("the corrupt web seed was not dropped: {err}"));
+    eprintln!("{line}");
 }

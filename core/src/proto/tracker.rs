@@ -89,11 +89,20 @@ impl TrackerUrl {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                (h, Some(p.parse::<u16>().map_err(|_| bad())?))
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| bad());
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            // [v6] or [v6]:port
+            let (h, rest) = v6.split_once(']').ok_or_else(bad)?;
+            match rest.strip_prefix(':') {
+                Some(p) => (h, Some(port_of(p)?)),
+                None if rest.is_empty() => (h, None),
+                None => return Err(bad()),
             }
-            _ => (authority, None),
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(port_of(p)?)),
+                None => (authority, None),
+            }
         };
         let host = host
             .trim_start_matches('[')

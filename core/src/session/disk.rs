@@ -181,6 +181,11 @@ fn verdict(t: &TorrentShared, piece: u32, ok: bool, write_failed: bool, from: Ha
         if n * 2 <= total {
             continue;
         }
+        if let Some(w) = s.web_seeds.get_mut(&k) {
+            // A web seed cannot be banned by address; its task drops it.
+            w.corrupt = Some(piece);
+            continue;
+        }
         let Some((addr, id)) = s.peers.get(&k).map(|p| (p.addr, p.peer_id)) else {
             continue;
         };

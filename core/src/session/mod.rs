@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod metadata_fetch;
 mod peer;
 pub mod tracker_client;
+mod webseed;
 
 use crate::choker::{self, PeerStat};
 use crate::encoding::to_hex;
@@ -92,6 +93,8 @@ pub struct TorrentConfig {
     pub resume: bool,
     pub peers: Vec<SocketAddr>,
     pub use_trackers: bool,
+    /// Fetch from the torrent's `url-list` (BEP 19 web seeds).
+    pub use_web_seeds: bool,
     /// An extension-only swarm (a share): no pieces, always "seeding", dials every known peer and
     /// announces `left = 1` so trackers hand out every member.
     pub swarm: bool,
@@ -117,6 +120,7 @@ impl Default for TorrentConfig {
             resume: true,
             peers: Vec::new(),
             use_trackers: true,
+            use_web_seeds: true,
             swarm: false,
         }
     }
@@ -214,6 +218,8 @@ pub(crate) struct State {
     pub downloaded: u64,
     pub uploaded: u64,
     optimistic: Option<u64>,
+    /// The web seeds fetching for this torrent, by key (as peers are).
+    pub(crate) web_seeds: HashMap<u64, webseed::WebSeed>,
     tracker_errors: u64,
     tracker_ok: u64,
 }
@@ -519,6 +525,7 @@ impl Session {
             optimistic: None,
             tracker_errors: 0,
             tracker_ok: 0,
+            web_seeds: HashMap::new(),
         };
         for p in &cfg.peers {
             state.add_known(*p);
@@ -890,6 +897,17 @@ async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>) {
                 done_rx.clone(),
                 quit_rx.clone(),
             )));
+        }
+    }
+    if t.cfg.use_web_seeds && !t.state.lock().unwrap().picker.complete() {
+        for url in &t.meta.url_list {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                trackers.push(tokio::spawn(webseed::web_seed_loop(
+                    t.clone(),
+                    url.clone(),
+                    quit_rx.clone(),
+                )));
+            }
         }
     }
     if let (Some(d), false) = (t.session.discovery.get(), t.meta.private) {

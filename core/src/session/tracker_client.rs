@@ -82,7 +82,10 @@ pub(crate) async fn http_get(
 ) -> Result<(u16, Vec<u8>), String> {
     let mut req = http_client().get(url);
     if let Some((from, to)) = range {
-        req = req.header(reqwest::header::RANGE, format!("bytes={from}-{to}"));
+        // Compression and ranges do not mix (nginx drops the range to gzip the whole file).
+        req = req
+            .header(reqwest::header::RANGE, format!("bytes={from}-{to}"))
+            .header(reqwest::header::ACCEPT_ENCODING, "identity");
     }
     let mut resp = req.send().await.map_err(http_error)?;
     let status = resp.status().as_u16();
