@@ -236,6 +236,7 @@ pub fn resolve_torrent(
         listen_port: src.listen.port(),
         discovery: dht.clone(),
         timeout: src.timeout,
+        encryption: ctx.config.encryption()?,
     };
     let got =
         crate::runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;

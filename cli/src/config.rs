@@ -27,6 +27,8 @@ pub struct Network {
     pub pipeline_depth: u32,
     pub block_size_kib: u32,
     pub listen_port: u16,
+    /// MSE/PE: "prefer" (dial encrypted, accept both), "require" (RC4 only), "disable".
+    pub encryption: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +115,7 @@ impl Default for Config {
                 pipeline_depth: 16,
                 block_size_kib: 16,
                 listen_port: 6881,
+                encryption: "prefer".into(),
             },
             disk: Disk {
                 preallocate: "sparse".into(),
@@ -206,7 +209,18 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.encryption()?;
         Ok(cfg)
+    }
+
+    /// `[network] encryption` as a policy.
+    pub fn encryption(&self) -> Result<ccbt_core::mse::Policy> {
+        ccbt_core::mse::Policy::parse(&self.network.encryption).with_context(|| {
+            format!(
+                "[network] encryption = {:?}: use \"prefer\", \"require\" or \"disable\"",
+                self.network.encryption
+            )
+        })
     }
 
     /// `CCBT_*` environment overrides (the names the seed documents use).
@@ -248,6 +262,9 @@ impl Config {
         }
         if let Some(v) = get("CCBT_ENABLE_DHT") {
             self.discovery.enable_dht = parse_bool("CCBT_ENABLE_DHT", &v)?;
+        }
+        if let Some(v) = get("CCBT_ENCRYPTION") {
+            self.network.encryption = v;
         }
         if let Some(v) = get("CCBT_ENABLE_PEX") {
             self.discovery.enable_pex = parse_bool("CCBT_ENABLE_PEX", &v)?;

@@ -157,6 +157,7 @@ impl Ctx {
             global_up: self.config.limits.global_up_kib * 1024,
             hash_workers: self.config.disk.hash_workers,
             pex: self.config.discovery.enable_pex,
+            encryption: self.config.encryption().unwrap_or_default(),
         }
     }
 }

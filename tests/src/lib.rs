@@ -89,8 +89,14 @@ pub fn require_libtorrent() {
 
 /// Runs tests/scripts/lt_tool.py and parses its JSON line.
 pub fn lt_tool(args: &[&str]) -> Value {
+    lt_tool_env(args, &[])
+}
+
+/// As [`lt_tool`] with environment settings (`LT_SETTINGS`: libtorrent settings as JSON).
+pub fn lt_tool_env(args: &[&str], env: &[(&str, &str)]) -> Value {
     require_libtorrent();
     let o = Command::new("/usr/bin/python3")
+        .envs(env.iter().copied())
         .arg(root().join("tests/scripts/lt_tool.py"))
         .args(args)
         .output()
@@ -223,9 +229,21 @@ pub fn spawn_lt_seed_limited(
     peers: &[String],
     up: u64,
 ) -> ChildGuard {
+    let up = up.to_string();
+    spawn_lt_seed_env(torrent, save, port, peers, &[("LT_UPLOAD_LIMIT", &up)])
+}
+
+/// As [`spawn_lt_seed`] with environment settings (`LT_SETTINGS`, `LT_UPLOAD_LIMIT`).
+pub fn spawn_lt_seed_env(
+    torrent: &Path,
+    save: &Path,
+    port: u16,
+    peers: &[String],
+    env: &[(&str, &str)],
+) -> ChildGuard {
     require_libtorrent();
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.env("LT_UPLOAD_LIMIT", up.to_string());
+    cmd.envs(env.iter().copied());
     cmd.arg(root().join("tests/scripts/lt_tool.py"))
         .args(["seed", s(torrent), s(save), &port.to_string()])
         .args(peers)

@@ -125,7 +125,7 @@ fn ccbt_download(args: &[&str], secs: u64) -> Value {
     ccbt_download_env(args, secs, &[])
 }
 
-fn ccbt_download_env(args: &[&str], secs: u64, env: &[(&str, &Path)]) -> Value {
+fn ccbt_download_env(args: &[&str], secs: u64, env: &[(&str, &str)]) -> Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
     let mut child = ccbt_cmd()
@@ -305,8 +305,9 @@ fn aria2_seeds_to_ccbt_and_leeches_from_ccbt() {
     fx.assert_same(&adl, FILES);
 }
 
-/// transmission-daemon with its own config dir; returns (guard, peer port, rpc port).
-fn transmission(dir: &Path, download: &Path) -> (ChildGuard, u16, u16) {
+/// transmission-daemon with its own config dir and `encryption` (0 allow, 1 prefer, 2 require);
+/// returns (guard, peer port, rpc port).
+fn transmission(dir: &Path, download: &Path, encryption: u8) -> (ChildGuard, u16, u16) {
     require("transmission-daemon", "transmission-daemon");
     require("transmission-remote", "transmission-cli");
     let (pport, rport) = (free_port(), free_port());
@@ -318,7 +319,7 @@ fn transmission(dir: &Path, download: &Path) -> (ChildGuard, u16, u16) {
         format!(
             r#"{{"bind-address-ipv4": "127.0.0.1", "peer-port": {pport}, "peer-port-random-on-start": false,
  "port-forwarding-enabled": false, "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
- "utp-enabled": false, "blocklist-enabled": false, "encryption": 1, "rpc-enabled": true,
+ "utp-enabled": false, "blocklist-enabled": false, "encryption": {encryption}, "rpc-enabled": true,
  "rpc-bind-address": "127.0.0.1", "rpc-port": {rport}, "rpc-authentication-required": false,
  "rpc-whitelist-enabled": false, "rpc-host-whitelist-enabled": false, "download-dir": "{}",
  "incomplete-dir-enabled": false, "start-added-torrents": true, "ratio-limit-enabled": false,
@@ -357,13 +358,23 @@ fn tr_remote(rport: u16, args: &[&str]) -> String {
 
 #[test]
 fn transmission_seeds_to_ccbt_and_leeches_from_ccbt() {
+    transmission_both_ways(1);
+}
+
+/// MSE/PE: Transmission with `encryption required` talks to ccbt only over RC4.
+#[test]
+fn transmission_with_encryption_required_both_ways() {
+    transmission_both_ways(2);
+}
+
+fn transmission_both_ways(encryption: u8) {
     // Transmission 3.00 cannot parse hybrid torrents and ignores 127/8 peers from trackers, so
     // the ccbt side dials it (--peer) and the torrent is v1 with no tracker.
     let fx = fixture("v1", &[], FILES, "64K");
 
     // ccbt seeds, Transmission downloads.
     let tdl = fx.root.join("trdl");
-    let (_t, pport, rport) = transmission(&fx.root.join("tr1"), &tdl);
+    let (_t, pport, rport) = transmission(&fx.root.join("tr1"), &tdl, encryption);
     tr_remote(rport, &["-a", s(&fx.torrent)]);
     let (_seed, _) = fx.ccbt_seed(
         "d",
@@ -379,7 +390,7 @@ fn transmission_seeds_to_ccbt_and_leeches_from_ccbt() {
     drop(_t);
 
     // Transmission seeds, ccbt downloads.
-    let (_t2, pport2, rport2) = transmission(&fx.root.join("tr2"), &fx.src_parent);
+    let (_t2, pport2, rport2) = transmission(&fx.root.join("tr2"), &fx.src_parent, encryption);
     tr_remote(rport2, &["-a", s(&fx.torrent)]);
     wait_until(60.0, "Transmission to verify its data", || {
         tr_remote(rport2, &["-l"]).contains("100%")
@@ -572,7 +583,8 @@ fn hostile_peers_are_banned_and_the_file_is_exact() {
     // The honest seeder is slow so the hostile one gets plenty of requests.
     let (_seed, listen) = fx.ccbt_seed("d", &["--no-trackers", "--up-limit", "2048"], 20);
     let dl = fx.root.join("dl");
-    let r = ccbt_download(
+    // The fake peers speak plaintext only and accept few connections: no encrypted first try.
+    let r = ccbt_download_env(
         &[
             "--data-dir",
             s(&fx.root.join("d2")),
@@ -591,6 +603,7 @@ fn hostile_peers_are_banned_and_the_file_is_exact() {
             &listen,
         ],
         120,
+        &[("CCBT_ENCRYPTION", "disable")],
     );
     assert_eq!(r["complete"], true);
     fx.assert_same(&dl, FILES);
@@ -1520,7 +1533,7 @@ fn https_tracker_with_a_test_ca() {
             &format!("127.0.0.1:{}", free_port()),
         ],
         90,
-        &[("SSL_CERT_FILE", &ca)],
+        &[("SSL_CERT_FILE", s(&ca))],
     );
     assert_eq!(r["complete"], true, "{r}");
     assert!(r["tracker_ok"].as_u64().unwrap() >= 1, "{r}");
@@ -1542,7 +1555,7 @@ fn https_tracker_with_a_test_ca() {
             &listen,
         ],
         90,
-        &[("SSL_CERT_FILE", &wrong_ca)],
+        &[("SSL_CERT_FILE", s(&wrong_ca))],
     );
     assert_eq!(r["complete"], true, "{r}");
     assert!(r["tracker_errors"].as_u64().unwrap() >= 1, "{r}");

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Our local id for `ut_metadata` on fetch-only connections.
@@ -36,6 +35,7 @@ pub struct FetchConfig {
     pub timeout: Duration,
     /// The DHT, asked for peers every few seconds until done.
     pub discovery: Option<super::discovery::DiscoveryHandle>,
+    pub encryption: crate::mse::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,9 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
 /// One peer: handshake, extension handshake, every metadata piece, then (v2-only) the piece layers.
 async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<Fetched, String> {
     let io = |e: std::io::Error| e.to_string();
-    let mut s = transport::connect(addr, Duration::from_secs(5)).await?;
+    // Encrypted only when required: a metadata fetch is one short exchange.
+    let mse = (cfg.encryption == crate::mse::Policy::Require).then_some((cfg.encryption, ih));
+    let mut s = transport::connect(addr, Duration::from_secs(5), mse).await?;
     let mut ours_hs = Handshake::new(ih, cfg.peer_id);
     // Only metadata is wanted here: no Fast extension, which would oblige us to send a have
     // message first.

@@ -54,6 +54,8 @@ pub struct SessionConfig {
     pub hash_workers: usize,
     /// Peer exchange (BEP 11) on public torrents and swarms.
     pub pex: bool,
+    /// MSE/PE: dial encrypted and accept both (`Prefer`), plaintext only, or RC4 only.
+    pub encryption: crate::mse::Policy,
 }
 
 impl Default for SessionConfig {
@@ -64,6 +66,7 @@ impl Default for SessionConfig {
             global_up: 0,
             hash_workers: 0,
             pex: true,
+            encryption: crate::mse::Policy::Prefer,
         }
     }
 }
@@ -283,6 +286,7 @@ pub(crate) struct SessionInner {
     pub registry: Registry,
     pub disk: disk::DiskPool,
     pub pex: bool,
+    pub encryption: crate::mse::Policy,
     next_key: AtomicU64,
     latency: Arc<latency::LatencyProbe>,
     /// Set once, after start (the DHT binds the listen port the session chose).
@@ -354,6 +358,7 @@ impl Session {
             registry,
             disk: disk::DiskPool::start(cfg.hash_workers),
             pex: cfg.pex,
+            encryption: cfg.encryption,
             next_key: AtomicU64::new(1),
             latency: latency::LatencyProbe::start(),
             discovery: std::sync::OnceLock::new(),
@@ -692,10 +697,12 @@ fn stats(t: &TorrentShared) -> Stats {
 
 async fn accept_peer(
     inner: Arc<SessionInner>,
-    mut stream: transport::PeerStream,
+    tcp: tokio::net::TcpStream,
     addr: SocketAddr,
 ) -> Result<(), String> {
-    let theirs = transport::read_handshake(&mut stream).await?;
+    // An encrypted handshake names its torrent by a hash of the info-hash: try each we serve.
+    let skeys = || inner.torrents.lock().unwrap().keys().copied().collect();
+    let (stream, theirs) = transport::accept_stream(tcp, inner.encryption, skeys).await?;
     let t = inner
         .torrents
         .lock()
@@ -842,7 +849,8 @@ pub(crate) fn is_self(t: &TorrentShared, a: SocketAddr) -> bool {
 }
 
 async fn connect_peer(t: Arc<TorrentShared>, addr: SocketAddr) {
-    let res = transport::connect(addr, Duration::from_secs(10)).await;
+    let mse = Some((t.session.encryption, t.info_hash));
+    let res = transport::connect(addr, Duration::from_secs(10), mse).await;
     t.state.lock().unwrap().connecting.remove(&addr);
     match res {
         Ok(stream) => peer::run(t, stream, addr, None).await,

@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Upload requests queued per peer; more are dropped (the peer re-requests).
@@ -43,7 +42,7 @@ enum Out {
 }
 
 async fn writer(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut w: transport::PeerWriter,
     mut rx: mpsc::Receiver<Out>,
     t: Arc<TorrentShared>,
     key: u64,
@@ -58,7 +57,7 @@ async fn writer(
                 Out::Block(m, n, _permit) => {
                     let d = t.up.take(n).max(t.session.up.take(n));
                     if !d.is_zero() {
-                        if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+                        if !buf.is_empty() && w.send(&mut buf).await.is_err() {
                             return;
                         }
                         buf.clear();
@@ -76,7 +75,7 @@ async fn writer(
                 next = rx.try_recv().ok();
             }
         }
-        if w.write_all(&buf).await.is_err() {
+        if w.send(&mut buf).await.is_err() {
             return;
         }
         t.wire_out
@@ -174,6 +173,14 @@ async fn run_inner(
 ) -> Result<(), Reason> {
     let ours = Handshake::new(t.info_hash, t.session.peer_id);
     let outgoing = incoming.is_none();
+    tracing::debug!(
+        "peer {addr}: {}",
+        if stream.encrypted {
+            "MSE, RC4"
+        } else {
+            "plaintext"
+        }
+    );
     let theirs = transport::handshake(&mut stream, &ours, incoming)
         .await
         .map_err(Reason::Protocol)?;
@@ -289,7 +296,7 @@ impl Conn {
 
     async fn session(
         &mut self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: transport::PeerReader,
         theirs: &Handshake,
         cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>,
         ext_rx: &mut mpsc::UnboundedReceiver<crate::extension::ExtCommand>,

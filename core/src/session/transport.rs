@@ -1,32 +1,174 @@
 //! The one way a peer connection starts, for torrents, share swarms and metadata fetches alike:
-//! dial or accept a [`PeerStream`], then the BEP 3 handshake. A peer stream is TCP today; uTP and
-//! MSE/PE encryption wrap here, so everything above sees the same stream.
+//! dial or accept a [`PeerStream`], optionally MSE/PE-encrypted, then the BEP 3 handshake. The
+//! stream hides the encryption, so everything above sees the same bytes either way.
 
-use crate::wire::{Handshake, HANDSHAKE_LEN};
+use crate::mse::{self, Cipher, Dh, MseError, Policy, KEY_LEN, MAX_PAD};
+use crate::wire::{Handshake, HANDSHAKE_LEN, PROTOCOL};
+use bytes::{Buf, BytesMut};
+use rand::{Rng, RngCore};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A connection to a peer, before or after its handshake.
-pub(crate) type PeerStream = TcpStream;
-
-/// How long a peer has to send its handshake.
+/// How long a peer has to send its handshake (the encrypted one included).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Dials a peer.
-pub(crate) async fn connect(addr: SocketAddr, within: Duration) -> Result<PeerStream, String> {
-    let s = tokio::time::timeout(within, TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let _ = s.set_nodelay(true);
-    Ok(s)
+/// A connection to a peer, before or after its handshake: TCP, with RC4 on either direction once
+/// MSE has negotiated it, and bytes already read (and decrypted) that come first.
+#[derive(Debug)]
+pub(crate) struct PeerStream {
+    tcp: TcpStream,
+    rx: Option<Cipher>,
+    tx: Option<Cipher>,
+    pending: BytesMut,
+    /// True when MSE negotiated RC4.
+    pub encrypted: bool,
 }
 
-/// Accepts the next incoming peer (transient accept errors, such as too many open files, wait a
-/// moment instead of ending the listener).
-pub(crate) async fn accept(l: &TcpListener) -> (PeerStream, SocketAddr) {
+impl PeerStream {
+    fn plain(tcp: TcpStream) -> PeerStream {
+        PeerStream {
+            tcp,
+            rx: None,
+            tx: None,
+            pending: BytesMut::new(),
+            encrypted: false,
+        }
+    }
+
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.tx {
+            Some(c) => {
+                let mut v = data.to_vec();
+                c.apply(&mut v);
+                self.tcp.write_all(&v).await
+            }
+            None => self.tcp.write_all(data).await,
+        }
+    }
+
+    pub(crate) async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            buf.extend_from_slice(&self.pending);
+            self.pending.clear();
+            return Ok(n);
+        }
+        let start = buf.len();
+        let n = self.tcp.read_buf(buf).await?;
+        if let Some(c) = &mut self.rx {
+            c.apply(&mut buf[start..start + n]);
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let from_pending = self.pending.len().min(out.len());
+        out[..from_pending].copy_from_slice(&self.pending[..from_pending]);
+        self.pending.advance(from_pending);
+        let rest = &mut out[from_pending..];
+        self.tcp.read_exact(rest).await?;
+        if let Some(c) = &mut self.rx {
+            c.apply(rest);
+        }
+        Ok(())
+    }
+
+    /// Read and write halves for the peer's reader and writer tasks.
+    pub(crate) fn into_split(self) -> (PeerReader, PeerWriter) {
+        let (r, w) = self.tcp.into_split();
+        (
+            PeerReader {
+                r,
+                rx: self.rx,
+                pending: self.pending,
+            },
+            PeerWriter { w, tx: self.tx },
+        )
+    }
+}
+
+pub(crate) struct PeerReader {
+    r: OwnedReadHalf,
+    rx: Option<Cipher>,
+    pending: BytesMut,
+}
+
+impl PeerReader {
+    /// Appends what arrives to `buf` (decrypted); 0 at end of stream. Cancel-safe.
+    pub(crate) async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            buf.extend_from_slice(&self.pending);
+            self.pending.clear();
+            return Ok(n);
+        }
+        let start = buf.len();
+        let n = self.r.read_buf(buf).await?;
+        if let Some(c) = &mut self.rx {
+            c.apply(&mut buf[start..start + n]);
+        }
+        Ok(n)
+    }
+}
+
+pub(crate) struct PeerWriter {
+    w: OwnedWriteHalf,
+    tx: Option<Cipher>,
+}
+
+impl PeerWriter {
+    /// Writes `buf` whole (encrypting it in place first).
+    pub(crate) async fn send(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        if let Some(c) = &mut self.tx {
+            c.apply(buf);
+        }
+        self.w.write_all(buf).await
+    }
+
+    pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.w.shutdown().await
+    }
+}
+
+/// Dials a peer; with an encryption policy other than `Disable` and the torrent's info-hash,
+/// the connection is MSE-encrypted (under `Prefer`, a peer that refuses it is dialled again in
+/// plaintext).
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    within: Duration,
+    mse: Option<(Policy, [u8; 20])>,
+) -> Result<PeerStream, String> {
+    let dial = || async {
+        let s = tokio::time::timeout(within, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        Ok::<_, String>(s)
+    };
+    match mse {
+        Some((policy, skey)) if policy != Policy::Disable => {
+            let tcp = dial().await?;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, initiate(tcp, policy, skey)).await {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) if policy == Policy::Require => Err(format!("encrypted handshake: {e}")),
+                Err(_) if policy == Policy::Require => Err("encrypted handshake timed out".into()),
+                _ => {
+                    tracing::debug!("peer {addr}: no encrypted handshake; dialling in plaintext");
+                    Ok(PeerStream::plain(dial().await?))
+                }
+            }
+        }
+        _ => Ok(PeerStream::plain(dial().await?)),
+    }
+}
+
+/// Accepts the next incoming TCP connection (transient accept errors, such as too many open
+/// files, wait a moment instead of ending the listener).
+pub(crate) async fn accept(l: &TcpListener) -> (TcpStream, SocketAddr) {
     loop {
         match l.accept().await {
             Ok((s, a)) => {
@@ -38,14 +180,224 @@ pub(crate) async fn accept(l: &TcpListener) -> (PeerStream, SocketAddr) {
     }
 }
 
-/// Reads the peer's handshake (bounded in time).
-pub(crate) async fn read_handshake(s: &mut PeerStream) -> Result<Handshake, String> {
-    let mut hs = [0u8; HANDSHAKE_LEN];
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, s.read_exact(&mut hs))
+/// An incoming connection: plaintext if it starts with the BitTorrent handshake, else MSE (the
+/// info-hash found by trying `skeys`, every torrent and share we serve). Returns the stream and
+/// the peer's BitTorrent handshake.
+pub(crate) async fn accept_stream(
+    tcp: TcpStream,
+    policy: Policy,
+    skeys: impl Fn() -> Vec<[u8; 20]>,
+) -> Result<(PeerStream, Handshake), String> {
+    let work = async {
+        let mut s = PeerStream::plain(tcp);
+        let mut first = [0u8; 20];
+        s.tcp
+            .read_exact(&mut first)
+            .await
+            .map_err(|e| e.to_string())?;
+        let plain = first[0] == 19 && &first[1..] == PROTOCOL;
+        if plain {
+            if policy == Policy::Require {
+                return Err("plaintext peer refused (encryption is required)".to_string());
+            }
+            s.pending.extend_from_slice(&first);
+        } else {
+            if policy == Policy::Disable {
+                return Err("encrypted handshake refused (encryption is disabled)".to_string());
+            }
+            s = respond(s.tcp, &first, policy, skeys()).await?;
+        }
+        let h = read_handshake_now(&mut s).await?;
+        Ok((s, h))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
         .await
         .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+}
+
+fn mse_err(e: MseError) -> String {
+    e.to_string()
+}
+
+/// Reads into `buf` until `needle` appears within `limit` bytes; returns where it ends.
+async fn sync_on(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    needle: &[u8],
+    limit: usize,
+) -> Result<usize, String> {
+    loop {
+        if let Some(i) = mse::find(buf, needle) {
+            return Ok(i + needle.len());
+        }
+        if buf.len() >= limit {
+            return Err(mse_err(MseError::BadPad));
+        }
+        if tcp.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("peer closed during the encrypted handshake".into());
+        }
+    }
+}
+
+async fn fill(tcp: &mut TcpStream, buf: &mut BytesMut, n: usize) -> Result<(), String> {
+    while buf.len() < n {
+        if tcp.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("peer closed during the encrypted handshake".into());
+        }
+    }
+    Ok(())
+}
+
+fn keypair_and_pad() -> (Dh, Vec<u8>) {
+    let mut rng = rand::thread_rng();
+    let mut secret = [0u8; 20];
+    rng.fill_bytes(&mut secret);
+    let dh = Dh::new(secret);
+    let mut pad = vec![0u8; rng.gen_range(0..=MAX_PAD / 4)];
+    rng.fill_bytes(&mut pad);
+    (dh, pad)
+}
+
+/// The dialler's side (A).
+async fn initiate(
+    mut tcp: TcpStream,
+    policy: Policy,
+    skey: [u8; 20],
+) -> Result<PeerStream, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let (dh, pad) = keypair_and_pad();
+    let mut out = dh.public.to_vec();
+    out.extend_from_slice(&pad);
+    tcp.write_all(&out).await.map_err(io)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    fill(&mut tcp, &mut buf, KEY_LEN).await?;
+    if buf[0] == 19 && &buf[1..20] == PROTOCOL {
+        // A plaintext peer answering our key as if it were a handshake.
+        return Err("peer answered in plaintext".into());
+    }
+    let yb: [u8; KEY_LEN] = buf[..KEY_LEN].try_into().unwrap();
+    buf.advance(KEY_LEN);
+    let s = dh.shared(&yb).map_err(mse_err)?;
+    let (mut tx, mut rx) = mse::ciphers(&s, &skey, true);
+    let mut out = mse::req1(&s).to_vec();
+    out.extend_from_slice(&mse::req23(&s, &skey));
+    out.extend_from_slice(&mse::initiator_header(policy.provide(), &mut tx));
+    tcp.write_all(&out).await.map_err(io)?;
+    // B's reply starts after its padding with RC4(VC): find it.
+    let mut vc = mse::VC;
+    rx.apply(&mut vc);
+    let end = sync_on(&mut tcp, &mut buf, &vc, MAX_PAD + vc.len()).await?;
+    buf.advance(end);
+    fill(&mut tcp, &mut buf, 6).await?;
+    let mut head = [0u8; 6];
+    head.copy_from_slice(&buf[..6]);
+    rx.apply(&mut head);
+    buf.advance(6);
+    let select = u32::from_be_bytes(head[..4].try_into().unwrap());
+    let pad_d = u16::from_be_bytes([head[4], head[5]]) as usize;
+    if pad_d > MAX_PAD {
+        return Err(mse_err(MseError::BadPad));
+    }
+    fill(&mut tcp, &mut buf, pad_d).await?;
+    let mut padding = buf.split_to(pad_d);
+    rx.apply(&mut padding);
+    let rc4 = select == mse::CRYPTO_RC4 && policy.provide() & mse::CRYPTO_RC4 != 0;
+    if !rc4 && !(select == mse::CRYPTO_PLAIN && policy.provide() & mse::CRYPTO_PLAIN != 0) {
+        return Err(mse_err(MseError::NoCommonMethod(select)));
+    }
+    let mut pending = buf;
+    if rc4 {
+        rx.apply(&mut pending);
+    }
+    Ok(PeerStream {
+        tcp,
+        rx: rc4.then_some(rx),
+        tx: rc4.then_some(tx),
+        pending,
+        encrypted: rc4,
+    })
+}
+
+/// The receiving side (B), given the first bytes already read.
+async fn respond(
+    mut tcp: TcpStream,
+    first: &[u8],
+    policy: Policy,
+    skeys: Vec<[u8; 20]>,
+) -> Result<PeerStream, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut buf = BytesMut::from(first);
+    fill(&mut tcp, &mut buf, KEY_LEN).await?;
+    let ya: [u8; KEY_LEN] = buf[..KEY_LEN].try_into().unwrap();
+    buf.advance(KEY_LEN);
+    let (dh, pad) = keypair_and_pad();
+    let s = dh.shared(&ya).map_err(mse_err)?;
+    let mut out = dh.public.to_vec();
+    out.extend_from_slice(&pad);
+    tcp.write_all(&out).await.map_err(io)?;
+    let end = sync_on(&mut tcp, &mut buf, &mse::req1(&s), MAX_PAD + 20).await?;
+    buf.advance(end);
+    fill(&mut tcp, &mut buf, 20 + 14).await?;
+    let req2 = mse::req2_of(&s, &buf[..20].try_into().unwrap());
+    buf.advance(20);
+    let skey = skeys
+        .into_iter()
+        .find(|k| mse::req2(k) == req2)
+        .ok_or_else(|| mse_err(MseError::UnknownTorrent))?;
+    let (mut tx, mut rx) = mse::ciphers(&s, &skey, false);
+    let mut head = [0u8; 14];
+    head.copy_from_slice(&buf[..14]);
+    rx.apply(&mut head);
+    buf.advance(14);
+    if head[..8] != mse::VC {
+        return Err(mse_err(MseError::BadVc));
+    }
+    let provide = u32::from_be_bytes(head[8..12].try_into().unwrap());
+    let pad_c = u16::from_be_bytes([head[12], head[13]]) as usize;
+    if pad_c > MAX_PAD {
+        return Err(mse_err(MseError::BadPad));
+    }
+    fill(&mut tcp, &mut buf, pad_c + 2).await?;
+    let mut rest = buf.split_to(pad_c + 2);
+    rx.apply(&mut rest);
+    let ia_len = u16::from_be_bytes([rest[pad_c], rest[pad_c + 1]]) as usize;
+    if ia_len > HANDSHAKE_LEN * 4 {
+        return Err("peer's initial payload is too long".into());
+    }
+    fill(&mut tcp, &mut buf, ia_len).await?;
+    let mut ia = buf.split_to(ia_len);
+    rx.apply(&mut ia);
+    let select = policy.select(provide).map_err(mse_err)?;
+    tcp.write_all(&mse::responder_header(select, &mut tx))
+        .await
+        .map_err(io)?;
+    let rc4 = select == mse::CRYPTO_RC4;
+    let mut pending = ia;
+    let mut tail = buf;
+    if rc4 {
+        rx.apply(&mut tail);
+    }
+    pending.extend_from_slice(&tail);
+    Ok(PeerStream {
+        tcp,
+        rx: rc4.then_some(rx),
+        tx: rc4.then_some(tx),
+        pending,
+        encrypted: rc4,
+    })
+}
+
+async fn read_handshake_now(s: &mut PeerStream) -> Result<Handshake, String> {
+    let mut hs = [0u8; HANDSHAKE_LEN];
+    s.read_exact(&mut hs).await.map_err(|e| e.to_string())?;
     Handshake::decode(&hs).map_err(|e| e.to_string())
+}
+
+/// Reads the peer's handshake (bounded in time).
+pub(crate) async fn read_handshake(s: &mut PeerStream) -> Result<Handshake, String> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, read_handshake_now(s))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
 }
 
 /// Our side of the handshake: sends ours and, for a connection we dialed (`theirs` unknown),

@@ -1,0 +1,134 @@
+//! MSE/PE against libtorrent: with its encryption forced to RC4 both ways, libtorrent downloads
+//! from ccbt (ccbt answers the encrypted handshake) and seeds to it (ccbt starts one); with
+//! ccbt set to `require`, a plaintext-only libtorrent gets nothing.
+
+use ccbt_tests::*;
+use std::path::{Path, PathBuf};
+
+const FILES: &[(&str, usize)] = &[("a.bin", 3_000_001), ("sub/b.bin", 1_234_567)];
+/// libtorrent's enc_policy (forced 0, enabled 1, disabled 2) and enc_level (plaintext 1, rc4 2).
+const LT_RC4_ONLY: &str =
+    r#"{"out_enc_policy": 0, "in_enc_policy": 0, "allowed_enc_level": 2, "prefer_rc4": true}"#;
+const LT_PLAINTEXT_ONLY: &str = r#"{"out_enc_policy": 2, "in_enc_policy": 2}"#;
+
+fn fixture(root: &Path) -> PathBuf {
+    make_tree(&root.join("seed/data"), FILES);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "--piece-length",
+        "64K",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    t
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    FILES
+        .iter()
+        .all(|(p, _)| same_file(&a.join("data").join(p), &b.join("data").join(p)))
+}
+
+fn seed(root: &Path, torrent: &Path, name: &str, encryption: &str) -> (ChildGuard, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
+    let g = ChildGuard(
+        ccbt_cmd()
+            .env("CCBT_ENCRYPTION", encryption)
+            .env("CCBT_LOG_LEVEL", "debug")
+            .args([
+                "--data-dir",
+                s(&root.join(name)),
+                "seed",
+                s(torrent),
+                s(&root.join("seed")),
+                "--listen",
+                &listen,
+                "--no-trackers",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&listen, 20);
+    (g, listen)
+}
+
+#[test]
+fn libtorrent_forced_to_rc4_downloads_from_ccbt_and_seeds_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t = fixture(root);
+    // libtorrent (RC4 only) dials ccbt: ccbt answers the encrypted handshake.
+    let (_seed, listen) = seed(root, &t, "s1", "prefer");
+    let port = free_port().to_string();
+    let r = lt_tool_env(
+        &["leech", s(&t), s(&root.join("lt")), &port, "60", &listen],
+        &[("LT_SETTINGS", LT_RC4_ONLY)],
+    );
+    assert_eq!(r["done"], true, "{r}");
+    assert!(same(&root.join("seed"), &root.join("lt")));
+    let log = std::fs::read_to_string(root.join("s1.log")).unwrap();
+    assert!(log.contains("MSE, RC4"), "no encrypted peer in the log");
+    // ccbt dials a libtorrent seeder that takes RC4 only.
+    let lport = free_port();
+    let _lt = spawn_lt_seed_env(
+        &t,
+        &root.join("seed"),
+        lport,
+        &[],
+        &[("LT_SETTINGS", LT_RC4_ONLY)],
+    );
+    let dl = root.join("dl");
+    let o = ccbt_cmd()
+        .args([
+            "--json",
+            "--data-dir",
+            s(&root.join("d")),
+            "download",
+            s(&t),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &format!("127.0.0.1:{lport}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(same(&root.join("seed"), &dl));
+}
+
+#[test]
+fn require_refuses_plaintext_peers_and_serves_encrypted_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t = fixture(root);
+    let (_seed, listen) = seed(root, &t, "s1", "require");
+    let port = free_port().to_string();
+    let r = lt_tool_env(
+        &["leech", s(&t), s(&root.join("plain")), &port, "12", &listen],
+        &[("LT_SETTINGS", LT_PLAINTEXT_ONLY)],
+    );
+    assert_eq!(r["done"], false, "a plaintext peer got the data: {r}");
+    assert_eq!(r["total_download"], 0, "{r}");
+    let log = std::fs::read_to_string(root.join("s1.log")).unwrap();
+    assert!(
+        log.contains("plaintext peer refused"),
+        "no refusal in the log"
+    );
+    let port = free_port().to_string();
+    let r = lt_tool_env(
+        &["leech", s(&t), s(&root.join("rc4")), &port, "60", &listen],
+        &[("LT_SETTINGS", LT_RC4_ONLY)],
+    );
+    assert_eq!(r["done"], true, "{r}");
+    assert!(same(&root.join("seed"), &root.join("rc4")));
+}
