@@ -302,7 +302,8 @@ async fn initiate(
     let mut padding = buf.split_to(pad_d);
     rx.apply(&mut padding);
     let rc4 = select == mse::CRYPTO_RC4 && policy.provide() & mse::CRYPTO_RC4 != 0;
-    if !rc4 && !(select == mse::CRYPTO_PLAIN && policy.provide() & mse::CRYPTO_PLAIN != 0) {
+    let plain = select == mse::CRYPTO_PLAIN && policy.provide() & mse::CRYPTO_PLAIN != 0;
+    if !(rc4 || plain) {
         return Err(mse_err(MseError::NoCommonMethod(select)));
     }
     let mut pending = buf;
