@@ -118,6 +118,7 @@ def add(s, path, save, peers, seed_mode=False):
     h = s.add_torrent(atp)
     for p in peers:
         host, port = p.rsplit(':', 1)
+        host = host.strip('[]')
         h.connect_peer((host, int(port)))
     return h
 
@@ -134,6 +135,7 @@ def seed(path, save, port, peers):
         time.sleep(1)
         for p in peers:
             host, pp = p.rsplit(':', 1)
+            host = host.strip('[]')
             h.connect_peer((host, int(pp)))
 
 
@@ -148,6 +150,7 @@ def wait_seeding(h, t0, timeout, peers, on_status=lambda st: None):
         if int(time.time() - t0) % 2 == 0:
             for p in peers:
                 host, pp = p.rsplit(':', 1)
+                host = host.strip('[]')
                 h.connect_peer((host, int(pp)))
         time.sleep(0.05)
     return h.status()

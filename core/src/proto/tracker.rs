@@ -415,13 +415,15 @@ pub fn udp_announce_request(conn: u64, tid: u32, a: &Announce) -> [u8; 98] {
     b
 }
 
-pub fn udp_parse_announce(b: &[u8], tid: u32) -> Result<AnnounceReply, TrackerError> {
+/// A UDP announce reply; a tracker reached over IPv6 lists 18-byte IPv6 peers (BEP 15).
+pub fn udp_parse_announce(b: &[u8], tid: u32, v6: bool) -> Result<AnnounceReply, TrackerError> {
     udp_check(b, 1, tid, 20)?;
     let be = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap());
     let rest = &b[20..];
-    if !rest.len().is_multiple_of(6) {
+    let size = if v6 { 18 } else { 6 };
+    if !rest.len().is_multiple_of(size) {
         return Err(TrackerError::Malformed(format!(
-            "UDP peer list of {} bytes (not a multiple of 6)",
+            "UDP peer list of {} bytes (not a multiple of {size})",
             rest.len()
         )));
     }
@@ -430,7 +432,11 @@ pub fn udp_parse_announce(b: &[u8], tid: u32) -> Result<AnnounceReply, TrackerEr
         min_interval: None,
         leechers: Some(be(12)),
         seeders: Some(be(16)),
-        peers: parse_compact_v4(rest),
+        peers: if v6 {
+            parse_compact_v6(rest)
+        } else {
+            parse_compact_v4(rest)
+        },
         warning: None,
     })
 }
@@ -536,15 +542,22 @@ mod tests {
         assert_eq!(&a[96..98], &6881u16.to_be_bytes());
         let mut ar = vec![0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 60, 0, 0, 0, 1, 0, 0, 0, 2];
         ar.extend_from_slice(&[127, 0, 0, 1, 0x1a, 0xe1]);
-        let r = udp_parse_announce(&ar, 9).unwrap();
+        let r = udp_parse_announce(&ar, 9, false).unwrap();
         assert_eq!(r.interval, 60);
         assert_eq!(r.peers.len(), 1);
         ar.push(1);
-        assert!(udp_parse_announce(&ar, 9).is_err());
+        assert!(udp_parse_announce(&ar, 9, false).is_err());
+        // The same 19 peer bytes read as IPv6: one 18-byte peer and a stray byte.
+        assert!(udp_parse_announce(&ar, 9, true).is_err());
+        ar.truncate(20);
+        ar.extend_from_slice(&[0u8; 15]);
+        ar.extend_from_slice(&[1, 0x1a, 0xe1]); // [::1]:6881
+        let v6 = udp_parse_announce(&ar, 9, true).unwrap();
+        assert_eq!(v6.peers, vec!["[::1]:6881".parse().unwrap()]);
         let mut err = vec![0, 0, 0, 3, 0, 0, 0, 9];
         err.extend_from_slice(b"not allowed");
         assert_eq!(
-            udp_parse_announce(&err, 9).unwrap_err(),
+            udp_parse_announce(&err, 9, false).unwrap_err(),
             TrackerError::Failure("not allowed".into())
         );
     }

@@ -343,12 +343,12 @@ pub fn glob_match(pat: &str, s: &str) -> bool {
 impl Session {
     /// Binds the listener and starts accepting peers.
     pub async fn start(cfg: SessionConfig, registry: Registry) -> Result<Session, SessionError> {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| SessionError::Listen(cfg.listen, e))?;
-        let listen_addr = listener
+        let listener = bind_listener(cfg.listen).await?;
+        let bound = listener
             .local_addr()
             .map_err(|e| SessionError::Listen(cfg.listen, e))?;
+        // Reported as configured (the DHT and trackers use it as IPv4), with the bound port.
+        let listen_addr = SocketAddr::new(cfg.listen.ip(), bound.port());
         let inner = Arc::new(SessionInner {
             peer_id: new_peer_id(),
             listen_addr,
@@ -367,6 +367,8 @@ impl Session {
         tokio::spawn(async move {
             loop {
                 let (stream, addr) = transport::accept(&listener).await;
+                // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                 let inner = acc.clone();
                 tokio::spawn(async move {
                     if let Err(e) = accept_peer(inner, stream, addr).await {
@@ -693,6 +695,20 @@ fn stats(t: &TorrentShared) -> Stats {
         wire_out: t.wire_out.load(Ordering::Relaxed),
         error: t.disk_error.lock().unwrap().clone(),
     }
+}
+
+/// The peer listener. An unspecified IPv4 address (`0.0.0.0`) listens on both stacks: `[::]`
+/// takes IPv4 peers too (as mapped addresses), unless the kernel has no IPv6.
+async fn bind_listener(listen: SocketAddr) -> Result<TcpListener, SessionError> {
+    if listen.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, listen.port()));
+        if let Ok(l) = TcpListener::bind(v6).await {
+            return Ok(l);
+        }
+    }
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| SessionError::Listen(listen, e))
 }
 
 async fn accept_peer(

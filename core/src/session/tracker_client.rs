@@ -153,7 +153,7 @@ pub async fn announce(url: &str, a: &Announce) -> Result<AnnounceReply, Announce
             let conn = tracker::udp_parse_connect(&r, tid)?;
             let tid: u32 = rand::random();
             let r = udp_exchange(&sock, &tracker::udp_announce_request(conn, tid, a), 3).await?;
-            Ok(tracker::udp_parse_announce(&r, tid)?)
+            Ok(tracker::udp_parse_announce(&r, tid, addr.is_ipv6())?)
         }
     }
 }

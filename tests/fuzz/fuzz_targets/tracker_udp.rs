@@ -7,5 +7,6 @@ fuzz_target!(|data: &[u8]| {
         .get(4..8)
         .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
     let _ = ccbt_core::tracker::udp_parse_connect(data, tid);
-    let _ = ccbt_core::tracker::udp_parse_announce(data, tid);
+    let _ = ccbt_core::tracker::udp_parse_announce(data, tid, false);
+    let _ = ccbt_core::tracker::udp_parse_announce(data, tid, true);
 });

@@ -1,8 +1,11 @@
-//! MSE/PE against libtorrent: with its encryption forced to RC4 both ways, libtorrent downloads
-//! from ccbt (ccbt answers the encrypted handshake) and seeds to it (ccbt starts one); with
-//! ccbt set to `require`, a plaintext-only libtorrent gets nothing.
+//! How peers reach each other. MSE/PE against libtorrent: with its encryption forced to RC4 both
+//! ways, libtorrent downloads from ccbt (ccbt answers the encrypted handshake) and seeds to it
+//! (ccbt starts one); with ccbt set to `require`, a plaintext-only libtorrent gets nothing.
+//! IPv6: peers from a tracker's `peers6` (BEP 7), a listener on both stacks, libtorrent over ::1.
 
 use ccbt_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 const FILES: &[(&str, usize)] = &[("a.bin", 3_000_001), ("sub/b.bin", 1_234_567)];
@@ -131,4 +134,107 @@ fn require_refuses_plaintext_peers_and_serves_encrypted_ones() {
     );
     assert_eq!(r["done"], true, "{r}");
     assert!(same(&root.join("seed"), &root.join("rc4")));
+}
+
+/// An HTTP tracker that answers every announce with one IPv6 peer in `peers6` (BEP 7).
+fn v6_tracker(peer_port: u16) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten().take(100) {
+            let mut buf = [0u8; 4096];
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = c.read(&mut buf);
+            let mut body = b"d8:intervali60e5:peers0:6:peers618:".to_vec();
+            body.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+            body.extend_from_slice(&peer_port.to_be_bytes());
+            body.push(b'e');
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&body);
+            let _ = c.write_all(&r);
+        }
+    });
+    port
+}
+
+#[test]
+fn ipv6_peers_from_peers6_and_a_dual_stack_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t = fixture(root);
+    // The seeder listens on 0.0.0.0, i.e. both stacks.
+    let port = free_port();
+    let log = std::fs::File::create(root.join("seed.log")).unwrap();
+    let _seed = ChildGuard(
+        ccbt_cmd()
+            .args([
+                "--data-dir",
+                s(&root.join("s")),
+                "seed",
+                s(&t),
+                s(&root.join("seed")),
+                "--listen",
+                &format!("0.0.0.0:{port}"),
+                "--no-trackers",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&format!("[::1]:{port}"), 20);
+    wait_listening(&format!("127.0.0.1:{port}"), 5);
+    // A tracker that knows the seeder only by its IPv6 address.
+    let tport = v6_tracker(port);
+    let t2 = root.join("t6.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "--piece-length",
+        "64K",
+        "-t",
+        &format!("http://127.0.0.1:{tport}/announce"),
+        "-o",
+        s(&t2),
+        "-q",
+    ]);
+    let dl = root.join("dl");
+    let o = ccbt_cmd()
+        .args([
+            "--json",
+            "--data-dir",
+            s(&root.join("d")),
+            "download",
+            s(&t2),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(same(&root.join("seed"), &dl));
+    // libtorrent dials the seeder over ::1.
+    let lport = free_port().to_string();
+    let settings =
+        format!(r#"{{"listen_interfaces": "[::1]:{lport}", "outgoing_interfaces": ""}}"#);
+    let r = lt_tool_env(
+        &[
+            "leech",
+            s(&t),
+            s(&root.join("lt")),
+            &lport,
+            "60",
+            &format!("[::1]:{port}"),
+        ],
+        &[("LT_SETTINGS", &settings)],
+    );
+    assert_eq!(r["done"], true, "{r}");
+    assert!(same(&root.join("seed"), &root.join("lt")));
 }
