@@ -1,0 +1,624 @@
+//! One uTP connection: handshake, sequencing, selective ACKs, retransmission, LEDBAT congestion
+//! control and close/reset, with time passed in.
+//!
+//! Sequence rules (as libutp and libtorrent): SYN, DATA and FIN take a sequence number; STATE
+//! packets carry the next one without taking it, so the dialler sets `ack = seq - 1` from the
+//! first STATE. `ack` is the last packet received in order.
+
+use crate::packet::{Packet, Type};
+use crate::seq_lt;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Payload bytes per packet: a 1400-byte datagram with the header and a SACK.
+pub const MSS: usize = 1350;
+/// LEDBAT's target queueing delay.
+const TARGET_US: f64 = 100_000.0;
+const GAIN: f64 = 1.0;
+const MIN_CWND: f64 = (2 * MSS) as f64;
+const MAX_CWND: f64 = (8 << 20) as f64;
+/// Bytes the app may queue for sending, and bytes we buffer received (the window we advertise).
+pub const SEND_BUF: usize = 1 << 20;
+pub const RECV_BUF: usize = 1 << 20;
+const MIN_RTO: Duration = Duration::from_millis(500);
+const MAX_RTO: Duration = Duration::from_secs(30);
+/// A packet sent this often without an ACK fails the connection.
+const MAX_TRANSMISSIONS: u32 = 8;
+const SYN_TRIES: u32 = 4;
+/// An idle connection sends a STATE this often (NAT bindings).
+const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Nothing heard for this long while we wait for ACKs: the peer is gone.
+const DEAD_AFTER: Duration = Duration::from_secs(60);
+/// Out-of-order packets kept (beyond this the window is closed anyway).
+const MAX_REORDER: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    SynSent,
+    Connected,
+    /// Both FINs done, or reset, or timed out: nothing more will move.
+    Closed,
+    Reset,
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Sent {
+    seq: u16,
+    ty: Type,
+    data: Vec<u8>,
+    sent_at: Option<Instant>,
+    transmissions: u32,
+    acked: bool,
+    resend: bool,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub state: State,
+    /// What we put in `conn_id` when sending / expect when receiving.
+    pub send_id: u16,
+    pub recv_id: u16,
+    seq: u16,
+    ack: u16,
+    epoch: Instant,
+    inflight: VecDeque<Sent>,
+    send_buf: VecDeque<u8>,
+    recv_buf: VecDeque<u8>,
+    reorder: BTreeMap<u16, (Type, Vec<u8>)>,
+    reorder_bytes: usize,
+    /// Bytes delivered to the app that it has not consumed yet (counted against our window by
+    /// the socket layer, which reads through `read` at once).
+    pub unread: usize,
+    peer_wnd: usize,
+    cwnd: f64,
+    ssthresh: f64,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    rto: Duration,
+    /// Their delay measurement of our packets, the lowest in this and the previous minute.
+    base_delay: [u32; 2],
+    base_minute: Instant,
+    reply_micro: u32,
+    ack_needed: bool,
+    last_recv: Instant,
+    last_send: Instant,
+    dup_acks: u32,
+    last_ack_seen: u16,
+    /// After a loss the window is cut once per round trip: until this seq is acked.
+    recovery_until: Option<u16>,
+    close_requested: bool,
+    /// The responder sends no data until the dialler has spoken after its SYN: the dialler
+    /// takes its `ack` from the first STATE, which must not skip data of ours it never saw.
+    peer_confirmed: bool,
+    fin_sent: bool,
+    fin_acked: bool,
+    eof: Option<u16>,
+    pub eof_delivered: bool,
+    /// Bytes the app gave us that are now acknowledged (the socket layer frees send credit).
+    pub acked_bytes: usize,
+    pub stats: ConnStats,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConnStats {
+    pub packets_sent: u64,
+    pub retransmits: u64,
+    pub timeouts: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl Conn {
+    fn new(send_id: u16, recv_id: u16, seq: u16, now: Instant) -> Conn {
+        Conn {
+            state: State::SynSent,
+            send_id,
+            recv_id,
+            seq,
+            ack: 0,
+            epoch: now,
+            inflight: VecDeque::new(),
+            send_buf: VecDeque::new(),
+            recv_buf: VecDeque::new(),
+            reorder: BTreeMap::new(),
+            reorder_bytes: 0,
+            unread: 0,
+            peer_wnd: RECV_BUF,
+            cwnd: MIN_CWND * 2.0,
+            ssthresh: MAX_CWND,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto: Duration::from_secs(1),
+            base_delay: [u32::MAX; 2],
+            base_minute: now,
+            reply_micro: 0,
+            ack_needed: false,
+            last_recv: now,
+            last_send: now,
+            dup_acks: 0,
+            last_ack_seen: 0,
+            recovery_until: None,
+            close_requested: false,
+            peer_confirmed: false,
+            fin_sent: false,
+            fin_acked: false,
+            eof: None,
+            eof_delivered: false,
+            acked_bytes: 0,
+            stats: ConnStats::default(),
+        }
+    }
+
+    /// Dials: `recv_id` is ours (random); the SYN goes out at the first `poll_transmit`.
+    pub fn connect(recv_id: u16, now: Instant) -> Conn {
+        let mut c = Conn::new(recv_id.wrapping_add(1), recv_id, 1, now);
+        c.push_packet(Type::Syn, Vec::new());
+        c
+    }
+
+    /// Answers a SYN (`seq` is our random initial sequence number).
+    pub fn accept(syn: &Packet, seq: u16, now: Instant) -> Conn {
+        let mut c = Conn::new(syn.conn_id, syn.conn_id.wrapping_add(1), seq, now);
+        c.state = State::Connected;
+        c.ack = syn.seq;
+        c.reply_micro = c.now_us(now).wrapping_sub(syn.ts);
+        c.peer_wnd = syn.wnd as usize;
+        c.ack_needed = true;
+        c
+    }
+
+    fn now_us(&self, now: Instant) -> u32 {
+        now.duration_since(self.epoch).as_micros() as u32
+    }
+
+    fn push_packet(&mut self, ty: Type, data: Vec<u8>) {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.inflight.push_back(Sent {
+            seq,
+            ty,
+            data,
+            sent_at: None,
+            transmissions: 0,
+            acked: false,
+            resend: true,
+        });
+    }
+
+    /// Queues app bytes to send; returns how many fit in the send buffer.
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        if self.close_requested || !self.is_open() {
+            return 0;
+        }
+        let n = data.len().min(SEND_BUF.saturating_sub(self.send_buf.len()));
+        self.send_buf.extend(&data[..n]);
+        n
+    }
+
+    /// Bytes the send buffer can still take.
+    pub fn send_room(&self) -> usize {
+        SEND_BUF.saturating_sub(self.send_buf.len())
+    }
+
+    /// Takes the bytes received in order so far.
+    pub fn read(&mut self) -> Vec<u8> {
+        let v: Vec<u8> = self.recv_buf.drain(..).collect();
+        if self.eof.is_some() && self.reorder.is_empty() && self.eof_reached() {
+            self.eof_delivered = true;
+        }
+        v
+    }
+
+    fn eof_reached(&self) -> bool {
+        self.eof.is_some_and(|e| e == self.ack)
+    }
+
+    /// Finishes sending what is queued, then FIN.
+    pub fn close(&mut self) {
+        self.close_requested = true;
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::SynSent | State::Connected)
+    }
+
+    fn window(&self) -> u32 {
+        RECV_BUF.saturating_sub(self.recv_buf.len() + self.reorder_bytes + self.unread) as u32
+    }
+
+    fn bytes_in_flight(&self) -> usize {
+        self.inflight
+            .iter()
+            .filter(|s| !s.acked && s.sent_at.is_some())
+            .map(|s| s.data.len().max(1))
+            .sum()
+    }
+
+    fn sack(&self) -> Option<Vec<u8>> {
+        if self.reorder.is_empty() {
+            return None;
+        }
+        let mut bits = vec![0u8; 4];
+        for &s in self.reorder.keys() {
+            let i = s.wrapping_sub(self.ack).wrapping_sub(2) as usize;
+            if i < 32 * 8 {
+                if i / 8 >= bits.len() {
+                    bits.resize((i / 8 / 4 + 1) * 4, 0);
+                }
+                bits[i / 8] |= 1 << (i % 8);
+            }
+        }
+        Some(bits)
+    }
+
+    fn packet(&self, ty: Type, seq: u16, payload: Vec<u8>, now: Instant) -> Packet {
+        Packet {
+            ty,
+            conn_id: if ty == Type::Syn {
+                self.recv_id
+            } else {
+                self.send_id
+            },
+            ts: self.now_us(now),
+            ts_diff: self.reply_micro,
+            wnd: self.window(),
+            seq,
+            ack: self.ack,
+            sack: self.sack(),
+            payload,
+        }
+    }
+
+    /// Datagrams to send now.
+    pub fn poll_transmit(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.state == State::Closed && self.ack_needed {
+            // Closed, but the peer repeated something: it lacks our last ACK (TIME_WAIT).
+            self.ack_needed = false;
+            out.push(self.packet(Type::State, self.seq, Vec::new(), now).encode());
+            return out;
+        }
+        if matches!(self.state, State::Closed | State::TimedOut | State::Reset) {
+            return out;
+        }
+        // New data into packets, as the windows allow (at least one packet when nothing flies).
+        if self.state == State::Connected && self.peer_confirmed {
+            loop {
+                let flying = self.bytes_in_flight()
+                    + self
+                        .inflight
+                        .iter()
+                        .filter(|s| s.sent_at.is_none())
+                        .map(|s| s.data.len())
+                        .sum::<usize>();
+                let limit = (self.cwnd as usize).min(self.peer_wnd);
+                if self.send_buf.is_empty() || (flying > 0 && flying + MSS > limit) {
+                    break;
+                }
+                let n = self.send_buf.len().min(MSS);
+                let data: Vec<u8> = self.send_buf.drain(..n).collect();
+                self.push_packet(Type::Data, data);
+            }
+            if self.close_requested && self.send_buf.is_empty() && !self.fin_sent {
+                self.fin_sent = true;
+                self.push_packet(Type::Fin, Vec::new());
+            }
+        }
+        let mut sent_any = false;
+        let mut to_send = Vec::new();
+        for (i, s) in self.inflight.iter().enumerate() {
+            if s.resend && !s.acked {
+                to_send.push(i);
+            }
+        }
+        for i in to_send {
+            let (ty, seq, data) = {
+                let s = &self.inflight[i];
+                (s.ty, s.seq, s.data.clone())
+            };
+            let p = self.packet(ty, seq, data, now);
+            let s = &mut self.inflight[i];
+            if s.transmissions > 0 {
+                self.stats.retransmits += 1;
+            }
+            s.transmissions += 1;
+            s.sent_at = Some(now);
+            s.resend = false;
+            self.stats.bytes_sent += p.payload.len() as u64;
+            out.push(p.encode());
+            sent_any = true;
+        }
+        if (self.ack_needed && !sent_any)
+            || (self.state == State::Connected && now.duration_since(self.last_send) >= KEEPALIVE)
+        {
+            out.push(self.packet(Type::State, self.seq, Vec::new(), now).encode());
+            sent_any = true;
+        }
+        if sent_any {
+            self.ack_needed = false;
+            self.last_send = now;
+            self.stats.packets_sent += out.len() as u64;
+        }
+        out
+    }
+
+    /// A RESET for the peer (our connection went away).
+    pub fn reset_packet(&self, now: Instant) -> Vec<u8> {
+        self.packet(Type::Reset, self.seq, Vec::new(), now).encode()
+    }
+
+    /// When `handle_timeout` should run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.is_open() {
+            return None;
+        }
+        let rto = self
+            .inflight
+            .iter()
+            .filter(|s| !s.acked)
+            .filter_map(|s| s.sent_at)
+            .min()
+            .map(|t| t + self.rto);
+        let keep = (self.state == State::Connected).then(|| self.last_send + KEEPALIVE);
+        [rto, keep].into_iter().flatten().min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.is_open() {
+            return;
+        }
+        let waiting = self
+            .inflight
+            .iter()
+            .any(|s| !s.acked && s.sent_at.is_some());
+        if waiting && now.duration_since(self.last_recv) >= DEAD_AFTER {
+            self.state = State::TimedOut;
+            return;
+        }
+        let rto = self.rto;
+        let Some(s) = self
+            .inflight
+            .iter_mut()
+            .find(|s| !s.acked && s.sent_at.is_some_and(|t| now.duration_since(t) >= rto))
+        else {
+            return;
+        };
+        let limit = if s.ty == Type::Syn {
+            SYN_TRIES
+        } else {
+            MAX_TRANSMISSIONS
+        };
+        if s.transmissions >= limit {
+            self.state = State::TimedOut;
+            return;
+        }
+        // Everything unacked is presumed lost; the window restarts from one packet.
+        for s in self.inflight.iter_mut().filter(|s| !s.acked) {
+            s.resend = true;
+        }
+        self.stats.timeouts += 1;
+        self.ssthresh = (self.cwnd / 2.0).max(MIN_CWND);
+        self.cwnd = MIN_CWND;
+        self.rto = (self.rto * 2).min(MAX_RTO);
+    }
+
+    fn rtt_sample(&mut self, r: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let d = s.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + d) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+        self.rto = (self.srtt.unwrap() + self.rttvar * 4).clamp(MIN_RTO, MAX_RTO);
+    }
+
+    fn on_loss(&mut self) {
+        if self.recovery_until.is_some() {
+            return;
+        }
+        self.recovery_until = Some(self.seq.wrapping_sub(1));
+        self.cwnd = (self.cwnd / 2.0).max(MIN_CWND);
+        self.ssthresh = self.cwnd;
+    }
+
+    /// A datagram for this connection.
+    pub fn handle(&mut self, p: &Packet, now: Instant) {
+        if self.state == State::Closed && matches!(p.ty, Type::Data | Type::Fin) {
+            self.ack_needed = true; // re-ACK (the socket keeps closed connections a while)
+            return;
+        }
+        if !self.is_open() {
+            return;
+        }
+        if p.ty == Type::Reset {
+            self.state = State::Reset;
+            return;
+        }
+        if p.ty == Type::Syn {
+            // A repeated SYN: our STATE was lost.
+            self.ack_needed = true;
+            return;
+        }
+        self.last_recv = now;
+        self.reply_micro = self.now_us(now).wrapping_sub(p.ts);
+        self.peer_wnd = p.wnd as usize;
+        if self.state == State::SynSent {
+            if p.ty != Type::State {
+                return;
+            }
+            self.state = State::Connected;
+            self.ack = p.seq.wrapping_sub(1);
+            // Tell the responder we are here (it waits for us before sending data).
+            self.ack_needed = true;
+        }
+        self.peer_confirmed = true;
+        self.on_ack(p, now);
+        if matches!(p.ty, Type::Data | Type::Fin) {
+            self.on_data(p);
+        }
+        if self.fin_acked && self.eof.is_some() && self.eof_reached() {
+            self.state = State::Closed;
+        }
+    }
+
+    fn on_ack(&mut self, p: &Packet, now: Instant) {
+        let mut acked_bytes = 0usize;
+        let mut newest_sample = None;
+        // Cumulative.
+        while let Some(front) = self.inflight.front() {
+            if front.sent_at.is_none() || seq_lt(p.ack, front.seq) {
+                break;
+            }
+            let s = self.inflight.pop_front().unwrap();
+            if s.ty == Type::Fin {
+                self.fin_acked = true; // (selectively acked or not)
+            }
+            if !s.acked {
+                acked_bytes += s.data.len();
+                if s.transmissions == 1 {
+                    newest_sample = s.sent_at.map(|t| now.duration_since(t));
+                }
+                if s.ty == Type::Data {
+                    self.acked_bytes += s.data.len();
+                }
+            }
+        }
+        // Selective.
+        let mut sacked_after_hole = 0;
+        if let Some(bits) = &p.sack {
+            for s in self.inflight.iter_mut() {
+                let i = s.seq.wrapping_sub(p.ack).wrapping_sub(2) as usize;
+                if i < bits.len() * 8 && bits[i / 8] & (1 << (i % 8)) != 0 && !s.acked {
+                    s.acked = true;
+                    acked_bytes += s.data.len();
+                    if s.ty == Type::Data {
+                        self.acked_bytes += s.data.len();
+                    }
+                    if s.transmissions == 1 {
+                        newest_sample = s.sent_at.map(|t| now.duration_since(t));
+                    }
+                }
+                if s.acked {
+                    sacked_after_hole += 1;
+                }
+            }
+        }
+        if let Some(r) = self.recovery_until {
+            if !seq_lt(p.ack, r) {
+                self.recovery_until = None;
+            }
+        }
+        // Duplicate ACKs and SACKs past a hole: the first unacked packet was lost.
+        let dup = p.ty == Type::State
+            && p.ack == self.last_ack_seen
+            && acked_bytes == 0
+            && self
+                .inflight
+                .iter()
+                .any(|s| !s.acked && s.sent_at.is_some());
+        self.dup_acks = if dup { self.dup_acks + 1 } else { 0 };
+        self.last_ack_seen = p.ack;
+        if self.dup_acks >= 3 || sacked_after_hole >= 3 {
+            let srtt = self.srtt.unwrap_or(self.rto);
+            if let Some(s) = self.inflight.iter_mut().find(|s| !s.acked) {
+                let stale = s.sent_at.is_some_and(|t| now.duration_since(t) >= srtt);
+                if s.sent_at.is_some() && !s.resend && stale {
+                    s.resend = true;
+                    self.dup_acks = 0;
+                    self.on_loss();
+                }
+            }
+        }
+        if let Some(r) = newest_sample {
+            self.rtt_sample(r);
+        }
+        if acked_bytes > 0 {
+            self.ledbat(p.ts_diff, acked_bytes, now);
+        }
+    }
+
+    fn ledbat(&mut self, their_delay: u32, acked: usize, now: Instant) {
+        if now.duration_since(self.base_minute) >= Duration::from_secs(60) {
+            self.base_minute = now;
+            self.base_delay = [self.base_delay[1], u32::MAX];
+        }
+        let mut queueing = 0.0;
+        if their_delay != 0 {
+            self.base_delay[1] = self.base_delay[1].min(their_delay);
+            let base = self.base_delay[0].min(self.base_delay[1]);
+            queueing = their_delay.wrapping_sub(base) as f64;
+            if queueing > 10.0 * TARGET_US * 10.0 {
+                queueing = 0.0; // a clock jump, not a queue
+            }
+        }
+        if self.cwnd < self.ssthresh && queueing < TARGET_US / 2.0 {
+            self.cwnd += acked as f64;
+        } else {
+            if self.cwnd < self.ssthresh {
+                self.ssthresh = self.cwnd; // the queue is building: leave slow start
+            }
+            let off_target = (TARGET_US - queueing) / TARGET_US;
+            self.cwnd += GAIN * off_target * acked as f64 * MSS as f64 / self.cwnd;
+        }
+        self.cwnd = self.cwnd.clamp(MIN_CWND, MAX_CWND);
+    }
+
+    fn on_data(&mut self, p: &Packet) {
+        self.ack_needed = true;
+        if p.ty == Type::Fin && self.eof.is_none() {
+            self.eof = Some(p.seq);
+        }
+        let next = self.ack.wrapping_add(1);
+        if p.seq == next {
+            self.deliver(p.ty, &p.payload);
+            while let Some((ty, data)) = self.reorder.remove(&self.ack.wrapping_add(1)) {
+                self.reorder_bytes -= data.len();
+                self.deliver(ty, &data);
+            }
+        } else if seq_lt(next, p.seq)
+            && p.seq.wrapping_sub(next) < MAX_REORDER as u16
+            && !self.reorder.contains_key(&p.seq)
+            && (self.window() as usize) >= p.payload.len()
+        {
+            self.reorder_bytes += p.payload.len();
+            self.reorder.insert(p.seq, (p.ty, p.payload.clone()));
+        }
+    }
+
+    fn deliver(&mut self, _ty: Type, data: &[u8]) {
+        self.ack = self.ack.wrapping_add(1);
+        self.stats.bytes_received += data.len() as u64;
+        self.recv_buf.extend(data);
+    }
+
+    /// True once the peer's FIN and everything before it have been read.
+    pub fn at_eof(&self) -> bool {
+        self.eof_reached() && self.recv_buf.is_empty()
+    }
+
+    /// Everything we were asked to send is acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.send_buf.is_empty() && self.inflight.iter().all(|s| s.acked)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn debug_inflight(&self) -> Vec<(u16, Type, bool, bool)> {
+        self.inflight
+            .iter()
+            .map(|s| (s.seq, s.ty, s.acked, s.sent_at.is_some()))
+            .collect()
+    }
+
+    pub fn cwnd(&self) -> usize {
+        self.cwnd as usize
+    }
+}
+
+#[cfg(test)]
+mod tests;

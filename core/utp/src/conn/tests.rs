@@ -1,0 +1,218 @@
+//! Two connections over a simulated link: delay, jitter (reordering), loss, virtual time.
+
+use super::*;
+use rand::{Rng, SeedableRng};
+
+struct Link {
+    rng: rand::rngs::StdRng,
+    loss: f64,
+    delay: Duration,
+    jitter: Duration,
+    /// (arrival, to_b, bytes)
+    queue: Vec<(Instant, bool, Vec<u8>)>,
+}
+
+impl Link {
+    fn send(&mut self, now: Instant, to_b: bool, pkts: Vec<Vec<u8>>) {
+        for p in pkts {
+            if self.rng.gen_bool(self.loss) {
+                continue;
+            }
+            let j = self.rng.gen_range(0..=self.jitter.as_micros() as u64);
+            self.queue
+                .push((now + self.delay + Duration::from_micros(j), to_b, p));
+        }
+    }
+}
+
+struct Outcome {
+    a: Conn,
+    b: Conn,
+    got_a: Vec<u8>,
+    got_b: Vec<u8>,
+    took: Duration,
+}
+
+/// A dials B; each writes its bytes and closes; runs until both are done (virtual time).
+fn run(loss: f64, seed: u64, a_sends: &[u8], b_sends: &[u8]) -> Outcome {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut link = Link {
+        rng: rand::rngs::StdRng::seed_from_u64(seed),
+        loss,
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(10),
+        queue: Vec::new(),
+    };
+    let mut a = Conn::connect(1000, now);
+    let mut b: Option<Conn> = None;
+    let (mut a_off, mut b_off) = (0, 0);
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    let step = Duration::from_millis(1);
+    while now.duration_since(t0) < Duration::from_secs(600) {
+        a_off += a.write(&a_sends[a_off..]);
+        if a_off == a_sends.len() {
+            a.close();
+        }
+        if let Some(b) = b.as_mut() {
+            b_off += b.write(&b_sends[b_off..]);
+            if b_off == b_sends.len() {
+                b.close();
+            }
+        }
+        let out = a.poll_transmit(now);
+        link.send(now, true, out);
+        if let Some(bc) = b.as_mut() {
+            let out = bc.poll_transmit(now);
+            link.send(now, false, out);
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = link.queue.drain(..).partition(|(t, _, _)| *t <= now);
+        link.queue = rest;
+        for (_, to_b, bytes) in due {
+            let p = Packet::decode(&bytes).unwrap();
+            if to_b {
+                match b.as_mut() {
+                    Some(bc) => bc.handle(&p, now),
+                    None if p.ty == Type::Syn => b = Some(Conn::accept(&p, 30000, now)),
+                    None => {}
+                }
+            } else {
+                a.handle(&p, now);
+            }
+        }
+        got_a.extend(a.read());
+        if let Some(bc) = b.as_mut() {
+            got_b.extend(bc.read());
+        }
+        for c in [Some(&mut a), b.as_mut()].into_iter().flatten() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+        let b_done = b.as_ref().is_some_and(|b| !b.is_open());
+        if !a.is_open() && b_done {
+            break;
+        }
+        now += step;
+    }
+    Outcome {
+        a,
+        b: b.expect("B saw the SYN"),
+        got_a,
+        got_b,
+        took: now.duration_since(t0),
+    }
+}
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+}
+
+#[test]
+fn transfers_both_ways_and_closes_on_a_clean_link() {
+    let (x, y) = (bytes(300_000, 1), bytes(100_000, 2));
+    let o = run(0.0, 1, &x, &y);
+    assert!(o.got_b == x, "B got {} of {} bytes", o.got_b.len(), x.len());
+    assert!(o.got_a == y, "A got {} of {} bytes", o.got_a.len(), y.len());
+    assert!(
+        o.a.debug_inflight().is_empty(),
+        "a {:?}",
+        o.a.debug_inflight()
+    );
+    assert!(
+        o.b.debug_inflight().is_empty(),
+        "b {:?}",
+        o.b.debug_inflight()
+    );
+    assert_eq!(o.a.state, State::Closed, "{:?}", o.took);
+    assert_eq!(o.b.state, State::Closed);
+    // Jitter reorders packets, so a few fast retransmits are expected; not many.
+    assert!(
+        o.a.stats.retransmits * 20 < o.a.stats.packets_sent,
+        "{:?}",
+        o.a.stats
+    );
+}
+
+#[test]
+fn survives_loss_and_reordering() {
+    for seed in 0..4 {
+        let (x, y) = (bytes(400_000, 3), bytes(50_000, 4));
+        let o = run(0.05, seed, &x, &y);
+        assert_eq!(
+            o.got_b.len(),
+            x.len(),
+            "seed {seed}: {:?} {:?}",
+            o.took,
+            o.a.state
+        );
+        assert!(o.got_b == x, "seed {seed}: B's bytes differ");
+        assert!(
+            o.got_a == y,
+            "seed {seed}: A got {} of {}",
+            o.got_a.len(),
+            y.len()
+        );
+        assert_eq!(o.a.state, State::Closed, "seed {seed}");
+        assert_eq!(o.b.state, State::Closed, "seed {seed}");
+        assert!(o.a.stats.retransmits > 0);
+        // Selective ACKs and fast retransmit keep timeouts rarer than retransmissions.
+        assert!(
+            o.a.stats.timeouts < o.a.stats.retransmits,
+            "seed {seed}: {:?}",
+            o.a.stats
+        );
+    }
+}
+
+#[test]
+fn a_syn_to_nobody_times_out_and_a_reset_ends_the_connection() {
+    let mut now = Instant::now();
+    let mut a = Conn::connect(7, now);
+    let mut syns = 0;
+    for _ in 0..200 {
+        syns += a.poll_transmit(now).len();
+        if let Some(t) = a.poll_timeout() {
+            now = now.max(t);
+            a.handle_timeout(now);
+        }
+        if a.state == State::TimedOut {
+            break;
+        }
+    }
+    assert_eq!(a.state, State::TimedOut);
+    assert_eq!(syns, SYN_TRIES as usize);
+    let now = Instant::now();
+    let mut a = Conn::connect(9, now);
+    let syn = Packet::decode(&a.poll_transmit(now)[0]).unwrap();
+    let mut b = Conn::accept(&syn, 5, now);
+    let state = Packet::decode(&b.poll_transmit(now)[0]).unwrap();
+    a.handle(&state, now);
+    assert_eq!(a.state, State::Connected);
+    let rst = Packet::decode(&b.reset_packet(now)).unwrap();
+    a.handle(&rst, now);
+    assert_eq!(a.state, State::Reset);
+    assert_eq!(a.write(b"x"), 0);
+}
+
+#[test]
+fn loss_halves_the_window_and_delay_holds_it() {
+    let now = Instant::now();
+    let mut c = Conn::connect(1, now);
+    c.state = State::Connected;
+    c.cwnd = 100_000.0;
+    c.ssthresh = 50_000.0;
+    c.on_loss();
+    assert_eq!(c.cwnd as usize, 50_000);
+    c.on_loss(); // the same round trip: once
+    assert_eq!(c.cwnd as usize, 50_000);
+    // Queueing delay above the target shrinks the window; below it, it grows.
+    c.recovery_until = None;
+    c.ledbat(10_000, MSS, now); // sets the base delay
+    let before = c.cwnd;
+    c.ledbat(10_000 + 300_000, 50 * MSS, now);
+    assert!(c.cwnd < before, "{} vs {before}", c.cwnd);
+    let low = c.cwnd;
+    c.ledbat(10_000, 50 * MSS, now);
+    assert!(c.cwnd > low);
+}
