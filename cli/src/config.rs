@@ -29,6 +29,11 @@ pub struct Network {
     pub listen_port: u16,
     /// MSE/PE: "prefer" (dial encrypted, accept both), "require" (RC4 only), "disable".
     pub encryption: String,
+    /// Peer transports; uTP shares the listen port's UDP socket with the DHT.
+    pub enable_tcp: bool,
+    pub enable_utp: bool,
+    /// Dial uTP first (else TCP first; the other is the fallback).
+    pub prefer_utp: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +121,9 @@ impl Default for Config {
                 block_size_kib: 16,
                 listen_port: 6881,
                 encryption: "prefer".into(),
+                enable_tcp: true,
+                enable_utp: true,
+                prefer_utp: false,
             },
             disk: Disk {
                 preallocate: "sparse".into(),
@@ -210,6 +218,9 @@ impl Config {
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
         cfg.encryption()?;
+        if !cfg.network.enable_tcp && !cfg.network.enable_utp {
+            anyhow::bail!("[network] enable_tcp and enable_utp are both false: turn one on");
+        }
         Ok(cfg)
     }
 
@@ -265,6 +276,15 @@ impl Config {
         }
         if let Some(v) = get("CCBT_ENCRYPTION") {
             self.network.encryption = v;
+        }
+        if let Some(v) = get("CCBT_ENABLE_TCP") {
+            self.network.enable_tcp = parse_bool("CCBT_ENABLE_TCP", &v)?;
+        }
+        if let Some(v) = get("CCBT_ENABLE_UTP") {
+            self.network.enable_utp = parse_bool("CCBT_ENABLE_UTP", &v)?;
+        }
+        if let Some(v) = get("CCBT_PREFER_UTP") {
+            self.network.prefer_utp = parse_bool("CCBT_PREFER_UTP", &v)?;
         }
         if let Some(v) = get("CCBT_ENABLE_PEX") {
             self.discovery.enable_pex = parse_bool("CCBT_ENABLE_PEX", &v)?;

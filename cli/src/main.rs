@@ -158,6 +158,9 @@ impl Ctx {
             hash_workers: self.config.disk.hash_workers,
             pex: self.config.discovery.enable_pex,
             encryption: self.config.encryption().unwrap_or_default(),
+            enable_tcp: self.config.network.enable_tcp,
+            enable_utp: self.config.network.enable_utp,
+            prefer_utp: self.config.network.prefer_utp,
         }
     }
 }

@@ -238,3 +238,76 @@ fn ipv6_peers_from_peers6_and_a_dual_stack_listener() {
     assert_eq!(r["done"], true, "{r}");
     assert!(same(&root.join("seed"), &root.join("lt")));
 }
+
+/// libtorrent with TCP switched off, both ways.
+const LT_UTP_ONLY: &str = r#"{"enable_outgoing_tcp": false, "enable_incoming_tcp": false, "enable_outgoing_utp": true, "enable_incoming_utp": true}"#;
+
+#[test]
+fn utp_both_ways_with_libtorrent_that_has_tcp_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t = fixture(root);
+    // ccbt (uTP only) downloads from a uTP-only libtorrent seeder.
+    let lport = free_port();
+    let _lt = spawn_lt_seed_env(
+        &t,
+        &root.join("seed"),
+        lport,
+        &[],
+        &[("LT_SETTINGS", LT_UTP_ONLY)],
+    );
+    let dl = root.join("dl");
+    let t0 = std::time::Instant::now();
+    let o = ccbt_cmd()
+        .env("CCBT_ENABLE_TCP", "false")
+        .args([
+            "--json",
+            "--data-dir",
+            s(&root.join("d")),
+            "download",
+            s(&t),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &format!("127.0.0.1:{lport}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(same(&root.join("seed"), &dl));
+    eprintln!("ccbt over uTP from libtorrent: {:?}", t0.elapsed());
+    // A uTP-only libtorrent leecher dials ccbt (which listens on TCP and uTP).
+    let (_seed, listen) = seed(root, &t, "s1", "prefer");
+    let port = free_port().to_string();
+    let r = lt_tool_env(
+        &["leech", s(&t), s(&root.join("lt")), &port, "60", &listen],
+        &[("LT_SETTINGS", LT_UTP_ONLY)],
+    );
+    assert_eq!(r["done"], true, "{r}");
+    assert!(same(&root.join("seed"), &root.join("lt")));
+    // ccbt to ccbt over uTP only.
+    let dl2 = root.join("dl2");
+    let o = ccbt_cmd()
+        .env("CCBT_ENABLE_TCP", "false")
+        .args([
+            "--json",
+            "--data-dir",
+            s(&root.join("d2")),
+            "download",
+            s(&t),
+            "-o",
+            s(&dl2),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+            "--peer",
+            &listen,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(same(&root.join("seed"), &dl2));
+}

@@ -11,8 +11,8 @@ use crate::node::{self, Done, FoundItem, ItemKind, Node, Outcome, PutItem, Reque
 use crate::Id;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 /// The routers BitTorrent clients bootstrap from (the default of `[discovery] dht_bootstrap`).
@@ -81,13 +81,10 @@ impl Dht {
     /// Binds the socket and starts the node task on the current tokio runtime (call it inside
     /// one, or with a runtime entered). Bootstrap names are resolved in the background.
     pub fn start(cfg: DhtConfig) -> Result<Dht, DhtError> {
-        let std_sock =
-            std::net::UdpSocket::bind(cfg.bind).map_err(|e| DhtError::Bind(cfg.bind, e))?;
-        std_sock
-            .set_nonblocking(true)
+        // The listen port's UDP socket, shared with uTP (whichever starts first binds it).
+        let mux = ccbt_core::session::udp::UdpMux::get_or_bind(cfg.bind)
             .map_err(|e| DhtError::Bind(cfg.bind, e))?;
-        let sock = UdpSocket::from_std(std_sock).map_err(|e| DhtError::Bind(cfg.bind, e))?;
-        let local = sock.local_addr().map_err(|e| DhtError::Bind(cfg.bind, e))?;
+        let local = mux.local;
         let saved = cfg
             .state_file
             .as_ref()
@@ -106,7 +103,8 @@ impl Dht {
         let saved_nodes: Vec<NodeInfo> = saved.map(|s| s.1).unwrap_or_default();
         node.add_saved(&saved_nodes, now);
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(run(sock, node, rx, cfg, saved_nodes));
+        let input = mux.subscribe_krpc();
+        tokio::spawn(run(mux, input, node, rx, cfg, saved_nodes));
         Ok(Dht { tx, local })
     }
 
@@ -242,7 +240,8 @@ fn save_to(path: &Option<PathBuf>, node: &Node) {
 }
 
 async fn run(
-    sock: UdpSocket,
+    mux: Arc<ccbt_core::session::udp::UdpMux>,
+    mut input: mpsc::Receiver<ccbt_core::session::udp::Datagram>,
     mut node: Node,
     mut rx: mpsc::Receiver<Cmd>,
     cfg: DhtConfig,
@@ -255,21 +254,19 @@ async fn run(
     });
     let mut waiters: std::collections::HashMap<node::OpId, oneshot::Sender<Done>> =
         Default::default();
-    let mut buf = vec![0u8; 4096];
+    let sock = mux.socket.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_save = Instant::now();
-    let mut other_packets = 0u64;
     loop {
         tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, SocketAddr::V4(from))) if n > 0 && buf[0] == b'd' => {
-                    tracing::trace!("DHT in from {from}: {} bytes", n);
-                    node.handle(from, &buf[..n], Instant::now());
+            d = input.recv() => match d {
+                Some((pkt, SocketAddr::V4(from))) => {
+                    tracing::trace!("DHT in from {from}: {} bytes", pkt.len());
+                    node.handle(from, &pkt, Instant::now());
                 }
-                Ok(_) => other_packets += 1,
-                // ICMP port-unreachable from an earlier send surfaces here on Linux: not ours.
-                Err(_) => {}
+                Some(_) => {}
+                None => break,
             },
             cmd = rx.recv() => match cmd {
                 None => break,
@@ -289,7 +286,7 @@ async fn run(
                         external_ip: node.external_ip,
                         bootstrap: node.bootstrap_nodes().to_vec(),
                         stats: node.stats.clone(),
-                        other_packets,
+                        other_packets: mux.other.load(std::sync::atomic::Ordering::Relaxed),
                     });
                 }
                 Some(Cmd::Save(reply)) => {

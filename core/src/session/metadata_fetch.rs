@@ -191,7 +191,12 @@ async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<
     let io = |e: std::io::Error| e.to_string();
     // Encrypted only when required: a metadata fetch is one short exchange.
     let mse = (cfg.encryption == crate::mse::Policy::Require).then_some((cfg.encryption, ih));
-    let mut s = transport::connect(addr, Duration::from_secs(5), mse).await?;
+    // TCP: a fetch runs before (or beside) a session, without its uTP socket.
+    let tcp = transport::Dialer {
+        tcp: true,
+        ..Default::default()
+    };
+    let mut s = transport::connect(addr, Duration::from_secs(5), mse, &tcp).await?;
     let mut ours_hs = Handshake::new(ih, cfg.peer_id);
     // Only metadata is wanted here: no Fast extension, which would oblige us to send a have
     // message first.

@@ -10,6 +10,8 @@ pub mod discovery;
 pub mod metadata_fetch;
 mod peer;
 pub mod tracker_client;
+pub mod udp;
+mod utp;
 mod webseed;
 
 use crate::choker::{self, PeerStat};
@@ -56,6 +58,11 @@ pub struct SessionConfig {
     pub pex: bool,
     /// MSE/PE: dial encrypted and accept both (`Prefer`), plaintext only, or RC4 only.
     pub encryption: crate::mse::Policy,
+    /// Peer transports: TCP and uTP (BEP 29, on the listen port's UDP socket, shared with the
+    /// DHT); which one is dialled first.
+    pub enable_tcp: bool,
+    pub enable_utp: bool,
+    pub prefer_utp: bool,
 }
 
 impl Default for SessionConfig {
@@ -67,6 +74,9 @@ impl Default for SessionConfig {
             hash_workers: 0,
             pex: true,
             encryption: crate::mse::Policy::Prefer,
+            enable_tcp: true,
+            enable_utp: true,
+            prefer_utp: false,
         }
     }
 }
@@ -287,6 +297,8 @@ pub(crate) struct SessionInner {
     pub disk: disk::DiskPool,
     pub pex: bool,
     pub encryption: crate::mse::Policy,
+    /// How peers are dialled (TCP, uTP, which first).
+    pub(crate) dialer: transport::Dialer,
     next_key: AtomicU64,
     latency: Arc<latency::LatencyProbe>,
     /// Set once, after start (the DHT binds the listen port the session chose).
@@ -349,7 +361,24 @@ impl Session {
             .map_err(|e| SessionError::Listen(cfg.listen, e))?;
         // Reported as configured (the DHT and trackers use it as IPv4), with the bound port.
         let listen_addr = SocketAddr::new(cfg.listen.ip(), bound.port());
+        let (utp_tx, mut utp_rx) = mpsc::channel::<(utp::UtpStream, SocketAddr)>(64);
+        let utp = if cfg.enable_utp {
+            match udp::UdpMux::get_or_bind(listen_addr) {
+                Ok(mux) => Some(utp::UtpSocket::start(mux, utp_tx)),
+                Err(e) => {
+                    tracing::warn!("uTP is off: cannot open UDP {listen_addr}: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let inner = Arc::new(SessionInner {
+            dialer: transport::Dialer {
+                tcp: cfg.enable_tcp,
+                utp,
+                prefer_utp: cfg.prefer_utp,
+            },
             peer_id: new_peer_id(),
             listen_addr,
             torrents: Mutex::new(HashMap::new()),
@@ -364,15 +393,32 @@ impl Session {
             discovery: std::sync::OnceLock::new(),
         });
         let acc = inner.clone();
+        let tcp_on = cfg.enable_tcp;
         tokio::spawn(async move {
             loop {
                 let (stream, addr) = transport::accept(&listener).await;
+                if !tcp_on {
+                    continue; // uTP only: the listener just holds the port
+                }
                 // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
                 let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                 let inner = acc.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = accept_peer(inner, stream, addr).await {
+                    let raw = transport::Raw::Tcp(stream);
+                    if let Err(e) = accept_peer(inner, raw, addr).await {
                         tracing::debug!("incoming {addr}: {e}");
+                    }
+                });
+            }
+        });
+        let acc = inner.clone();
+        tokio::spawn(async move {
+            while let Some((stream, addr)) = utp_rx.recv().await {
+                let inner = acc.clone();
+                tokio::spawn(async move {
+                    let raw = transport::Raw::Utp(stream);
+                    if let Err(e) = accept_peer(inner, raw, addr).await {
+                        tracing::debug!("incoming uTP {addr}: {e}");
                     }
                 });
             }
@@ -713,12 +759,12 @@ async fn bind_listener(listen: SocketAddr) -> Result<TcpListener, SessionError> 
 
 async fn accept_peer(
     inner: Arc<SessionInner>,
-    tcp: tokio::net::TcpStream,
+    raw: transport::Raw,
     addr: SocketAddr,
 ) -> Result<(), String> {
     // An encrypted handshake names its torrent by a hash of the info-hash: try each we serve.
     let skeys = || inner.torrents.lock().unwrap().keys().copied().collect();
-    let (stream, theirs) = transport::accept_stream(tcp, inner.encryption, skeys).await?;
+    let (stream, theirs) = transport::accept_stream(raw, inner.encryption, skeys).await?;
     let t = inner
         .torrents
         .lock()
@@ -866,7 +912,7 @@ pub(crate) fn is_self(t: &TorrentShared, a: SocketAddr) -> bool {
 
 async fn connect_peer(t: Arc<TorrentShared>, addr: SocketAddr) {
     let mse = Some((t.session.encryption, t.info_hash));
-    let res = transport::connect(addr, Duration::from_secs(10), mse).await;
+    let res = transport::connect(addr, Duration::from_secs(10), mse, &t.session.dialer).await;
     t.state.lock().unwrap().connecting.remove(&addr);
     match res {
         Ok(stream) => peer::run(t, stream, addr, None).await,

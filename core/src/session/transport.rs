@@ -2,6 +2,7 @@
 //! dial or accept a [`PeerStream`], optionally MSE/PE-encrypted, then the BEP 3 handshake. The
 //! stream hides the encryption, so everything above sees the same bytes either way.
 
+use super::utp::{UtpReader, UtpStream, UtpWriter};
 use crate::mse::{self, Cipher, Dh, MseError, Policy, KEY_LEN, MAX_PAD};
 use crate::wire::{Handshake, HANDSHAKE_LEN, PROTOCOL};
 use bytes::{Buf, BytesMut};
@@ -12,6 +13,64 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The connection under the encryption: TCP or uTP.
+pub(crate) enum Raw {
+    Tcp(TcpStream),
+    Utp(UtpStream),
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Raw::Tcp(_) => "tcp",
+            Raw::Utp(_) => "utp",
+        })
+    }
+}
+
+impl Raw {
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Raw::Tcp(t) => t.read_buf(buf).await,
+            Raw::Utp(u) => u.read_buf(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Raw::Tcp(t) => t.write_all(data).await,
+            Raw::Utp(u) => u.write_all(data).await,
+        }
+    }
+
+    /// Reads exactly `out.len()` bytes, keeping any extra in `extra`.
+    async fn read_exact(&mut self, out: &mut [u8], extra: &mut BytesMut) -> std::io::Result<()> {
+        match self {
+            Raw::Tcp(t) => t.read_exact(out).await.map(|_| ()),
+            Raw::Utp(u) => {
+                while extra.len() < out.len() {
+                    if u.read_buf(extra).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                out.copy_from_slice(&extra[..out.len()]);
+                extra.advance(out.len());
+                Ok(())
+            }
+        }
+    }
+}
+
+enum RawReader {
+    Tcp(OwnedReadHalf),
+    Utp(UtpReader),
+}
+
+enum RawWriter {
+    Tcp(OwnedWriteHalf),
+    Utp(UtpWriter),
+}
+
 /// How long a peer has to send its handshake (the encrypted one included).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -19,7 +78,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// MSE has negotiated it, and bytes already read (and decrypted) that come first.
 #[derive(Debug)]
 pub(crate) struct PeerStream {
-    tcp: TcpStream,
+    tcp: Raw,
     rx: Option<Cipher>,
     tx: Option<Cipher>,
     pending: BytesMut,
@@ -28,7 +87,7 @@ pub(crate) struct PeerStream {
 }
 
 impl PeerStream {
-    fn plain(tcp: TcpStream) -> PeerStream {
+    fn plain(tcp: Raw) -> PeerStream {
         PeerStream {
             tcp,
             rx: None,
@@ -69,7 +128,7 @@ impl PeerStream {
         out[..from_pending].copy_from_slice(&self.pending[..from_pending]);
         self.pending.advance(from_pending);
         let rest = &mut out[from_pending..];
-        self.tcp.read_exact(rest).await?;
+        self.tcp.read_exact(rest, &mut self.pending).await?;
         if let Some(c) = &mut self.rx {
             c.apply(rest);
         }
@@ -78,7 +137,16 @@ impl PeerStream {
 
     /// Read and write halves for the peer's reader and writer tasks.
     pub(crate) fn into_split(self) -> (PeerReader, PeerWriter) {
-        let (r, w) = self.tcp.into_split();
+        let (r, w) = match self.tcp {
+            Raw::Tcp(t) => {
+                let (r, w) = t.into_split();
+                (RawReader::Tcp(r), RawWriter::Tcp(w))
+            }
+            Raw::Utp(u) => {
+                let (r, w) = u.into_split();
+                (RawReader::Utp(r), RawWriter::Utp(w))
+            }
+        };
         (
             PeerReader {
                 r,
@@ -91,7 +159,7 @@ impl PeerStream {
 }
 
 pub(crate) struct PeerReader {
-    r: OwnedReadHalf,
+    r: RawReader,
     rx: Option<Cipher>,
     pending: BytesMut,
 }
@@ -106,7 +174,10 @@ impl PeerReader {
             return Ok(n);
         }
         let start = buf.len();
-        let n = self.r.read_buf(buf).await?;
+        let n = match &mut self.r {
+            RawReader::Tcp(r) => r.read_buf(buf).await?,
+            RawReader::Utp(r) => r.read_buf(buf).await?,
+        };
         if let Some(c) = &mut self.rx {
             c.apply(&mut buf[start..start + n]);
         }
@@ -115,7 +186,7 @@ impl PeerReader {
 }
 
 pub(crate) struct PeerWriter {
-    w: OwnedWriteHalf,
+    w: RawWriter,
     tx: Option<Cipher>,
 }
 
@@ -125,11 +196,68 @@ impl PeerWriter {
         if let Some(c) = &mut self.tx {
             c.apply(buf);
         }
-        self.w.write_all(buf).await
+        match &mut self.w {
+            RawWriter::Tcp(w) => w.write_all(buf).await,
+            RawWriter::Utp(w) => w.write_all(buf).await,
+        }
     }
 
     pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
-        self.w.shutdown().await
+        match &mut self.w {
+            RawWriter::Tcp(w) => w.shutdown().await,
+            RawWriter::Utp(w) => {
+                w.shutdown();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Transports to dial with, in order of preference (`[network] enable_tcp`, `enable_utp`,
+/// `prefer_utp`).
+#[derive(Clone, Default)]
+pub(crate) struct Dialer {
+    pub tcp: bool,
+    pub utp: Option<super::utp::UtpSocket>,
+    pub prefer_utp: bool,
+}
+
+impl Dialer {
+    async fn dial(&self, addr: SocketAddr, within: Duration) -> Result<Raw, String> {
+        let tcp = || async {
+            let s = tokio::time::timeout(within, TcpStream::connect(addr))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            let _ = s.set_nodelay(true);
+            Ok::<_, String>(Raw::Tcp(s))
+        };
+        let utp = || async {
+            let u = self.utp.as_ref().ok_or("uTP is off")?;
+            tokio::time::timeout(within, u.connect(addr))
+                .await
+                .map_err(|_| "uTP connect timed out".to_string())?
+                .map(Raw::Utp)
+        };
+        let (first_utp, second) = match (self.tcp, self.utp.is_some(), self.prefer_utp) {
+            (true, true, true) => (true, true),
+            (true, true, false) => (false, true),
+            (true, false, _) => (false, false),
+            (false, true, _) => (true, false),
+            (false, false, _) => return Err("both TCP and uTP are off".into()),
+        };
+        let r = if first_utp { utp().await } else { tcp().await };
+        match r {
+            Err(e) if second => {
+                tracing::debug!("peer {addr}: {e}; trying the other transport");
+                if first_utp {
+                    tcp().await
+                } else {
+                    utp().await
+                }
+            }
+            r => r,
+        }
     }
 }
 
@@ -140,29 +268,22 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     within: Duration,
     mse: Option<(Policy, [u8; 20])>,
+    dialer: &Dialer,
 ) -> Result<PeerStream, String> {
-    let dial = || async {
-        let s = tokio::time::timeout(within, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let _ = s.set_nodelay(true);
-        Ok::<_, String>(s)
-    };
     match mse {
         Some((policy, skey)) if policy != Policy::Disable => {
-            let tcp = dial().await?;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, initiate(tcp, policy, skey)).await {
+            let raw = dialer.dial(addr, within).await?;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, initiate(raw, policy, skey)).await {
                 Ok(Ok(s)) => Ok(s),
                 Ok(Err(e)) if policy == Policy::Require => Err(format!("encrypted handshake: {e}")),
                 Err(_) if policy == Policy::Require => Err("encrypted handshake timed out".into()),
                 _ => {
                     tracing::debug!("peer {addr}: no encrypted handshake; dialling in plaintext");
-                    Ok(PeerStream::plain(dial().await?))
+                    Ok(PeerStream::plain(dialer.dial(addr, within).await?))
                 }
             }
         }
-        _ => Ok(PeerStream::plain(dial().await?)),
+        _ => Ok(PeerStream::plain(dialer.dial(addr, within).await?)),
     }
 }
 
@@ -184,28 +305,32 @@ pub(crate) async fn accept(l: &TcpListener) -> (TcpStream, SocketAddr) {
 /// info-hash found by trying `skeys`, every torrent and share we serve). Returns the stream and
 /// the peer's BitTorrent handshake.
 pub(crate) async fn accept_stream(
-    tcp: TcpStream,
+    raw: Raw,
     policy: Policy,
     skeys: impl Fn() -> Vec<[u8; 20]>,
 ) -> Result<(PeerStream, Handshake), String> {
     let work = async {
-        let mut s = PeerStream::plain(tcp);
+        let mut s = PeerStream::plain(raw);
         let mut first = [0u8; 20];
         s.tcp
-            .read_exact(&mut first)
+            .read_exact(&mut first, &mut s.pending)
             .await
             .map_err(|e| e.to_string())?;
+        // What came with the first 20 bytes follows them.
+        let mut head = BytesMut::from(&first[..]);
+        head.extend_from_slice(&s.pending);
+        s.pending = head;
         let plain = first[0] == 19 && &first[1..] == PROTOCOL;
         if plain {
             if policy == Policy::Require {
                 return Err("plaintext peer refused (encryption is required)".to_string());
             }
-            s.pending.extend_from_slice(&first);
         } else {
             if policy == Policy::Disable {
                 return Err("encrypted handshake refused (encryption is disabled)".to_string());
             }
-            s = respond(s.tcp, &first, policy, skeys()).await?;
+            let head = std::mem::take(&mut s.pending);
+            s = respond(s.tcp, &head, policy, skeys()).await?;
         }
         let h = read_handshake_now(&mut s).await?;
         Ok((s, h))
@@ -221,7 +346,7 @@ fn mse_err(e: MseError) -> String {
 
 /// Reads into `buf` until `needle` appears within `limit` bytes; returns where it ends.
 async fn sync_on(
-    tcp: &mut TcpStream,
+    tcp: &mut Raw,
     buf: &mut BytesMut,
     needle: &[u8],
     limit: usize,
@@ -239,7 +364,7 @@ async fn sync_on(
     }
 }
 
-async fn fill(tcp: &mut TcpStream, buf: &mut BytesMut, n: usize) -> Result<(), String> {
+async fn fill(tcp: &mut Raw, buf: &mut BytesMut, n: usize) -> Result<(), String> {
     while buf.len() < n {
         if tcp.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
             return Err("peer closed during the encrypted handshake".into());
@@ -259,11 +384,7 @@ fn keypair_and_pad() -> (Dh, Vec<u8>) {
 }
 
 /// The dialler's side (A).
-async fn initiate(
-    mut tcp: TcpStream,
-    policy: Policy,
-    skey: [u8; 20],
-) -> Result<PeerStream, String> {
+async fn initiate(mut tcp: Raw, policy: Policy, skey: [u8; 20]) -> Result<PeerStream, String> {
     let io = |e: std::io::Error| e.to_string();
     let (dh, pad) = keypair_and_pad();
     let mut out = dh.public.to_vec();
@@ -321,7 +442,7 @@ async fn initiate(
 
 /// The receiving side (B), given the first bytes already read.
 async fn respond(
-    mut tcp: TcpStream,
+    mut tcp: Raw,
     first: &[u8],
     policy: Policy,
     skeys: Vec<[u8; 20]>,

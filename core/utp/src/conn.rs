@@ -214,6 +214,21 @@ impl Conn {
         self.eof.is_some_and(|e| e == self.ack)
     }
 
+    /// The app consumed `n` delivered bytes: the window opens (told at once when it was
+    /// nearly shut, so a peer waiting on a closed window resumes).
+    pub fn consumed(&mut self, n: usize) {
+        let before = self.window() as usize;
+        self.unread = self.unread.saturating_sub(n);
+        if before < RECV_BUF / 4 && self.window() as usize >= RECV_BUF / 4 {
+            self.ack_needed = true;
+        }
+    }
+
+    /// Data was delivered: `n` bytes are now the app's to read.
+    pub fn delivered(&mut self, n: usize) {
+        self.unread += n;
+    }
+
     /// Finishes sending what is queued, then FIN.
     pub fn close(&mut self) {
         self.close_requested = true;
