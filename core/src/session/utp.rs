@@ -44,6 +44,7 @@ struct Entry {
     /// The stream, until it is handed over (dialled: on connect; accepted: at once).
     stream: Option<UtpStream>,
     closed_at: Option<Instant>,
+    last_log: Instant,
 }
 
 impl UtpSocket {
@@ -170,6 +171,7 @@ fn new_entry(conn: Conn, key: Key, cmd: &mpsc::UnboundedSender<Cmd>) -> Entry {
         reply: None,
         stream: Some(stream),
         closed_at: None,
+        last_log: Instant::now(),
     }
 }
 
@@ -305,6 +307,10 @@ async fn flush(mux: &UdpMux, key: Key, e: &mut Entry, now: Instant) {
     }
     for d in e.conn.poll_transmit(now) {
         let _ = mux.socket.send_to(&d, key.0).await;
+    }
+    if now.duration_since(e.last_log) >= Duration::from_secs(1) {
+        e.last_log = now;
+        tracing::debug!("uTP {}: {:?}", key.0, e.conn.stats);
     }
     let acked = std::mem::take(&mut e.conn.acked_bytes);
     if acked > 0 {

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 /// Payload bytes per packet: a 1400-byte datagram with the header and a SACK.
 pub const MSS: usize = 1350;
-/// LEDBAT's target queueing delay.
-const TARGET_US: f64 = 100_000.0;
+/// LEDBAT's target queueing delay: 60 ms, as LEDBAT++ (RFC 6817 allows up to 100 ms; with a
+/// 1 MiB window on a 100 Mbit/s link our own queue stays near 80 ms, so 100 ms would never yield).
+const TARGET_US: f64 = 60_000.0;
 const GAIN: f64 = 1.0;
 const MIN_CWND: f64 = (2 * MSS) as f64;
 const MAX_CWND: f64 = (8 << 20) as f64;
@@ -102,6 +103,9 @@ pub struct Conn {
 
 #[derive(Debug, Clone, Default)]
 pub struct ConnStats {
+    /// The last queueing delay LEDBAT saw (µs) and the congestion window (bytes).
+    pub queueing_us: u32,
+    pub cwnd: u32,
     pub packets_sent: u64,
     pub retransmits: u64,
     pub timeouts: u64,
@@ -559,6 +563,9 @@ impl Conn {
     }
 
     fn ledbat(&mut self, their_delay: u32, acked: usize, now: Instant) {
+        // Grow only a window we fill (RFC 7661): a window far above what flies would take
+        // many round trips to bring down when a queue builds.
+        let limited = (self.bytes_in_flight() + acked) as f64 >= self.cwnd * 0.8;
         if now.duration_since(self.base_minute) >= Duration::from_secs(60) {
             self.base_minute = now;
             self.base_delay = [self.base_delay[1], u32::MAX];
@@ -573,15 +580,27 @@ impl Conn {
             }
         }
         if self.cwnd < self.ssthresh && queueing < TARGET_US / 2.0 {
-            self.cwnd += acked as f64;
+            if limited {
+                self.cwnd += acked as f64;
+            }
         } else {
             if self.cwnd < self.ssthresh {
                 self.ssthresh = self.cwnd; // the queue is building: leave slow start
             }
             let off_target = (TARGET_US - queueing) / TARGET_US;
-            self.cwnd += GAIN * off_target * acked as f64 * MSS as f64 / self.cwnd;
+            if off_target >= 0.0 {
+                if limited {
+                    self.cwnd += GAIN * off_target * acked as f64 * MSS as f64 / self.cwnd;
+                }
+            } else {
+                // Over target: give way within a round trip or two (at most halving per round
+                // trip), not one packet per round trip, so a competing TCP flow gets its link.
+                self.cwnd += off_target.max(-1.0) * acked as f64 * 0.5;
+            }
         }
         self.cwnd = self.cwnd.clamp(MIN_CWND, MAX_CWND);
+        self.stats.queueing_us = queueing as u32;
+        self.stats.cwnd = self.cwnd as u32;
     }
 
     fn on_data(&mut self, p: &Packet) {

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# uTP throughput and LEDBAT, ccbt against libtorrent in the same run, in a loopback-only network
+# namespace of its own.
+#  1. Loopback, one seeder, one leecher, SIZE MiB: libtorrent->libtorrent over uTP (both with TCP
+#     off), libtorrent->ccbt over uTP, ccbt->ccbt over uTP, ccbt->ccbt over TCP.
+#  2. LEDBAT yields: loopback shaped by tc tbf to RATE; a TCP download (curl from nginx) alone,
+#     then again while a ccbt uTP transfer runs: the share of its rate TCP keeps (goal >= 80 %).
+# (No netem in this kernel: the 50 ms RTT, 0.1 % loss link of the issue cannot be built.)
+# usage: benches/utp.sh [SIZE_MIB=200] [RATE=100mbit] [QUEUE=300ms]  (QUEUE: the shaper's buffer, as a
+# home router's; LEDBAT yields only once queueing passes its 100 ms target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
+  export CCBT_BENCH_IN_NETNS=1
+  exec ./scripts/netns.sh "$0" "$@"
+fi
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+SIZE=${1:-200}; RATE=${2:-100mbit}; QUEUE=${3:-300ms}
+cargo build --release -q -p ccbt --offline
+BIN=$PWD/target/release/ccbt; LT=$PWD/tests/scripts/lt_tool.py
+W=$(mktemp -d /tmp/ccbt-bench-utp.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; tc qdisc del dev lo root 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+UTP_ONLY='{"enable_outgoing_tcp": false, "enable_incoming_tcp": false, "enable_outgoing_utp": true, "enable_incoming_utp": true}'
+mkdir -p "$W/seed/data"
+head -c $((SIZE * 1048576)) /dev/urandom > "$W/seed/data/a.bin"
+"$BIN" -q create "$W/seed/data" --v1 --piece-length 1M -o "$W/t.torrent"
+LTP=$((20000 + RANDOM % 10000))
+LT_SETTINGS="$UTP_ONLY" /usr/bin/python3 "$LT" seed "$W/t.torrent" "$W/seed" "$LTP" > "$W/ltseed.out" 2>&1 &
+PIDS+=($!)
+CP=$((30000 + RANDOM % 10000))
+"$BIN" -q --data-dir "$W/cs" seed "$W/t.torrent" "$W/seed" --listen "127.0.0.1:$CP" --no-trackers > "$W/cseed.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 600); do grep -q ready "$W/ltseed.out" 2>/dev/null && break; sleep 0.2; done
+sleep 2
+mibs() { echo "$SIZE / $1" | bc -l; }
+ccbt_get() { # label env... peer
+  local label=$1 peer=$2; shift 2
+  rm -rf "$W/dl" "$W/d"
+  local t0; t0=$(date +%s.%N)
+  env "$@" timeout 600 "$BIN" -q --data-dir "$W/d" download "$W/t.torrent" -o "$W/dl" --listen 127.0.0.1:0 \
+    --no-trackers --no-resume --peer "$peer"
+  local s; s=$(echo "$(date +%s.%N) - $t0" | bc -l)
+  cmp -s "$W/dl/data/a.bin" "$W/seed/data/a.bin" || { echo "$label: download differs"; exit 1; }
+  printf '%-28s %7.2f s %8.1f MiB/s\n' "$label" "$s" "$(mibs "$s")"
+  echo "$label $s" >> "$W/all"
+}
+rm -rf "$W/lt"
+LP=$((40000 + RANDOM % 10000))
+LT_SETTINGS="$UTP_ONLY" /usr/bin/python3 "$LT" leech "$W/t.torrent" "$W/lt" "$LP" 600 "127.0.0.1:$LTP" > "$W/lt.json"
+s=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$W/lt.json")
+printf '%-28s %7.2f s %8.1f MiB/s\n' "libtorrent->libtorrent uTP" "$s" "$(mibs "$s")"
+echo "ltlt $s" >> "$W/all"
+ccbt_get "libtorrent->ccbt uTP" "127.0.0.1:$LTP" CCBT_ENABLE_TCP=false
+ccbt_get "ccbt->ccbt uTP" "127.0.0.1:$CP" CCBT_ENABLE_TCP=false
+ccbt_get "ccbt->ccbt TCP" "127.0.0.1:$CP" CCBT_ENABLE_UTP=false
+get() { awk -v k="$1" '$1==k {print $2}' "$W/all" | head -1; }
+lt=$(get ltlt)
+printf 'ccbt uTP from libtorrent / libtorrent uTP: %.2fx; ccbt->ccbt uTP / libtorrent uTP: %.2fx; ccbt uTP / ccbt TCP: %.2f\n' \
+  "$(echo "$lt / $(awk '$1=="libtorrent->ccbt" {print $3}' "$W/all")" | bc -l)" \
+  "$(echo "$lt / $(awk '$1=="ccbt->ccbt" && $2=="uTP" {print $3}' "$W/all")" | bc -l)" \
+  "$(echo "$(awk '$1=="ccbt->ccbt" && $2=="TCP" {print $3}' "$W/all") / $(awk '$1=="ccbt->ccbt" && $2=="uTP" {print $3}' "$W/all")" | bc -l)"
+# LEDBAT yields to TCP on a shaped link.
+command -v nginx >/dev/null || { echo "nginx missing (make deps)"; exit 1; }
+mkdir -p "$W/www" "$W/ng"
+head -c $((40 * 1048576)) /dev/urandom > "$W/www/f.bin"
+NP=$((50000 + RANDOM % 10000))
+cat > "$W/ng/nginx.conf" <<N
+daemon off; user root; worker_processes 1; pid $W/ng/pid; error_log $W/ng/err;
+events {}
+http { access_log off; client_body_temp_path $W/ng/b; proxy_temp_path $W/ng/p; fastcgi_temp_path $W/ng/f;
+  uwsgi_temp_path $W/ng/u; scgi_temp_path $W/ng/s;
+  server { listen 127.0.0.1:$NP; root $W/www; } }
+N
+nginx -c "$W/ng/nginx.conf" -p "$W/ng" &
+PIDS+=($!)
+sleep 1
+tc qdisc add dev lo root tbf rate "$RATE" burst 256kb latency "$QUEUE"
+tcp_rate() { curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:$NP/f.bin"; }
+alone=$(tcp_rate)
+rm -rf "$W/dl" "$W/d"
+CCBT_ENABLE_TCP=false "$BIN" -q --data-dir "$W/d" download "$W/t.torrent" -o "$W/dl" --listen 127.0.0.1:0 \
+  --no-trackers --no-resume --peer "127.0.0.1:$CP" > /dev/null 2>&1 &
+UP=$!
+PIDS+=($UP)
+sleep 3
+shared=$(tcp_rate)
+kill "$UP" 2>/dev/null || true
+printf 'LEDBAT on %s, %s queue: TCP alone %.1f MiB/s, beside a ccbt uTP transfer %.1f MiB/s: TCP keeps %.0f %% (goal >= 80 %%)\n' \
+  "$RATE" "$QUEUE" "$(echo "$alone/1048576" | bc -l)" "$(echo "$shared/1048576" | bc -l)" "$(echo "100*$shared/$alone" | bc -l)"
