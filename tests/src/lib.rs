@@ -205,9 +205,15 @@ pub fn start_opentracker(dir: &Path, port: u16, hashes: &[String]) -> ChildGuard
 
 /// Spawns ccbt with `args` (stdout/stderr to files in `log_dir`).
 pub fn spawn_ccbt(args: &[&str], log: &Path) -> ChildGuard {
+    spawn_ccbt_env(args, log, &[])
+}
+
+/// As [`spawn_ccbt`] with environment settings (`CCBT_*`).
+pub fn spawn_ccbt_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> ChildGuard {
     let f = std::fs::File::create(log).unwrap();
     ChildGuard(
         ccbt_cmd()
+            .envs(env.iter().copied())
             .args(args)
             .stdout(f.try_clone().unwrap())
             .stderr(f)

@@ -90,6 +90,16 @@ impl Fixture {
     /// Starts `ccbt seed` on this fixture's data (data dir `root/<data_dir>`, log `root/seed.log`)
     /// and waits (bounded) until it listens; returns the guard and its address.
     fn ccbt_seed(&self, data_dir: &str, extra: &[&str], wait_secs: u64) -> (ChildGuard, String) {
+        self.ccbt_seed_env(data_dir, extra, wait_secs, &[])
+    }
+
+    fn ccbt_seed_env(
+        &self,
+        data_dir: &str,
+        extra: &[&str],
+        wait_secs: u64,
+        env: &[(&str, &str)],
+    ) -> (ChildGuard, String) {
         let listen = format!("127.0.0.1:{}", free_port());
         let dd = self.root.join(data_dir);
         let mut args = vec![
@@ -102,7 +112,7 @@ impl Fixture {
             &listen,
         ];
         args.extend_from_slice(extra);
-        let g = spawn_ccbt(&args, &self.root.join("seed.log"));
+        let g = spawn_ccbt_env(&args, &self.root.join("seed.log"), env);
         wait_listening(&listen, wait_secs);
         (g, listen)
     }
@@ -305,9 +315,9 @@ fn aria2_seeds_to_ccbt_and_leeches_from_ccbt() {
     fx.assert_same(&adl, FILES);
 }
 
-/// transmission-daemon with its own config dir and `encryption` (0 allow, 1 prefer, 2 require);
-/// returns (guard, peer port, rpc port).
-fn transmission(dir: &Path, download: &Path, encryption: u8) -> (ChildGuard, u16, u16) {
+/// transmission-daemon with its own config dir, `encryption` (0 allow, 1 prefer, 2 require) and
+/// uTP on or off; returns (guard, peer port, rpc port).
+fn transmission(dir: &Path, download: &Path, encryption: u8, utp: bool) -> (ChildGuard, u16, u16) {
     require("transmission-daemon", "transmission-daemon");
     require("transmission-remote", "transmission-cli");
     let (pport, rport) = (free_port(), free_port());
@@ -319,7 +329,7 @@ fn transmission(dir: &Path, download: &Path, encryption: u8) -> (ChildGuard, u16
         format!(
             r#"{{"bind-address-ipv4": "127.0.0.1", "peer-port": {pport}, "peer-port-random-on-start": false,
  "port-forwarding-enabled": false, "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
- "utp-enabled": false, "blocklist-enabled": false, "encryption": {encryption}, "rpc-enabled": true,
+ "utp-enabled": {utp}, "blocklist-enabled": false, "encryption": {encryption}, "rpc-enabled": true,
  "rpc-bind-address": "127.0.0.1", "rpc-port": {rport}, "rpc-authentication-required": false,
  "rpc-whitelist-enabled": false, "rpc-host-whitelist-enabled": false, "download-dir": "{}",
  "incomplete-dir-enabled": false, "start-added-torrents": true, "ratio-limit-enabled": false,
@@ -358,28 +368,41 @@ fn tr_remote(rport: u16, args: &[&str]) -> String {
 
 #[test]
 fn transmission_seeds_to_ccbt_and_leeches_from_ccbt() {
-    transmission_both_ways(1);
+    transmission_both_ways(1, false);
 }
 
 /// MSE/PE: Transmission with `encryption required` talks to ccbt only over RC4.
 #[test]
 fn transmission_with_encryption_required_both_ways() {
-    transmission_both_ways(2);
+    transmission_both_ways(2, false);
 }
 
-fn transmission_both_ways(encryption: u8) {
+/// uTP with Transmission's libutp: ccbt, with TCP off, dials it both ways (Transmission 3.00 has
+/// no switch to turn its own TCP off, so this is how its uTP is forced).
+#[test]
+fn transmission_over_utp_both_ways() {
+    transmission_both_ways(1, true);
+}
+
+fn transmission_both_ways(encryption: u8, utp: bool) {
+    let env: &[(&str, &str)] = if utp {
+        &[("CCBT_ENABLE_TCP", "false")]
+    } else {
+        &[]
+    };
     // Transmission 3.00 cannot parse hybrid torrents and ignores 127/8 peers from trackers, so
     // the ccbt side dials it (--peer) and the torrent is v1 with no tracker.
     let fx = fixture("v1", &[], FILES, "64K");
 
     // ccbt seeds, Transmission downloads.
     let tdl = fx.root.join("trdl");
-    let (_t, pport, rport) = transmission(&fx.root.join("tr1"), &tdl, encryption);
+    let (_t, pport, rport) = transmission(&fx.root.join("tr1"), &tdl, encryption, utp);
     tr_remote(rport, &["-a", s(&fx.torrent)]);
-    let (_seed, _) = fx.ccbt_seed(
+    let (_seed, _) = fx.ccbt_seed_env(
         "d",
         &["--peer", &format!("127.0.0.1:{pport}"), "--no-trackers"],
         20,
+        env,
     );
     wait_until(
         120.0,
@@ -390,14 +413,14 @@ fn transmission_both_ways(encryption: u8) {
     drop(_t);
 
     // Transmission seeds, ccbt downloads.
-    let (_t2, pport2, rport2) = transmission(&fx.root.join("tr2"), &fx.src_parent, encryption);
+    let (_t2, pport2, rport2) = transmission(&fx.root.join("tr2"), &fx.src_parent, encryption, utp);
     tr_remote(rport2, &["-a", s(&fx.torrent)]);
     wait_until(60.0, "Transmission to verify its data", || {
         tr_remote(rport2, &["-l"]).contains("100%")
     });
     let dl = fx.root.join("dl");
     let listen = format!("127.0.0.1:{}", free_port());
-    let r = ccbt_download(
+    let r = ccbt_download_env(
         &[
             "--data-dir",
             s(&fx.root.join("d2")),
@@ -412,6 +435,7 @@ fn transmission_both_ways(encryption: u8) {
             "--no-trackers",
         ],
         120,
+        env,
     );
     assert_eq!(r["complete"], true);
     fx.assert_same(&dl, FILES);
