@@ -3,7 +3,7 @@
 # tree, alternated in one run, page cache warm. Prints each run and the median throughputs + ratio.
 # usage: benches/create_vs_libtorrent.sh [RUNS=3] [MIB=1024] [PIECE=262144]
 # Loopback only: the DHT stays off (no public bootstrap routers).
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; MIB=${2:-1024}; PIECE=${3:-262144}

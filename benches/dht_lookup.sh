@@ -17,7 +17,7 @@ if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
   exec ./scripts/netns.sh "$0" "$@"
 fi
 # Loopback only: the DHT bootstraps from the namespace's own nodes.
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_DHT_MAX_NODES_PER_IP=0 CCBT_DHT_QUERIES_PER_IP_PER_SEC=0
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false CCBT_DHT_MAX_NODES_PER_IP=0 CCBT_DHT_QUERIES_PER_IP_PER_SEC=0
 LT_NODES=${1:-40}
 CCBT_NODES=${2:-24}
 ITEMS=${3:-40}

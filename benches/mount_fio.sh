@@ -4,7 +4,7 @@
 # `ls -lR` over a 100k-file share through the mount.
 # usage: benches/mount_fio.sh [MIB=1024] [FILES=100000]
 # Loopback only: the DHT stays off (no public bootstrap routers).
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-1024}; FILES=${2:-100000}

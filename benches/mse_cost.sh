@@ -4,7 +4,7 @@
 # usage: benches/mse_cost.sh [MIB=512] [RUNS=2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 MIB=${1:-512}; RUNS=${2:-2}
 cargo build --release -q -p ccbt --offline
 BIN=$PWD/target/release/ccbt

@@ -4,7 +4,7 @@
 #   and dbench (its default loadfile, 2 clients), each ROUNDS times, interleaved, best and median.
 # usage: benches/owner_write.sh [ROUNDS=3] [DBENCH_SECS=10]
 # Loopback only: the DHT stays off (no public bootstrap routers).
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; DSECS=${2:-10}

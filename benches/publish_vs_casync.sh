@@ -4,7 +4,7 @@
 # Prints seconds, MB/s and peak RSS for each, and the ratios.
 # usage: benches/publish_vs_casync.sh [RUNS=2] [MIB=1024]
 # Loopback only: the DHT stays off (no public bootstrap routers).
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-2}; MIB=${2:-1024}

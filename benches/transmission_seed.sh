@@ -3,7 +3,7 @@
 # dial it. Issue 15's goal: ccbt within 1.2x of libtorrent's time from the same seeder.
 # usage: benches/transmission_seed.sh [RUNS=3] [MIB=64]
 # Loopback only: the DHT stays off.
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; MIB=${2:-64}

@@ -5,7 +5,7 @@
 # up-to-date copy of the old one. Same data, same run.
 # usage: benches/update_propagation.sh [MIB=1024]
 # Loopback only: the DHT stays off (no public bootstrap routers).
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-1024}

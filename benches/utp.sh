@@ -14,7 +14,7 @@ if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
   export CCBT_BENCH_IN_NETNS=1
   exec ./scripts/netns.sh "$0" "$@"
 fi
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP=
+export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 SIZE=${1:-200}; RATE=${2:-100mbit}; QUEUE=${3:-300ms}
 cargo build --release -q -p ccbt --offline
 BIN=$PWD/target/release/ccbt; LT=$PWD/tests/scripts/lt_tool.py

@@ -6,8 +6,9 @@
 # iproute2: the loopback-only network namespace the suite runs in; python3-cryptography: ed25519
 # keys in libtorrent's format for the BEP 44 interop tests.
 # stunnel4 + openssl: an HTTPS tracker (TLS terminator, test CA); nginx-light: a web seed (BEP 19).
+# miniupnpd-nftables + nftables: the NAT-PMP router of the port mapping test (its own namespaces).
 set -euo pipefail
-PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light)
+PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light miniupnpd-nftables nftables)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,8 @@ pub struct Network {
     pub enable_utp: bool,
     /// Dial uTP first (else TCP first; the other is the fallback).
     pub prefer_utp: bool,
+    /// Map the listen port on the home router (NAT-PMP), renew it, remove it at exit.
+    pub port_mapping: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +126,7 @@ impl Default for Config {
                 enable_tcp: true,
                 enable_utp: true,
                 prefer_utp: false,
+                port_mapping: true,
             },
             disk: Disk {
                 preallocate: "sparse".into(),
@@ -282,6 +285,9 @@ impl Config {
         }
         if let Some(v) = get("CCBT_ENABLE_UTP") {
             self.network.enable_utp = parse_bool("CCBT_ENABLE_UTP", &v)?;
+        }
+        if let Some(v) = get("CCBT_PORT_MAPPING") {
+            self.network.port_mapping = parse_bool("CCBT_PORT_MAPPING", &v)?;
         }
         if let Some(v) = get("CCBT_PREFER_UTP") {
             self.network.prefer_utp = parse_bool("CCBT_PREFER_UTP", &v)?;

@@ -161,6 +161,7 @@ impl Ctx {
             enable_tcp: self.config.network.enable_tcp,
             enable_utp: self.config.network.enable_utp,
             prefer_utp: self.config.network.prefer_utp,
+            port_mapping: self.config.network.port_mapping,
         }
     }
 }
@@ -229,6 +230,8 @@ impl Ctx {
 
     /// Before exit: the DHT's routing table is saved for the next run (bounded).
     fn finish(&self) {
+        // Port mappings go with the process (bounded: half a second per mapping).
+        ccbt_core::session::portmap::remove_all();
         if let (Some(d), Ok(rt)) = (self.dht_started(), runtime()) {
             let _ = rt.block_on(async {
                 tokio::time::timeout(std::time::Duration::from_secs(2), d.save()).await

@@ -33,7 +33,9 @@ pub fn ccbt_cmd() -> Command {
         .env("CCBT_ENABLE_DHT", "false")
         .env("CCBT_DHT_BOOTSTRAP", "")
         .env("CCBT_DHT_MAX_NODES_PER_IP", "0")
-        .env("CCBT_DHT_QUERIES_PER_IP_PER_SEC", "0");
+        .env("CCBT_DHT_QUERIES_PER_IP_PER_SEC", "0")
+        // Never a router off the box (the suite's namespace has no default route anyway).
+        .env("CCBT_PORT_MAPPING", "false");
     c
 }
 

@@ -6,6 +6,7 @@ pub mod choker;
 pub mod extension;
 pub mod metadata;
 pub mod mse;
+pub mod natpmp;
 pub mod pex;
 pub mod picker;
 pub mod ratelimit;

@@ -34,6 +34,9 @@ pub struct Announce {
     pub event: Event,
     pub numwant: u32,
     pub key: u32,
+    /// Our address as the internet sees it (a port mapping's), if known: sent as `ip` (BEP 3)
+    /// and the announced port is the mapped one.
+    pub external: Option<std::net::SocketAddrV4>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,11 +139,15 @@ pub fn http_announce_target(path: &str, a: &Announce) -> String {
         Event::Completed => "&event=completed",
         Event::Stopped => "&event=stopped",
     };
+    let ip = a
+        .external
+        .map(|e| format!("&ip={}", e.ip()))
+        .unwrap_or_default();
     format!(
-        "{path}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant={}&key={:08x}{event}",
+        "{path}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant={}&key={:08x}{event}{ip}",
         percent_encode(&a.info_hash),
         percent_encode(&a.peer_id),
-        a.port,
+        a.external.map_or(a.port, |e| e.port()),
         a.uploaded,
         a.downloaded,
         a.left,
@@ -408,10 +415,12 @@ pub fn udp_announce_request(conn: u64, tid: u32, a: &Announce) -> [u8; 98] {
         Event::Stopped => 3,
     };
     b[80..84].copy_from_slice(&ev.to_be_bytes());
-    // ip 0, key, numwant, port
+    if let Some(e) = a.external {
+        b[84..88].copy_from_slice(&e.ip().octets());
+    }
     b[88..92].copy_from_slice(&a.key.to_be_bytes());
     b[92..96].copy_from_slice(&(a.numwant as i32).to_be_bytes());
-    b[96..98].copy_from_slice(&a.port.to_be_bytes());
+    b[96..98].copy_from_slice(&a.external.map_or(a.port, |e| e.port()).to_be_bytes());
     b
 }
 
@@ -456,6 +465,7 @@ mod tests {
             event: Event::Started,
             numwant: 50,
             key: 0xdeadbeef,
+            external: None,
         }
     }
 

@@ -92,6 +92,7 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
                         event: Event::Started,
                         numwant: 50,
                         key: rand::random(),
+                        external: None,
                     };
                     match tracker_client::announce(url, &a).await {
                         Ok(r) => r.peers.into_iter().for_each(|p| {

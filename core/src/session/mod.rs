@@ -9,6 +9,7 @@ pub use latency::RuntimeLatency;
 pub mod discovery;
 pub mod metadata_fetch;
 mod peer;
+pub mod portmap;
 pub mod tracker_client;
 pub mod udp;
 mod utp;
@@ -63,6 +64,8 @@ pub struct SessionConfig {
     pub enable_tcp: bool,
     pub enable_utp: bool,
     pub prefer_utp: bool,
+    /// Map the listen port on the gateway (NAT-PMP) and announce the external address.
+    pub port_mapping: bool,
 }
 
 impl Default for SessionConfig {
@@ -77,6 +80,7 @@ impl Default for SessionConfig {
             enable_tcp: true,
             enable_utp: true,
             prefer_utp: false,
+            port_mapping: false,
         }
     }
 }
@@ -299,6 +303,8 @@ pub(crate) struct SessionInner {
     pub encryption: crate::mse::Policy,
     /// How peers are dialled (TCP, uTP, which first).
     pub(crate) dialer: transport::Dialer,
+    /// Our address as the internet sees it (from port mapping), once known.
+    pub external: Mutex<Option<SocketAddr>>,
     next_key: AtomicU64,
     latency: Arc<latency::LatencyProbe>,
     /// Set once, after start (the DHT binds the listen port the session chose).
@@ -379,6 +385,7 @@ impl Session {
                 utp,
                 prefer_utp: cfg.prefer_utp,
             },
+            external: Mutex::new(None),
             peer_id: new_peer_id(),
             listen_addr,
             torrents: Mutex::new(HashMap::new()),
@@ -392,6 +399,14 @@ impl Session {
             latency: latency::LatencyProbe::start(),
             discovery: std::sync::OnceLock::new(),
         });
+        if cfg.port_mapping {
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(portmap::keep_mapped(listen_addr.port(), move |ext| {
+                if let Some(i) = weak.upgrade() {
+                    *i.external.lock().unwrap() = Some(ext);
+                }
+            }));
+        }
         let acc = inner.clone();
         let tcp_on = cfg.enable_tcp;
         tokio::spawn(async move {
@@ -428,6 +443,11 @@ impl Session {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen_addr
+    }
+
+    /// Our address as the internet sees it, when port mapping found it.
+    pub fn external_addr(&self) -> Option<SocketAddr> {
+        *self.inner.external.lock().unwrap()
     }
 
     /// Peers from the DHT for every torrent and swarm added from now on (public torrents only).
@@ -836,6 +856,10 @@ fn announce_params(t: &TorrentShared, event: Event) -> Announce {
         event,
         numwant: 200,
         key: u32::from_be_bytes(t.session.peer_id[16..20].try_into().unwrap()),
+        external: match *t.session.external.lock().unwrap() {
+            Some(SocketAddr::V4(a)) => Some(a),
+            _ => None,
+        },
     }
 }
 

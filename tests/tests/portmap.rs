@@ -1,0 +1,218 @@
+//! Port mapping behind a NAT router the test builds: three network namespaces (the client where
+//! ccbt seeds, the router running miniupnpd with NAT-PMP and nftables, the "internet" outside),
+//! joined by veth pairs. The mapping appears in the router's rules, a peer outside downloads
+//! through the mapped port, and the mapping is gone after ccbt exits cleanly. Nothing here
+//! touches a real network: the namespaces have only the links the test makes.
+
+use ccbt_tests::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Net {
+    ns: [String; 3],
+    router: Option<std::process::Child>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.router.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+        for n in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn in_ns(ns: &str, cmd: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, cmd]);
+    c
+}
+
+/// client 10.9.0.2 -- 10.9.0.1 router 11.9.0.1 -- 11.9.0.2 outside
+fn build(dir: &std::path::Path) -> Net {
+    require("miniupnpd", "miniupnpd-nftables");
+    require("nft", "nftables");
+    let tag = std::process::id();
+    let ns = ["c", "r", "o"].map(|n| format!("ccbt{tag}{n}"));
+    let mut net = Net { ns, router: None };
+    let [c, r, o] = net.ns.clone();
+    for n in &net.ns {
+        ip(&["netns", "add", n]);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+    }
+    let (vc, vrc, vo, vro) = (
+        format!("c{tag}"),
+        format!("rc{tag}"),
+        format!("o{tag}"),
+        format!("ro{tag}"),
+    );
+    ip(&["link", "add", &vc, "type", "veth", "peer", "name", &vrc]);
+    ip(&["link", "set", &vc, "netns", &c]);
+    ip(&["link", "set", &vrc, "netns", &r]);
+    ip(&["link", "add", &vo, "type", "veth", "peer", "name", &vro]);
+    ip(&["link", "set", &vo, "netns", &o]);
+    ip(&["link", "set", &vro, "netns", &r]);
+    ip(&["-n", &r, "addr", "add", "10.9.0.1/24", "dev", &vrc]);
+    ip(&["-n", &r, "addr", "add", "11.9.0.1/24", "dev", &vro]);
+    ip(&["-n", &r, "link", "set", &vrc, "up"]);
+    ip(&["-n", &r, "link", "set", &vro, "up"]);
+    ip(&["-n", &c, "addr", "add", "10.9.0.2/24", "dev", &vc]);
+    ip(&["-n", &c, "link", "set", &vc, "up"]);
+    ip(&["-n", &c, "route", "add", "default", "via", "10.9.0.1"]);
+    ip(&["-n", &o, "addr", "add", "11.9.0.2/24", "dev", &vo]);
+    ip(&["-n", &o, "link", "set", &vo, "up"]);
+    assert!(in_ns(&r, "sysctl")
+        .args(["-q", "net.ipv4.ip_forward=1"])
+        .status()
+        .unwrap()
+        .success());
+    // The chains miniupnpd fills, and masquerading out of the router.
+    let rules = dir.join("router.nft");
+    std::fs::write(
+        &rules,
+        format!(
+            "table inet filter {{
+  chain forward {{ type filter hook forward priority 0; policy accept; jump miniupnpd; }}
+  chain miniupnpd {{ }}
+  chain prerouting {{ type nat hook prerouting priority -100; jump prerouting_miniupnpd; }}
+  chain postrouting {{ type nat hook postrouting priority 100; oifname \"{vro}\" masquerade; jump postrouting_miniupnpd; }}
+  chain prerouting_miniupnpd {{ }}
+  chain postrouting_miniupnpd {{ }}
+}}
+"
+        ),
+    )
+    .unwrap();
+    assert!(in_ns(&r, "nft")
+        .arg("-f")
+        .arg(&rules)
+        .status()
+        .unwrap()
+        .success());
+    let conf = dir.join("miniupnpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "ext_ifname={vro}\nlistening_ip={vrc}\nenable_natpmp=yes\nenable_upnp=no\nsecure_mode=yes\n\
+             allow 1024-65535 10.9.0.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("miniupnpd.log")).unwrap();
+    net.router = Some(
+        in_ns(&r, "miniupnpd")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-d")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    net
+}
+
+fn router_rules(net: &Net) -> String {
+    let o = in_ns(&net.ns[1], "nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn nat_pmp_maps_the_port_a_peer_outside_connects_and_exit_removes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let net = build(root);
+    make_tree(&root.join("seed/data"), &[("a.bin", 2_000_003)]);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let port = free_port();
+    let log = root.join("seed.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut seed = in_ns(&net.ns[0], s(&ccbt_bin()))
+        .env("CCBT_ENABLE_DHT", "false")
+        .env("CCBT_DHT_BOOTSTRAP", "")
+        .env("CCBT_PORT_MAPPING", "true")
+        .args([
+            "--data-dir",
+            s(&root.join("sd")),
+            "seed",
+            s(&t),
+            s(&root.join("seed")),
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--no-trackers",
+        ])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let dport = format!("dport {port} ");
+    wait_until(20.0, "the mapping in the router's rules", || {
+        router_rules(&net).contains(&dport)
+    });
+    wait_until(10.0, "ccbt to report its external address", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("reachable at 11.9.0.1:{port}"))
+    });
+    // A peer on the outside reaches ccbt through the router's external address.
+    let o = in_ns(&net.ns[2], s(&ccbt_bin()))
+        .env("CCBT_ENABLE_DHT", "false")
+        .env("CCBT_DHT_BOOTSTRAP", "")
+        .env("CCBT_PORT_MAPPING", "false")
+        .args([
+            "--json",
+            "--data-dir",
+            s(&root.join("od")),
+            "download",
+            s(&t),
+            "-o",
+            s(&root.join("dl")),
+            "--listen",
+            "0.0.0.0:0",
+            "--no-trackers",
+            "--peer",
+            &format!("11.9.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(same_file(
+        &root.join("seed/data/a.bin"),
+        &root.join("dl/data/a.bin")
+    ));
+    // A clean exit removes the mapping.
+    Command::new("kill")
+        .args(["-TERM", &seed.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = seed.wait();
+    wait_until(10.0, "the mapping to be removed", || {
+        !router_rules(&net).contains(&dport)
+    });
+}
