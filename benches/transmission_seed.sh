@@ -14,11 +14,16 @@ W=$(mktemp -d /tmp/ccbt-bench-tr.XXXXXX)
 TRPID=""
 cleanup() { [ -n "$TRPID" ] && kill "$TRPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
-mkdir -p "$W/seed/data" "$W/cfg"
+mkdir -p "$W/seed/data"
 head -c $((MIB * 1048576)) /dev/urandom > "$W/seed/data/a.bin"
 "$BIN" -q create "$W/seed/data" --v1 --piece-length 262144 -o "$W/t.torrent"
 PP=$((20000 + RANDOM % 20000)); RP=$((PP + 1))
-cat > "$W/cfg/settings.json" <<J
+# A fresh Transmission for every leecher: one that has served a peer from 127.0.0.1 does not
+# serve the next one from the same address (seen here), so each run gets its own daemon.
+start_tr() {
+  rm -rf "$W/cfg"; mkdir -p "$W/cfg"
+  PP=$((20000 + RANDOM % 20000)); RP=$((PP + 1))
+  cat > "$W/cfg/settings.json" <<J
 {"bind-address-ipv4": "127.0.0.1", "peer-port": $PP, "peer-port-random-on-start": false,
  "port-forwarding-enabled": false, "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
  "utp-enabled": false, "blocklist-enabled": false, "encryption": 1, "rpc-enabled": true,
@@ -27,23 +32,28 @@ cat > "$W/cfg/settings.json" <<J
  "incomplete-dir-enabled": false, "start-added-torrents": true, "ratio-limit-enabled": false,
  "speed-limit-down-enabled": false, "speed-limit-up-enabled": false, "message-level": 1}
 J
-transmission-daemon -f -g "$W/cfg" >/dev/null 2>&1 &
-TRPID=$!
-for _ in $(seq 100); do transmission-remote "127.0.0.1:$RP" -l >/dev/null 2>&1 && break; sleep 0.2; done
-transmission-remote "127.0.0.1:$RP" -a "$W/t.torrent" >/dev/null
-for _ in $(seq 300); do transmission-remote "127.0.0.1:$RP" -l | grep -q "100%" && break; sleep 0.2; done
-transmission-remote "127.0.0.1:$RP" -l | grep -q "100%" || { echo "Transmission did not verify its data"; exit 1; }
+  transmission-daemon -f -g "$W/cfg" >/dev/null 2>&1 &
+  TRPID=$!
+  for _ in $(seq 100); do transmission-remote "127.0.0.1:$RP" -l >/dev/null 2>&1 && break; sleep 0.2; done
+  transmission-remote "127.0.0.1:$RP" -a "$W/t.torrent" >/dev/null
+  for _ in $(seq 300); do transmission-remote "127.0.0.1:$RP" -l | grep -q "100%" && break; sleep 0.2; done
+  transmission-remote "127.0.0.1:$RP" -l | grep -q "100%" || { echo "Transmission did not verify its data"; exit 1; }
+}
+stop_tr() { kill "$TRPID" 2>/dev/null; wait "$TRPID" 2>/dev/null || true; TRPID=""; }
 for i in $(seq "$RUNS"); do
+  start_tr
   rm -rf "$W/lt"
   LP=$((40000 + RANDOM % 20000))
   /usr/bin/python3 "$LT" leech "$W/t.torrent" "$W/lt" "$LP" 300 "127.0.0.1:$PP" > "$W/lt.json"
   l=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$W/lt.json")
+  stop_tr; start_tr
   rm -rf "$W/dl" "$W/d"
   t0=$(date +%s.%N)
   timeout 300 "$BIN" -q --data-dir "$W/d" download "$W/t.torrent" -o "$W/dl" \
       --listen 127.0.0.1:0 --peer "127.0.0.1:$PP" --no-trackers --no-resume
   c=$(echo "$(date +%s.%N) - $t0" | bc -l)
   cmp -s "$W/dl/data/a.bin" "$W/seed/data/a.bin" || { echo "ccbt download differs"; exit 1; }
+  stop_tr
   printf 'run %d: ccbt %6.2f s  libtorrent %6.2f s  ratio %.2f\n' "$i" "$c" "$l" "$(echo "$c/$l" | bc -l)"
   echo "$c $l" >> "$W/all"
 done
