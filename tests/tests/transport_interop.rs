@@ -88,24 +88,7 @@ fn libtorrent_forced_to_rc4_downloads_from_ccbt_and_seeds_to_it() {
         &[("LT_SETTINGS", LT_RC4_ONLY)],
     );
     let dl = root.join("dl");
-    let o = ccbt_cmd()
-        .args([
-            "--json",
-            "--data-dir",
-            s(&root.join("d")),
-            "download",
-            s(&t),
-            "-o",
-            s(&dl),
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--no-trackers",
-            "--peer",
-            &format!("127.0.0.1:{lport}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    download(root, "d", &t, &dl, &format!("127.0.0.1:{lport}"), &[]);
     assert!(same(&root.join("seed"), &dl));
 }
 
@@ -258,25 +241,14 @@ fn utp_both_ways_with_libtorrent_that_has_tcp_off() {
     );
     let dl = root.join("dl");
     let t0 = std::time::Instant::now();
-    let o = ccbt_cmd()
-        .env("CCBT_ENABLE_TCP", "false")
-        .args([
-            "--json",
-            "--data-dir",
-            s(&root.join("d")),
-            "download",
-            s(&t),
-            "-o",
-            s(&dl),
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--no-trackers",
-            "--peer",
-            &format!("127.0.0.1:{lport}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    download(
+        root,
+        "d",
+        &t,
+        &dl,
+        &format!("127.0.0.1:{lport}"),
+        &[("CCBT_ENABLE_TCP", "false")],
+    );
     assert!(same(&root.join("seed"), &dl));
     eprintln!("ccbt over uTP from libtorrent: {:?}", t0.elapsed());
     // A uTP-only libtorrent leecher dials ccbt (which listens on TCP and uTP).
@@ -290,24 +262,37 @@ fn utp_both_ways_with_libtorrent_that_has_tcp_off() {
     assert!(same(&root.join("seed"), &root.join("lt")));
     // ccbt to ccbt over uTP only.
     let dl2 = root.join("dl2");
+    download(
+        root,
+        "d2",
+        &t,
+        &dl2,
+        &listen,
+        &[("CCBT_ENABLE_TCP", "false")],
+    );
+    assert!(same(&root.join("seed"), &dl2));
+}
+
+/// `ccbt download` of `t` into `dl` from `peer` only (data dir `root/dd`), with `env`; panics with
+/// its stderr unless it succeeds.
+fn download(root: &Path, dd: &str, t: &Path, dl: &Path, peer: &str, env: &[(&str, &str)]) {
     let o = ccbt_cmd()
-        .env("CCBT_ENABLE_TCP", "false")
+        .envs(env.iter().copied())
         .args([
             "--json",
             "--data-dir",
-            s(&root.join("d2")),
+            s(&root.join(dd)),
             "download",
-            s(&t),
+            s(t),
             "-o",
-            s(&dl2),
+            s(dl),
             "--listen",
             &format!("127.0.0.1:{}", free_port()),
             "--no-trackers",
             "--peer",
-            &listen,
+            peer,
         ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(same(&root.join("seed"), &dl2));
 }
