@@ -109,17 +109,12 @@ impl PeerStream {
     }
 
     pub(crate) async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        if !self.pending.is_empty() {
-            let n = self.pending.len();
-            buf.extend_from_slice(&self.pending);
-            self.pending.clear();
+        if let Some(n) = take_pending(&mut self.pending, buf) {
             return Ok(n);
         }
         let start = buf.len();
         let n = self.tcp.read_buf(buf).await?;
-        if let Some(c) = &mut self.rx {
-            c.apply(&mut buf[start..start + n]);
-        }
+        decrypt_new(&mut self.rx, buf, start, n);
         Ok(n)
     }
 
@@ -158,6 +153,24 @@ impl PeerStream {
     }
 }
 
+/// Bytes read (and decrypted) during the handshake come first: moved into `buf`.
+fn take_pending(pending: &mut BytesMut, buf: &mut BytesMut) -> Option<usize> {
+    if pending.is_empty() {
+        return None;
+    }
+    let n = pending.len();
+    buf.extend_from_slice(pending);
+    pending.clear();
+    Some(n)
+}
+
+/// Decrypts the `n` bytes just read at `start` of `buf`, if RC4 was negotiated.
+fn decrypt_new(rx: &mut Option<Cipher>, buf: &mut BytesMut, start: usize, n: usize) {
+    if let Some(c) = rx {
+        c.apply(&mut buf[start..start + n]);
+    }
+}
+
 pub(crate) struct PeerReader {
     r: RawReader,
     rx: Option<Cipher>,
@@ -167,10 +180,7 @@ pub(crate) struct PeerReader {
 impl PeerReader {
     /// Appends what arrives to `buf` (decrypted); 0 at end of stream. Cancel-safe.
     pub(crate) async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        if !self.pending.is_empty() {
-            let n = self.pending.len();
-            buf.extend_from_slice(&self.pending);
-            self.pending.clear();
+        if let Some(n) = take_pending(&mut self.pending, buf) {
             return Ok(n);
         }
         let start = buf.len();
@@ -178,9 +188,7 @@ impl PeerReader {
             RawReader::Tcp(r) => r.read_buf(buf).await?,
             RawReader::Utp(r) => r.read_buf(buf).await?,
         };
-        if let Some(c) = &mut self.rx {
-            c.apply(&mut buf[start..start + n]);
-        }
+        decrypt_new(&mut self.rx, buf, start, n);
         Ok(n)
     }
 }
