@@ -34,8 +34,10 @@ pub struct Network {
     pub enable_utp: bool,
     /// Dial uTP first (else TCP first; the other is the fallback).
     pub prefer_utp: bool,
-    /// Map the listen port on the home router (NAT-PMP), renew it, remove it at exit.
+    /// Map the listen port on the home router, renew it, remove it at exit.
     pub port_mapping: bool,
+    /// Which protocols to try, in order: "pcp", "natpmp", "upnp".
+    pub port_mapping_protocols: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +129,7 @@ impl Default for Config {
                 enable_utp: true,
                 prefer_utp: false,
                 port_mapping: true,
+                port_mapping_protocols: vec!["pcp".into(), "natpmp".into(), "upnp".into()],
             },
             disk: Disk {
                 preallocate: "sparse".into(),
@@ -221,6 +224,7 @@ impl Config {
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
         cfg.encryption()?;
+        cfg.port_mapping()?;
         if !cfg.network.enable_tcp && !cfg.network.enable_utp {
             anyhow::bail!("[network] enable_tcp and enable_utp are both false: turn one on");
         }
@@ -235,6 +239,21 @@ impl Config {
                 self.network.encryption
             )
         })
+    }
+
+    /// The port mapping protocols to try, in order (empty when mapping is off).
+    pub fn port_mapping(&self) -> Result<Vec<ccbt_core::session::portmap::Method>> {
+        if !self.network.port_mapping {
+            return Ok(Vec::new());
+        }
+        self.network
+            .port_mapping_protocols
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e: String| anyhow::anyhow!("[network] port_mapping_protocols: {e}"))
+            })
+            .collect()
     }
 
     /// `CCBT_*` environment overrides (the names the seed documents use).
@@ -288,6 +307,13 @@ impl Config {
         }
         if let Some(v) = get("CCBT_PORT_MAPPING") {
             self.network.port_mapping = parse_bool("CCBT_PORT_MAPPING", &v)?;
+        }
+        if let Some(v) = get("CCBT_PORT_MAPPING_PROTOCOLS") {
+            self.network.port_mapping_protocols = v
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
         }
         if let Some(v) = get("CCBT_PREFER_UTP") {
             self.network.prefer_utp = parse_bool("CCBT_PREFER_UTP", &v)?;

@@ -161,7 +161,7 @@ impl Ctx {
             enable_tcp: self.config.network.enable_tcp,
             enable_utp: self.config.network.enable_utp,
             prefer_utp: self.config.network.prefer_utp,
-            port_mapping: self.config.network.port_mapping,
+            port_mapping: self.config.port_mapping().unwrap_or_default(),
         }
     }
 }

@@ -18,7 +18,9 @@ pub mod session;
 
 pub use disk::{resume, storage};
 pub use format::{bencode, create, encoding, magnet, merkle, metainfo};
-pub use proto::{choker, extension, metadata, mse, natpmp, pex, picker, ratelimit, tracker, wire};
+pub use proto::{
+    choker, extension, metadata, mse, natpmp, pcp, pex, picker, ratelimit, tracker, wire,
+};
 
 pub use magnet::Magnet;
 pub use metainfo::{FileEntry, Metainfo, MetainfoError};

@@ -41,10 +41,16 @@ fn in_ns(ns: &str, cmd: &str) -> Command {
 }
 
 /// client 10.9.0.2 -- 10.9.0.1 router 11.9.0.1 -- 11.9.0.2 outside
-fn build(dir: &std::path::Path) -> Net {
+fn build(dir: &std::path::Path, daemon_opts: &str) -> Net {
     require("miniupnpd", "miniupnpd-nftables");
     require("nft", "nftables");
-    let tag = std::process::id();
+    // Tests run in parallel: each builds its own namespaces and links.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let tag = format!(
+        "{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let ns = ["c", "r", "o"].map(|n| format!("ccbt{tag}{n}"));
     let mut net = Net { ns, router: None };
     let [c, r, o] = net.ns.clone();
@@ -105,7 +111,8 @@ fn build(dir: &std::path::Path) -> Net {
     std::fs::write(
         &conf,
         format!(
-            "ext_ifname={vro}\nlistening_ip={vrc}\nenable_natpmp=yes\nenable_upnp=no\nsecure_mode=yes\n\
+            "ext_ifname={vro}\nlistening_ip={vrc}\n{daemon_opts}secure_mode=yes\n\
+             uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b\n\
              allow 1024-65535 10.9.0.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
         ),
     )
@@ -133,11 +140,37 @@ fn router_rules(net: &Net) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// PCP first, as by default: miniupnpd speaks it.
+#[test]
+fn pcp_maps_the_port_a_peer_outside_connects_and_exit_removes_it() {
+    mapping_case(
+        "enable_natpmp=yes\nenable_upnp=no\n",
+        "pcp,natpmp,upnp",
+        "PCP",
+    );
+}
+
+/// NAT-PMP alone (a router that speaks only it; miniupnpd answers both versions).
 #[test]
 fn nat_pmp_maps_the_port_a_peer_outside_connects_and_exit_removes_it() {
+    mapping_case("enable_natpmp=yes\nenable_upnp=no\n", "natpmp", "NAT-PMP");
+}
+
+/// A router with UPnP IGD only: PCP and NAT-PMP get no answer, SSDP finds the gateway, and
+/// SOAP maps and unmaps the port.
+#[test]
+fn upnp_igd_maps_the_port_after_pcp_and_nat_pmp_fail() {
+    mapping_case(
+        "enable_natpmp=no\nenable_upnp=yes\n",
+        "pcp,natpmp,upnp",
+        "UPnP",
+    );
+}
+
+fn mapping_case(router: &str, protocols: &str, used: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let net = build(root);
+    let net = build(root, router);
     make_tree(&root.join("seed/data"), &[("a.bin", 2_000_003)]);
     let t = root.join("t.torrent");
     ccbt_ok(&[
@@ -155,6 +188,7 @@ fn nat_pmp_maps_the_port_a_peer_outside_connects_and_exit_removes_it() {
         .env("CCBT_ENABLE_DHT", "false")
         .env("CCBT_DHT_BOOTSTRAP", "")
         .env("CCBT_PORT_MAPPING", "true")
+        .env("CCBT_PORT_MAPPING_PROTOCOLS", protocols)
         .args([
             "--data-dir",
             s(&root.join("sd")),
@@ -170,13 +204,15 @@ fn nat_pmp_maps_the_port_a_peer_outside_connects_and_exit_removes_it() {
         .spawn()
         .unwrap();
     let dport = format!("dport {port} ");
-    wait_until(20.0, "the mapping in the router's rules", || {
+    wait_until(30.0, "the mapping in the router's rules", || {
         router_rules(&net).contains(&dport)
     });
     wait_until(10.0, "ccbt to report its external address", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains(&format!("reachable at 11.9.0.1:{port}"))
+            .contains(&format!(
+                "reachable at 11.9.0.1:{port} ({used} on 10.9.0.1)"
+            ))
     });
     // A peer on the outside reaches ccbt through the router's external address.
     let o = in_ns(&net.ns[2], s(&ccbt_bin()))

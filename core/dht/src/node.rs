@@ -596,6 +596,17 @@ impl Node {
         {
             self.external_ip = Some(*best);
         }
+        self.conform_id(now);
+    }
+
+    /// Our external address as the port mapping on our router reports it: more certain than
+    /// votes, so it is taken at once (BEP 42: the id must derive from it).
+    pub fn set_external_ip(&mut self, ip: Ipv4Addr, now: Instant) {
+        self.external_ip = Some(ip);
+        self.conform_id(now);
+    }
+
+    fn conform_id(&mut self, now: Instant) {
         if let Some(ip) = self.external_ip {
             if !bep42::exempt(ip) && !bep42::conforms(ip, &self.id()) {
                 let id = Node::random_id(&mut self.rng, Some(ip));

@@ -68,6 +68,8 @@ enum Cmd {
     Status(oneshot::Sender<Status>),
     /// Writes the routing table now; answers when written.
     Save(oneshot::Sender<()>),
+    /// Our external address, learned by port mapping.
+    External(std::net::Ipv4Addr),
 }
 
 /// A running DHT node.
@@ -293,6 +295,7 @@ async fn run(
                     save_to(&cfg.state_file, &node);
                     let _ = reply.send(());
                 }
+                Some(Cmd::External(ip)) => node.set_external_ip(ip, Instant::now()),
             },
             Some(mut addrs) = boot_rx.recv() => {
                 // Saved nodes are asked too: the routers may be unreachable.
@@ -339,5 +342,12 @@ impl ccbt_core::session::discovery::Discovery for Dht {
                 .map(SocketAddr::V4)
                 .collect()
         })
+    }
+
+    fn external_address(&self, ip: std::net::IpAddr) {
+        if let std::net::IpAddr::V4(ip) = ip.to_canonical() {
+            // Full queue: the next renewal tells it again.
+            let _ = self.tx.try_send(Cmd::External(ip));
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod extension;
 pub mod metadata;
 pub mod mse;
 pub mod natpmp;
+pub mod pcp;
 pub mod pex;
 pub mod picker;
 pub mod ratelimit;

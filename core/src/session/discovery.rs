@@ -15,6 +15,8 @@ pub type PeersFuture = Pin<Box<dyn Future<Output = Vec<SocketAddr>> + Send>>;
 pub trait Discovery: Send + Sync + 'static {
     /// Peers for `info_hash`; with `announce`, also announces us as a peer on that TCP port.
     fn find_peers(&self, info_hash: [u8; 20], announce: Option<u16>) -> PeersFuture;
+    /// Our external address as the port mapping learned it (BEP 42 ids derive from it).
+    fn external_address(&self, _ip: std::net::IpAddr) {}
 }
 
 /// A shareable discovery service (cloneable, printable in configs).

@@ -65,8 +65,9 @@ pub struct SessionConfig {
     pub enable_tcp: bool,
     pub enable_utp: bool,
     pub prefer_utp: bool,
-    /// Map the listen port on the gateway (NAT-PMP) and announce the external address.
-    pub port_mapping: bool,
+    /// Map the listen port on the gateway with the first of these protocols that works (none:
+    /// off) and announce the external address to trackers and the DHT.
+    pub port_mapping: Vec<portmap::Method>,
 }
 
 impl Default for SessionConfig {
@@ -81,7 +82,7 @@ impl Default for SessionConfig {
             enable_tcp: true,
             enable_utp: true,
             prefer_utp: false,
-            port_mapping: false,
+            port_mapping: Vec::new(),
         }
     }
 }
@@ -400,13 +401,21 @@ impl Session {
             latency: latency::LatencyProbe::start(),
             discovery: std::sync::OnceLock::new(),
         });
-        if cfg.port_mapping {
+        if !cfg.port_mapping.is_empty() {
             let weak = Arc::downgrade(&inner);
-            tokio::spawn(portmap::keep_mapped(listen_addr.port(), move |ext| {
-                if let Some(i) = weak.upgrade() {
-                    *i.external.lock().unwrap() = Some(ext);
-                }
-            }));
+            let methods = cfg.port_mapping.clone();
+            tokio::spawn(portmap::keep_mapped(
+                listen_addr.port(),
+                methods,
+                move |ext| {
+                    if let Some(i) = weak.upgrade() {
+                        *i.external.lock().unwrap() = Some(ext);
+                        if let Some(d) = i.discovery.get() {
+                            d.0.external_address(ext.ip());
+                        }
+                    }
+                },
+            ));
         }
         let acc = inner.clone();
         let tcp_on = cfg.enable_tcp;

@@ -460,3 +460,17 @@ fn bep42_id_follows_the_voted_external_address() {
     assert!(bep42::conforms(public, &n.id()));
     assert_eq!(n.table.len(), 3, "the nodes stay, re-bucketed");
 }
+
+/// The port mapping's external address is taken at once (no votes needed) and the id conforms.
+#[test]
+fn external_address_from_port_mapping_sets_a_conforming_id() {
+    let now = Instant::now();
+    let mut n = Node::new([0x11; 20], Settings::default(), 9, now);
+    let public = Ipv4Addr::new(124, 31, 75, 21);
+    n.set_external_ip(public, now);
+    assert_eq!(n.external_ip, Some(public));
+    assert!(bep42::conforms(public, &n.id()));
+    let id = n.id();
+    n.set_external_ip(public, now);
+    assert_eq!(n.id(), id, "an id that conforms is kept");
+}
