@@ -237,6 +237,9 @@ pub fn resolve_torrent(
         discovery: dht.clone(),
         timeout: src.timeout,
         encryption: ctx.config.encryption()?,
+        enable_tcp: ctx.config.network.enable_tcp,
+        enable_utp: ctx.config.network.enable_utp,
+        prefer_utp: ctx.config.network.prefer_utp,
     };
     let got =
         crate::runtime()?.block_on(ccbt_core::session::metadata_fetch::fetch_metadata(cfg))?;

@@ -24,6 +24,9 @@ pub struct CreateArgs {
     /// Web seed URL (BEP 19)
     #[arg(short = 'w', long = "web-seed", value_name = "URL")]
     pub web_seeds: Vec<String>,
+    /// BEP 17 HTTP seed (a script answering `?info_hash=..&piece=N`; repeatable)
+    #[arg(long = "http-seed", value_name = "URL")]
+    pub http_seeds: Vec<String>,
     /// BitTorrent v1 only
     #[arg(long, group = "kind")]
     pub v1: bool,
@@ -63,6 +66,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
         piece_length: a.piece_length,
         trackers: a.trackers.clone(),
         web_seeds: a.web_seeds.clone(),
+        http_seeds: a.http_seeds.clone(),
         private: a.private,
         comment: a.comment.clone(),
         created_by: Some(format!("ccbt {}", env!("CARGO_PKG_VERSION"))),
@@ -199,6 +203,7 @@ fn info_json_head(m: &Metainfo) -> serde_json::Value {
         "multi_file": m.multi_file,
         "trackers": m.trackers,
         "url_list": m.url_list,
+        "http_seeds": m.http_seeds,
         "comment": m.comment,
         "created_by": m.created_by,
         "creation_date": m.creation_date,
@@ -301,6 +306,9 @@ pub fn info(ctx: &Ctx, a: InfoArgs) -> Result<()> {
     }
     for u in &m.url_list {
         outln!("web seed:     {}", printable(u));
+    }
+    for u in &m.http_seeds {
+        outln!("http seed:    {}", printable(u));
     }
     if let Some(c) = &m.comment {
         outln!("comment:      {}", printable(c));

@@ -1798,3 +1798,74 @@ fn web_seeds_alone_and_a_corrupt_one_beside_an_honest_peer() {
         .unwrap_or_else(|| panic!("the corrupt web seed was not dropped: {err}"));
     eprintln!("{line}");
 }
+
+/// BEP 17 (`httpseeds`): a Hoffman-style seed script (answering 503 "wait 1 s" to the first
+/// request of every piece) is the only source; ccbt honours the waits and completes byte-exact.
+#[test]
+fn bep17_http_seed_alone_with_busy_answers() {
+    let fx = fixture("v1", &[], FILES, "64K");
+    let port = free_port();
+    let t = fx.root.join("hs.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&fx.src_parent.join("data")),
+        "--v1",
+        "--piece-length",
+        "64K",
+        "--http-seed",
+        &format!("http://127.0.0.1:{port}/seed.php"),
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let info = ccbt_json(&["info", s(&t)]);
+    assert_eq!(
+        info["http_seeds"][0],
+        format!("http://127.0.0.1:{port}/seed.php")
+    );
+    let files: Vec<(String, u64)> = info["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["length"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let _srv = ChildGuard(
+        std::process::Command::new("/usr/bin/python3")
+            .arg(root().join("tests/scripts/bep17_seed.py"))
+            .args([
+                &port.to_string(),
+                info["info_hash_v1"].as_str().unwrap(),
+                "65536",
+                s(&fx.src_parent.join("data")),
+                &serde_json::to_string(&files).unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&format!("127.0.0.1:{port}"), 10);
+    let dl = fx.root.join("dl");
+    let r = ccbt_download(
+        &[
+            "--data-dir",
+            s(&fx.root.join("d")),
+            "download",
+            s(&t),
+            "-o",
+            s(&dl),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--no-trackers",
+        ],
+        90,
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(r["hash_failures"], 0, "{r}");
+    fx.assert_same(&dl, FILES);
+    let err = r["stderr"].as_str().unwrap();
+    assert!(err.contains("busy (503)"), "the waits were not seen: {err}");
+}

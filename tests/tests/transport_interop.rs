@@ -2,6 +2,7 @@
 //! ways, libtorrent downloads from ccbt (ccbt answers the encrypted handshake) and seeds to it
 //! (ccbt starts one); with ccbt set to `require`, a plaintext-only libtorrent gets nothing.
 //! IPv6: peers from a tracker's `peers6` (BEP 7), a listener on both stacks, libtorrent over ::1.
+//! uTP: both ways with libtorrent running with TCP off, a magnet's metadata included.
 
 use ccbt_tests::*;
 use std::io::{Read, Write};
@@ -251,6 +252,22 @@ fn utp_both_ways_with_libtorrent_that_has_tcp_off() {
     );
     assert!(same(&root.join("seed"), &dl));
     eprintln!("ccbt over uTP from libtorrent: {:?}", t0.elapsed());
+    // A magnet's metadata over uTP too (from the fetch's own UDP socket).
+    let ih = ccbt_json(&["info", s(&t)])["info_hash_v1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let magnet = format!("magnet:?xt=urn:btih:{ih}");
+    let dlm = root.join("dlm");
+    download(
+        root,
+        "dm",
+        Path::new(&magnet),
+        &dlm,
+        &format!("127.0.0.1:{lport}"),
+        &[("CCBT_ENABLE_TCP", "false")],
+    );
+    assert!(same(&root.join("seed"), &dlm));
     // A uTP-only libtorrent leecher dials ccbt (which listens on TCP and uTP).
     let (_seed, listen) = seed(root, &t, "s1", "prefer");
     let port = free_port().to_string();

@@ -31,6 +31,8 @@ pub struct CreateOptions {
     /// One tracker per tier, in order.
     pub trackers: Vec<String>,
     pub web_seeds: Vec<String>,
+    /// BEP 17 HTTP seed scripts (`httpseeds`).
+    pub http_seeds: Vec<String>,
     pub private: bool,
     pub comment: Option<String>,
     pub created_by: Option<String>,
@@ -370,6 +372,7 @@ pub fn create_torrent(
     m.piece_layers = piece_layers;
     m.trackers = opts.trackers.iter().map(|t| vec![t.clone()]).collect();
     m.url_list = opts.web_seeds.clone();
+    m.http_seeds = opts.http_seeds.clone();
     m.comment = opts.comment.clone();
     m.created_by = opts.created_by.clone();
     m.creation_date = opts.creation_date;

@@ -82,7 +82,10 @@ pub struct Metainfo {
     pub piece_layers: BTreeMap<Hash32, Vec<Hash32>>,
     /// Announce tiers (BEP 12); `announce` alone becomes one tier.
     pub trackers: Vec<Vec<String>>,
+    /// Web seeds, BEP 19 (`url-list`, GetRight style: plain file URLs).
     pub url_list: Vec<String>,
+    /// HTTP seeds, BEP 17 (`httpseeds`, Hoffman style: a script that serves pieces).
+    pub http_seeds: Vec<String>,
     pub private: bool,
     pub comment: Option<String>,
     pub created_by: Option<String>,
@@ -184,6 +187,17 @@ impl Metainfo {
                 b"url-list".to_vec(),
                 OwnedValue::List(
                     self.url_list
+                        .iter()
+                        .map(|u| OwnedValue::bytes(u.as_bytes()))
+                        .collect(),
+                ),
+            );
+        }
+        if !self.http_seeds.is_empty() {
+            top.insert(
+                b"httpseeds".to_vec(),
+                OwnedValue::List(
+                    self.http_seeds
                         .iter()
                         .map(|u| OwnedValue::bytes(u.as_bytes()))
                         .collect(),
@@ -330,6 +344,7 @@ fn parse_info(info: &Dict) -> Result<Metainfo, MetainfoError> {
         piece_layers: BTreeMap::new(),
         trackers: Vec::new(),
         url_list: Vec::new(),
+        http_seeds: Vec::new(),
         private,
         comment: None,
         created_by: None,
@@ -639,6 +654,12 @@ fn parse_top_level(root: &Dict, m: &mut Metainfo) -> Result<(), MetainfoError> {
                 .collect()
         }
         _ => {}
+    }
+    if let Some(Value::List(l)) = root.get(b"httpseeds") {
+        m.http_seeds = l
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_string))
+            .collect()
     }
     m.comment = get_str(root, "comment")?;
     m.created_by = get_str(root, "created by")?;

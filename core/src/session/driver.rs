@@ -19,11 +19,23 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
         }
     }
     if t.cfg.use_web_seeds && !t.state.lock().unwrap().picker.complete() {
-        for url in &t.meta.url_list {
+        let seeds = (t
+            .meta
+            .url_list
+            .iter()
+            .map(|u| (u, webseed::Style::GetRight)))
+        .chain(
+            t.meta
+                .http_seeds
+                .iter()
+                .map(|u| (u, webseed::Style::Hoffman)),
+        );
+        for (url, style) in seeds {
             if url.starts_with("http://") || url.starts_with("https://") {
                 trackers.push(tokio::spawn(webseed::web_seed_loop(
                     t.clone(),
                     url.clone(),
+                    style,
                     quit_rx.clone(),
                 )));
             }

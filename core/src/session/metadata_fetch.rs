@@ -36,6 +36,10 @@ pub struct FetchConfig {
     /// The DHT, asked for peers every few seconds until done.
     pub discovery: Option<super::discovery::DiscoveryHandle>,
     pub encryption: crate::mse::Policy,
+    /// Transports, as `[network]` sets them; uTP dials from a UDP socket of the fetch's own.
+    pub enable_tcp: bool,
+    pub enable_utp: bool,
+    pub prefer_utp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,16 +129,20 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
     let mut last_err = String::new();
     let deadline = tokio::time::sleep(cfg.timeout);
     tokio::pin!(deadline);
+    let dialer = std::sync::Arc::new(dialer(&cfg));
     let result = loop {
         while running < MAX_DIAL {
             let Some(addr) = queue.pop_front() else { break };
             running += 1;
-            let (tx, cfg) = (done_tx.clone(), cfg.clone());
+            let (tx, cfg, dialer) = (done_tx.clone(), cfg.clone(), dialer.clone());
             tokio::spawn(async move {
-                let r = tokio::time::timeout(Duration::from_secs(30), from_peer(addr, &cfg, ih))
-                    .await
-                    .unwrap_or_else(|_| Err("timed out".into()))
-                    .map_err(|e| format!("{addr}: {e}"));
+                let r = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    from_peer(addr, &cfg, &dialer, ih),
+                )
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+                .map_err(|e| format!("{addr}: {e}"));
                 let _ = tx.send(r);
             });
         }
@@ -187,17 +195,39 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
     result
 }
 
+/// The fetch's transports. A fetch runs before (or beside) a session, so uTP gets a UDP socket
+/// of its own on an ephemeral port (gone when the fetch ends); incoming uTP is not taken there.
+fn dialer(cfg: &FetchConfig) -> transport::Dialer {
+    let utp = if cfg.enable_utp {
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        match super::udp::UdpMux::bind_unshared(any) {
+            Ok(mux) => Some(super::utp::UtpSocket::start(mux, mpsc::channel(1).0)),
+            Err(e) => {
+                tracing::warn!("metadata over uTP is off: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    transport::Dialer {
+        tcp: cfg.enable_tcp,
+        utp,
+        prefer_utp: cfg.prefer_utp,
+    }
+}
+
 /// One peer: handshake, extension handshake, every metadata piece, then (v2-only) the piece layers.
-async fn from_peer(addr: SocketAddr, cfg: &FetchConfig, ih: [u8; 20]) -> Result<Fetched, String> {
+async fn from_peer(
+    addr: SocketAddr,
+    cfg: &FetchConfig,
+    dialer: &transport::Dialer,
+    ih: [u8; 20],
+) -> Result<Fetched, String> {
     let io = |e: std::io::Error| e.to_string();
     // Encrypted only when required: a metadata fetch is one short exchange.
     let mse = (cfg.encryption == crate::mse::Policy::Require).then_some((cfg.encryption, ih));
-    // TCP: a fetch runs before (or beside) a session, without its uTP socket.
-    let tcp = transport::Dialer {
-        tcp: true,
-        ..Default::default()
-    };
-    let mut s = transport::connect(addr, Duration::from_secs(5), mse, &tcp).await?;
+    let mut s = transport::connect(addr, Duration::from_secs(5), mse, dialer).await?;
     let mut ours_hs = Handshake::new(ih, cfg.peer_id);
     // Only metadata is wanted here: no Fast extension, which would oblige us to send a have
     // message first.

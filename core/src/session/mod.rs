@@ -499,6 +499,7 @@ impl Session {
             piece_layers: Default::default(),
             trackers: trackers.into_iter().map(|t| vec![t]).collect(),
             url_list: Vec::new(),
+            http_seeds: Vec::new(),
             private: false,
             comment: None,
             created_by: None,

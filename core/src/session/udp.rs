@@ -39,6 +39,16 @@ impl UdpMux {
                 return Ok(m.clone());
             }
         }
+        let m = UdpMux::bind_unshared(addr)?;
+        r.insert(addr, m.clone());
+        if m.local != addr {
+            r.insert(m.local, m.clone());
+        }
+        Ok(m)
+    }
+
+    /// A socket of its own, not in the registry: gone when the last holder drops it.
+    pub fn bind_unshared(addr: SocketAddr) -> std::io::Result<Arc<UdpMux>> {
         let std_sock = std::net::UdpSocket::bind(addr)?;
         std_sock.set_nonblocking(true)?;
         let sock = Arc::new(UdpSocket::from_std(std_sock)?);
@@ -50,10 +60,6 @@ impl UdpMux {
             utp: Mutex::new(None),
             other: AtomicU64::new(0),
         });
-        r.insert(addr, m.clone());
-        if addr != local {
-            r.insert(local, m.clone());
-        }
         tokio::spawn(read_loop(Arc::downgrade(&m)));
         Ok(m)
     }

@@ -258,6 +258,11 @@ async fn run(
                 }
             }
             _ = tokio::time::sleep_until(next.into()) => {
+                // A private socket (a metadata fetch's) ends once nobody holds it: no handle,
+                // no stream, no connection, and no one taking incoming ones.
+                if conns.is_empty() && accepted.is_closed() && cmd_tx.strong_count() == 1 {
+                    return;
+                }
                 let now = Instant::now();
                 for (k, e) in conns.iter_mut() {
                     if e.conn.poll_timeout().is_some_and(|t| t <= now) {

@@ -1,7 +1,8 @@
-//! Web seeds (BEP 19, GetRight style): a torrent's `url-list` servers act as one more source of
-//! pieces. Each URL gets a task that takes blocks from the picker like a peer, fetches the byte
-//! ranges they cover with HTTP range requests (one request per file a range touches), and hands
-//! the blocks to the disk pool, which hashes them as it does a peer's. A web seed whose piece
+//! Web seeds: a torrent's `url-list` servers (BEP 19, GetRight style: plain files fetched with
+//! range requests, one per file a range touches) and `httpseeds` scripts (BEP 17, Hoffman style:
+//! `?info_hash=..&piece=N&ranges=a-b`, answering 503 with a wait in seconds when busy) act as one
+//! more source of pieces. Each URL gets a task that takes blocks from the picker like a peer and
+//! hands them to the disk pool, which hashes them as it does a peer's. A web seed whose piece
 //! fails its hash check, or that keeps failing, is dropped.
 
 use super::tracker_client::http_get;
@@ -101,17 +102,100 @@ async fn fetch(base: &str, meta: &Metainfo, start: u64, end: u64) -> Result<Vec<
     Ok(out)
 }
 
+/// How a web seed is asked for bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Style {
+    /// BEP 19 `url-list`.
+    GetRight,
+    /// BEP 17 `httpseeds`.
+    Hoffman,
+}
+
+/// A failed fetch: why, and how long the server asked us to wait (BEP 17's 503).
+type FetchFailure = (String, Option<Duration>);
+
+/// The BEP 17 request for `piece`, bytes `[a, b)` of it.
+pub fn hoffman_url(base: &str, info_hash: &[u8; 20], piece: u32, ranges: &[(u64, u64)]) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut u = format!(
+        "{base}{sep}info_hash={}&piece={piece}",
+        crate::encoding::percent_encode(info_hash)
+    );
+    if !ranges.is_empty() {
+        let r: Vec<String> = ranges
+            .iter()
+            .map(|(a, b)| format!("{a}-{}", b - 1))
+            .collect();
+        u.push_str("&ranges=");
+        u.push_str(&r.join(","));
+    }
+    u
+}
+
+/// Fetches the torrent bytes `[start, end)` from a BEP 17 script, one request per piece.
+async fn fetch_hoffman(
+    base: &str,
+    meta: &Metainfo,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, FetchFailure> {
+    let ih = meta
+        .v1_hash
+        .ok_or(("BEP 17 seeds serve v1 torrents only".to_string(), None))?;
+    let pl = meta.piece_length;
+    let mut out = Vec::with_capacity((end - start) as usize);
+    let mut at = start;
+    while at < end {
+        let piece = (at / pl) as u32;
+        let piece_start = piece as u64 * pl;
+        let stop = end.min(piece_start + pl);
+        let len = stop - at;
+        let url = hoffman_url(base, &ih, piece, &[(at - piece_start, stop - piece_start)]);
+        let (status, body) = http_get(&url, None, len as usize + 1)
+            .await
+            .map_err(|e| (e, None))?;
+        match status {
+            200 if body.len() as u64 == len => out.extend_from_slice(&body),
+            200 => {
+                return Err((
+                    format!("piece {piece}: {} bytes for {len}", body.len()),
+                    None,
+                ))
+            }
+            503 => {
+                // The body is the wait in seconds; bounded, so a hostile server cannot park us.
+                let secs = std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(30)
+                    .clamp(1, 600);
+                return Err((
+                    format!("busy (503), asks to wait {secs}s"),
+                    Some(Duration::from_secs(secs)),
+                ));
+            }
+            s => return Err((format!("piece {piece}: HTTP {s}"), None)),
+        }
+        at = stop;
+    }
+    Ok(out)
+}
+
 /// A contiguous run of blocks in torrent byte space: start, end, the blocks and their lengths.
 type Run = (u64, u64, Vec<(Block, u32)>);
 
-fn runs(t: &TorrentShared, blocks: &[Block]) -> Vec<Run> {
+/// BEP 17 asks by piece: its runs end at piece boundaries (so a busy answer costs one piece).
+fn runs(t: &TorrentShared, blocks: &[Block], style: Style) -> Vec<Run> {
     let s = t.state.lock().unwrap();
     let mut out: Vec<Run> = Vec::new();
     for &b in blocks {
         let len = s.picker.block_len(b);
         let at = b.piece as u64 * t.meta.piece_length + (b.block * BLOCK_SIZE) as u64;
+        let same_piece = |end: u64| {
+            style == Style::GetRight || !at.is_multiple_of(t.meta.piece_length) || end != at
+        };
         match out.last_mut() {
-            Some((_, end, v)) if *end == at => {
+            Some((_, end, v)) if *end == at && same_piece(*end) => {
                 *end = at + len as u64;
                 v.push((b, len));
             }
@@ -125,6 +209,7 @@ fn runs(t: &TorrentShared, blocks: &[Block]) -> Vec<Run> {
 pub(crate) async fn web_seed_loop(
     t: Arc<TorrentShared>,
     url: String,
+    style: Style,
     mut quit: watch::Receiver<bool>,
 ) {
     let key = t.session.key();
@@ -162,11 +247,16 @@ pub(crate) async fn web_seed_loop(
             continue;
         }
         let mut failed = None;
-        let mut todo = runs(&t, &blocks).into_iter();
+        let mut todo = runs(&t, &blocks, style).into_iter();
         for (start, end, bl) in todo.by_ref() {
             let got = tokio::select! {
-                r = fetch(&url, &t.meta, start, end) => r,
-                _ = quit.changed() => Err("stopping".into()),
+                r = async {
+                    match style {
+                        Style::GetRight => fetch(&url, &t.meta, start, end).await.map_err(|e| (e, None)),
+                        Style::Hoffman => fetch_hoffman(&url, &t.meta, start, end).await,
+                    }
+                } => r,
+                _ = quit.changed() => Err(("stopping".into(), None)),
             };
             match got {
                 Ok(data) => {
@@ -211,7 +301,7 @@ pub(crate) async fn web_seed_loop(
                 }
             }
         }
-        if let Some(e) = failed {
+        if let Some((e, busy)) = failed {
             {
                 let mut s = t.state.lock().unwrap();
                 for (_, _, bl) in todo {
@@ -222,6 +312,15 @@ pub(crate) async fn web_seed_loop(
             }
             if *quit.borrow() {
                 break;
+            }
+            if let Some(wait) = busy {
+                // Busy is not broken: wait as asked, without counting a failure.
+                tracing::info!("web seed {shown}: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = quit.changed() => {}
+                }
+                continue;
             }
             failures += 1;
             if failures >= MAX_FAILURES {
@@ -260,6 +359,7 @@ mod tests {
             piece_layers: Default::default(),
             trackers: Vec::new(),
             url_list: Vec::new(),
+            http_seeds: Vec::new(),
             private: false,
             comment: None,
             created_by: None,
@@ -299,6 +399,31 @@ mod tests {
         assert_eq!(
             file_url("http://h/d/", &multi, &multi.files[0]),
             "http://h/d/my%20stuff/a.bin"
+        );
+    }
+
+    #[test]
+    fn hoffman_urls_follow_bep_17() {
+        let ih = [
+            0x9c, 0xd9, b'i', 0x8a, 0xf5, b'U', b'u', 0x1a, 0x91, 0x86, 0xae, 0x06, b'l', b'W',
+            0xea, b'!', b'W', b'#', b'5', 0xe0,
+        ];
+        // The BEP's own example (ranges are inclusive there, half-open here).
+        assert_eq!(
+            hoffman_url(
+                "http://www.whatever.com/seed.php",
+                &ih,
+                8,
+                &[(49152, 131072), (180224, 262144)]
+            ),
+            "http://www.whatever.com/seed.php?info_hash=%9C%D9i%8A%F5Uu%1A%91%86%AE%06lW%EA%21W%235%E0&piece=8&ranges=49152-131071,180224-262143"
+        );
+        assert_eq!(
+            hoffman_url("http://h/s.php?k=1", &ih, 3, &[]),
+            format!(
+                "http://h/s.php?k=1&info_hash={}&piece=3",
+                crate::encoding::percent_encode(&ih)
+            )
         );
     }
 
