@@ -38,7 +38,9 @@ const CF_BINDINGS: &str = "bindings";
 const CF_PINS: &str = "pins";
 const CF_RESUME: &str = "resume";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 9] = [
+/// What `ccbt daemon` holds (torrents, shares, mounts, alert rules): small records by key.
+const CF_DAEMON: &str = "daemon";
+const ALL_CFS: [&str; 10] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_NODES,
@@ -48,6 +50,7 @@ const ALL_CFS: [&str; 9] = [
     CF_PINS,
     CF_RESUME,
     CF_META,
+    CF_DAEMON,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -483,6 +486,37 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_RESUME), IteratorMode::Start) {
             out.push(item?.0.to_vec());
+        }
+        Ok(out)
+    }
+
+    // ---- the daemon's records ----
+
+    /// Written synced: a record the daemon acknowledged survives a crash.
+    pub fn put_daemon(&self, key: &[u8], data: &[u8]) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_DAEMON), key, data, &wo)?;
+        Ok(())
+    }
+
+    pub fn delete_daemon(&self, key: &[u8]) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.delete_cf_opt(self.cf(CF_DAEMON), key, &wo)?;
+        Ok(())
+    }
+
+    /// Every record whose key starts with `prefix`.
+    pub fn daemon_records(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_DAEMON), mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
     }

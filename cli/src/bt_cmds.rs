@@ -137,7 +137,7 @@ fn strategy(ctx: &Ctx, sequential: bool) -> Result<Strategy> {
         .map_err(|e: String| anyhow::anyhow!(e))
 }
 
-fn base_cfg(ctx: &Ctx) -> Result<TorrentConfig> {
+pub(crate) fn base_cfg(ctx: &Ctx) -> Result<TorrentConfig> {
     let c = &ctx.config;
     Ok(TorrentConfig {
         prealloc: if c.disk.preallocate == "full" {

@@ -17,6 +17,15 @@ pub struct Config {
     pub observability: Observability,
     pub xet: Xet,
     pub fs: Fs,
+    pub daemon: Daemon,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Daemon {
+    /// The HTTP API's address (loopback; every request but /metrics carries the bearer token in
+    /// `<data dir>/api-token`).
+    pub api_listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +176,9 @@ impl Default for Config {
                 keep_versions: 10,
                 sync_spare_mib: 4096,
             },
+            daemon: Daemon {
+                api_listen: "127.0.0.1:7881".into(),
+            },
             fs: Fs {
                 publish_debounce_ms: 200,
                 read_timeout_secs: 30,
@@ -187,7 +199,7 @@ macro_rules! defaults_from_config {
     };
 }
 defaults_from_config!(Network => network, Disk => disk, Strategy => strategy,
-    Discovery => discovery, Limits => limits, Observability => observability, Xet => xet, Fs => fs);
+    Discovery => discovery, Limits => limits, Observability => observability, Xet => xet, Fs => fs, Daemon => daemon);
 
 fn home() -> Option<PathBuf> {
     std::env::var_os("HOME").map(PathBuf::from)

@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod bt_cmds;
 mod config;
+mod daemon;
 mod demo;
 mod dht_cmds;
 mod mount_cmds;
@@ -99,7 +100,7 @@ pub enum Command {
     Mount(mount_cmds::MountArgs),
     /// Unmount a ccbt mount (also clears one left by a crash)
     Unmount { dir: PathBuf },
-    /// Continue a checkpointed download by info-hash
+    /// Resume a paused item of the running daemon, or continue a checkpointed download by info-hash
     Resume(bt_cmds::ResumeArgs),
     /// Ask a torrent's trackers for seeders, leechers and completed downloads
     Scrape(bt_cmds::ScrapeArgs),
@@ -109,6 +110,24 @@ pub enum Command {
     /// The Mainline DHT: status, peers, get, put, ping
     #[command(subcommand)]
     Dht(dht_cmds::DhtCmd),
+    /// Run one long-lived session for torrents, shares and mounts, driven by an HTTP API
+    Daemon(daemon::DaemonArgs),
+    /// Add a torrent, magnet or share to the running daemon
+    Add(daemon::client::AddArgs),
+    /// What the running daemon holds
+    List,
+    /// Pause an item of the running daemon
+    Pause(daemon::client::IdArgs),
+    /// Remove an item from the running daemon
+    Remove(daemon::client::RemoveArgs),
+    /// Show or set rate limits of the running daemon (session-wide, or one item's)
+    Limits(daemon::client::LimitsArgs),
+    /// Stop the running daemon cleanly
+    Stop,
+    /// Download a magnet link (the same as `download` of a magnet)
+    Magnet(bt_cmds::DownloadArgs),
+    /// Print the running daemon's Prometheus metrics
+    Metrics,
 }
 
 /// The async runtime every networked command runs on: one per process, so the DHT node started
@@ -341,9 +360,28 @@ fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Status => sync_cmds::status(ctx),
         Command::Mount(a) => mount_cmds::mount_cmd(ctx, a),
         Command::Unmount { dir } => mount_cmds::unmount_cmd(ctx, dir),
-        Command::Resume(a) => bt_cmds::resume(ctx, a),
+        // A paused item of the running daemon, else a checkpointed download.
+        Command::Resume(a) => match daemon::client::daemon_item(ctx, &a.info_hash) {
+            Some(_) => daemon::client::pause(
+                ctx,
+                daemon::client::IdArgs {
+                    id: a.info_hash.clone(),
+                },
+                true,
+            ),
+            None => bt_cmds::resume(ctx, a),
+        },
         Command::Scrape(a) => bt_cmds::scrape(ctx, a),
         Command::Checkpoints(c) => bt_cmds::checkpoints(ctx, c),
         Command::Dht(c) => dht_cmds::dht(ctx, c),
+        Command::Daemon(a) => daemon::run(ctx, a),
+        Command::Add(a) => daemon::client::add(ctx, a),
+        Command::List => daemon::client::list(ctx),
+        Command::Pause(a) => daemon::client::pause(ctx, a, false),
+        Command::Remove(a) => daemon::client::remove(ctx, a),
+        Command::Limits(a) => daemon::client::limits(ctx, a),
+        Command::Stop => daemon::client::stop(ctx),
+        Command::Magnet(a) => bt_cmds::download(ctx, a),
+        Command::Metrics => daemon::client::metrics(ctx),
     }
 }

@@ -80,14 +80,25 @@ impl Node {
 
     /// Joins a share's swarm (idempotent); with the DHT, also keeps its head there.
     pub fn join(self: &Arc<Self>, id: ShareId) -> Result<()> {
+        self.join_with(id, &[])
+    }
+
+    /// Joins a share's swarm with `extra` peers to dial besides the node's own.
+    pub fn join_with(self: &Arc<Self>, id: ShareId, extra: &[SocketAddr]) -> Result<()> {
         let mut g = self.swarms.lock().unwrap();
-        if let std::collections::hash_map::Entry::Vacant(e) = g.entry(id) {
-            e.insert(
-                self.session
-                    .add_swarm(id, self.trackers.clone(), self.peers.clone())?,
-            );
-            if let Some(d) = &self.dht {
-                tokio::spawn(self.clone().head_on_dht(d.clone(), id));
+        match g.entry(id) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut peers = self.peers.clone();
+                peers.extend_from_slice(extra);
+                e.insert(self.session.add_swarm(id, self.trackers.clone(), peers)?);
+                if let Some(d) = &self.dht {
+                    tokio::spawn(self.clone().head_on_dht(d.clone(), id));
+                }
+            }
+            std::collections::hash_map::Entry::Occupied(e) => {
+                for p in extra {
+                    e.get().add_peer(*p);
+                }
             }
         }
         Ok(())

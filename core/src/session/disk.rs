@@ -39,6 +39,14 @@ pub(crate) struct DiskPool {
 }
 
 impl DiskPool {
+    /// Jobs queued across the workers.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
+    }
+
     /// Starts `threads` workers (0: one per core).
     pub(crate) fn start(threads: usize) -> DiskPool {
         let n = if threads == 0 {

@@ -455,6 +455,26 @@ impl Session {
         self.inner.listen_addr
     }
 
+    /// Session-wide rate limits in bytes/s (0 = unlimited), changed while running.
+    pub fn set_global_limits(&self, down: u64, up: u64) {
+        self.inner.down.set_rate(down);
+        self.inner.up.set_rate(up);
+    }
+
+    /// Blocks queued for the disk workers (written and hashed as they arrive).
+    pub fn disk_queue_depth(&self) -> usize {
+        self.inner.disk.queue_depth()
+    }
+
+    /// Torrents and swarms running.
+    pub fn torrent_count(&self) -> usize {
+        let t = self.inner.torrents.lock().unwrap();
+        let mut seen: Vec<*const TorrentShared> = t.values().map(Arc::as_ptr).collect();
+        seen.sort();
+        seen.dedup();
+        seen.len()
+    }
+
     /// Our address as the internet sees it, when port mapping found it.
     pub fn external_addr(&self) -> Option<SocketAddr> {
         *self.inner.external.lock().unwrap()
@@ -681,6 +701,12 @@ impl TorrentHandle {
 
     pub fn info_hash(&self) -> [u8; 20] {
         self.shared.info_hash
+    }
+
+    /// This torrent's rate limits in bytes/s (0 = unlimited), changed while running.
+    pub fn set_limits(&self, down: u64, up: u64) {
+        self.shared.down.set_rate(down);
+        self.shared.up.set_rate(up);
     }
 
     /// Asks the torrent to stop (announce `stopped`, checkpoint, close peers).

@@ -1,0 +1,311 @@
+//! Commands that drive a running daemon through its API: `add`, `list`, `pause`, `resume`,
+//! `remove`, `limits`, `stop`, `magnet`, `metrics`. The daemon is found through
+//! `<data dir>/daemon.json` and the token in `<data dir>/api-token`.
+
+use super::{info_path, token_path, ItemView};
+use crate::Ctx;
+use anyhow::{bail, Context, Result};
+use ccbt_core::encoding::printable;
+use clap::Args;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// A .torrent file, a magnet link, or a share id
+    pub target: String,
+    /// Where a torrent downloads to (default: the current directory)
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Mount a share here (kept across restarts)
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+    /// Add it paused
+    #[arg(long)]
+    pub paused: bool,
+    /// A peer to dial (repeatable)
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    /// The item's id (from `ccbt list`; a unique prefix is enough)
+    pub id: String,
+}
+
+#[derive(Args)]
+pub struct RemoveArgs {
+    pub id: String,
+    /// Also delete the downloaded files
+    #[arg(long)]
+    pub delete_data: bool,
+}
+
+#[derive(Args)]
+pub struct LimitsArgs {
+    /// Download limit in KiB/s (0 = unlimited)
+    #[arg(long, value_name = "KIB")]
+    pub down: Option<u64>,
+    /// Upload limit in KiB/s (0 = unlimited)
+    #[arg(long, value_name = "KIB")]
+    pub up: Option<u64>,
+    /// One item's limits instead of the session's
+    pub id: Option<String>,
+}
+
+/// A connection to the daemon of this data dir.
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// The running daemon, or an error that says how to start one.
+    pub fn connect(ctx: &Ctx) -> Result<Client> {
+        let none = || {
+            format!(
+                "no daemon runs on {}: start one with `ccbt daemon` (same --data-dir)",
+                ctx.data_dir.display()
+            )
+        };
+        let info = std::fs::read(info_path(&ctx.data_dir)).with_context(none)?;
+        let info: Value = serde_json::from_slice(&info).with_context(none)?;
+        let api = info["api"].as_str().with_context(none)?.to_string();
+        let token = std::fs::read_to_string(token_path(&ctx.data_dir))
+            .with_context(|| {
+                format!(
+                    "cannot read the API token {}",
+                    token_path(&ctx.data_dir).display()
+                )
+            })?
+            .trim()
+            .to_string();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?;
+        Ok(Client {
+            base: format!("http://{api}"),
+            token,
+            http,
+        })
+    }
+
+    pub fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let rt = crate::runtime()?;
+        rt.block_on(async {
+            let mut r = self
+                .http
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(&self.token);
+            if let Some(b) = body {
+                r = r
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(serde_json::to_vec(&b)?);
+            }
+            let resp = r.send().await.with_context(|| {
+                format!(
+                    "the daemon at {} does not answer (did it stop? start it with `ccbt daemon`)",
+                    self.base
+                )
+            })?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            if !status.is_success() {
+                bail!(
+                    "{}",
+                    v["error"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("HTTP {status}"))
+                );
+            }
+            Ok(v)
+        })
+    }
+
+    pub fn text(&self, path: &str) -> Result<String> {
+        let rt = crate::runtime()?;
+        rt.block_on(async {
+            let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+            Ok(resp.error_for_status()?.text().await?)
+        })
+    }
+
+    pub fn items(&self) -> Result<Vec<ItemView>> {
+        Ok(serde_json::from_value(self.call(
+            reqwest::Method::GET,
+            "/api/items",
+            None,
+        )?)?)
+    }
+
+    /// A full id from a unique prefix.
+    fn resolve(&self, prefix: &str) -> Result<String> {
+        let p = prefix.to_lowercase();
+        let all = self.items()?;
+        let hits: Vec<_> = all.iter().filter(|i| i.item.id.starts_with(&p)).collect();
+        match hits.as_slice() {
+            [one] => Ok(one.item.id.clone()),
+            [] => bail!("nothing with id {prefix} here (`ccbt list` shows what is)"),
+            _ => bail!("{prefix} matches {} items: give more of the id", hits.len()),
+        }
+    }
+}
+
+/// The daemon item `prefix` names, when a daemon runs here and holds one.
+pub fn daemon_item(ctx: &Ctx, prefix: &str) -> Option<String> {
+    Client::connect(ctx).ok()?.resolve(prefix).ok()
+}
+
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+pub fn add(ctx: &Ctx, a: AddArgs) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    let mut body = json!({ "paused": a.paused, "peers": a.peers });
+    let path = std::path::Path::new(&a.target);
+    if path.is_file() {
+        // Sent as bytes: the daemon may not see this path the same way.
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", a.target))?;
+        body["torrent_hex"] = json!(ccbt_core::encoding::to_hex(&bytes));
+    } else {
+        body["source"] = json!(a.target);
+    }
+    let is_share = ccbt_xet::head::parse_share_id(&a.target).is_some() && !path.is_file();
+    if !is_share {
+        body["out_dir"] = json!(absolute(a.out.unwrap_or_else(|| PathBuf::from(".")))?);
+    }
+    if let Some(m) = a.mount {
+        body["mount"] = json!(absolute(m)?);
+    }
+    let v = c.call(reqwest::Method::POST, "/api/items", Some(body))?;
+    if ctx.json {
+        outln!("{v}");
+    } else {
+        outln!("added {}", v["id"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+pub fn list(ctx: &Ctx) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    let items = c.items()?;
+    if ctx.json {
+        outln!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    if items.is_empty() {
+        outln!("nothing added yet (`ccbt add <torrent | magnet | share id>`)");
+    }
+    for i in items {
+        outln!(
+            "{}  {:<7} {:>5.1}%  {:<17} down {}/s  up {}/s  peers {}  {}{}",
+            &i.item.id[..12.min(i.item.id.len())],
+            format!("{:?}", i.item.kind).to_lowercase(),
+            i.progress * 100.0,
+            i.state,
+            crate::progress::human_bytes(i.download_rate as u64),
+            crate::progress::human_bytes(i.upload_rate as u64),
+            i.peers,
+            printable(&i.item.name),
+            i.error
+                .map(|e| format!("  ({})", printable(&e)))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn pause(ctx: &Ctx, a: IdArgs, resume: bool) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    let id = c.resolve(&a.id)?;
+    let what = if resume { "resume" } else { "pause" };
+    c.call(
+        reqwest::Method::POST,
+        &format!("/api/items/{id}/{what}"),
+        None,
+    )?;
+    if !ctx.quiet {
+        outln!("{}d {id}", what);
+    }
+    Ok(())
+}
+
+pub fn remove(ctx: &Ctx, a: RemoveArgs) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    let id = c.resolve(&a.id)?;
+    c.call(
+        reqwest::Method::DELETE,
+        &format!("/api/items/{id}?delete_data={}", a.delete_data),
+        None,
+    )?;
+    if !ctx.quiet {
+        outln!(
+            "removed {id}{}",
+            if a.delete_data { " and its data" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+pub fn limits(ctx: &Ctx, a: LimitsArgs) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    let v = match (&a.id, a.down.is_some() || a.up.is_some()) {
+        (None, false) => c.call(reqwest::Method::GET, "/api/limits", None)?,
+        (None, true) => c.call(
+            reqwest::Method::PUT,
+            "/api/limits",
+            Some(json!({"down_kib": a.down, "up_kib": a.up})),
+        )?,
+        (Some(id), _) => {
+            let id = c.resolve(id)?;
+            c.call(
+                reqwest::Method::PUT,
+                &format!("/api/items/{id}/limits"),
+                Some(json!({"down_kib": a.down, "up_kib": a.up})),
+            )?
+        }
+    };
+    if ctx.json {
+        outln!("{v}");
+    } else {
+        let show = |k: &str| match v[k].as_u64() {
+            Some(0) | None => "unlimited".to_string(),
+            Some(n) => format!("{n} KiB/s"),
+        };
+        outln!("down {}, up {}", show("down_kib"), show("up_kib"));
+    }
+    Ok(())
+}
+
+pub fn stop(ctx: &Ctx) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    c.call(reqwest::Method::POST, "/api/stop", None)?;
+    // Wait (bounded) until it has written its checkpoints and unmounted.
+    for _ in 0..300 {
+        if !info_path(&ctx.data_dir).exists() {
+            if !ctx.quiet {
+                outln!("daemon stopped");
+            }
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("the daemon did not stop within 30 s")
+}
+
+pub fn metrics(ctx: &Ctx) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    let t = c.text("/metrics")?;
+    outln!("{}", t.trim_end());
+    Ok(())
+}

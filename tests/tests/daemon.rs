@@ -1,0 +1,363 @@
+//! `ccbt daemon` driven as a user would: `ccbt add` of a torrent (libtorrent seeds it, slowly), a
+//! magnet and a share with a mount; `kill -9` of the daemon in the middle; a restart brings all
+//! of it back (the downloads finish byte-exact, the mount is there again and reads). The API
+//! refuses requests without the token, serves a valid OpenAPI document, and its metrics pass
+//! `promtool check metrics` and follow a download.
+
+use ccbt_tests::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Daemon {
+    guard: Option<ChildGuard>,
+    data: std::path::PathBuf,
+    api: String,
+}
+
+impl Daemon {
+    fn start(root: &Path, data: &Path, api: Option<String>, log: &str) -> Daemon {
+        let api = api.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let listen = format!("127.0.0.1:{}", free_port());
+        let g = spawn_ccbt(
+            &[
+                "--data-dir",
+                s(data),
+                "daemon",
+                "--api",
+                &api,
+                "--listen",
+                &listen,
+            ],
+            &root.join(log),
+        );
+        wait_listening(&api, 30);
+        Daemon {
+            guard: Some(g),
+            data: data.to_path_buf(),
+            api,
+        }
+    }
+
+    fn ccbt(&self, args: &[&str]) -> String {
+        let mut a = vec!["--data-dir", s(&self.data)];
+        a.extend_from_slice(args);
+        ccbt_ok(&a)
+    }
+
+    fn list(&self) -> Vec<Value> {
+        serde_json::from_str::<Value>(&self.ccbt(&["--json", "list"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn item(&self, id: &str) -> Value {
+        self.list()
+            .into_iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in the daemon's list"))
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            let _ = g.0.kill();
+            let _ = g.0.wait();
+        }
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+/// (status, body) of an HTTP request to the API, with curl.
+fn http(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let o = c.output().expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn umount_lazy(dir: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
+#[test]
+fn life_cycle_torrent_magnet_and_mounted_share_survive_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // A torrent libtorrent seeds at 1 MiB/s (so the daemon is killed mid-download).
+    make_tree(&root.join("seed/data"), &[("big.bin", 6_000_007)]);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let lport = free_port();
+    let _lt = spawn_lt_seed_limited(&t, &root.join("seed"), lport, &[], 1 << 20);
+    // A second torrent, added as a bare magnet with a peer.
+    make_tree(&root.join("seed2/data2"), &[("m.bin", 700_001)]);
+    let t2 = root.join("t2.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed2/data2")),
+        "--v1",
+        "-o",
+        s(&t2),
+        "-q",
+    ]);
+    let ih2 = ccbt_json(&["info", s(&t2)])["info_hash_v1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s2 = format!("127.0.0.1:{}", free_port());
+    let _seed2 = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&root.join("sd2")),
+            "seed",
+            s(&t2),
+            s(&root.join("seed2")),
+            "--listen",
+            &s2,
+            "--no-trackers",
+        ],
+        &root.join("seed2.log"),
+    );
+    wait_listening(&s2, 20);
+    // A share served by its owner.
+    make_tree(
+        &root.join("share"),
+        &[("doc.txt", 12_345), ("sub/x.bin", 300_000)],
+    );
+    let (share, owner, _owner) = publish_and_seed(root, &root.join("share"));
+
+    let data = root.join("dd");
+    let mut d = Daemon::start(root, &data, None, "daemon1.log");
+    let dl = root.join("dl");
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let id1 = d
+        .ccbt(&[
+            "add",
+            s(&t),
+            "-o",
+            s(&dl),
+            "--peer",
+            &format!("127.0.0.1:{lport}"),
+        ])
+        .trim()
+        .trim_start_matches("added ")
+        .to_string();
+    d.ccbt(&[
+        "add",
+        &format!("magnet:?xt=urn:btih:{ih2}"),
+        "-o",
+        s(&dl),
+        "--peer",
+        &s2,
+    ]);
+    d.ccbt(&["add", &share, "--mount", s(&mnt), "--peer", &owner]);
+    // Duplicates and bad input get one clear line.
+    let dup = ccbt(&["--data-dir", s(&data), "add", s(&t), "-o", s(&dl)]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already added"));
+    wait_until(60.0, "the magnet's download and the mount", || {
+        let done = d.item(&ih2)["state"] == "seeding";
+        done && std::fs::read(mnt.join("doc.txt")).is_ok()
+    });
+    assert!(same_file(
+        &root.join("seed2/data2/m.bin"),
+        &dl.join("data2/m.bin")
+    ));
+    assert!(same_file(&root.join("share/doc.txt"), &mnt.join("doc.txt")));
+    let p = wait_until(60.0, "part of the slow torrent", || {
+        let v = d.item(&id1);
+        v["pieces_have"].as_u64().unwrap() > 0 && v["progress"].as_f64().unwrap() < 0.9
+    });
+    eprintln!("slow torrent started after {p:?}: {}", d.item(&id1));
+    // Pause and resume through the CLI; the API agrees.
+    d.ccbt(&["pause", &id1[..10]]);
+    assert_eq!(d.item(&id1)["state"], "paused");
+    assert_eq!(d.item(&id1)["paused"], true);
+    d.ccbt(&["resume", &id1[..10]]);
+    wait_until(10.0, "the torrent running again", || {
+        d.item(&id1)["state"] == "downloading"
+    });
+
+    // kill -9 in the middle; the mount is left stale.
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let d2 = Daemon::start(root, &data, None, "daemon2.log");
+    let log = std::fs::read_to_string(root.join("daemon2.log")).unwrap();
+    assert!(log.contains("3 item(s) restored"), "{log}");
+    wait_until(90.0, "the slow torrent to finish after the restart", || {
+        d2.item(&id1)["state"] == "seeding"
+    });
+    assert!(same_file(
+        &root.join("seed/data/big.bin"),
+        &dl.join("data/big.bin")
+    ));
+    assert_eq!(d2.item(&ih2)["state"], "seeding");
+    wait_until(30.0, "the share mounted again", || {
+        same_file(&root.join("share/sub/x.bin"), &mnt.join("sub/x.bin"))
+    });
+    // remove --delete-data deletes the torrent's files only.
+    d2.ccbt(&["remove", &ih2, "--delete-data"]);
+    assert!(!dl.join("data2/m.bin").exists());
+    assert!(dl.join("data/big.bin").exists());
+    assert!(d2.list().iter().all(|i| i["id"] != ih2.as_str()));
+    // A clean stop unmounts.
+    d2.ccbt(&["stop"]);
+    wait_until(20.0, "the mount to go", || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .all(|l| !l.contains(s(&mnt)))
+    });
+    umount_lazy(&mnt);
+}
+
+#[test]
+fn api_needs_the_token_serves_openapi_and_metrics_that_pass_promtool() {
+    require("promtool", "prometheus");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(&root.join("seed/data"), &[("a.bin", 4_000_003)]);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let pieces = ccbt_json(&["info", s(&t)])["pieces"].as_u64();
+    let lport = free_port();
+    let _lt = spawn_lt_seed_limited(&t, &root.join("seed"), lport, &[], 1 << 20);
+    let d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
+    let base = format!("http://{}", d.api);
+    // The token file is private; requests without it or with a wrong one get 401.
+    let mode = std::fs::metadata(d.data.join("api-token")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(http("GET", &format!("{base}/api/items"), None).0, 401);
+    assert_eq!(
+        http("GET", &format!("{base}/api/items"), Some("wrong")).0,
+        401
+    );
+    assert_eq!(http("POST", &format!("{base}/api/stop"), None).0, 401);
+    let tok = d.token();
+    assert_eq!(http("GET", &format!("{base}/api/items"), Some(&tok)).0, 200);
+    assert_eq!(
+        http("DELETE", &format!("{base}/api/items/abc"), Some(&tok)).0,
+        404
+    );
+    // The OpenAPI document.
+    let (c, doc) = http("GET", &format!("{base}/api/openapi.json"), None);
+    assert_eq!(c, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/api/items"]["post"].is_object());
+    // No CORS.
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Origin: http://evil.example",
+        ])
+        .arg(format!("{base}/metrics"))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout)
+        .to_lowercase()
+        .contains("access-control-allow-origin"));
+
+    d.ccbt(&[
+        "add",
+        s(&t),
+        "-o",
+        s(&root.join("dl")),
+        "--peer",
+        &format!("127.0.0.1:{lport}"),
+    ]);
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    };
+    let mut saw_rate = false;
+    wait_until(60.0, "the download to finish", || {
+        let m = d.ccbt(&["metrics"]);
+        saw_rate |= metric(&m, "ccbt_download_rate_bytes_per_second") > 0.0;
+        d.list()[0]["state"] == "seeding"
+    });
+    assert!(saw_rate, "the download rate never showed above zero");
+    assert!(same_file(
+        &root.join("seed/data/a.bin"),
+        &root.join("dl/data/a.bin")
+    ));
+    let m = d.ccbt(&["metrics"]);
+    let total = d.list()[0]["pieces_total"].as_u64().unwrap();
+    if let Some(p) = pieces {
+        assert_eq!(p, total);
+    }
+    assert_eq!(metric(&m, "ccbt_pieces_completed") as u64, total);
+    for name in [
+        "ccbt_upload_rate_bytes_per_second",
+        "ccbt_connected_peers",
+        "ccbt_disk_queue_depth",
+        "ccbt_hash_queue_depth",
+    ] {
+        metric(&m, name);
+    }
+    assert!(metric(&m, "ccbt_downloaded_bytes_total") >= 4_000_003.0);
+    // promtool reads the exposition format from stdin.
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        p.stdin.as_mut().unwrap(),
+        http("GET", &format!("{base}/metrics"), None).1.as_bytes(),
+    )
+    .unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Limits through the CLI show in the API.
+    d.ccbt(&["limits", "--down", "300"]);
+    let (_, l) = http("GET", &format!("{base}/api/limits"), Some(&tok));
+    assert_eq!(serde_json::from_str::<Value>(&l).unwrap()["down_kib"], 300);
+}
