@@ -213,6 +213,21 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl Config {
+    /// The file the configuration comes from, or where one would be read from: `--config`,
+    /// else `./ccbt.toml` when it exists, else `~/.config/ccbt/ccbt.toml`.
+    pub fn file_path(explicit: Option<&Path>) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.to_path_buf();
+        }
+        let local = PathBuf::from("ccbt.toml");
+        if local.is_file() {
+            return std::fs::canonicalize(&local).unwrap_or(local);
+        }
+        home()
+            .map(|h| h.join(".config/ccbt/ccbt.toml"))
+            .unwrap_or(local)
+    }
+
     /// Loads the configuration. An explicit `--config` file must exist; the implicit ones are optional.
     pub fn load(explicit: Option<&Path>) -> Result<Config> {
         let path = match explicit {

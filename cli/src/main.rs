@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod bt_cmds;
 mod config;
+mod config_cmds;
 mod daemon;
 mod demo;
 mod dht_cmds;
@@ -128,6 +129,9 @@ pub enum Command {
     Magnet(bt_cmds::DownloadArgs),
     /// Print the running daemon's Prometheus metrics
     Metrics,
+    /// The configuration: show, get KEY, set KEY VALUE
+    #[command(subcommand)]
+    Config(config_cmds::ConfigCmd),
 }
 
 /// The async runtime every networked command runs on: one per process, so the DHT node started
@@ -153,6 +157,8 @@ pub struct Ctx {
     /// `--dht-bootstrap` nodes (`None`: the config's).
     pub dht_bootstrap: Option<Vec<String>>,
     pub no_dht: bool,
+    /// `--config` as given.
+    pub config_file: Option<PathBuf>,
     /// The process's DHT node, started on first use ([`Ctx::dht`]).
     dht: std::sync::OnceLock<Option<ccbt_dht::Dht>>,
 }
@@ -272,6 +278,24 @@ pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
     std::process::exit(1);
 }
 
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter, changeable while running (`[observability] log_level` reloads).
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// Sets the log level while running.
+pub(crate) fn set_log_level(level: &str) -> anyhow::Result<()> {
+    let f = tracing_subscriber::EnvFilter::try_new(format!("{},fuser=error", level.to_lowercase()))
+        .map_err(|_| {
+            anyhow::anyhow!("invalid log level {level:?}: use error, warn, info, debug or trace")
+        })?;
+    if let Some(h) = LOG_FILTER.get() {
+        h.reload(f)?;
+    }
+    Ok(())
+}
+
 /// Cleanup to run if the command has to exit early (see [`stdout_failed`]).
 pub(crate) static AT_EXIT: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>> =
     std::sync::Mutex::new(None);
@@ -313,11 +337,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     .map_err(|_| {
         anyhow::anyhow!("invalid log level {level:?}: use error, warn, info, debug or trace")
     })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .init();
+        let _ = LOG_FILTER.set(handle);
+    }
     let ctx = Ctx {
         data_dir: cli
             .data_dir
@@ -334,6 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect()
         }),
         no_dht: cli.no_dht,
+        config_file: cli.config.clone(),
         dht: std::sync::OnceLock::new(),
     };
     let r = run_command(&ctx, cli.command);
@@ -383,5 +416,6 @@ fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Stop => daemon::client::stop(ctx),
         Command::Magnet(a) => bt_cmds::download(ctx, a),
         Command::Metrics => daemon::client::metrics(ctx),
+        Command::Config(c) => config_cmds::config(ctx, c, ctx.config_file.as_deref()),
     }
 }

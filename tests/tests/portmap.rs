@@ -123,12 +123,29 @@ fn build(dir: &std::path::Path, daemon_opts: &str) -> Net {
             .arg("-f")
             .arg(&conf)
             .arg("-d")
+            // Its own pid file: the default one is shared by the tests running in parallel.
+            .arg("-P")
+            .arg(dir.join("miniupnpd.pid"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Ready once it says so (a loaded machine starts it slowly).
+    let log = dir.join("miniupnpd.log");
+    let t0 = std::time::Instant::now();
+    loop {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        if l.contains("Listening for NAT-PMP/PCP") || l.contains("HTTP listening on port") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "miniupnpd did not start listening within 20 s:\n{l}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     net
 }
 

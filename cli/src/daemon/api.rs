@@ -40,6 +40,8 @@ pub fn router(d: Arc<Daemon>, token: String) -> Router {
         .route("/api/status", get(status))
         .route("/api/events", get(events))
         .route("/api/stop", post(stop))
+        .route("/api/config", get(config))
+        .route("/api/config/reload", post(config_reload))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(private)
@@ -239,6 +241,18 @@ fn async_stream(
     })
 }
 
+async fn config(State(st): State<Api>) -> Response {
+    let c = st.d.config.lock().unwrap().clone();
+    Json(json!({ "file": st.d.config_path, "config": c })).into_response()
+}
+
+async fn config_reload(State(st): State<Api>) -> Response {
+    match super::reload::reload(&st.d).await {
+        Ok(changed) => Json(json!({ "changed": changed })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
 async fn stop(State(st): State<Api>) -> Response {
     let _ = st.d.stop.send(true);
     Json(json!({ "stopping": true })).into_response()
@@ -297,6 +311,8 @@ pub fn openapi_doc() -> Value {
             },
             "/api/status": {"get": {"summary": "Node status: shares, listen address, runtime latency", "responses": {"200": ok_obj("status"), "401": err}}},
             "/api/events": {"get": {"summary": "Server-sent events: `items` with the item list when it changes", "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "401": err}}},
+            "/api/config": {"get": {"summary": "The running configuration and its file", "responses": {"200": ok_obj("config"), "401": err}}},
+            "/api/config/reload": {"post": {"summary": "Read the config file again and apply what can change while running", "responses": {"200": ok_obj("changed keys"), "400": err, "401": err}}},
             "/api/stop": {"post": {"summary": "Stop the daemon cleanly", "responses": {"200": ok_obj("stopping"), "401": err}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (no token)", "security": [], "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/api/openapi.json": {"get": {"summary": "This document (no token)", "security": [], "responses": {"200": ok_obj("OpenAPI 3.0")}}}

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod client;
 pub mod metrics;
+pub mod reload;
 
 use crate::node::Node;
 use crate::Ctx;
@@ -106,6 +107,11 @@ pub struct Daemon {
     limits: Mutex<(u64, u64)>,
     pub stop: watch::Sender<bool>,
     pub metrics: metrics::Metrics,
+    /// The config file watched for changes, and the values running now.
+    pub config_path: PathBuf,
+    pub config: Mutex<crate::config::Config>,
+    /// Peer connections per torrent (`[network] max_peers_per_torrent`, reloadable).
+    max_peers: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(clap::Args)]
@@ -403,6 +409,7 @@ impl Daemon {
         cfg.peers = item.extra_peers.clone();
         cfg.down_limit = item.down_kib * 1024;
         cfg.up_limit = item.up_kib * 1024;
+        cfg.max_peers = self.max_peers.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = std::fs::create_dir_all(&cfg.out_dir) {
             self.set_state(
                 &item.id,
@@ -690,6 +697,17 @@ impl Daemon {
         }
     }
 
+    /// Peer limit for every torrent, running and to come.
+    pub fn set_max_peers(&self, n: usize) {
+        self.max_peers
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        for l in self.live.lock().unwrap().values() {
+            if let Some(h) = &l.handle {
+                h.set_max_peers(n);
+            }
+        }
+    }
+
     pub fn limits(&self) -> (u64, u64) {
         *self.limits.lock().unwrap()
     }
@@ -874,7 +892,16 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
             limits: Mutex::new((ctx.config.limits.global_down_kib, ctx.config.limits.global_up_kib)),
             stop,
             metrics: metrics::Metrics::new(),
+            config_path: crate::config::Config::file_path(ctx.config_file.as_deref()),
+            config: Mutex::new(ctx.config.clone()),
+            max_peers: std::sync::atomic::AtomicUsize::new(
+                ctx.config.network.max_peers_per_torrent.max(1) as usize,
+            ),
         });
+        // Session-wide limits from the configuration, as a reload would set them.
+        let (down, up) = d.limits();
+        d.node.session.set_global_limits(down * 1024, up * 1024);
+        let _watcher = reload::watch(d.clone(), d.config_path.clone());
         let restored = d.restore()?;
         std::fs::write(
             info_path(&ctx.data_dir),

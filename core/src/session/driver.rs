@@ -88,8 +88,8 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
             // Dial known peers we are not connected to, within the limit, with backoff.
             let connected: HashSet<SocketAddr> = s.peers.values().map(|p| p.addr).collect();
             let room = t
-                .cfg
                 .max_peers
+                .load(std::sync::atomic::Ordering::Relaxed)
                 .saturating_sub(s.peers.len() + s.connecting.len());
             let now = Instant::now();
             let mut cands: Vec<SocketAddr> = s

@@ -280,6 +280,8 @@ pub(crate) struct TorrentShared {
     pub state: Mutex<State>,
     pub down: TokenBucket,
     pub up: TokenBucket,
+    /// Peer connections allowed (from `cfg.max_peers`; changed while running).
+    pub max_peers: std::sync::atomic::AtomicUsize,
     pub stopping: AtomicBool,
     /// Wakes the driver at once (the last piece verified) instead of at its next tick.
     pub wake: tokio::sync::Notify,
@@ -638,6 +640,7 @@ impl Session {
             id: self.inner.key(),
             down: TokenBucket::new(cfg.down_limit),
             up: TokenBucket::new(cfg.up_limit),
+            max_peers: std::sync::atomic::AtomicUsize::new(cfg.max_peers),
             meta,
             info_hash,
             storage,
@@ -707,6 +710,12 @@ impl TorrentHandle {
     pub fn set_limits(&self, down: u64, up: u64) {
         self.shared.down.set_rate(down);
         self.shared.up.set_rate(up);
+    }
+
+    /// Peer connections allowed for this torrent, changed while running (existing connections
+    /// over the new limit stay until they end).
+    pub fn set_max_peers(&self, n: usize) {
+        self.shared.max_peers.store(n.max(1), Ordering::Relaxed);
     }
 
     /// Asks the torrent to stop (announce `stopped`, checkpoint, close peers).

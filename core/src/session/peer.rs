@@ -197,7 +197,7 @@ async fn run_inner(
         if s.peers.values().any(|p| p.peer_id == theirs.peer_id) {
             return Err(Reason::Protocol("already connected to this peer".into()));
         }
-        if s.peers.len() >= t.cfg.max_peers {
+        if s.peers.len() >= t.max_peers.load(std::sync::atomic::Ordering::Relaxed) {
             match s.evictable(Instant::now()) {
                 Some(k) => {
                     // Its task removes it (and its availability) as it ends.

@@ -315,6 +315,7 @@ pub(crate) async fn keep_mapped(
         tracing::debug!("port mapping: no IPv4 default route");
         return;
     };
+    let mut failures = 0u32;
     loop {
         let m = methods.clone();
         let r = tokio::task::spawn_blocking(move || map(gw, port, &m))
@@ -322,13 +323,17 @@ pub(crate) async fn keep_mapped(
             .unwrap_or_else(|e| Err(e.to_string()));
         let wait = match r {
             Ok((ext, how)) => {
+                failures = 0;
                 tracing::info!("port mapping: reachable at {ext} ({} on {gw})", how.name());
                 report(ext);
                 Duration::from_secs(LIFETIME as u64 / 2)
             }
             Err(e) => {
-                tracing::info!("port mapping failed: {e}");
-                Duration::from_secs(300)
+                // Soon at first (a router still starting), then every 5 minutes.
+                failures += 1;
+                let wait = Duration::from_secs((10u64 << failures.min(5)).min(300));
+                tracing::info!("port mapping failed: {e} (again in {}s)", wait.as_secs());
+                wait
             }
         };
         tokio::time::sleep(wait).await;
