@@ -129,6 +129,9 @@ pub enum Command {
     Magnet(bt_cmds::DownloadArgs),
     /// Print the running daemon's Prometheus metrics
     Metrics,
+    /// Alert rules of the running daemon: add, list, remove, test
+    #[command(subcommand)]
+    Alerts(daemon::client::AlertsCmd),
     /// The configuration: show, get KEY, set KEY VALUE
     #[command(subcommand)]
     Config(config_cmds::ConfigCmd),
@@ -416,6 +419,7 @@ fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Stop => daemon::client::stop(ctx),
         Command::Magnet(a) => bt_cmds::download(ctx, a),
         Command::Metrics => daemon::client::metrics(ctx),
+        Command::Alerts(c) => daemon::client::alerts(ctx, c),
         Command::Config(c) => config_cmds::config(ctx, c, ctx.config_file.as_deref()),
     }
 }

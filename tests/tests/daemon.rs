@@ -469,3 +469,58 @@ fn config_edits_reload_limits_while_running() {
         "2048"
     );
 }
+
+/// An alert rule fires once its condition has held for its duration, shows in the API and the
+/// log, clears when the condition stops holding, and survives a restart.
+#[test]
+fn an_alert_fires_and_clears() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(&root.join("seed/data"), &[("a.bin", 100_000)]);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let data = root.join("dd");
+    let mut d = Daemon::start(root, &data, None, "daemon.log");
+    let rules = root.join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"[{"name": "holding", "metric": "ccbt_torrents", "op": ">", "threshold": 0, "for_secs": 1, "severity": "critical"}]"#,
+    )
+    .unwrap();
+    d.ccbt(&["alerts", "add", "--file", s(&rules)]);
+    let bad = ccbt(&["--data-dir", s(&data), "alerts", "add", "x", "up", ">", "1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not one of the daemon's metrics"));
+    let state = |d: &Daemon| -> String {
+        let v: Value = serde_json::from_str(&d.ccbt(&["--json", "alerts", "list"])).unwrap();
+        v[0]["state"].as_str().unwrap().to_string()
+    };
+    wait_until(10.0, "the rule to be evaluated", || state(&d) == "ok");
+    let id = d
+        .ccbt(&["add", s(&t), "-o", s(&root.join("dl")), "--paused"])
+        .trim()
+        .trim_start_matches("added ")
+        .to_string();
+    wait_until(10.0, "the alert to fire", || state(&d) == "firing");
+    let log = || std::fs::read_to_string(root.join("daemon.log")).unwrap();
+    assert!(log().contains("alert holding firing (critical): ccbt_torrents = 1 > 0"));
+    assert!(d
+        .ccbt(&["alerts", "test", "holding"])
+        .contains("the condition holds"));
+    d.ccbt(&["remove", &id]);
+    wait_until(10.0, "the alert to clear", || state(&d) == "ok");
+    assert!(log().contains("alert holding resolved"));
+    // Rules persist.
+    d.kill9();
+    let d2 = Daemon::start(root, &data, None, "daemon2.log");
+    assert_eq!(state(&d2), "ok");
+    d2.ccbt(&["alerts", "remove", "holding"]);
+    assert_eq!(d2.ccbt(&["--json", "alerts", "list"]).trim(), "[]");
+}

@@ -40,6 +40,9 @@ pub fn router(d: Arc<Daemon>, token: String) -> Router {
         .route("/api/status", get(status))
         .route("/api/events", get(events))
         .route("/api/stop", post(stop))
+        .route("/api/alerts", get(alerts).post(add_alert))
+        .route("/api/alerts/{name}", axum::routing::delete(remove_alert))
+        .route("/api/alerts/{name}/test", post(test_alert))
         .route("/api/config", get(config))
         .route("/api/config/reload", post(config_reload))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
@@ -241,6 +244,43 @@ fn async_stream(
     })
 }
 
+async fn alerts(State(st): State<Api>) -> Response {
+    Json(st.d.alerts.list()).into_response()
+}
+
+async fn add_alert(
+    State(st): State<Api>,
+    body: Result<Json<super::alerts::Rule>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let r = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    let name = r.name.clone();
+    match st.d.alerts.add(&st.d.node.shares.store, r) {
+        Ok(()) => (StatusCode::CREATED, Json(json!({ "added": name }))).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn remove_alert(State(st): State<Api>, Path(name): Path<String>) -> Response {
+    match st.d.alerts.remove(&st.d.node.shares.store, &name) {
+        Ok(()) => Json(json!({ "removed": name })).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// The rule's metric now, and whether its condition holds.
+async fn test_alert(State(st): State<Api>, Path(name): Path<String>) -> Response {
+    let Some(a) = st.d.alerts.list().into_iter().find(|a| a.rule.name == name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no alert rule {name}"));
+    };
+    let values = super::alerts::parse_metrics(&super::metrics::render(&st.d).await);
+    let v = values.get(&a.rule.metric).copied();
+    let holds = v.map(|x| super::alerts::holds(&a.rule, x));
+    Json(json!({ "rule": a.rule, "value": v, "holds": holds, "state": a.state })).into_response()
+}
+
 async fn config(State(st): State<Api>) -> Response {
     let c = st.d.config.lock().unwrap().clone();
     Json(json!({ "file": st.d.config_path, "config": c })).into_response()
@@ -311,6 +351,15 @@ pub fn openapi_doc() -> Value {
             },
             "/api/status": {"get": {"summary": "Node status: shares, listen address, runtime latency", "responses": {"200": ok_obj("status"), "401": err}}},
             "/api/events": {"get": {"summary": "Server-sent events: `items` with the item list when it changes", "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "401": err}}},
+            "/api/alerts": {
+                "get": {"summary": "Alert rules and their state", "responses": {"200": ok_obj("rules"), "401": err}},
+                "post": {"summary": "Add (or replace) an alert rule", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rule"}}}},
+                    "responses": {"201": ok_obj("added"), "400": err, "401": err, "415": err, "422": err}}
+            },
+            "/api/alerts/{name}": {"parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 64}}],
+                "delete": {"summary": "Remove an alert rule", "responses": {"200": ok_obj("removed"), "400": err, "401": err, "404": err}}},
+            "/api/alerts/{name}/test": {"parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 64}}],
+                "post": {"summary": "The rule's metric now and whether its condition holds", "responses": {"200": ok_obj("value"), "401": err, "404": err}}},
             "/api/config": {"get": {"summary": "The running configuration and its file", "responses": {"200": ok_obj("config"), "401": err}}},
             "/api/config/reload": {"post": {"summary": "Read the config file again and apply what can change while running", "responses": {"200": ok_obj("changed keys"), "400": err, "401": err}}},
             "/api/stop": {"post": {"summary": "Stop the daemon cleanly", "responses": {"200": ok_obj("stopping"), "401": err}}},
@@ -320,6 +369,11 @@ pub fn openapi_doc() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                "Rule": {"type": "object", "additionalProperties": false, "required": ["name", "metric", "op", "threshold"], "properties": {
+                    "name": {"type": "string"}, "metric": {"type": "string"},
+                    "op": {"type": "string", "enum": [">", ">=", "<", "<=", "==", "!="]},
+                    "threshold": {"type": "number"}, "for_secs": {"type": "integer", "minimum": 0},
+                    "severity": {"type": "string", "enum": ["info", "warning", "critical"]}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Limits": {"type": "object", "additionalProperties": false, "properties": {
                     "down_kib": {"type": "integer", "minimum": 0, "nullable": true},

@@ -309,3 +309,132 @@ pub fn metrics(ctx: &Ctx) -> Result<()> {
     outln!("{}", t.trim_end());
     Ok(())
 }
+
+#[derive(clap::Subcommand)]
+pub enum AlertsCmd {
+    /// Add a rule: NAME METRIC OP THRESHOLD (for example: slow ccbt_download_rate_bytes_per_second
+    /// '<' 1000 --for 60), or every rule of a JSON file (--file)
+    Add {
+        name: Option<String>,
+        metric: Option<String>,
+        op: Option<String>,
+        threshold: Option<f64>,
+        /// Seconds the condition must hold before it fires
+        #[arg(long = "for", default_value_t = 0)]
+        for_secs: u64,
+        /// info, warning or critical
+        #[arg(long, default_value = "warning")]
+        severity: String,
+        /// Rules in JSON (one object or a list)
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "metric", "op", "threshold"])]
+        file: Option<PathBuf>,
+    },
+    /// Rules and their state (ok, pending, firing)
+    List,
+    /// Remove a rule
+    Remove { name: String },
+    /// Evaluate a rule now: the metric's value and whether the condition holds
+    Test { name: String },
+}
+
+/// Rules from a JSON file: one object or a list.
+pub fn rules_from_file(p: &std::path::Path) -> Result<Vec<Value>> {
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", p.display()))?;
+    Ok(match v {
+        Value::Array(a) => a,
+        o => vec![o],
+    })
+}
+
+pub fn alerts(ctx: &Ctx, cmd: AlertsCmd) -> Result<()> {
+    let c = Client::connect(ctx)?;
+    match cmd {
+        AlertsCmd::Add {
+            name,
+            metric,
+            op,
+            threshold,
+            for_secs,
+            severity,
+            file,
+        } => {
+            let rules = match file {
+                Some(f) => rules_from_file(&f)?,
+                None => {
+                    let (Some(name), Some(metric), Some(op), Some(threshold)) =
+                        (name, metric, op, threshold)
+                    else {
+                        bail!("give NAME METRIC OP THRESHOLD, or --file RULES.json");
+                    };
+                    vec![
+                        json!({"name": name, "metric": metric, "op": op, "threshold": threshold,
+                                "for_secs": for_secs, "severity": severity}),
+                    ]
+                }
+            };
+            for r in rules {
+                let v = c.call(reqwest::Method::POST, "/api/alerts", Some(r))?;
+                if !ctx.quiet {
+                    outln!("added alert {}", v["added"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        AlertsCmd::List => {
+            let v = c.call(reqwest::Method::GET, "/api/alerts", None)?;
+            if ctx.json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for a in v.as_array().into_iter().flatten() {
+                    outln!(
+                        "{:<20} {:<8} {} {} {} for {}s  [{}]  now {}",
+                        printable(a["name"].as_str().unwrap_or("")),
+                        a["state"].as_str().unwrap_or(""),
+                        a["metric"].as_str().unwrap_or(""),
+                        a["op"].as_str().unwrap_or(""),
+                        a["threshold"],
+                        a["for_secs"],
+                        a["severity"].as_str().unwrap_or(""),
+                        a["value"]
+                    );
+                }
+            }
+        }
+        AlertsCmd::Remove { name } => {
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/api/alerts/{name}"),
+                None,
+            )?;
+            if !ctx.quiet {
+                outln!("removed alert {name}");
+            }
+        }
+        AlertsCmd::Test { name } => {
+            let v = c.call(
+                reqwest::Method::POST,
+                &format!("/api/alerts/{name}/test"),
+                None,
+            )?;
+            if ctx.json {
+                outln!("{v}");
+            } else {
+                outln!(
+                    "{}: {} = {} -> {} (state {})",
+                    name,
+                    v["rule"]["metric"].as_str().unwrap_or(""),
+                    v["value"],
+                    match v["holds"].as_bool() {
+                        Some(true) => "the condition holds",
+                        Some(false) => "the condition does not hold",
+                        None => "no data",
+                    },
+                    v["state"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! them. Records in the store are written before the API answers, so an acknowledged change
 //! survives a crash.
 
+pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod metrics;
@@ -110,6 +111,7 @@ pub struct Daemon {
     /// The config file watched for changes, and the values running now.
     pub config_path: PathBuf,
     pub config: Mutex<crate::config::Config>,
+    pub alerts: alerts::Alerts,
     /// Peer connections per torrent (`[network] max_peers_per_torrent`, reloadable).
     max_peers: std::sync::atomic::AtomicUsize,
 }
@@ -159,7 +161,7 @@ fn load_or_make_token(data_dir: &Path) -> Result<String> {
     Ok(t)
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -892,6 +894,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
             limits: Mutex::new((ctx.config.limits.global_down_kib, ctx.config.limits.global_up_kib)),
             stop,
             metrics: metrics::Metrics::new(),
+            alerts: alerts::Alerts::load(&node.shares.store),
             config_path: crate::config::Config::file_path(ctx.config_file.as_deref()),
             config: Mutex::new(ctx.config.clone()),
             max_peers: std::sync::atomic::AtomicUsize::new(
@@ -902,6 +905,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
         let (down, up) = d.limits();
         d.node.session.set_global_limits(down * 1024, up * 1024);
         let _watcher = reload::watch(d.clone(), d.config_path.clone());
+        tokio::spawn(alerts::run(d.clone()));
         let restored = d.restore()?;
         std::fs::write(
             info_path(&ctx.data_dir),
