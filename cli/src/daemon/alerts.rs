@@ -90,10 +90,12 @@ pub struct AlertView {
     pub firing_since: Option<u64>,
 }
 
+/// A rule with (holding since, firing since as unix time, the last value seen).
+type Tracked = (Rule, Option<Instant>, Option<u64>, Option<f64>);
+
 #[derive(Default)]
 pub struct Alerts {
-    /// Rules by name with (holding since, firing since unix time).
-    rules: std::sync::Mutex<BTreeMap<String, (Rule, Option<Instant>, Option<u64>, Option<f64>)>>,
+    rules: std::sync::Mutex<BTreeMap<String, Tracked>>,
 }
 
 impl Alerts {
