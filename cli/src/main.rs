@@ -129,6 +129,10 @@ pub enum Command {
     Magnet(bt_cmds::DownloadArgs),
     /// Print the running daemon's Prometheus metrics
     Metrics,
+    /// The terminal dashboard on the daemon (starts one if none runs)
+    Dashboard(daemon::dashboard::DashboardArgs),
+    /// The terminal dashboard (the same as `dashboard`)
+    Interactive(daemon::dashboard::DashboardArgs),
     /// Alert rules of the running daemon: add, list, remove, test
     #[command(subcommand)]
     Alerts(daemon::client::AlertsCmd),
@@ -420,6 +424,7 @@ fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Magnet(a) => bt_cmds::download(ctx, a),
         Command::Metrics => daemon::client::metrics(ctx),
         Command::Alerts(c) => daemon::client::alerts(ctx, c),
+        Command::Dashboard(a) | Command::Interactive(a) => daemon::dashboard::run(ctx, a),
         Command::Config(c) => config_cmds::config(ctx, c, ctx.config_file.as_deref()),
     }
 }

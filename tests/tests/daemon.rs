@@ -524,3 +524,113 @@ fn an_alert_fires_and_clears() {
     d2.ccbt(&["alerts", "remove", "holding"]);
     assert_eq!(d2.ccbt(&["--json", "alerts", "list"]).trim(), "[]");
 }
+
+/// The dashboard in tmux: on a data dir with no daemon it starts one and says so; it shows the
+/// torrent's name and a progress bar; `p` pauses the selected torrent (the API confirms); `q`
+/// quits.
+#[test]
+fn dashboard_in_tmux_starts_the_daemon_shows_progress_pauses_and_quits() {
+    require("tmux", "tmux");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(&root.join("seed/holiday-films"), &[("a.bin", 8_000_000)]);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/holiday-films")),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let lport = free_port();
+    let _lt = spawn_lt_seed_limited(&t, &root.join("seed"), lport, &[], 512 << 10);
+    let data = root.join("dd");
+    // A tmux server of the test's own, killed at the end.
+    let sock = format!("ccbt{}", std::process::id());
+    struct Tmux(String);
+    impl Drop for Tmux {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["-L", &self.0, "kill-server"])
+                .status();
+        }
+    }
+    let _tmux = Tmux(sock.clone());
+    // The daemon the dashboard starts is not our child: stop it whatever happens.
+    struct StopDaemon(std::path::PathBuf);
+    impl Drop for StopDaemon {
+        fn drop(&mut self) {
+            let _ = ccbt(&["--data-dir", s(&self.0), "stop"]);
+        }
+    }
+    let _stop = StopDaemon(data.clone());
+    let tmux = |args: &[&str]| -> String {
+        let o = Command::new("tmux")
+            .args(["-L", &sock])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let cmd = format!(
+        "env CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false {} --data-dir {} dashboard --refresh 0.3",
+        s(&ccbt_bin()),
+        s(&data)
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "dash",
+        "-x",
+        "150",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    let screen = || tmux(&["capture-pane", "-p", "-t", "dash"]);
+    wait_until(30.0, "the dashboard to start a daemon and say so", || {
+        screen().contains("started a daemon on")
+    });
+    let d = Daemon {
+        guard: None,
+        api: String::new(),
+        data: data.clone(),
+    };
+    let id = d
+        .ccbt(&[
+            "add",
+            s(&t),
+            "-o",
+            s(&root.join("dl")),
+            "--peer",
+            &format!("127.0.0.1:{lport}"),
+        ])
+        .trim()
+        .trim_start_matches("added ")
+        .to_string();
+    wait_until(30.0, "the name and a progress bar on the screen", || {
+        let sc = screen();
+        sc.contains("holiday-films") && sc.contains('█')
+    });
+    eprintln!("{}", screen());
+    tmux(&["send-keys", "-t", "dash", "p"]);
+    wait_until(10.0, "the API to say paused", || {
+        d.item(&id)["paused"] == true
+    });
+    wait_until(10.0, "the screen to say paused", || {
+        screen().contains("paused")
+    });
+    tmux(&["send-keys", "-t", "dash", "q"]);
+    wait_until(10.0, "the dashboard to quit", || {
+        !Command::new("tmux")
+            .args(["-L", &sock, "has-session", "-t", "dash"])
+            .status()
+            .unwrap()
+            .success()
+    });
+    // The daemon it started keeps running until told to stop.
+    assert_eq!(d.list().len(), 1);
+    d.ccbt(&["stop"]);
+}

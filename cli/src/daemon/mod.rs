@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod api;
 pub mod client;
+pub mod dashboard;
 pub mod metrics;
 pub mod reload;
 
