@@ -7,8 +7,10 @@
 # keys in libtorrent's format for the BEP 44 interop tests.
 # stunnel4 + openssl: an HTTPS tracker (TLS terminator, test CA); nginx-light: a web seed (BEP 19).
 # miniupnpd-nftables + nftables: the NAT-PMP router of the port mapping test (its own namespaces).
+# prometheus: promtool checks the daemon's metrics; tmux drives the dashboard; python3-venv holds
+# schemathesis (PyPI), which fuzzes the daemon's API against its OpenAPI document.
 set -euo pipefail
-PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light miniupnpd-nftables nftables prometheus tmux)
+PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light miniupnpd-nftables nftables prometheus tmux python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,4 +29,11 @@ fi
 if command -v rustup >/dev/null; then
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+fi
+# schemathesis from PyPI in a venv of its own (tests find it at $CCBT_SCHEMATHESIS).
+ST_VENV="${CCBT_TOOLS_DIR:-$HOME/.cache/ccbt-tools}/schemathesis"
+if [ ! -x "$ST_VENV/bin/schemathesis" ]; then
+  echo "deps: installing schemathesis into $ST_VENV"
+  /usr/bin/python3 -m venv "$ST_VENV"
+  "$ST_VENV/bin/pip" install -q schemathesis
 fi

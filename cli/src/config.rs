@@ -26,6 +26,10 @@ pub struct Daemon {
     /// The HTTP API's address (loopback; every request but /metrics carries the bearer token in
     /// `<data dir>/api-token`).
     pub api_listen: String,
+    /// A folder where dropped `.torrent` and `.magnet` files are added (empty: off).
+    pub watch_dir: PathBuf,
+    /// Where torrents added from the watch folder download (empty: `<data dir>/downloads`).
+    pub download_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +182,8 @@ impl Default for Config {
             },
             daemon: Daemon {
                 api_listen: "127.0.0.1:7881".into(),
+                watch_dir: PathBuf::new(),
+                download_dir: PathBuf::new(),
             },
             fs: Fs {
                 publish_debounce_ms: 200,

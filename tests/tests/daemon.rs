@@ -634,3 +634,121 @@ fn dashboard_in_tmux_starts_the_daemon_shows_progress_pauses_and_quits() {
     assert_eq!(d.list().len(), 1);
     d.ccbt(&["stop"]);
 }
+
+/// schemathesis (installed by `make deps` from PyPI) fuzzes every operation of the API from its
+/// OpenAPI document: no 5xx answer, and the daemon still runs afterwards.
+#[test]
+fn schemathesis_finds_no_server_error_and_the_daemon_survives() {
+    let tools = std::env::var("CCBT_TOOLS_DIR")
+        .unwrap_or_else(|_| format!("{}/.cache/ccbt-tools", std::env::var("HOME").unwrap()));
+    let st = Path::new(&tools).join("schemathesis/bin/schemathesis");
+    assert!(
+        st.exists(),
+        "schemathesis is missing at {}: run `make deps` (scripts/deps.sh installs it)",
+        st.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
+    let tok = d.token();
+    let o = Command::new(&st)
+        .args([
+            "run",
+            &format!("http://{}/api/openapi.json", d.api),
+            "-H",
+            &format!("Authorization: Bearer {tok}"),
+            "--checks",
+            "not_a_server_error",
+            "-n",
+            "30",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "20",
+            // Stopping the daemon and the endless event stream are not fuzzed.
+            "--exclude-path",
+            "/api/stop",
+            "--exclude-path",
+            "/api/events",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let summary: String = out.lines().rev().take(25).collect::<Vec<_>>().join("\n");
+    assert!(
+        o.status.success(),
+        "schemathesis found failures:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("passed"), "{summary}");
+    eprintln!("{summary}");
+    // Still alive and answering.
+    assert!(d.guard.as_mut().unwrap().0.try_wait().unwrap().is_none());
+    assert_eq!(
+        http("GET", &format!("http://{}/api/items", d.api), Some(&tok)).0,
+        200
+    );
+}
+
+/// `[daemon] watch_dir`: a dropped .torrent and .magnet are added (downloading into
+/// `download_dir`) and renamed `.added`; a broken one is renamed `.invalid`.
+#[test]
+fn watch_folder_adds_dropped_torrents_and_magnets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(&root.join("seed/data"), &[("a.bin", 300_000)]);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let (watch, dl) = (root.join("watch"), root.join("downloads"));
+    std::fs::create_dir_all(&watch).unwrap();
+    // One is there before the daemon starts.
+    std::fs::copy(&t, watch.join("early.torrent")).unwrap();
+    let conf = root.join("ccbt.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[daemon]\nwatch_dir = \"{}\"\ndownload_dir = \"{}\"\n",
+            s(&watch),
+            s(&dl)
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(
+        root,
+        &root.join("dd"),
+        None,
+        "daemon.log",
+        &["--config", s(&conf)],
+    );
+    wait_until(10.0, "the early torrent to be added", || {
+        watch.join("early.torrent.added").exists()
+    });
+    let ih = ccbt_json(&["info", s(&t)])["info_hash_v1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let item = d.item(&ih);
+    assert_eq!(item["out_dir"], s(&dl));
+    std::fs::write(
+        watch.join("m.magnet"),
+        "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=x\n",
+    )
+    .unwrap();
+    std::fs::write(watch.join("broken.torrent"), b"d4:infoi1ee").unwrap();
+    wait_until(10.0, "the magnet and the broken file to be taken", || {
+        watch.join("m.magnet.added").exists() && watch.join("broken.torrent.invalid").exists()
+    });
+    assert_eq!(
+        d.item("0123456789abcdef0123456789abcdef01234567")["state"],
+        "fetching metadata"
+    );
+    assert_eq!(d.list().len(), 2);
+}

@@ -60,6 +60,16 @@ pub fn router(d: Arc<Daemon>, token: String) -> Router {
         .with_state(st)
 }
 
+/// Only `/metrics`, for `[observability] metrics_port`.
+pub fn metrics_router(d: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Api {
+            d,
+            token: Arc::new(String::new()),
+        })
+}
+
 fn error(code: StatusCode, msg: &str) -> Response {
     (code, Json(json!({ "error": msg }))).into_response()
 }

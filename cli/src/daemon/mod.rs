@@ -13,6 +13,7 @@ pub mod client;
 pub mod dashboard;
 pub mod metrics;
 pub mod reload;
+pub mod watchdir;
 
 use crate::node::Node;
 use crate::Ctx;
@@ -907,6 +908,27 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
         d.node.session.set_global_limits(down * 1024, up * 1024);
         let _watcher = reload::watch(d.clone(), d.config_path.clone());
         tokio::spawn(alerts::run(d.clone()));
+        let dc = &ctx.config.daemon;
+        let _watch_dir = (!dc.watch_dir.as_os_str().is_empty()).then(|| {
+            let out = if dc.download_dir.as_os_str().is_empty() {
+                ctx.data_dir.join("downloads")
+            } else {
+                dc.download_dir.clone()
+            };
+            watchdir::watch(d.clone(), dc.watch_dir.clone(), out)
+        });
+        // `[observability] metrics_port`: /metrics alone on a port of its own (loopback).
+        if ctx.config.observability.enable_metrics {
+            let addr = SocketAddr::from(([127, 0, 0, 1], ctx.config.observability.metrics_port));
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!("metrics on http://{addr}/metrics");
+                    let d2 = d.clone();
+                    tokio::spawn(async move { axum::serve(l, api::metrics_router(d2)).await });
+                }
+                Err(e) => tracing::warn!("metrics port {addr}: {e}; /metrics stays on the API address"),
+            }
+        }
         let restored = d.restore()?;
         std::fs::write(
             info_path(&ctx.data_dir),
