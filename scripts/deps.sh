@@ -10,7 +10,7 @@
 # prometheus: promtool checks the daemon's metrics; tmux drives the dashboard; python3-venv holds
 # schemathesis (PyPI), which fuzzes the daemon's API against its OpenAPI document.
 set -euo pipefail
-PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light miniupnpd-nftables nftables prometheus tmux python3-venv)
+PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light miniupnpd-nftables nftables prometheus tmux python3-venv wrk)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -315,6 +315,9 @@ fn resolve_bep46(ctx: &Ctx, k: &[u8; 32], salt: &[u8], listen: SocketAddr) -> Re
 }
 
 pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
+    if crate::daemon::client::download_via_daemon(ctx, &a)? {
+        return Ok(());
+    }
     let listen = ctx.listen(a.listen);
     let (meta, peers) = resolve_torrent(
         ctx,

@@ -752,3 +752,53 @@ fn watch_folder_adds_dropped_torrents_and_magnets() {
     );
     assert_eq!(d.list().len(), 2);
 }
+
+/// `ccbt download` on a data dir whose daemon runs hands the torrent to the daemon (which holds
+/// the port and keeps seeding) and returns once it is complete.
+#[test]
+fn download_while_the_daemon_runs_goes_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(&root.join("seed/data"), &[("a.bin", 1_500_001)]);
+    let t = root.join("t.torrent");
+    ccbt_ok(&[
+        "create",
+        s(&root.join("seed/data")),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+    ]);
+    let sa = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&root.join("sd")),
+            "seed",
+            s(&t),
+            s(&root.join("seed")),
+            "--listen",
+            &sa,
+            "--no-trackers",
+        ],
+        &root.join("seed.log"),
+    );
+    wait_listening(&sa, 20);
+    let d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
+    let out = d.ccbt(&[
+        "--json",
+        "download",
+        s(&t),
+        "-o",
+        s(&root.join("dl")),
+        "--peer",
+        &sa,
+    ]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["via_daemon"], true, "{out}");
+    assert!(same_file(
+        &root.join("seed/data/a.bin"),
+        &root.join("dl/data/a.bin")
+    ));
+    assert_eq!(d.list()[0]["state"], "seeding");
+}

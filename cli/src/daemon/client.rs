@@ -438,3 +438,68 @@ pub fn alerts(ctx: &Ctx, cmd: AlertsCmd) -> Result<()> {
     }
     Ok(())
 }
+
+/// `ccbt download` while a daemon runs on this data dir: the daemon takes the torrent (it holds
+/// the listen port and keeps seeding), and this command shows progress until it is complete.
+/// Returns false when no daemon runs (the caller runs its own session).
+pub fn download_via_daemon(ctx: &Ctx, a: &crate::bt_cmds::DownloadArgs) -> Result<bool> {
+    let Ok(c) = Client::connect(ctx) else {
+        return Ok(false);
+    };
+    if c.call(reqwest::Method::GET, "/api/limits", None).is_err() {
+        return Ok(false); // a stale daemon.json
+    }
+    if a.sequential || !a.only.is_empty() || !a.skip.is_empty() || a.no_resume || a.no_trackers {
+        bail!("a daemon runs on {}: it takes downloads without --sequential, --only, --skip, --no-resume or --no-trackers; stop it (`ccbt stop`) or use another --data-dir", ctx.data_dir.display());
+    }
+    let mut body = json!({ "peers": a.peers, "out_dir": absolute(a.out.clone())? });
+    let path = std::path::Path::new(&a.torrent);
+    if path.is_file() {
+        body["torrent_hex"] = json!(ccbt_core::encoding::to_hex(&std::fs::read(path)?));
+    } else {
+        body["source"] = json!(a.torrent);
+    }
+    let id = match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
+        Ok(v) => v["id"].as_str().unwrap_or("").to_string(),
+        Err(e) if format!("{e:#}").contains("already added") => {
+            let msg = format!("{e:#}");
+            msg.split_whitespace().next().unwrap_or("").to_string()
+        }
+        Err(e) => return Err(e),
+    };
+    if !ctx.quiet {
+        eprintln!(
+            "the daemon on {} downloads it ({id}); it keeps seeding after this command ends",
+            ctx.data_dir.display()
+        );
+    }
+    loop {
+        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
+        let state = v["state"].as_str().unwrap_or("");
+        if state == "seeding" {
+            if ctx.json {
+                outln!(
+                    "{}",
+                    json!({"info_hash": id, "complete": true, "pieces_total": v["pieces_total"], "downloaded": v["downloaded"], "via_daemon": true})
+                );
+            } else if !ctx.quiet {
+                outln!("complete: {} pieces", v["pieces_total"]);
+            }
+            return Ok(true);
+        }
+        if state == "error" {
+            bail!("{}", v["error"].as_str().unwrap_or("the download failed"));
+        }
+        if !ctx.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!(
+                "\r\x1b[2K{} {:5.1}%  down {}/s  peers {}  {}",
+                printable(v["name"].as_str().unwrap_or("")),
+                v["progress"].as_f64().unwrap_or(0.0) * 100.0,
+                crate::progress::human_bytes(v["download_rate"].as_f64().unwrap_or(0.0) as u64),
+                v["peers"],
+                state
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
