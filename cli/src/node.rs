@@ -34,6 +34,8 @@ pub struct Node {
     pub xet: Arc<ShareNet>,
     pub shares: Arc<Shares>,
     swarms: Mutex<HashMap<ShareId, TorrentHandle>>,
+    /// P2P CAS swarms (files by the first 20 bytes of their root), held or fetched.
+    cas_swarms: Mutex<HashMap<[u8; 20], TorrentHandle>>,
     /// Torrents of versions published with `--torrent` while the node runs.
     pub torrents: Mutex<Vec<TorrentHandle>>,
     data_dir: PathBuf,
@@ -69,13 +71,85 @@ impl Node {
             xet,
             shares,
             swarms: Mutex::new(HashMap::new()),
+            cas_swarms: Mutex::new(HashMap::new()),
             torrents: Mutex::new(Vec::new()),
             data_dir: ctx.data_dir.clone(),
             trackers,
             peers,
         });
         node.serve_socket(&ctx.data_dir)?;
+        if node.dht.is_some() {
+            // P2P CAS needs the DHT: holders of a file are found by its root there.
+            let weak = Arc::downgrade(&node);
+            let rt = tokio::runtime::Handle::current();
+            node.xet.set_cas_joiner(Arc::new(move |id| {
+                if let Some(n) = weak.upgrade() {
+                    let _in = rt.enter();
+                    n.join_cas(id);
+                }
+            }));
+            tokio::spawn(node.clone().announce_files());
+        }
         Ok(node)
+    }
+
+    fn join_cas(&self, id: [u8; 20]) {
+        let mut g = self.cas_swarms.lock().unwrap();
+        if let std::collections::hash_map::Entry::Vacant(e) = g.entry(id) {
+            match self
+                .session
+                .add_cas_swarm(id, std::time::Duration::from_secs(120))
+            {
+                Ok(h) => {
+                    e.insert(h);
+                }
+                Err(e) => tracing::debug!("CAS swarm {}: {e}", ccbt_core::encoding::to_hex(&id)),
+            }
+        }
+    }
+
+    /// P2P CAS: every 10 minutes, the large files of the newest versions held whole are served
+    /// in swarms of their own, announced on the DHT (bounded: [`ccbt_xet::net::CAS_MAX_FILES`]).
+    async fn announce_files(self: Arc<Self>) {
+        use ccbt_xet::net::{CAS_MAX_FILES, CAS_MIN_SIZE};
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        loop {
+            let n = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut files: Vec<(u64, [u8; 32])> = Vec::new();
+                for (id, _) in n.shares.list().unwrap_or_default() {
+                    let Ok(head) = n.shares.head(&id, None) else {
+                        continue;
+                    };
+                    for e in n.shares.listing(&head).unwrap_or_default() {
+                        if e.size >= CAS_MIN_SIZE && e.root != [0; 32] {
+                            files.push((e.size, e.root));
+                        }
+                    }
+                }
+                files.sort_by(|a, b| b.cmp(a));
+                files.dedup_by_key(|f| f.1);
+                let held = n.xet.held_files();
+                let mut count = held.len();
+                for (_, root) in files {
+                    if count >= CAS_MAX_FILES {
+                        break;
+                    }
+                    if !held.contains(&root)
+                        && n.shares.file_is_whole(root)
+                        && n.xet.hold_file(root)
+                    {
+                        count += 1;
+                        tracing::debug!(
+                            "P2P CAS: announcing file {}",
+                            ccbt_xet::hash::XetHash(root)
+                        );
+                    }
+                }
+            })
+            .await;
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
     }
 
     /// Joins a share's swarm (idempotent); with the DHT, also keeps its head there.
@@ -205,13 +279,22 @@ impl Node {
     pub fn status(&self) -> Value {
         let list = self.shares.list().unwrap_or_default();
         let swarms = self.swarms.lock().unwrap();
-        let v: Vec<Value> = list
+        // Shares with a record here, and shares followed without one yet (a mount's).
+        let mut all: Vec<(ShareId, u64, bool)> =
+            list.iter().map(|(id, r)| (*id, r.seq, r.owner)).collect();
+        for id in swarms.keys() {
+            if !all.iter().any(|(x, _, _)| x == id) {
+                let seq = self.xet.newest_head(id).map_or(0, |h| h.seq);
+                all.push((*id, seq, false));
+            }
+        }
+        let v: Vec<Value> = all
             .iter()
-            .map(|(id, r)| {
+            .map(|(id, seq, owner)| {
                 let c = self.xet.counters(id);
                 let st = swarms.get(id).map(|h| h.stats());
                 json!({
-                    "share": share_id_hex(id), "version": r.seq, "owner": r.owner,
+                    "share": share_id_hex(id), "version": seq, "owner": owner,
                     "peers": self.xet.peer_count(id),
                     "fetched_chunks": c.fetched_chunks, "fetched_bytes": c.fetched_chunk_bytes + c.fetched_node_bytes,
                     "served_chunks": c.served_chunks, "served_bytes": c.served_bytes,

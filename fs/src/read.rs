@@ -311,6 +311,8 @@ impl Reader {
         if off >= end {
             return Ok(());
         }
+        // A large file may have holders outside this share's swarm (P2P CAS).
+        self.node.want_file(root.0, size);
         let chunks = self.chunks_for(root, size, off, end)?;
         let at = out.len();
         out.resize(at + (end - off) as usize, 0);

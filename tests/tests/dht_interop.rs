@@ -700,3 +700,92 @@ fn bep46_a_version_published_as_a_torrent() {
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("names torrent {ih}")));
     assert_same_tree(&src, &out.join("album"));
 }
+
+/// P2P CAS: a large file held whole in one share is found through the DHT by a node that needs
+/// it for another share. A serves share 1 (with `big.bin`); D owns share 2 (the same `big.bin`
+/// and a note) but uploads at 256 KiB/s; C mounts share 2 by its id and reads `big.bin`: most of
+/// it comes from A, which C found in the file's CAS swarm (info-hash = the first 20 bytes of the
+/// file's root) and which is not in share 2's swarm at all.
+#[test]
+fn a_large_file_comes_from_a_holder_in_another_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(&root.join("s1"), &[("big.bin", 20 << 20), ("a.txt", 10)]);
+    std::fs::create_dir_all(root.join("s2")).unwrap();
+    std::fs::copy(root.join("s1/big.bin"), root.join("s2/big.bin")).unwrap();
+    std::fs::write(root.join("s2/note.txt"), "share two\n").unwrap();
+    let dht = LtDht::start(3, None);
+    let boot = dht.nodes[0].clone();
+    let adata = root.join("A");
+    publish(&adata, &root.join("s1"));
+    let ddata = root.join("D");
+    let id2 = publish(&ddata, &root.join("s2"));
+    let alisten = format!("127.0.0.1:{}", free_port());
+    let _a = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&adata),
+            "--dht-bootstrap",
+            &boot,
+            "--log-level",
+            "debug",
+            "seed",
+            "--listen",
+            &alisten,
+        ],
+        &root.join("A.log"),
+    );
+    let dlisten = format!("127.0.0.1:{}", free_port());
+    let _d = spawn_ccbt_env(
+        &[
+            "--data-dir",
+            s(&ddata),
+            "--dht-bootstrap",
+            &boot,
+            "seed",
+            "--listen",
+            &dlisten,
+        ],
+        &root.join("D.log"),
+        &[("CCBT_UP_LIMIT", "256")],
+    );
+    wait_listening(&alisten, 20);
+    wait_listening(&dlisten, 20);
+    wait_until(30.0, "A to announce big.bin on the DHT", || {
+        std::fs::read_to_string(root.join("A.log"))
+            .unwrap_or_default()
+            .contains("P2P CAS: announcing file")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mnt = root.join("mnt");
+    let cdata = root.join("C");
+    let (mut g, _) = mount(
+        &cdata,
+        &id2,
+        &mnt,
+        &["--dht-bootstrap", &boot],
+        &root.join("C.log"),
+    );
+    let t0 = Instant::now();
+    wait_until(90.0, "big.bin read through C's mount", || {
+        same_file(&mnt.join("big.bin"), &root.join("s1/big.bin"))
+    });
+    eprintln!("20 MiB read in {:?} (D alone: 256 KiB/s)", t0.elapsed());
+    let st = ok_json(&["--data-dir", s(&cdata), "status"], 20);
+    let share = st["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["share"] == id2.as_str())
+        .unwrap_or_else(|| panic!("share 2 not in C's status: {st}"))
+        .clone();
+    let from = &share["fetched_from"];
+    eprintln!("fetched from: {from}");
+    let from_a = from[alisten.as_str()].as_u64().unwrap_or(0);
+    let from_d = from[dlisten.as_str()].as_u64().unwrap_or(0);
+    assert!(
+        from_a > from_d && from_a > 10 << 20,
+        "A (another share's node, found by the file's root) served {from_a} bytes, D {from_d}"
+    );
+    unmount(&mut g);
+}

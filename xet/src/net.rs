@@ -236,6 +236,9 @@ struct PeerState {
     seq: u64,
     /// Its requests being served (off the runtime).
     serving: usize,
+    /// Smoothed time it takes to answer one of our requests, in ms (a new peer starts low, so
+    /// it gets tried).
+    srtt_ms: f64,
 }
 
 struct Inner {
@@ -264,6 +267,31 @@ pub struct ShareNet {
     slot_freed: tokio::sync::Notify,
     /// Per share, what it may serve (a leaf lock: never held across store reads).
     reach: Mutex<HashMap<ShareId, Arc<Mutex<Reach>>>>,
+    /// P2P CAS (a leaf lock).
+    cas: Mutex<Cas>,
+}
+
+/// Files smaller than this are not worth a swarm of their own on the DHT.
+pub const CAS_MIN_SIZE: u64 = 16 << 20;
+/// Files one node announces at most.
+pub const CAS_MAX_FILES: usize = 64;
+
+/// P2P CAS (DESIGN.md §6): a file held whole is a swarm of its own, its info-hash the first 20
+/// bytes of the file's Merkle root, announced on the DHT; a node that needs a large file joins
+/// that swarm and asks its peers for the file's chunks and nodes, whatever share they hold it in.
+#[derive(Default)]
+struct Cas {
+    /// Files we hold whole and serve: swarm id -> file root.
+    held: HashMap<[u8; 20], [u8; 32]>,
+    /// Every CAS swarm we are in (holding or fetching).
+    joined: std::collections::HashSet<[u8; 20]>,
+    /// Joins a swarm in the session (the node sets it: the session is not ours).
+    joiner: Option<Arc<dyn Fn([u8; 20]) + Send + Sync>>,
+}
+
+/// A file's CAS swarm id.
+pub fn cas_swarm_id(root: &[u8; 32]) -> [u8; 20] {
+    root[..20].try_into().unwrap()
 }
 
 impl ShareNet {
@@ -289,7 +317,59 @@ impl ShareNet {
             slot_freed: tokio::sync::Notify::new(),
             reach: Mutex::new(HashMap::new()),
             peers_changed: tokio::sync::Notify::new(),
+            cas: Mutex::new(Cas::default()),
         })
+    }
+
+    /// How the node joins a CAS swarm (`Session::add_cas_swarm`).
+    pub fn set_cas_joiner(&self, f: Arc<dyn Fn([u8; 20]) + Send + Sync>) {
+        self.cas.lock().unwrap().joiner = Some(f);
+    }
+
+    /// We hold the file `root` whole: serve it in its CAS swarm and join (announce) that swarm.
+    /// False when the bound on announced files is reached.
+    pub fn hold_file(&self, root: [u8; 32]) -> bool {
+        let id = cas_swarm_id(&root);
+        let join = {
+            let mut c = self.cas.lock().unwrap();
+            if !c.held.contains_key(&id) && c.held.len() >= CAS_MAX_FILES {
+                return false;
+            }
+            c.held.insert(id, root);
+            c.joined.insert(id).then(|| c.joiner.clone()).flatten()
+        };
+        if let Some(j) = join {
+            j(id);
+        }
+        true
+    }
+
+    /// Files held and announced (roots).
+    pub fn held_files(&self) -> Vec<[u8; 32]> {
+        self.cas.lock().unwrap().held.values().copied().collect()
+    }
+
+    /// A read needs the file `root` of `size` bytes: for a large file, join its CAS swarm so
+    /// holders found on the DHT can serve it too.
+    pub fn want_file(&self, root: [u8; 32], size: u64) {
+        if size < CAS_MIN_SIZE || root == [0; 32] {
+            return;
+        }
+        let id = cas_swarm_id(&root);
+        let join = {
+            let mut c = self.cas.lock().unwrap();
+            if c.joined.len() >= 4 * CAS_MAX_FILES {
+                return;
+            }
+            c.joined.insert(id).then(|| c.joiner.clone()).flatten()
+        };
+        if let Some(j) = join {
+            tracing::debug!(
+                "joining the CAS swarm of file {}",
+                crate::hash::XetHash(root)
+            );
+            j(id);
+        }
     }
 
     /// The BEP 10 handler to register with the session.
@@ -396,21 +476,34 @@ impl ShareNet {
         // Waiting for a busy peer's slot is not an attempt, but it is bounded too.
         let give_up = tokio::time::Instant::now() + 3 * REQUEST_TIMEOUT;
         while attempts < 8 {
+            let cas = self.cas.lock().unwrap().joined.clone();
             let picked = {
                 let mut g = self.inner.lock().unwrap();
-                let mut cands: Vec<(bool, usize, u64)> = g
+                // Peers holding `min_seq` first (a CAS swarm's holders are not behind: they
+                // hold files by root), then the soonest to answer (its queue times its smoothed
+                // answer time: a slow peer is left for the fast ones even when idle), the
+                // share's own peers on a tie.
+                let mut cands: Vec<(bool, u64, bool, u64)> = g
                     .peers
                     .values()
                     .filter(|p| {
-                        &p.ctx.info_hash == share
+                        (&p.ctx.info_hash == share || cas.contains(&p.ctx.info_hash))
                             && !tried.contains(&p.ctx.key)
                             && p.outstanding < MAX_OUTSTANDING
                     })
-                    .map(|p| (p.seq < min_seq, p.outstanding, p.ctx.key))
+                    .map(|p| {
+                        let cas_peer = &p.ctx.info_hash != share;
+                        (
+                            !cas_peer && p.seq < min_seq,
+                            ((p.outstanding + 1) as f64 * p.srtt_ms) as u64,
+                            cas_peer,
+                            p.ctx.key,
+                        )
+                    })
                     .collect();
                 cands.sort();
                 match cands.first() {
-                    Some(&(_, _, key)) => {
+                    Some(&(_, _, _, key)) => {
                         let id = g.next_id;
                         g.next_id = g.next_id.wrapping_add(1).max(1);
                         let (tx, rx) = oneshot::channel();
@@ -424,7 +517,8 @@ impl ShareNet {
             };
             let Some((key, id, rx, ctx)) = picked else {
                 // Everyone busy or tried: wait for a free slot or new peers.
-                let peers = self.peer_count(share);
+                let peers =
+                    self.peer_count(share) + cas.iter().map(|c| self.peer_count(c)).sum::<usize>();
                 if tried.len() >= peers.max(1) {
                     tried.clear();
                 }
@@ -447,17 +541,22 @@ impl ShareNet {
                 }
                 .encode(),
             );
+            let asked = std::time::Instant::now();
             let res = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
             {
                 let mut g = self.inner.lock().unwrap();
                 g.pending.remove(&(key, id));
                 if let Some(p) = g.peers.get_mut(&key) {
                     p.outstanding = p.outstanding.saturating_sub(1);
+                    // Answers and timeouts both teach how long this peer takes.
+                    let ms = asked.elapsed().as_secs_f64() * 1000.0;
+                    p.srtt_ms = p.srtt_ms * 0.75 + ms * 0.25;
                 }
             }
             self.slot_freed.notify_one();
             tried.push(key);
             let Ok(Ok((got_kind, data))) = res else {
+                tracing::trace!("{} has no {hash} (or timed out)", ctx.addr);
                 continue;
             };
             let ok = match got_kind {
@@ -483,6 +582,29 @@ impl ShareNet {
             return Ok((got_kind, data));
         }
         Err(NetError::Unavailable(share_id_hex(share), hash))
+    }
+
+    /// What a CAS swarm serves: the nodes and chunks of its one file (walked once).
+    fn file_reach(&self, id: &[u8; 20], root: [u8; 32]) -> Arc<Mutex<Reach>> {
+        let r = self.reach.lock().unwrap().entry(*id).or_default().clone();
+        let mut g = r.lock().unwrap();
+        if g.walked.contains(&0) {
+            return r.clone();
+        }
+        let mut stack = vec![root];
+        while let Some(h) = stack.pop() {
+            if !g.hashes.insert(h) {
+                continue;
+            }
+            if let Ok(Some(text)) = self.shares.store.get_node(&h) {
+                if let Ok(kids) = tree::parse_node(XetHash(h), &text) {
+                    stack.extend(kids.iter().map(|k| k.hash.0));
+                }
+            }
+        }
+        g.walked.insert(0);
+        drop(g);
+        r
     }
 
     /// Brings a share's [`Reach`] up to the versions held locally. Blocking (store reads); the
@@ -543,8 +665,17 @@ impl ShareNet {
 
     /// A node or chunk of `share` for a peer in its swarm (blocking: store reads).
     fn serve(&self, share: &ShareId, kind: Kind, hash: &[u8; 32]) -> Option<(Kind, Vec<u8>)> {
-        let reach = self.update_reach(share);
+        let file = self.cas.lock().unwrap().held.get(share).copied();
+        let reach = match file {
+            Some(root) => self.file_reach(share, root),
+            None => self.update_reach(share),
+        };
         if !reach.lock().unwrap().hashes.contains(hash) {
+            tracing::debug!(
+                "refusing {} in swarm {} (not its data)",
+                XetHash(*hash),
+                ccbt_core::encoding::to_hex(share)
+            );
             self.count(share, |k| k.refused_requests += 1);
             return None;
         }
@@ -584,6 +715,7 @@ impl ExtensionHandler for XetExt {
                     outstanding: 0,
                     seq: 0,
                     serving: 0,
+                    srtt_ms: 20.0,
                 },
             );
             g.heads.get(&peer.info_hash).cloned()

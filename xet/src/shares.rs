@@ -265,6 +265,26 @@ impl Shares {
             .collect()
     }
 
+    /// Whether every node and chunk of the file `root` is in the store (it can be served whole).
+    pub fn file_is_whole(&self, root: [u8; 32]) -> bool {
+        let mut stack = vec![XetHash(root)];
+        while let Some(h) = stack.pop() {
+            match self.store.get_node(&h.0) {
+                Ok(Some(text)) => match tree::parse_node(h, &text) {
+                    Ok(kids) => stack.extend(kids.iter().map(|k| k.hash)),
+                    Err(_) => return false,
+                },
+                Ok(None) => {
+                    if !matches!(self.store.chunk_len(&h.0), Ok(Some(_))) {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// The entries of a version.
     pub fn listing(&self, head: &Head) -> Result<Vec<Entry>> {
         let root = XetHash(head.value.root);

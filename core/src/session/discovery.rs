@@ -67,7 +67,8 @@ pub(crate) async fn discovery_loop(
             Duration::from_secs(60)
         } else {
             Duration::from_secs(15 * 60)
-        };
+        }
+        .max(t.cfg.discovery_min_wait);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = quit.changed() => return,

@@ -117,6 +117,8 @@ pub struct TorrentConfig {
     /// An extension-only swarm (a share): no pieces, always "seeding", dials every known peer and
     /// announces `left = 1` so trackers hand out every member.
     pub swarm: bool,
+    /// The DHT is asked at most this often (P2P CAS swarms; zero: as peers are needed).
+    pub discovery_min_wait: Duration,
 }
 
 impl Default for TorrentConfig {
@@ -141,6 +143,7 @@ impl Default for TorrentConfig {
             use_trackers: true,
             use_web_seeds: true,
             swarm: false,
+            discovery_min_wait: Duration::ZERO,
         }
     }
 }
@@ -503,11 +506,31 @@ impl Session {
 
     /// Joins an extension-only swarm (a share: info-hash = share id) announced to `trackers` and
     /// dialing `peers`. Extensions in the registry see its connections.
+    /// A P2P CAS swarm (a file's, by the first 20 bytes of its root): like a share's swarm, but
+    /// asking the DHT at most every `min_wait` (a node may be in dozens of them).
+    pub fn add_cas_swarm(
+        &self,
+        info_hash: [u8; 20],
+        min_wait: Duration,
+    ) -> Result<TorrentHandle, SessionError> {
+        self.swarm(info_hash, Vec::new(), Vec::new(), min_wait)
+    }
+
     pub fn add_swarm(
         &self,
         info_hash: [u8; 20],
         trackers: Vec<String>,
         peers: Vec<SocketAddr>,
+    ) -> Result<TorrentHandle, SessionError> {
+        self.swarm(info_hash, trackers, peers, Duration::ZERO)
+    }
+
+    fn swarm(
+        &self,
+        info_hash: [u8; 20],
+        trackers: Vec<String>,
+        peers: Vec<SocketAddr>,
+        discovery_min_wait: Duration,
     ) -> Result<TorrentHandle, SessionError> {
         let meta = Metainfo {
             name: format!("swarm-{}", to_hex(&info_hash)),
@@ -533,6 +556,7 @@ impl Session {
             resume: false,
             data_dir: None,
             peers,
+            discovery_min_wait,
             ..Default::default()
         };
         self.add_torrent(meta, cfg)

@@ -53,7 +53,27 @@ async fn writer(
         // Batch what is queued into one write.
         while let Some(o) = next.take() {
             match o {
-                Out::Msg(m) => m.encode(&mut buf),
+                Out::Msg(m) => {
+                    // Share data (ccbt_xet chunks) counts against the session's upload limit
+                    // like piece blocks; small control messages do not wait.
+                    let n = match &m {
+                        Message::Extended { payload, .. } if payload.len() > 4096 => payload.len(),
+                        _ => 0,
+                    };
+                    let d = if n > 0 {
+                        t.up.take(n).max(t.session.up.take(n))
+                    } else {
+                        Duration::ZERO
+                    };
+                    if !d.is_zero() {
+                        if !buf.is_empty() && w.send(&mut buf).await.is_err() {
+                            return;
+                        }
+                        buf.clear();
+                        tokio::time::sleep(d).await;
+                    }
+                    m.encode(&mut buf)
+                }
                 Out::Block(m, n, _permit) => {
                     let d = t.up.take(n).max(t.session.up.take(n));
                     if !d.is_zero() {
