@@ -48,7 +48,9 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
             quit_rx.clone(),
         )));
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Every 500 ms while there is work; every 2 s for a complete torrent with no peer (a daemon
+    // holding a hundred idle torrents). New peers and stops wake it at once either way.
+    let mut idle = false;
     let started = Instant::now();
     let mut last_choke = Instant::now() - Duration::from_secs(60);
     let mut last_opt = Instant::now();
@@ -57,8 +59,9 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
     let mut completed_at: Option<Instant> = None;
     let mut last_rate = Instant::now();
     loop {
+        let nap = if idle { 2000 } else { 500 };
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(Duration::from_millis(nap)) => {}
             _ = stop.changed() => {}
             _ = t.wake.notified() => {}
         }
@@ -118,6 +121,14 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
                 }
             }
             to_dial = cands;
+        }
+        {
+            let s = t.state.lock().unwrap();
+            idle = complete
+                && to_dial.is_empty()
+                && s.peers.is_empty()
+                && s.connecting.is_empty()
+                && started.elapsed() >= Duration::from_secs(10);
         }
         for a in to_dial {
             tokio::spawn(connect_peer(t.clone(), a));
