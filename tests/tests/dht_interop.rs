@@ -788,4 +788,27 @@ fn a_large_file_comes_from_a_holder_in_another_share() {
         "A (another share's node, found by the file's root) served {from_a} bytes, D {from_d}"
     );
     unmount(&mut g);
+    // `ccbt sync` of share 2 on a fresh node finds A the same way.
+    let t0 = Instant::now();
+    let r = ok_json(
+        &[
+            "--data-dir",
+            s(&root.join("E")),
+            "--dht-bootstrap",
+            &boot,
+            "sync",
+            &id2,
+            s(&root.join("synced")),
+        ],
+        120,
+    );
+    assert!(same_file(
+        &root.join("synced/big.bin"),
+        &root.join("s1/big.bin")
+    ));
+    let from = &r["fetched_from"];
+    eprintln!("sync in {:?}, fetched from: {from}", t0.elapsed());
+    let from_a = from[alisten.as_str()].as_u64().unwrap_or(0);
+    let from_d = from[dlisten.as_str()].as_u64().unwrap_or(0);
+    assert!(from_a > from_d, "sync: A served {from_a} bytes, D {from_d}");
 }

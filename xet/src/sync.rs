@@ -192,6 +192,15 @@ pub async fn sync_version(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
+    // Large files missing here may have holders outside this share's swarm (P2P CAS).
+    for e in &entries {
+        if e.kind == EntryKind::File
+            && e.size >= crate::net::CAS_MIN_SIZE
+            && !node.shares.file_is_whole(e.root)
+        {
+            node.want_file(e.root, e.size);
+        }
+    }
     resolve(node, &share, head.seq, &file_roots, &mut nodes, &mut report).await?;
     // Commit the version (nodes, head, record) before touching the directory: from here on the
     // store can rebuild the files even if we are killed while writing them. Store and file
