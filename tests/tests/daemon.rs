@@ -358,6 +358,21 @@ fn api_needs_the_token_serves_openapi_and_metrics_that_pass_promtool() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    // Server-sent events: the item list as an `items` event.
+    let o = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "3", "-H"])
+        .arg(format!("Authorization: Bearer {tok}"))
+        .arg(format!("{base}/api/events"))
+        .output()
+        .unwrap();
+    let ev = String::from_utf8_lossy(&o.stdout);
+    assert!(ev.contains("event: items"), "{ev}");
+    let data = ev
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("an items event");
+    let items: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(items[0]["state"], "seeding");
     // Limits through the CLI show in the API.
     d.ccbt(&["limits", "--down", "300"]);
     let (_, l) = http("GET", &format!("{base}/api/limits"), Some(&tok));
