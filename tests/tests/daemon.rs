@@ -470,6 +470,21 @@ fn config_edits_reload_limits_while_running() {
     });
     let l: Value = serde_json::from_str(&d.ccbt(&["--json", "limits"])).unwrap();
     assert_eq!(l["down_kib"], 1024);
+    // The log level and the peer limit change too.
+    let before = std::fs::read_to_string(root.join("daemon.log")).unwrap().len();
+    std::fs::write(
+        &conf,
+        "[limits]\nglobal_down_kib = 1024\n[observability]\nlog_level = \"debug\"\n[network]\nmax_peers_per_torrent = 7\n",
+    )
+    .unwrap();
+    wait_until(10.0, "the log level and peer limit to reload", || {
+        let l = std::fs::read_to_string(root.join("daemon.log")).unwrap();
+        l[before..].contains("network.max_peers_per_torrent")
+            && l[before..].contains("observability.log_level")
+    });
+    wait_until(20.0, "debug lines in the log", || {
+        std::fs::read_to_string(root.join("daemon.log")).unwrap()[before..].contains("DEBUG")
+    });
     // `config get` reads the effective value (here from a valid file again).
     std::fs::write(&conf, "[limits]\nglobal_down_kib = 2048\n").unwrap();
     assert_eq!(

@@ -88,8 +88,12 @@ pub async fn reload(d: &Arc<Daemon>) -> Result<Vec<String>, String> {
         match key.as_str() {
             "limits.global_down_kib" | "limits.global_up_kib" => {}
             "observability.log_level" => {
-                if let Err(e) = crate::set_log_level(&new.observability.log_level) {
-                    tracing::warn!("config: {e:#}; log level kept");
+                match crate::set_log_level(&new.observability.log_level) {
+                    Ok(()) => tracing::debug!(
+                        "log level now {} (this line shows at debug)",
+                        new.observability.log_level
+                    ),
+                    Err(e) => tracing::warn!("config: {e:#}; log level kept"),
                 }
             }
             "network.max_peers_per_torrent" => {
