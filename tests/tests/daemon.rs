@@ -471,7 +471,9 @@ fn config_edits_reload_limits_while_running() {
     let l: Value = serde_json::from_str(&d.ccbt(&["--json", "limits"])).unwrap();
     assert_eq!(l["down_kib"], 1024);
     // The log level and the peer limit change too.
-    let before = std::fs::read_to_string(root.join("daemon.log")).unwrap().len();
+    let before = std::fs::read_to_string(root.join("daemon.log"))
+        .unwrap()
+        .len();
     std::fs::write(
         &conf,
         "[limits]\nglobal_down_kib = 1024\n[observability]\nlog_level = \"debug\"\n[network]\nmax_peers_per_torrent = 7\n",

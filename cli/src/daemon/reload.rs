@@ -87,15 +87,13 @@ pub async fn reload(d: &Arc<Daemon>) -> Result<Vec<String>, String> {
     for key in &changed {
         match key.as_str() {
             "limits.global_down_kib" | "limits.global_up_kib" => {}
-            "observability.log_level" => {
-                match crate::set_log_level(&new.observability.log_level) {
-                    Ok(()) => tracing::debug!(
-                        "log level now {} (this line shows at debug)",
-                        new.observability.log_level
-                    ),
-                    Err(e) => tracing::warn!("config: {e:#}; log level kept"),
-                }
-            }
+            "observability.log_level" => match crate::set_log_level(&new.observability.log_level) {
+                Ok(()) => tracing::debug!(
+                    "log level now {} (this line shows at debug)",
+                    new.observability.log_level
+                ),
+                Err(e) => tracing::warn!("config: {e:#}; log level kept"),
+            },
             "network.max_peers_per_torrent" => {
                 d.set_max_peers(new.network.max_peers_per_torrent.max(1) as usize)
             }
