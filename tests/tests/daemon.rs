@@ -95,53 +95,56 @@ fn umount_lazy(dir: &Path) {
     let _ = Command::new("umount").arg("-l").arg(dir).status();
 }
 
+/// A v1 torrent of `files` made in `root/<parent>/<name>`: returns its path (`root/<torrent>`).
+fn torrent(
+    root: &Path,
+    parent: &str,
+    name: &str,
+    files: &[(&str, usize)],
+    torrent: &str,
+) -> std::path::PathBuf {
+    let data = root.join(parent).join(name);
+    make_tree(&data, files);
+    let t = root.join(torrent);
+    ccbt_ok(&["create", s(&data), "--v1", "-o", s(&t), "-q"]);
+    t
+}
+
+/// `ccbt seed` of `t` from `root/<parent>` (data dir `root/<dd>`); returns it and its address.
+fn ccbt_seed(root: &Path, t: &Path, parent: &str, dd: &str) -> (ChildGuard, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let g = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&root.join(dd)),
+            "seed",
+            s(t),
+            s(&root.join(parent)),
+            "--listen",
+            &addr,
+            "--no-trackers",
+        ],
+        &root.join(format!("{dd}.log")),
+    );
+    wait_listening(&addr, 20);
+    (g, addr)
+}
+
 #[test]
 fn life_cycle_torrent_magnet_and_mounted_share_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     // A torrent libtorrent seeds at 1 MiB/s (so the daemon is killed mid-download).
-    make_tree(&root.join("seed/data"), &[("big.bin", 6_000_007)]);
-    let t = root.join("t.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed/data")),
-        "--v1",
-        "-o",
-        s(&t),
-        "-q",
-    ]);
+    let t = torrent(root, "seed", "data", &[("big.bin", 6_000_007)], "t.torrent");
     let lport = free_port();
     let _lt = spawn_lt_seed_limited(&t, &root.join("seed"), lport, &[], 1 << 20);
     // A second torrent, added as a bare magnet with a peer.
-    make_tree(&root.join("seed2/data2"), &[("m.bin", 700_001)]);
-    let t2 = root.join("t2.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed2/data2")),
-        "--v1",
-        "-o",
-        s(&t2),
-        "-q",
-    ]);
+    let t2 = torrent(root, "seed2", "data2", &[("m.bin", 700_001)], "t2.torrent");
     let ih2 = ccbt_json(&["info", s(&t2)])["info_hash_v1"]
         .as_str()
         .unwrap()
         .to_string();
-    let s2 = format!("127.0.0.1:{}", free_port());
-    let _seed2 = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&root.join("sd2")),
-            "seed",
-            s(&t2),
-            s(&root.join("seed2")),
-            "--listen",
-            &s2,
-            "--no-trackers",
-        ],
-        &root.join("seed2.log"),
-    );
-    wait_listening(&s2, 20);
+    let (_seed2, s2) = ccbt_seed(root, &t2, "seed2", "sd2");
     // A share served by its owner.
     make_tree(
         &root.join("share"),
@@ -240,16 +243,7 @@ fn api_needs_the_token_serves_openapi_and_metrics_that_pass_promtool() {
     require("promtool", "prometheus");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    make_tree(&root.join("seed/data"), &[("a.bin", 4_000_003)]);
-    let t = root.join("t.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed/data")),
-        "--v1",
-        "-o",
-        s(&t),
-        "-q",
-    ]);
+    let t = torrent(root, "seed", "data", &[("a.bin", 4_000_003)], "t.torrent");
     let pieces = ccbt_json(&["info", s(&t)])["pieces"].as_u64();
     let lport = free_port();
     let _lt = spawn_lt_seed_limited(&t, &root.join("seed"), lport, &[], 1 << 20);
@@ -386,16 +380,13 @@ fn api_needs_the_token_serves_openapi_and_metrics_that_pass_promtool() {
 fn config_edits_reload_limits_while_running() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    make_tree(&root.join("seed/data"), &[("big.bin", 48_000_000)]);
-    let t = root.join("t.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed/data")),
-        "--v1",
-        "-o",
-        s(&t),
-        "-q",
-    ]);
+    let t = torrent(
+        root,
+        "seed",
+        "data",
+        &[("big.bin", 48_000_000)],
+        "t.torrent",
+    );
     let lport = free_port();
     let _lt = spawn_lt_seed(&t, &root.join("seed"), lport, &[]);
     let conf = root.join("ccbt.toml");
@@ -508,16 +499,7 @@ fn config_edits_reload_limits_while_running() {
 fn an_alert_fires_and_clears() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    make_tree(&root.join("seed/data"), &[("a.bin", 100_000)]);
-    let t = root.join("t.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed/data")),
-        "--v1",
-        "-o",
-        s(&t),
-        "-q",
-    ]);
+    let t = torrent(root, "seed", "data", &[("a.bin", 100_000)], "t.torrent");
     let data = root.join("dd");
     let mut d = Daemon::start(root, &data, None, "daemon.log");
     let rules = root.join("rules.json");
@@ -565,16 +547,13 @@ fn dashboard_in_tmux_starts_the_daemon_shows_progress_pauses_and_quits() {
     require("tmux", "tmux");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    make_tree(&root.join("seed/holiday-films"), &[("a.bin", 8_000_000)]);
-    let t = root.join("t.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed/holiday-films")),
-        "--v1",
-        "-o",
-        s(&t),
-        "-q",
-    ]);
+    let t = torrent(
+        root,
+        "seed",
+        "holiday-films",
+        &[("a.bin", 8_000_000)],
+        "t.torrent",
+    );
     let lport = free_port();
     let _lt = spawn_lt_seed_limited(&t, &root.join("seed"), lport, &[], 512 << 10);
     let data = root.join("dd");
@@ -729,16 +708,7 @@ fn schemathesis_finds_no_server_error_and_the_daemon_survives() {
 fn watch_folder_adds_dropped_torrents_and_magnets() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    make_tree(&root.join("seed/data"), &[("a.bin", 300_000)]);
-    let t = root.join("t.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed/data")),
-        "--v1",
-        "-o",
-        s(&t),
-        "-q",
-    ]);
+    let t = torrent(root, "seed", "data", &[("a.bin", 300_000)], "t.torrent");
     let (watch, dl) = (root.join("watch"), root.join("downloads"));
     std::fs::create_dir_all(&watch).unwrap();
     // One is there before the daemon starts.
@@ -791,31 +761,8 @@ fn watch_folder_adds_dropped_torrents_and_magnets() {
 fn download_while_the_daemon_runs_goes_through_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    make_tree(&root.join("seed/data"), &[("a.bin", 1_500_001)]);
-    let t = root.join("t.torrent");
-    ccbt_ok(&[
-        "create",
-        s(&root.join("seed/data")),
-        "--v1",
-        "-o",
-        s(&t),
-        "-q",
-    ]);
-    let sa = format!("127.0.0.1:{}", free_port());
-    let _seed = spawn_ccbt(
-        &[
-            "--data-dir",
-            s(&root.join("sd")),
-            "seed",
-            s(&t),
-            s(&root.join("seed")),
-            "--listen",
-            &sa,
-            "--no-trackers",
-        ],
-        &root.join("seed.log"),
-    );
-    wait_listening(&sa, 20);
+    let t = torrent(root, "seed", "data", &[("a.bin", 1_500_001)], "t.torrent");
+    let (_seed, sa) = ccbt_seed(root, &t, "seed", "sd");
     let d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
     let out = d.ccbt(&[
         "--json",
