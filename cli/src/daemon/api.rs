@@ -131,11 +131,7 @@ async fn add(
     };
     let d = st.d.clone();
     // Reading a .torrent path and writing records is blocking work.
-    let r = tokio::task::spawn_blocking(move || {
-        let _rt = tokio::runtime::Handle::current();
-        d.add(req)
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || d.add(req)).await;
     match r {
         Ok(Ok(id)) => (StatusCode::CREATED, Json(json!({ "id": id }))).into_response(),
         Ok(Err(e)) => failed(e),

@@ -819,22 +819,13 @@ impl Daemon {
         Ok(n)
     }
 
-    /// Stops everything (checkpoints written, mounts published and unmounted).
+    /// Stops everything (checkpoints written, mounts published and unmounted), one item after
+    /// another (each bounded in `halt`).
     async fn shutdown(&self) {
         let ids: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
-        let halts = ids.iter().map(|id| self.halt(id));
-        futures_join_all(halts).await;
-    }
-}
-
-/// Runs futures concurrently (a small join_all without another dependency).
-async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in fs {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        f.await;
+        for id in ids {
+            self.halt(&id).await;
+        }
     }
 }
 
