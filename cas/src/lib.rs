@@ -40,7 +40,9 @@ const CF_RESUME: &str = "resume";
 const CF_META: &str = "meta";
 /// What `ccbt daemon` holds (torrents, shares, mounts, alert rules): small records by key.
 const CF_DAEMON: &str = "daemon";
-const ALL_CFS: [&str; 10] = [
+/// Per-version change summaries for `ccbt log` (derived data: recomputed when absent).
+const CF_SUMMARIES: &str = "summaries";
+const ALL_CFS: [&str; 11] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_NODES,
@@ -51,6 +53,7 @@ const ALL_CFS: [&str; 10] = [
     CF_RESUME,
     CF_META,
     CF_DAEMON,
+    CF_SUMMARIES,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +151,40 @@ pub struct Store {
     unindexed: Mutex<HashMap<Hash, u32>>,
     /// Some unindexed chunk bytes were written without the WAL: a commit must flush first.
     needs_flush: std::sync::atomic::AtomicBool,
+    /// Node and chunk reads since open (what `ccbt diff` reports as its cost).
+    reads: std::sync::atomic::AtomicU64,
+}
+
+fn cf_descriptor(name: &str) -> ColumnFamilyDescriptor {
+    let mut o = Options::default();
+    match name {
+        CF_CHUNKS => {
+            // Chunk bytes are mostly incompressible and large: keep them in blob files.
+            o.set_enable_blob_files(true);
+            o.set_min_blob_size(2048);
+            o.set_blob_compression_type(DBCompressionType::None);
+            o.set_enable_blob_gc(true);
+            o.set_compression_type(DBCompressionType::None);
+            // Three 64 MiB memtables: one filling while one flushes, bounded memory.
+            o.set_write_buffer_size(64 << 20);
+            o.set_max_write_buffer_number(3);
+        }
+        CF_CHUNK_INDEX | CF_NODES => {
+            let mut b = BlockBasedOptions::default();
+            b.set_bloom_filter(10.0, false);
+            o.set_block_based_table_factory(&b);
+        }
+        _ => {}
+    }
+    ColumnFamilyDescriptor::new(name, o)
+}
+
+fn open_error(path: &Path, e: rocksdb::Error) -> CasError {
+    if e.to_string().contains("lock") {
+        CasError::Locked(path.to_path_buf())
+    } else {
+        CasError::Db(e)
+    }
 }
 
 fn head_key(share: &ShareId, seq: u64) -> [u8; 28] {
@@ -169,47 +206,50 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(3);
-        let cfs = ALL_CFS.iter().map(|name| {
-            let mut o = Options::default();
-            match *name {
-                CF_CHUNKS => {
-                    // Chunk bytes are mostly incompressible and large: keep them in blob files.
-                    o.set_enable_blob_files(true);
-                    o.set_min_blob_size(2048);
-                    o.set_blob_compression_type(DBCompressionType::None);
-                    o.set_enable_blob_gc(true);
-                    o.set_compression_type(DBCompressionType::None);
-                    // Three 64 MiB memtables: one filling while one flushes, bounded memory.
-                    o.set_write_buffer_size(64 << 20);
-                    o.set_max_write_buffer_number(3);
-                }
-                CF_CHUNK_INDEX | CF_NODES => {
-                    let mut b = BlockBasedOptions::default();
-                    b.set_bloom_filter(10.0, false);
-                    o.set_block_based_table_factory(&b);
-                }
-                _ => {}
-            }
-            ColumnFamilyDescriptor::new(*name, o)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
-            if e.to_string().contains("lock") {
-                CasError::Locked(path.to_path_buf())
-            } else {
-                CasError::Db(e)
-            }
-        })?;
-        Ok(Store {
+        let db = DB::open_cf_descriptors(&opts, path, ALL_CFS.iter().map(|n| cf_descriptor(n)))
+            .map_err(|e| open_error(path, e))?;
+        Ok(Store::with_db(db, path))
+    }
+
+    /// Opens the store read-only, also while another process (a mount, the daemon) holds it: a
+    /// view as of now, for `ccbt log` and `ccbt diff`. Writes through it fail; derived data
+    /// (summaries) is then simply not cached.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let opts = Options::default();
+        // A store made by an older version may lack newer column families.
+        let have = DB::list_cf(&opts, path).map_err(|e| open_error(path, e))?;
+        let cfs = ALL_CFS
+            .iter()
+            .filter(|n| have.iter().any(|h| h == *n))
+            .map(|n| cf_descriptor(n));
+        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)
+            .map_err(|e| open_error(path, e))?;
+        Ok(Store::with_db(db, path))
+    }
+
+    fn with_db(db: DB, path: &Path) -> Store {
+        Store {
             db,
             path: path.to_path_buf(),
             counters: Mutex::new(()),
             unindexed: Mutex::new(HashMap::new()),
             needs_flush: std::sync::atomic::AtomicBool::new(false),
-        })
+            reads: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Merkle node and chunk reads made through this handle so far.
+    pub fn read_count(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_read(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -238,6 +278,7 @@ impl Store {
     /// chunk against its content hash (a stronger check), and the CRC pass cost a quarter of a
     /// mount's read time.
     pub fn get_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        self.count_read();
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_verify_checksums(false);
         Ok(self.db.get_cf_opt(self.cf(CF_CHUNKS), hash, &ro)?)
@@ -246,6 +287,7 @@ impl Store {
     /// Runs `f` over a chunk's bytes in place (no copy out of RocksDB), with the same checksum
     /// rule as [`Store::get_chunk`].
     pub fn with_chunk<R>(&self, hash: &Hash, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        self.count_read();
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_verify_checksums(false);
         Ok(self
@@ -333,6 +375,7 @@ impl Store {
     }
 
     pub fn get_node(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        self.count_read();
         Ok(self.db.get_cf(self.cf(CF_NODES), hash)?)
     }
 
@@ -490,6 +533,23 @@ impl Store {
         Ok(out)
     }
 
+    // ---- version summaries (derived, for `ccbt log`) ----
+
+    pub fn put_summary(&self, id: &ShareId, seq: u64, data: &[u8]) -> Result<()> {
+        if let Some(cf) = self.db.cf_handle(CF_SUMMARIES) {
+            self.db.put_cf(cf, head_key(id, seq), data)?;
+        }
+        Ok(())
+    }
+
+    /// (A read-only open of an older store may lack the column family: nothing cached then.)
+    pub fn get_summary(&self, id: &ShareId, seq: u64) -> Result<Option<Vec<u8>>> {
+        match self.db.cf_handle(CF_SUMMARIES) {
+            Some(cf) => Ok(self.db.get_cf(cf, head_key(id, seq))?),
+            None => Ok(None),
+        }
+    }
+
     // ---- the daemon's records ----
 
     /// Written synced: a record the daemon acknowledged survives a crash.
@@ -619,6 +679,7 @@ impl Store {
                 let seq = u64::from_be_bytes(k[20..].try_into().unwrap());
                 if !keep.contains(&(id, seq)) {
                     b.delete_cf(self.cf(CF_HEADS), &k);
+                    b.delete_cf(self.cf(CF_SUMMARIES), &k);
                     r.heads_removed += 1;
                 }
             }

@@ -18,6 +18,7 @@ mod config_cmds;
 mod daemon;
 mod demo;
 mod dht_cmds;
+mod history_cmds;
 mod mount_cmds;
 mod node;
 mod progress;
@@ -78,6 +79,12 @@ pub enum Command {
     Versions(share_cmds::VersionsArgs),
     /// Write a version of a share (ID or ID@VERSION) into a new directory
     Export(share_cmds::ExportArgs),
+    /// Each version of a share: time, author, files added, removed, changed, bytes changed
+    Log(history_cmds::LogArgs),
+    /// What changed between two versions: ccbt diff ID@A [ID@B | @B] (default B: the newest)
+    Diff(history_cmds::DiffArgs),
+    /// Make a new version whose content (or PATH's) equals an old version's (owner only)
+    Restore(history_cmds::RestoreArgs),
     /// List the shares in the data dir
     Shares,
     /// Keep a version through `ccbt cas gc`
@@ -389,6 +396,9 @@ fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Publish(a) => share_cmds::publish(ctx, a),
         Command::Versions(a) => share_cmds::versions(ctx, a),
         Command::Export(a) => share_cmds::export(ctx, a),
+        Command::Log(a) => history_cmds::log(ctx, a),
+        Command::Diff(a) => history_cmds::diff(ctx, a),
+        Command::Restore(a) => history_cmds::restore(ctx, a),
         Command::Shares => share_cmds::list(ctx),
         Command::Pin(a) => share_cmds::pin(ctx, a, true),
         Command::Unpin(a) => share_cmds::pin(ctx, a, false),

@@ -24,7 +24,7 @@ fn parse_id(s: &str) -> Result<ShareId> {
 }
 
 /// `ID` or `ID@SEQ`.
-fn parse_id_seq(s: &str) -> Result<(ShareId, Option<u64>)> {
+pub(crate) fn parse_id_seq(s: &str) -> Result<(ShareId, Option<u64>)> {
     match s.rsplit_once('@') {
         Some((id, seq)) if !s.starts_with("magnet:") => Ok((
             parse_id(id)?,
@@ -37,7 +37,7 @@ fn parse_id_seq(s: &str) -> Result<(ShareId, Option<u64>)> {
     }
 }
 
-fn fmt_time(t: i64) -> String {
+pub(crate) fn fmt_time(t: i64) -> String {
     // UTC, without pulling in a date crate: days since the epoch to a civil date.
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);

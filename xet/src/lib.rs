@@ -8,6 +8,7 @@
 //! - [`listing`]: version listings (canonical bencode, strictly validated).
 //! - [`tree`]: files as Merkle trees in the CAS: store, walk, read back verified.
 //! - [`shares`]: publish a folder as a version, list versions, export, gc and verify.
+//! - [`history`]: diffs between versions, per-version summaries, restores.
 //!
 //! The reference vectors in `tests/data/xet-vectors` are checked by `tests/vectors.rs`.
 
@@ -16,6 +17,7 @@ pub mod file;
 pub mod gear;
 pub mod hash;
 pub mod head;
+pub mod history;
 pub mod listing;
 pub mod net;
 pub mod shares;

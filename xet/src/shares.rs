@@ -175,6 +175,16 @@ impl Shares {
         Ok(Shares { store, keys_dir })
     }
 
+    /// Opens the data dir for reading, also while a node holds it (see
+    /// [`Store::open_read_only`]).
+    pub fn open_read_only(data_dir: &Path) -> Result<Shares> {
+        let store = Store::open_read_only(&data_dir.join("cas"))?;
+        Ok(Shares {
+            store,
+            keys_dir: data_dir.join("keys"),
+        })
+    }
+
     fn key_path(&self, id: &ShareId) -> PathBuf {
         self.keys_dir.join(format!("{}.key", share_id_hex(id)))
     }
