@@ -126,6 +126,11 @@ pub struct Fs {
     /// Disk for local copies of large, fully local files that mounts hand to the kernel (FUSE
     /// passthrough) so reads run at native speed; 0 turns it off.
     pub file_cache_mib: u64,
+    /// Every share mount has a read-only `.ccbt/history/<seq>/` of each version.
+    pub history: bool,
+    /// `.ccbt` is listed in the mount's root (by default it resolves by name only, so `find`
+    /// and `du` of the mount see the live tree alone).
+    pub show_history: bool,
 }
 
 impl Default for Config {
@@ -190,6 +195,8 @@ impl Default for Config {
                 read_timeout_secs: 30,
                 read_ahead_kb: 1024,
                 file_cache_mib: 4096,
+                history: true,
+                show_history: false,
             },
         }
     }

@@ -154,6 +154,9 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         read_ahead_kb: 1024,
         file_cache_dir: tmp.join(name).join("fscache"),
         file_cache_bytes: 1 << 30,
+        history: true,
+        show_history: false,
+        frozen: false,
     };
     let (ma, mb) = (tmp.join("mnt-a"), tmp.join("mnt-b"));
     std::fs::create_dir_all(&ma)?;

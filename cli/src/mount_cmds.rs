@@ -181,7 +181,18 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     if let Some((meta, peers)) = torrent_target(ctx, &a)? {
         return mount_torrent_cmd(ctx, &a, meta, peers);
     }
-    let Some(id) = parse_share_id(&a.target) else {
+    // ID@SEQ: one old version, read-only.
+    let (target, frozen) = match a.target.rsplit_once('@') {
+        Some((t, seq)) if !a.target.starts_with("magnet:") => (
+            t,
+            Some(
+                seq.parse::<u64>()
+                    .with_context(|| format!("{seq:?} is not a version number"))?,
+            ),
+        ),
+        _ => (a.target.as_str(), None),
+    };
+    let Some(id) = parse_share_id(target) else {
         bail!("{:?} is neither a share id, a .torrent file, nor a torrent checkpointed in this data dir", a.target);
     };
     let rt = crate::runtime()?;
@@ -212,16 +223,12 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
             }
         }
     })?;
-    let cfg = MountConfig {
-        share: id,
-        overlay_dir: ctx.data_dir.join("overlay").join(share_id_hex(&id)),
-        read_timeout: Duration::from_secs(ctx.config.fs.read_timeout_secs.max(1)),
-        publish_debounce: Duration::from_millis(ctx.config.fs.publish_debounce_ms),
-        read_ahead_kb: ctx.config.fs.read_ahead_kb,
-        file_cache_dir: ctx.data_dir.join("fscache"),
-        file_cache_bytes: ctx.config.fs.file_cache_mib << 20,
+    let head = match frozen {
+        Some(seq) => old_head(&node, &head, seq, a.net.timeout)?,
+        None => head,
     };
-    let owner = node.shares.signing_key(&id).ok().flatten().is_some();
+    let cfg = mount_config(&ctx.config.fs, &ctx.data_dir, id, frozen.is_some());
+    let owner = frozen.is_none() && node.shares.signing_key(&id).ok().flatten().is_some();
     let m = mount(
         node.xet.clone(),
         rt.handle().clone(),
@@ -238,6 +245,8 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
             a.dir.display(),
             if owner {
                 "writable: changes are published as new versions"
+            } else if frozen.is_some() {
+                "read-only, this version only"
             } else {
                 "read-only"
             },
@@ -266,6 +275,59 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     let _ = m.unmount();
     let _ = std::fs::remove_file(crate::node::socket_path(&ctx.data_dir));
     Ok(())
+}
+
+/// The mount settings from `[fs]`.
+pub fn mount_config(
+    fs: &crate::config::Fs,
+    data_dir: &Path,
+    share: ccbt_xet::head::ShareId,
+    frozen: bool,
+) -> MountConfig {
+    MountConfig {
+        share,
+        overlay_dir: data_dir.join("overlay").join(share_id_hex(&share)),
+        read_timeout: Duration::from_secs(fs.read_timeout_secs.max(1)),
+        publish_debounce: Duration::from_millis(fs.publish_debounce_ms),
+        read_ahead_kb: fs.read_ahead_kb,
+        file_cache_dir: data_dir.join("fscache"),
+        file_cache_bytes: fs.file_cache_mib << 20,
+        history: fs.history,
+        show_history: fs.show_history,
+        frozen,
+    }
+}
+
+/// The head of old version `seq`: held here, or asked of the share's peers.
+fn old_head(
+    node: &Node,
+    newest: &ccbt_xet::head::Head,
+    seq: u64,
+    timeout: u64,
+) -> Result<ccbt_xet::head::Head> {
+    let id = newest.share_id();
+    if let Ok(h) = node.shares.head(&id, Some(seq)) {
+        return Ok(h);
+    }
+    if seq == 0 || seq > newest.seq {
+        bail!(
+            "share {} has no version {seq} (the newest known is {})",
+            share_id_hex(&id),
+            newest.seq
+        );
+    }
+    let rt = crate::runtime()?;
+    rt.block_on(async {
+        let t = Duration::from_secs(timeout);
+        if !node.xet.wait_for_peer(&id, t).await {
+            bail!("version {seq} is not held here and no peer of the share answered within {timeout}s");
+        }
+        tokio::time::timeout(t, node.xet.fetch_head(&id, seq))
+            .await
+            .ok()
+            .flatten()
+            .with_context(|| format!("no peer serves version {seq} of share {}", share_id_hex(&id)))
+    })
 }
 
 fn is_mounted(dir: &Path) -> bool {

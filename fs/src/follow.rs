@@ -32,7 +32,7 @@ pub(crate) fn follower(s: Arc<Shared>) {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        if share != s.cfg.share || seq <= s.state().tree.seq {
+        if share != s.cfg.share || s.cfg.frozen || seq <= s.state().tree.seq {
             continue;
         }
         let Some(head) = node.newest_head(&share) else {

@@ -6,6 +6,7 @@
 //! - [`overlay`]: the owner's edited files and the state file that survives a crash;
 //! - [`publish`]: the owner's debounced publisher;
 //! - [`follow`]: read-only mounts switching to newer heads;
+//! - [`history`]: `.ccbt/history/<seq>/`, every version read-only;
 //! - [`passthrough`]: FUSE passthrough to local copies on read-only mounts;
 //! - [`ops`]: the `Filesystem` impl, a thin translation layer.
 //!
@@ -27,6 +28,7 @@
 
 mod filecache;
 pub mod follow;
+mod history;
 pub mod inode;
 mod ops;
 pub mod overlay;
@@ -38,7 +40,7 @@ pub mod torrent;
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::head::{Head, ShareId};
 use ccbt_xet::net::ShareNet;
-use fuser::{FileType, INodeNo, ReplyDirectory};
+use fuser::{Errno, FileType, INodeNo, ReplyDirectory};
 use inode::{Content, InoMap, Inode, Tree};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +60,13 @@ pub struct MountConfig {
     /// how many bytes they may take (0: no copies, every read goes through the daemon).
     pub file_cache_dir: PathBuf,
     pub file_cache_bytes: u64,
+    /// `.ccbt/history/<seq>/` resolves in the root (`[fs] history`).
+    pub history: bool,
+    /// ... and is listed by `readdir` of the root (`[fs] show_history`).
+    pub show_history: bool,
+    /// The mount shows this one version, read-only, and does not follow newer ones
+    /// (`ccbt mount ID@SEQ`).
+    pub frozen: bool,
 }
 
 /// An open file.
@@ -90,13 +99,19 @@ pub(crate) struct State {
     /// The content root each inode was last opened with: reopening the same immutable content
     /// keeps the kernel's page cache (FOPEN_KEEP_CACHE), anything else drops it.
     pub opened_roots: HashMap<u64, XetHash>,
+    /// Old versions under `.ccbt/history`.
+    pub history: history::History,
 }
 
 impl State {
     pub fn node(&self, ino: u64) -> Option<&Inode> {
+        if history::is_history(ino) {
+            return self.history.node(ino);
+        }
         self.tree.nodes.get(&ino).or_else(|| self.orphans.get(&ino))
     }
 
+    /// (History inodes are read-only: never returned here.)
     pub fn node_mut(&mut self, ino: u64) -> Option<&mut Inode> {
         match self.tree.nodes.get_mut(&ino) {
             Some(n) => Some(n),
@@ -186,6 +201,75 @@ impl Shared {
     }
 }
 
+/// `.ccbt/history`: the I/O half (heads and listings, read or fetched without the state lock).
+impl Shared {
+    /// The head of version `seq`: held here, or asked of the share's peers.
+    fn version_head(&self, seq: u64) -> Result<Head, Errno> {
+        let node = &self.reader.node;
+        if let Ok(h) = node.shares.head(&self.cfg.share, Some(seq)) {
+            return Ok(h);
+        }
+        let newest = node
+            .newest_head(&self.cfg.share)
+            .map_or(0, |h| h.seq)
+            .max(self.state().tree.seq);
+        if seq == 0 || seq > newest {
+            return Err(Errno::ENOENT);
+        }
+        let (n, share, timeout) = (node.clone(), self.cfg.share, self.cfg.read_timeout);
+        let got = self.reader.rt.block_on(async move {
+            tokio::time::timeout(timeout, n.fetch_head(&share, seq)).await
+        });
+        match got {
+            Ok(Some(h)) => Ok(h),
+            _ => {
+                tracing::warn!("version {seq} is neither held here nor served by a peer");
+                Err(Errno::ENOENT)
+            }
+        }
+    }
+
+    /// Builds `.ccbt/history/<seq>` unless built (fetching its head and listing if need be).
+    pub(crate) fn load_version(&self, seq: u64) -> Result<(), Errno> {
+        if !self.cfg.history || seq > history::MAX_SEQ {
+            return Err(Errno::ENOENT);
+        }
+        if self.state().history.loaded(seq) {
+            return Ok(());
+        }
+        let head = self.version_head(seq)?;
+        let entries = self.reader.load_listing(&head)?;
+        self.state().history.load(seq, &entries, SystemTime::now());
+        Ok(())
+    }
+
+    /// Before an operation on `ino`: its old version is built (the kernel may ask for an inode
+    /// whose version was dropped to bound memory).
+    pub(crate) fn ensure_history(&self, ino: u64) -> Result<(), Errno> {
+        match history::version_of(ino) {
+            Some(seq) => self.load_version(seq),
+            None => Ok(()),
+        }
+    }
+
+    /// The versions `.ccbt/history` lists: those held here (a store read) and the one shown.
+    /// (Others still resolve by name when a peer serves them.)
+    pub(crate) fn held_versions(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .reader
+            .node
+            .shares
+            .store
+            .heads(&self.cfg.share)
+            .map(|v| v.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        v.push(self.state().tree.seq);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
 /// The filesystem handed to fuser.
 pub struct ShareFs(Arc<Shared>);
 
@@ -243,7 +327,11 @@ pub fn mount(
     dir: &Path,
     cfg: MountConfig,
 ) -> std::io::Result<Mounted> {
-    let key = node.shares.signing_key(&cfg.share).ok().flatten();
+    let key = if cfg.frozen {
+        None
+    } else {
+        node.shares.signing_key(&cfg.share).ok().flatten()
+    };
     let cache = filecache::FileCache::new(cfg.file_cache_dir.clone(), cfg.file_cache_bytes);
     let reader = read::Reader::new(node, rt, cfg.share, cfg.read_timeout);
     let owner = key.is_some();
@@ -278,6 +366,7 @@ pub fn mount(
             unsaved: false,
             save_gen: 0,
             opened_roots: HashMap::new(),
+            history: history::History::new(now),
         }),
         next_fh: AtomicU64::new(1),
         dirty: Mutex::new(None),

@@ -6,6 +6,7 @@
 //! (docs/architecture.md lists them): hard links (`link`: EPERM), `RENAME_EXCHANGE` and
 //! whiteouts (EINVAL).
 
+use crate::history;
 use crate::inode::{check_name, Content, Inode, Special, ROOT};
 use crate::overlay::{self, Overlay};
 use crate::read::{errno, io_errno};
@@ -51,10 +52,31 @@ impl Shared {
         Ok(())
     }
 
+    /// [`Shared::writable`], and none of `inos` is in `.ccbt/history` (read-only everywhere).
+    fn writable_at(&self, inos: &[u64]) -> Result<(), Errno> {
+        if inos.iter().any(|i| history::is_history(*i)) {
+            return Err(Errno::EROFS);
+        }
+        self.writable()
+    }
+
+    /// A name in a directory; `.ccbt` in the root when the share has no such entry.
+    fn resolve(&self, st: &State, parent: u64, name: &str) -> Result<u64, Errno> {
+        if history::is_history(parent) {
+            return st.history.lookup(parent, name);
+        }
+        match st.tree.lookup(parent, name) {
+            Err(Errno::ENOENT) if parent == ROOT && name == history::NAME && self.cfg.history => {
+                Ok(history::META)
+            }
+            r => r,
+        }
+    }
+
     fn attr_of(&self, st: &State, ino: u64) -> Result<FileAttr, Errno> {
         let mut a = st
             .node(ino)
-            .map(|n| n.attr(ino, self.owner()))
+            .map(|n| n.attr(ino, self.owner() && !history::is_history(ino)))
             .ok_or(Errno::ENOENT)?;
         if st.orphans.contains_key(&ino) {
             a.nlink = 0; // open but unlinked
@@ -226,16 +248,19 @@ impl ShareFs {
         reply: ReplyEntry,
     ) {
         let s = &self.0;
-        let res = s.writable().and_then(|_| name_str(name)).and_then(|name| {
-            let mut st = s.state();
-            let st = &mut *st;
-            let mut n = s.new_inode(st, req, parent.0, kind, perm);
-            n.target = target;
-            let now = n.ctime;
-            let ino = st.tree.insert(&mut st.inos, parent.0, name, n, now)?;
-            st.unsaved = true;
-            s.attr_of(st, ino)
-        });
+        let res = s
+            .writable_at(&[parent.0])
+            .and_then(|_| name_str(name))
+            .and_then(|name| {
+                let mut st = s.state();
+                let st = &mut *st;
+                let mut n = s.new_inode(st, req, parent.0, kind, perm);
+                n.target = target;
+                let now = n.ctime;
+                let ino = st.tree.insert(&mut st.inos, parent.0, name, n, now)?;
+                st.unsaved = true;
+                s.attr_of(st, ino)
+            });
         match res {
             Ok(attr) => {
                 s.changed();
@@ -250,7 +275,7 @@ impl ShareFs {
     fn remove_entry(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let s = &self.0;
         let res = s
-            .writable()
+            .writable_at(&[parent.0])
             .and_then(|_| lookup_name(name))
             .and_then(|name| {
                 let mut st = s.state();
@@ -295,10 +320,19 @@ impl Filesystem for ShareFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let st = self.0.state();
-        let res = lookup_name(name)
-            .and_then(|n| st.tree.lookup(parent.0, n))
-            .and_then(|ino| self.0.attr_of(&st, ino));
+        let s = &self.0;
+        let res = lookup_name(name).and_then(|n| {
+            // Old versions are built (fetched if need be) before the state lock is taken.
+            s.ensure_history(parent.0)?;
+            if parent.0 == history::DIR {
+                if let Ok(seq) = n.parse::<u64>() {
+                    s.load_version(seq)?;
+                }
+            }
+            let st = s.state();
+            s.resolve(&st, parent.0, n)
+                .and_then(|ino| s.attr_of(&st, ino))
+        });
         match res {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -306,6 +340,7 @@ impl Filesystem for ShareFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _ = self.0.ensure_history(ino.0);
         let st = self.0.state();
         match self.0.attr_of(&st, ino.0) {
             Ok(a) => reply.attr(&TTL, &a),
@@ -314,6 +349,7 @@ impl Filesystem for ShareFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _ = self.0.ensure_history(ino.0);
         let st = self.0.state();
         match st.node(ino.0).and_then(|n| n.target.clone()) {
             Some(target) => reply.data(target.as_bytes()),
@@ -326,7 +362,7 @@ impl Filesystem for ShareFs {
         let wants_write =
             flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if wants_write {
-            if let Err(e) = s.writable() {
+            if let Err(e) = s.writable_at(&[ino.0]) {
                 return reply.error(e);
             }
             if flags.0 & libc::O_TRUNC != 0 {
@@ -334,6 +370,9 @@ impl Filesystem for ShareFs {
                     return reply.error(e);
                 }
             }
+        }
+        if let Err(e) = s.ensure_history(ino.0) {
+            return reply.error(e);
         }
         let mut st = s.state();
         let Some(n) = st.node(ino.0) else {
@@ -459,7 +498,7 @@ impl Filesystem for ShareFs {
         reply: ReplyWrite,
     ) {
         let s = &self.0;
-        let res = s.writable().and_then(|_| {
+        let res = s.writable_at(&[ino.0]).and_then(|_| {
             let mut st = s.overlay_locked(ino.0)?;
             let n = st.node_mut(ino.0).ok_or(Errno::ENOENT)?;
             let off = if flags.0 & libc::O_APPEND != 0 {
@@ -592,6 +631,7 @@ impl Filesystem for ShareFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _ = self.0.ensure_history(ino.0);
         match self.0.state().node(ino.0).map(|n| n.kind) {
             Some(Kind::Dir) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Some(_) => reply.error(Errno::ENOTDIR),
@@ -607,7 +647,23 @@ impl Filesystem for ShareFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let mut st = self.0.state();
+        let s = &self.0;
+        if history::is_history(ino.0) {
+            // The store is read before the state lock is taken.
+            let seqs = if ino.0 == history::DIR {
+                s.held_versions()
+            } else {
+                Vec::new()
+            };
+            if let Err(e) = s.ensure_history(ino.0) {
+                return reply.error(e);
+            }
+            return match s.state().history.entries(ino.0, &seqs) {
+                Ok(items) => fill_dir(reply, offset, items),
+                Err(e) => reply.error(e),
+            };
+        }
+        let mut st = s.state();
         let st = &mut *st;
         let Some(n) = st.tree.get(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -631,6 +687,13 @@ impl Filesystem for ShareFs {
                 _ => FileType::RegularFile,
             };
             items.push((*c, k, name.clone()));
+        }
+        if ino.0 == ROOT
+            && s.cfg.history
+            && s.cfg.show_history
+            && !n.children.contains_key(history::NAME)
+        {
+            items.push((history::META, FileType::Directory, history::NAME.into()));
         }
         fill_dir(reply, offset, items);
     }
@@ -661,26 +724,29 @@ impl Filesystem for ShareFs {
         reply: ReplyCreate,
     ) {
         let s = &self.0;
-        let res = s.writable().and_then(|_| name_str(name)).and_then(|name| {
-            let file = s.new_overlay_file()?;
-            let mut st = s.state();
-            let st = &mut *st;
-            let ino = s.make_node(st, req, parent.0, name, mode, Some(file), None)?;
-            let attr = s.attr_of(st, ino)?;
-            let content = st.tree.nodes[&ino].content.clone();
-            let fh = s.add_handle(
-                st,
-                ino,
-                Handle {
-                    passthrough: false,
-                    content,
-                    size: 0,
-                    last_end: 0,
-                    ahead: 0,
-                },
-            );
-            Ok((attr, fh))
-        });
+        let res = s
+            .writable_at(&[parent.0])
+            .and_then(|_| name_str(name))
+            .and_then(|name| {
+                let file = s.new_overlay_file()?;
+                let mut st = s.state();
+                let st = &mut *st;
+                let ino = s.make_node(st, req, parent.0, name, mode, Some(file), None)?;
+                let attr = s.attr_of(st, ino)?;
+                let content = st.tree.nodes[&ino].content.clone();
+                let fh = s.add_handle(
+                    st,
+                    ino,
+                    Handle {
+                        passthrough: false,
+                        content,
+                        size: 0,
+                        last_end: 0,
+                        ahead: 0,
+                    },
+                );
+                Ok((attr, fh))
+            });
         match res {
             Ok((attr, fh)) => {
                 s.changed();
@@ -714,17 +780,20 @@ impl Filesystem for ShareFs {
             libc::S_IFBLK => Some(FileType::BlockDevice),
             _ => None,
         };
-        let res = s.writable().and_then(|_| name_str(name)).and_then(|name| {
-            // A regular file gets an (empty) overlay file; the others live in the tree only.
-            let file = match special {
-                None => Some(s.new_overlay_file()?),
-                Some(_) => None,
-            };
-            let special = special.map(|kind| Special { kind, rdev });
-            let mut st = s.state();
-            let ino = s.make_node(&mut st, req, parent.0, name, mode, file, special)?;
-            s.attr_of(&st, ino)
-        });
+        let res = s
+            .writable_at(&[parent.0])
+            .and_then(|_| name_str(name))
+            .and_then(|name| {
+                // A regular file gets an (empty) overlay file; the others live in the tree only.
+                let file = match special {
+                    None => Some(s.new_overlay_file()?),
+                    Some(_) => None,
+                };
+                let special = special.map(|kind| Special { kind, rdev });
+                let mut st = s.state();
+                let ino = s.make_node(&mut st, req, parent.0, name, mode, file, special)?;
+                s.attr_of(&st, ino)
+            });
         match res {
             Ok(attr) => {
                 if special.is_none() {
@@ -806,7 +875,7 @@ impl Filesystem for ShareFs {
         reply: ReplyEmpty,
     ) {
         let s = &self.0;
-        let res = s.writable().and_then(|_| {
+        let res = s.writable_at(&[parent.0, newparent.0]).and_then(|_| {
             if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
                 return Err(Errno::EINVAL);
             }
@@ -860,7 +929,7 @@ impl Filesystem for ShareFs {
             if nothing {
                 return s.attr_of(&s.state(), ino.0);
             }
-            s.writable()?;
+            s.writable_at(&[ino.0])?;
             let now = SystemTime::now();
             if let Some(sz) = size {
                 s.truncate(ino.0, sz, now)?;

@@ -24,6 +24,7 @@ pub mod shares;
 pub mod spare;
 pub mod sync;
 pub mod tree;
+pub mod wire;
 
 pub use file::{
     hash_bytes, hash_file_parallel, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest,

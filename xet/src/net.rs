@@ -10,8 +10,8 @@ use crate::hash::{chunk_hash, XetHash};
 use crate::head::{share_id_hex, Head, ShareId};
 use crate::shares::Shares;
 use crate::tree;
+pub use crate::wire::{Kind, Msg, MAX_REPLY};
 use bytes::Bytes;
-use ccbt_core::bencode::{self, OwnedValue, Value};
 use ccbt_core::extension::{ExtReply, ExtensionHandler, PeerCtx};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,184 +21,9 @@ use tokio::sync::{broadcast, oneshot};
 
 pub const EXT_NAME: &str = "ccbt_xet";
 /// Largest reply payload accepted (a max-size chunk).
-pub const MAX_REPLY: usize = 128 * 1024;
 /// Requests in flight to one peer.
 pub const MAX_OUTSTANDING: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a hash names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Chunk,
-    Node,
-    /// Either (the asker does not know yet).
-    Any,
-}
-
-impl Kind {
-    fn code(self) -> &'static str {
-        match self {
-            Kind::Chunk => "c",
-            Kind::Node => "n",
-            Kind::Any => "x",
-        }
-    }
-    fn from_code(b: &[u8]) -> Option<Kind> {
-        match b {
-            b"c" => Some(Kind::Chunk),
-            b"n" => Some(Kind::Node),
-            b"x" => Some(Kind::Any),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Msg {
-    Head(Vec<u8>),
-    Req {
-        id: u32,
-        kind: Kind,
-        hash: [u8; 32],
-    },
-    Data {
-        id: u32,
-        kind: Kind,
-        data: Bytes,
-    },
-    NotFound {
-        id: u32,
-    },
-    HaveVersion {
-        seq: u64,
-    },
-    /// A message type this version does not know: ignored (and counted), so the protocol can
-    /// grow as BEP 10 intends. A malformed message of a known type still bans.
-    Unknown(Vec<u8>),
-}
-
-impl Msg {
-    pub fn encode(&self) -> Bytes {
-        let (hdr, data): (OwnedValue, Option<&Bytes>) = match self {
-            Msg::Head(h) => (
-                OwnedValue::dict([
-                    ("t", OwnedValue::bytes("head")),
-                    ("h", OwnedValue::bytes(h.clone())),
-                ]),
-                None,
-            ),
-            Msg::Req { id, kind, hash } => (
-                OwnedValue::dict([
-                    ("t", OwnedValue::bytes("req")),
-                    ("id", OwnedValue::Int(*id as i64)),
-                    ("k", OwnedValue::bytes(kind.code())),
-                    ("h", OwnedValue::bytes(hash.to_vec())),
-                ]),
-                None,
-            ),
-            Msg::Data { id, kind, data } => (
-                OwnedValue::dict([
-                    ("t", OwnedValue::bytes("data")),
-                    ("id", OwnedValue::Int(*id as i64)),
-                    ("k", OwnedValue::bytes(kind.code())),
-                    ("len", OwnedValue::Int(data.len() as i64)),
-                ]),
-                Some(data),
-            ),
-            Msg::NotFound { id } => (
-                OwnedValue::dict([
-                    ("t", OwnedValue::bytes("nf")),
-                    ("id", OwnedValue::Int(*id as i64)),
-                ]),
-                None,
-            ),
-            Msg::HaveVersion { seq } => (
-                OwnedValue::dict([
-                    ("t", OwnedValue::bytes("hv")),
-                    ("seq", OwnedValue::Int(*seq as i64)),
-                ]),
-                None,
-            ),
-            Msg::Unknown(t) => (
-                OwnedValue::dict([("t", OwnedValue::bytes(t.clone()))]),
-                None,
-            ),
-        };
-        let mut out = hdr.encode();
-        if let Some(d) = data {
-            out.extend_from_slice(d);
-        }
-        Bytes::from(out)
-    }
-
-    pub fn decode(b: Bytes) -> Result<Msg, String> {
-        let (v, used) = bencode::decode_prefix(&b).map_err(|e| format!("bad header: {e}"))?;
-        let d = v.as_dict().ok_or("header is not a dictionary")?;
-        let t = d
-            .get(b"t")
-            .and_then(Value::as_bytes)
-            .ok_or("no message type")?;
-        let int = |k: &[u8]| {
-            d.get(k)
-                .and_then(Value::as_int)
-                .ok_or_else(|| format!("no '{}'", String::from_utf8_lossy(k)))
-        };
-        let id = || int(b"id").and_then(|i| u32::try_from(i).map_err(|_| "bad id".to_string()));
-        let rest = b.slice(used..);
-        let msg = match t {
-            b"head" => Msg::Head(
-                d.get(b"h")
-                    .and_then(Value::as_bytes)
-                    .ok_or("head without 'h'")?
-                    .to_vec(),
-            ),
-            b"req" => Msg::Req {
-                id: id()?,
-                kind: d
-                    .get(b"k")
-                    .and_then(Value::as_bytes)
-                    .and_then(Kind::from_code)
-                    .ok_or("bad kind")?,
-                hash: d
-                    .get(b"h")
-                    .and_then(Value::as_bytes)
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or("bad hash")?,
-            },
-            b"data" => {
-                let len = int(b"len")?;
-                if len < 0 || len as usize > MAX_REPLY {
-                    return Err(format!("reply of {len} bytes exceeds {MAX_REPLY}"));
-                }
-                if rest.len() != len as usize {
-                    return Err(format!(
-                        "truncated data: header says {len} bytes, {} present",
-                        rest.len()
-                    ));
-                }
-                let kind = d
-                    .get(b"k")
-                    .and_then(Value::as_bytes)
-                    .and_then(Kind::from_code)
-                    .ok_or("bad kind")?;
-                return Ok(Msg::Data {
-                    id: id()?,
-                    kind,
-                    data: rest,
-                });
-            }
-            b"nf" => Msg::NotFound { id: id()? },
-            b"hv" => Msg::HaveVersion {
-                seq: int(b"seq")?.max(0) as u64,
-            },
-            other => return Ok(Msg::Unknown(other.to_vec())),
-        };
-        if !rest.is_empty() {
-            return Err("trailing bytes after the header".into());
-        }
-        Ok(msg)
-    }
-}
 
 /// Per-share counters (shown by `ccbt status`).
 #[derive(Debug, Clone, Default)]
@@ -584,6 +409,45 @@ impl ShareNet {
         Err(NetError::Unavailable(share_id_hex(share), hash))
     }
 
+    /// The signed head of an old version `seq`, asked of the share's connected peers in turn
+    /// (each answer checked: signature, share, seq). Not stored: the caller uses it to read that
+    /// version (the store keeps heads whose data it holds).
+    pub async fn fetch_head(&self, share: &ShareId, seq: u64) -> Option<Head> {
+        let peers: Vec<PeerCtx> = {
+            let g = self.inner.lock().unwrap();
+            g.peers
+                .values()
+                .filter(|p| &p.ctx.info_hash == share)
+                .map(|p| p.ctx.clone())
+                .take(8)
+                .collect()
+        };
+        for ctx in peers {
+            let (id, rx) = {
+                let mut g = self.inner.lock().unwrap();
+                let id = g.next_id;
+                g.next_id = g.next_id.wrapping_add(1).max(1);
+                let (tx, rx) = oneshot::channel();
+                g.pending.insert((ctx.key, id), tx);
+                (id, rx)
+            };
+            ctx.sender.send(EXT_NAME, Msg::HeadReq { id, seq }.encode());
+            // A peer of an older version ignores the request: do not wait long for it.
+            let res = tokio::time::timeout(Duration::from_secs(5), rx).await;
+            self.inner.lock().unwrap().pending.remove(&(ctx.key, id));
+            let Ok(Ok((Kind::Any, data))) = res else {
+                continue;
+            };
+            match Head::decode(&data) {
+                Ok(h) if h.seq == seq && h.verify_for(share).is_ok() => return Some(h),
+                _ => ctx.sender.ban(format!(
+                    "sent a head that is not version {seq} of this share"
+                )),
+            }
+        }
+        None
+    }
+
     /// What a CAS swarm serves: the nodes and chunks of its one file (walked once).
     fn file_reach(&self, id: &[u8; 20], root: [u8; 32]) -> Arc<Mutex<Reach>> {
         let r = self.reach.lock().unwrap().entry(*id).or_default().clone();
@@ -700,6 +564,26 @@ impl ShareNet {
 
 struct XetExt(Arc<ShareNet>);
 
+impl XetExt {
+    /// Counts a request being served; a peer past the bound is banned.
+    fn begin_serving(&self, key: u64) -> Result<(), ExtReply> {
+        let mut g = self.0.inner.lock().unwrap();
+        let Some(p) = g.peers.get_mut(&key) else {
+            return Err(ExtReply::default());
+        };
+        if p.serving >= MAX_SERVING {
+            return Err(ExtReply {
+                send: vec![],
+                ban: Some(format!(
+                    "more than {MAX_SERVING} ccbt_xet requests in flight"
+                )),
+            });
+        }
+        p.serving += 1;
+        Ok(())
+    }
+}
+
 impl ExtensionHandler for XetExt {
     fn name(&self) -> &'static str {
         EXT_NAME
@@ -765,20 +649,8 @@ impl ExtensionHandler for XetExt {
             }
             Msg::Req { id, kind, hash } => {
                 tracing::debug!("{} asks for {} ({kind:?})", peer.addr, XetHash(hash));
-                {
-                    let mut g = self.0.inner.lock().unwrap();
-                    let Some(p) = g.peers.get_mut(&peer.key) else {
-                        return ExtReply::default();
-                    };
-                    if p.serving >= MAX_SERVING {
-                        return ExtReply {
-                            send: vec![],
-                            ban: Some(format!(
-                                "more than {MAX_SERVING} ccbt_xet requests in flight"
-                            )),
-                        };
-                    }
-                    p.serving += 1;
+                if let Err(r) = self.begin_serving(peer.key) {
+                    return r;
                 }
                 // Store reads run off the runtime's workers; the reply goes out when ready.
                 let node = self.0.clone();
@@ -802,6 +674,32 @@ impl ExtensionHandler for XetExt {
             Msg::Data { id, kind, data } => {
                 if let Some(tx) = self.0.inner.lock().unwrap().pending.remove(&(peer.key, id)) {
                     let _ = tx.send((kind, data));
+                }
+                ExtReply::default()
+            }
+            Msg::HeadReq { id, seq } => {
+                if let Err(r) = self.begin_serving(peer.key) {
+                    return r;
+                }
+                let node = self.0.clone();
+                let (key, sender) = (peer.key, peer.sender.clone());
+                // A store read: off the runtime's workers.
+                tokio::task::spawn_blocking(move || {
+                    let reply = match node.shares.store.get_head(&share, seq) {
+                        Ok(Some(h)) => Msg::HeadRep { id, head: h },
+                        _ => Msg::NotFound { id },
+                    };
+                    sender.send(EXT_NAME, reply.encode());
+                    if let Some(p) = node.inner.lock().unwrap().peers.get_mut(&key) {
+                        p.serving = p.serving.saturating_sub(1);
+                    }
+                });
+                ExtReply::default()
+            }
+            Msg::HeadRep { id, head } => {
+                // Sent as `Any`: a chunk or node request answered with it bans the peer.
+                if let Some(tx) = self.0.inner.lock().unwrap().pending.remove(&(peer.key, id)) {
+                    let _ = tx.send((Kind::Any, Bytes::from(head)));
                 }
                 ExtReply::default()
             }
@@ -834,55 +732,5 @@ impl ExtensionHandler for XetExt {
         g.pending.retain(|(k, _), _| *k != peer.key);
         drop(g);
         self.0.peers_changed.notify_waiters();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn message_vectors() {
-        let cases = vec![
-            Msg::Head(b"d1:ki1ee".to_vec()),
-            Msg::Req {
-                id: 7,
-                kind: Kind::Any,
-                hash: [3; 32],
-            },
-            Msg::Data {
-                id: 7,
-                kind: Kind::Chunk,
-                data: Bytes::from_static(b"hello"),
-            },
-            Msg::NotFound { id: 9 },
-            Msg::HaveVersion { seq: 4 },
-        ];
-        for m in cases {
-            assert_eq!(Msg::decode(m.encode()).unwrap(), m);
-        }
-        let d = Msg::Data {
-            id: 1,
-            kind: Kind::Node,
-            data: Bytes::from_static(b"abc"),
-        }
-        .encode();
-        assert_eq!(&d[..], b"d2:idi1e1:k1:n3:leni3e1:t4:dataeabc");
-        // Truncated data, oversized claims, junk.
-        assert!(Msg::decode(d.slice(..d.len() - 1))
-            .unwrap_err()
-            .contains("truncated"));
-        let big = format!("d2:idi1e1:k1:c3:leni{}e1:t4:datae", MAX_REPLY + 1);
-        assert!(Msg::decode(Bytes::from(big))
-            .unwrap_err()
-            .contains("exceeds"));
-        // A type from a later version is not an error (and may carry data after its header).
-        assert_eq!(
-            Msg::decode(Bytes::from_static(b"d1:t3:zzz1:xi1eeDATA")).unwrap(),
-            Msg::Unknown(b"zzz".to_vec())
-        );
-        assert!(Msg::decode(Bytes::from_static(b"d1:t3:reqe")).is_err());
-        assert!(Msg::decode(Bytes::from_static(b"d1:t2:nf2:idi1eeXX")).is_err());
-        assert!(Msg::decode(Bytes::from_static(b"garbage")).is_err());
     }
 }

@@ -532,15 +532,7 @@ impl Daemon {
         }
         let _ = std::fs::create_dir_all(&dir);
         let fs = &self.settings.fs;
-        let cfg = ccbt_fs::MountConfig {
-            share,
-            overlay_dir: self.settings.data_dir.join("overlay").join(&id),
-            read_timeout: Duration::from_secs(fs.read_timeout_secs.max(1)),
-            publish_debounce: Duration::from_millis(fs.publish_debounce_ms),
-            read_ahead_kb: fs.read_ahead_kb,
-            file_cache_dir: self.settings.data_dir.join("fscache"),
-            file_cache_bytes: fs.file_cache_mib << 20,
-        };
+        let cfg = crate::mount_cmds::mount_config(fs, &self.settings.data_dir, share, false);
         let xet = self.node.xet.clone();
         let rt = tokio::runtime::Handle::current();
         let d2 = dir.clone();
