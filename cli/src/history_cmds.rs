@@ -153,7 +153,7 @@ pub fn diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
                     ChangeKind::Renamed { from } => ("renamed", Some(from.clone())),
                 };
                 json!({"path": c.path, "change": kind, "from": from, "old_size": c.old_size,
-                       "new_size": c.new_size, "bytes_changed": c.bytes})
+                       "new_size": c.new_size, "bytes_changed": c.bytes, "dir": c.dir})
             })
             .collect();
         let mut v = json!({
@@ -170,12 +170,17 @@ pub fn diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     }
     if !a.stat {
         for c in &d.changes {
+            let slash = if c.dir { "/" } else { "" };
             match &c.kind {
                 ChangeKind::Added => {
                     outln!("A  {}  (+{})", printable(&c.path), human_bytes(c.bytes))
                 }
                 ChangeKind::Removed => {
-                    outln!("D  {}  (-{})", printable(&c.path), human_bytes(c.bytes))
+                    outln!(
+                        "D  {}{slash}  (-{})",
+                        printable(&c.path),
+                        human_bytes(c.bytes)
+                    )
                 }
                 ChangeKind::Modified => outln!(
                     "M  {}  ({} -> {}, {} differ)",

@@ -37,6 +37,8 @@ pub struct Change {
     /// Bytes that differ, at chunk granularity: the new file's chunks not found at the same
     /// offset in the old one (or the whole file when added or removed).
     pub bytes: u64,
+    /// A directory (listed, but not counted in the totals, which count files and links).
+    pub dir: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,7 +48,7 @@ pub struct Diff {
 
 impl Diff {
     fn count(&self, f: impl Fn(&ChangeKind) -> bool) -> u64 {
-        self.changes.iter().filter(|c| f(&c.kind)).count() as u64
+        self.changes.iter().filter(|c| !c.dir && f(&c.kind)).count() as u64
     }
     pub fn added(&self) -> u64 {
         self.count(|k| *k == ChangeKind::Added)
@@ -127,6 +129,7 @@ pub fn diff_listings(shares: &Shares, old: &[Entry], new: &[Entry]) -> Diff {
                         } else {
                             changed_bytes(shares, a, b)
                         },
+                        dir: a.kind == Kind::Dir && b.kind == Kind::Dir,
                     });
                 }
                 i += 1;
@@ -157,6 +160,7 @@ pub fn diff_listings(shares: &Shares, old: &[Entry], new: &[Entry]) -> Diff {
                     old_size: f.size,
                     new_size: e.size,
                     bytes: 0,
+                    dir: false,
                 });
             }
             None => changes.push(Change {
@@ -165,6 +169,7 @@ pub fn diff_listings(shares: &Shares, old: &[Entry], new: &[Entry]) -> Diff {
                 old_size: 0,
                 new_size: e.size,
                 bytes: if e.kind == Kind::File { e.size } else { 0 },
+                dir: e.kind == Kind::Dir,
             }),
         }
     }
@@ -176,6 +181,7 @@ pub fn diff_listings(shares: &Shares, old: &[Entry], new: &[Entry]) -> Diff {
                 old_size: e.size,
                 new_size: 0,
                 bytes: if e.kind == Kind::File { e.size } else { 0 },
+                dir: e.kind == Kind::Dir,
             });
         }
     }
