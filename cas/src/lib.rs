@@ -28,6 +28,8 @@ use std::sync::Mutex;
 
 pub type Hash = [u8; 32];
 pub type ShareId = [u8; 20];
+/// A file pin as stored: share, path, follows newer versions, the signed head pinned.
+pub type FilePin = (ShareId, String, bool, Vec<u8>);
 
 const CF_CHUNKS: &str = "chunks";
 const CF_CHUNK_INDEX: &str = "chunk_index";
@@ -42,7 +44,10 @@ const CF_META: &str = "meta";
 const CF_DAEMON: &str = "daemon";
 /// Per-version change summaries for `ccbt log` (derived data: recomputed when absent).
 const CF_SUMMARIES: &str = "summaries";
-const ALL_CFS: [&str; 11] = [
+/// Files kept local (`ccbt pin ID PATH`): share id + path -> a flag byte (1: follow the
+/// newest version) and the signed head of the version pinned.
+const CF_FILE_PINS: &str = "file_pins";
+const ALL_CFS: [&str; 12] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_NODES,
@@ -54,6 +59,7 @@ const ALL_CFS: [&str; 11] = [
     CF_META,
     CF_DAEMON,
     CF_SUMMARIES,
+    CF_FILE_PINS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -529,6 +535,105 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_RESUME), IteratorMode::Start) {
             out.push(item?.0.to_vec());
+        }
+        Ok(out)
+    }
+
+    // ---- files on demand ----
+
+    /// Chunk bytes stored but not indexed yet (cached reads awaiting [`Store::commit_cached`]).
+    pub fn unindexed_bytes(&self) -> u64 {
+        self.unindexed
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| *n as u64)
+            .sum()
+    }
+
+    /// Every indexed chunk with its length (what eviction chooses from).
+    pub fn chunk_list(&self) -> Result<Vec<(Hash, u32)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CHUNK_INDEX), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if let Ok(h) = <Hash>::try_from(&k[..]) {
+                out.push((h, u32::from_le_bytes(v[..4].try_into().unwrap_or([0; 4]))));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops chunks (the caller decided nothing needs them locally: they fetch again on read).
+    /// Returns how many were dropped and their bytes.
+    pub fn delete_chunks(&self, hashes: &[Hash]) -> Result<(u64, u64)> {
+        let _g = self.counters.lock().unwrap();
+        let mut b = WriteBatch::default();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        let mut unindexed = self.unindexed.lock().unwrap();
+        for h in hashes {
+            if unindexed.remove(h).is_some() {
+                // Not indexed yet (a cached read): no counter holds it.
+                b.delete_cf(self.cf(CF_CHUNKS), h);
+                continue;
+            }
+            if let Some(v) = self.db.get_pinned_cf(self.cf(CF_CHUNK_INDEX), h)? {
+                bytes += u32::from_le_bytes(v[..4].try_into().unwrap_or([0; 4])) as u64;
+                n += 1;
+                b.delete_cf(self.cf(CF_CHUNK_INDEX), h);
+                b.delete_cf(self.cf(CF_CHUNKS), h);
+            }
+        }
+        drop(unindexed);
+        self.add_counter(&mut b, b"chunk_count", -(n as i64))?;
+        self.add_counter(&mut b, b"chunk_bytes", -(bytes as i64))?;
+        self.db.write(b)?;
+        Ok((n, bytes))
+    }
+
+    fn file_pin_key(id: &ShareId, path: &str) -> Vec<u8> {
+        let mut k = id.to_vec();
+        k.extend_from_slice(path.as_bytes());
+        k
+    }
+
+    /// Keeps `path` of a share local: the version of `head` (`follow`: and each newer one).
+    pub fn put_file_pin(&self, id: &ShareId, path: &str, follow: bool, head: &[u8]) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let mut v = vec![follow as u8];
+        v.extend_from_slice(head);
+        self.db
+            .put_cf_opt(self.cf(CF_FILE_PINS), Self::file_pin_key(id, path), v, &wo)?;
+        Ok(())
+    }
+
+    pub fn delete_file_pin(&self, id: &ShareId, path: &str) -> Result<bool> {
+        let k = Self::file_pin_key(id, path);
+        let had = self.db.get_pinned_cf(self.cf(CF_FILE_PINS), &k)?.is_some();
+        self.db.delete_cf(self.cf(CF_FILE_PINS), k)?;
+        Ok(had)
+    }
+
+    /// Every file pin: (share, path, follow, head).
+    pub fn file_pins(&self) -> Result<Vec<FilePin>> {
+        let Some(cf) = self.db.cf_handle(CF_FILE_PINS) else {
+            return Ok(Vec::new()); // a read-only open of an older store
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            if k.len() < 20 || v.is_empty() {
+                continue;
+            }
+            out.push((
+                k[..20].try_into().unwrap(),
+                String::from_utf8_lossy(&k[20..]).into_owned(),
+                v[0] == 1,
+                v[1..].to_vec(),
+            ));
         }
         Ok(out)
     }

@@ -128,6 +128,9 @@ pub struct Fs {
     pub file_cache_mib: u64,
     /// Every share mount has a read-only `.ccbt/history/<seq>/` of each version.
     pub history: bool,
+    /// Chunk bytes the store may hold before mounts evict chunks that are not pinned, least
+    /// recently read first, across all shares (0: no limit).
+    pub cache_limit_mib: u64,
     /// `.ccbt` is listed in the mount's root (by default it resolves by name only, so `find`
     /// and `du` of the mount see the live tree alone).
     pub show_history: bool,
@@ -197,6 +200,7 @@ impl Default for Config {
                 file_cache_mib: 4096,
                 history: true,
                 show_history: false,
+                cache_limit_mib: 0,
             },
         }
     }
@@ -332,6 +336,9 @@ impl Config {
         }
         if let Some(v) = get("CCBT_FILE_CACHE_MIB") {
             self.fs.file_cache_mib = parse("CCBT_FILE_CACHE_MIB", v)?;
+        }
+        if let Some(v) = get("CCBT_CACHE_LIMIT_MIB") {
+            self.fs.cache_limit_mib = parse("CCBT_CACHE_LIMIT_MIB", v)?;
         }
         if let Some(v) = get("CCBT_ENABLE_DHT") {
             self.discovery.enable_dht = parse_bool("CCBT_ENABLE_DHT", &v)?;

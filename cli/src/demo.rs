@@ -157,6 +157,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
         history: true,
         show_history: false,
         frozen: false,
+        cache_limit: 0,
     };
     let (ma, mb) = (tmp.join("mnt-a"), tmp.join("mnt-b"));
     std::fs::create_dir_all(&ma)?;

@@ -21,6 +21,7 @@ mod dht_cmds;
 mod history_cmds;
 mod mount_cmds;
 mod node;
+mod pin_cmds;
 mod progress;
 mod share_cmds;
 mod sync_cmds;
@@ -87,10 +88,13 @@ pub enum Command {
     Restore(history_cmds::RestoreArgs),
     /// List the shares in the data dir
     Shares,
-    /// Keep a version through `ccbt cas gc`
-    Pin(share_cmds::PinArgs),
+    /// Keep files of a share local (fetched in the background); ID@SEQ also keeps that version
+    /// through `ccbt cas gc`
+    Pin(pin_cmds::PinArgs),
     /// Undo `ccbt pin`
-    Unpin(share_cmds::PinArgs),
+    Unpin(pin_cmds::PinArgs),
+    /// Drop the local chunks of a share's files that are not pinned (they fetch again on read)
+    Evict(pin_cmds::EvictArgs),
     /// The content-addressed store: stats, verify, gc
     #[command(subcommand)]
     Cas(share_cmds::CasCmd),
@@ -400,8 +404,9 @@ fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Diff(a) => history_cmds::diff(ctx, a),
         Command::Restore(a) => history_cmds::restore(ctx, a),
         Command::Shares => share_cmds::list(ctx),
-        Command::Pin(a) => share_cmds::pin(ctx, a, true),
-        Command::Unpin(a) => share_cmds::pin(ctx, a, false),
+        Command::Pin(a) => pin_cmds::pin(ctx, a),
+        Command::Unpin(a) => pin_cmds::unpin(ctx, a),
+        Command::Evict(a) => pin_cmds::evict(ctx, a),
         Command::Cas(c) => share_cmds::cas(ctx, c),
         Command::Demo => demo::demo(ctx),
         Command::Download(a) => bt_cmds::download(ctx, a),

@@ -295,6 +295,7 @@ pub fn mount_config(
         history: fs.history,
         show_history: fs.show_history,
         frozen,
+        cache_limit: fs.cache_limit_mib << 20,
     }
 }
 

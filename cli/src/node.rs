@@ -39,6 +39,8 @@ pub struct Node {
     /// Torrents of versions published with `--torrent` while the node runs.
     pub torrents: Mutex<Vec<TorrentHandle>>,
     data_dir: PathBuf,
+    /// Background fetches of pinned files (`ccbt pin`), per share.
+    pub pin_progress: Mutex<HashMap<ShareId, crate::pin_cmds::PinProgress>>,
     trackers: Vec<String>,
     peers: Vec<SocketAddr>,
 }
@@ -74,10 +76,12 @@ impl Node {
             cas_swarms: Mutex::new(HashMap::new()),
             torrents: Mutex::new(Vec::new()),
             data_dir: ctx.data_dir.clone(),
+            pin_progress: Mutex::new(HashMap::new()),
             trackers,
             peers,
         });
         node.serve_socket(&ctx.data_dir)?;
+        tokio::spawn(crate::pin_cmds::pinner(node.clone()));
         if node.dht.is_some() {
             // P2P CAS needs the DHT: holders of a file are found by its root there.
             let weak = Arc::downgrade(&node);
@@ -276,6 +280,10 @@ impl Node {
             .unwrap_or(0)
     }
 
+    pub fn data_dir_path(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+
     pub fn status(&self) -> Value {
         let list = self.shares.list().unwrap_or_default();
         let swarms = self.swarms.lock().unwrap();
@@ -296,6 +304,7 @@ impl Node {
                 json!({
                     "share": share_id_hex(id), "version": seq, "owner": owner,
                     "peers": self.xet.peer_count(id),
+                    "residency": crate::pin_cmds::residency_json(self, id),
                     "fetched_chunks": c.fetched_chunks, "fetched_bytes": c.fetched_chunk_bytes + c.fetched_node_bytes,
                     "served_chunks": c.served_chunks, "served_bytes": c.served_bytes,
                     "dedup_chunks": c.dedup_chunks, "dedup_bytes": c.dedup_bytes,
@@ -348,7 +357,13 @@ impl Node {
 
     async fn request(self: Arc<Self>, req: Value) -> Result<Value> {
         match req["cmd"].as_str().unwrap_or("") {
-            "status" => Ok(self.status()),
+            "status" => {
+                let n = self.clone();
+                Ok(tokio::task::spawn_blocking(move || n.status()).await?)
+            }
+            "pin" => crate::pin_cmds::node_pin(&self, &req).await,
+            "unpin" => crate::pin_cmds::node_unpin(&self, &req).await,
+            "evict" => crate::pin_cmds::node_evict(&self, &req).await,
             "dht_request" => {
                 let d = self
                     .dht

@@ -390,33 +390,6 @@ pub fn list(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-#[derive(Args)]
-pub struct PinArgs {
-    /// ID@VERSION
-    pub version: String,
-}
-
-pub fn pin(ctx: &Ctx, a: PinArgs, on: bool) -> Result<()> {
-    let shares = open(ctx)?;
-    let (id, seq) = parse_id_seq(&a.version)?;
-    let Some(seq) = seq else {
-        bail!("give the version to pin as ID@VERSION");
-    };
-    if on {
-        shares.pin(&id, seq)?;
-        if !ctx.quiet {
-            outln!("pinned {}@{seq}", share_id_hex(&id));
-        }
-    } else if shares.unpin(&id, seq)? {
-        if !ctx.quiet {
-            outln!("unpinned {}@{seq}", share_id_hex(&id));
-        }
-    } else {
-        bail!("{}@{seq} was not pinned", share_id_hex(&id));
-    }
-    Ok(())
-}
-
 #[derive(Subcommand)]
 pub enum CasCmd {
     /// Logical vs stored bytes, chunk count, dedup ratio

@@ -202,6 +202,22 @@ pub fn status(ctx: &Ctx) -> Result<()> {
             human_bytes(s["served_bytes"].as_u64().unwrap_or(0)),
             human_bytes(s["dedup_bytes"].as_u64().unwrap_or(0)),
         );
+        let r = &s["residency"];
+        if let Some(total) = r["total_bytes"].as_u64() {
+            let fetch = match (
+                r["pin_fetch"]["done"].as_bool(),
+                r["pin_fetch"]["bytes"].as_u64(),
+            ) {
+                (Some(false), Some(b)) => format!(", fetching pinned files ({})", human_bytes(b)),
+                _ => String::new(),
+            };
+            outln!(
+                "    local {} of {}, pinned {}{fetch}",
+                human_bytes(r["local_bytes"].as_u64().unwrap_or(0)),
+                human_bytes(total),
+                human_bytes(r["pinned_bytes"].as_u64().unwrap_or(0)),
+            );
+        }
     }
     Ok(())
 }

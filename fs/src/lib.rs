@@ -26,6 +26,7 @@
 //! missing) before taking `state` again. The one I/O done under `state` is the overlay `pwrite`
 //! (and `ftruncate`) of a write, to local disk, so that writes and reads of a file stay ordered.
 
+mod cachelimit;
 mod filecache;
 pub mod follow;
 mod history;
@@ -36,6 +37,7 @@ pub mod passthrough;
 pub mod publish;
 pub mod read;
 pub mod torrent;
+mod xattr;
 
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::head::{Head, ShareId};
@@ -67,6 +69,9 @@ pub struct MountConfig {
     /// The mount shows this one version, read-only, and does not follow newer ones
     /// (`ccbt mount ID@SEQ`).
     pub frozen: bool,
+    /// Chunk bytes the store may hold before unpinned chunks are evicted, least recently read
+    /// first (`[fs] cache_limit_mib`; 0: no limit).
+    pub cache_limit: u64,
 }
 
 /// An open file.
@@ -333,7 +338,8 @@ pub fn mount(
         node.shares.signing_key(&cfg.share).ok().flatten()
     };
     let cache = filecache::FileCache::new(cfg.file_cache_dir.clone(), cfg.file_cache_bytes);
-    let reader = read::Reader::new(node, rt, cfg.share, cfg.read_timeout);
+    let mut reader = read::Reader::new(node, rt, cfg.share, cfg.read_timeout);
+    reader.limit = Arc::new(cachelimit::CacheLimit::new(cfg.cache_limit));
     let owner = key.is_some();
     let mut inos = InoMap::default();
     // An owner's overlay left by a crash wins over the last published version.

@@ -16,7 +16,7 @@ use ccbt_xet::listing::Kind;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::fs::File;
@@ -628,6 +628,16 @@ impl Filesystem for ShareFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(io_errno(e)),
         }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _ = self.0.ensure_history(ino.0);
+        crate::xattr::getxattr(&self.0, ino.0, name, size, reply)
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _ = self.0.ensure_history(ino.0);
+        crate::xattr::listxattr(&self.0, ino.0, size, reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

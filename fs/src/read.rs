@@ -71,6 +71,8 @@ pub(crate) struct Reader {
     chunk_cache: Mutex<VecDeque<(XetHash, Arc<Vec<u8>>)>>,
     /// Local chunks already checked against their hash by this mount.
     verified: Mutex<HashSet<XetHash>>,
+    /// `[fs] cache_limit_mib`.
+    pub(crate) limit: Arc<crate::cachelimit::CacheLimit>,
 }
 
 impl Reader {
@@ -88,6 +90,7 @@ impl Reader {
             node_cache: Mutex::new(HashMap::new()),
             chunk_cache: Mutex::new(VecDeque::new()),
             verified: Mutex::new(HashSet::new()),
+            limit: Default::default(),
         }
     }
 
@@ -110,6 +113,7 @@ impl Reader {
                         store
                             .put_chunk_cached(&h.0, &data)
                             .map_err(|e| errno(e, Errno::EIO))?;
+                        self.limit.fetched(&self.node, data.len() as u64);
                     }
                 }
                 Ok((k, data.to_vec()))
@@ -314,6 +318,9 @@ impl Reader {
         // A large file may have holders outside this share's swarm (P2P CAS).
         self.node.want_file(root.0, size);
         let chunks = self.chunks_for(root, size, off, end)?;
+        for c in &chunks {
+            self.limit.used(&c.hash.0);
+        }
         let at = out.len();
         out.resize(at + (end - off) as usize, 0);
         // Each chunk's slice of the reply.
@@ -368,12 +375,15 @@ impl Reader {
                 let share = self.share;
                 for h in store_missing {
                     let node = node.clone();
+                    let limit = self.limit.clone();
                     self.rt.spawn(async move {
                         if let Ok((_, d)) = node.fetch(&share, h, Kind::Chunk, 0).await {
-                            // The store write runs off the runtime's workers.
+                            // The store write (and any eviction) runs off the runtime's workers.
                             let n = node.clone();
                             let _ = tokio::task::spawn_blocking(move || {
-                                n.shares.store.put_chunk_cached(&h.0, &d)
+                                let r = n.shares.store.put_chunk_cached(&h.0, &d);
+                                limit.fetched(&n, d.len() as u64);
+                                r
                             })
                             .await;
                         }

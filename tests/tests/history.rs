@@ -110,9 +110,9 @@ fn history_dir_log_diff_and_restore_on_a_live_owner_mount() {
         std::fs::read(src.join("edit.bin")).unwrap()
     );
     let e = std::fs::write(h1.join("keep.txt"), b"x").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(30 /* EROFS */), "{e}");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     let e = std::fs::create_dir(m.join(".ccbt/history/1/new")).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(30 /* EROFS */), "{e}");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     assert!(std::fs::metadata(m.join(".ccbt/history/999999")).is_err());
 
     // `ccbt diff` and `ccbt log` on the live share (the mount holds the store).
@@ -285,7 +285,7 @@ fn an_old_version_mounts_on_a_fresh_node_from_a_peer() {
     // Version 1's bytes, fetched from A (B held nothing).
     assert_same_tree(&v1, &mb);
     let e = std::fs::write(mb.join("b.txt"), b"x").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(30 /* EROFS */));
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     // Its history reaches the newer version too, from the peer.
     assert_same_tree(&src, &mb.join(".ccbt/history/2"));
     unmount(&mut g);

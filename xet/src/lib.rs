@@ -19,6 +19,7 @@ pub mod hash;
 pub mod head;
 pub mod history;
 pub mod listing;
+pub mod local;
 pub mod net;
 pub mod shares;
 pub mod spare;

@@ -264,6 +264,16 @@ impl ShareNet {
         true
     }
 
+    /// Whether a connected peer of the share said it holds version `seq` (or newer) whole.
+    pub fn peer_holds(&self, share: &ShareId, seq: u64) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .peers
+            .values()
+            .any(|p| &p.ctx.info_hash == share && p.seq >= seq)
+    }
+
     /// Tells peers we now hold version `seq` completely.
     pub fn have_version(&self, share: &ShareId, seq: u64) {
         let g = self.inner.lock().unwrap();

@@ -151,6 +151,25 @@ async fn resolve(
     Ok(out)
 }
 
+/// Makes files (by root) and listings local: fetches every missing node and chunk from the
+/// share's peers (`ccbt pin`). Nodes are stored as they come; no version is committed.
+pub async fn fetch_roots(
+    node: &Arc<ShareNet>,
+    share: &ShareId,
+    roots: &[XetHash],
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let mut report = SyncReport::default();
+    let mut nodes = Vec::new();
+    resolve(node, share, 0, roots, &mut nodes, &mut report).await?;
+    for (h, text) in nodes {
+        node.shares.store.put_node(&h, &text)?;
+    }
+    node.shares.store.commit_cached()?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
 fn marker(dir: &Path) -> PathBuf {
     dir.join(STATE_DIR).join("synced")
 }
