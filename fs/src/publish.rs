@@ -10,7 +10,6 @@ use crate::overlay::Edits;
 use crate::Shared;
 use ccbt_xet::hash::XetHash;
 use ccbt_xet::head::HeadValue;
-use ccbt_xet::listing;
 use ccbt_xet::tree;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,13 +99,12 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
         entries.push(e);
     }
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-    let bytes = listing::encode(&entries);
-    let l = tree::store_reader(store, &bytes[..], &AtomicU64::new(0), &mut nodes)
-        .map_err(|e| e.to_string())?;
+    let (listing_root, _) =
+        tree::store_listing(store, &entries, &mut nodes).map_err(|e| e.to_string())?;
     let shares = &s.reader.node.shares;
     let share = s.cfg.share;
     let current = shares.head(&share, None).map_err(|e| e.to_string())?;
-    let seq = if current.value.root == l.merkle_root.0 {
+    let seq = if current.value.root == listing_root.0 {
         tracing::debug!(
             "the working tree equals version {}: nothing to publish",
             current.seq
@@ -118,7 +116,7 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
                 key,
                 &share,
                 HeadValue {
-                    root: l.merkle_root.0,
+                    root: listing_root.0,
                     size: entries.iter().map(|e| e.size).sum(),
                     time: SystemTime::now()
                         .duration_since(UNIX_EPOCH)

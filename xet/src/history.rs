@@ -200,11 +200,69 @@ pub fn diff_heads(shares: &Shares, a: &Head, b: &Head) -> Result<Diff> {
     if a.value.root == b.value.root {
         return Ok(Diff::default());
     }
+    if let Some(d) = diff_pieces(shares, a, b) {
+        return Ok(d);
+    }
     Ok(diff_listings(
         shares,
         &shares.listing(a)?,
         &shares.listing(b)?,
     ))
+}
+
+/// The listing's pieces (chunks) with their place: (offset, hash, len), and the total size.
+fn pieces(shares: &Shares, h: &Head) -> Option<(Vec<tree::Span>, u64)> {
+    let root = XetHash(h.value.root);
+    let mut spans = Vec::new();
+    let mut off = 0u64;
+    tree::walk_tree(
+        &shares.store,
+        root,
+        u64::MAX,
+        &mut |c, len| {
+            // A single-chunk listing: its size is the chunk's.
+            let len = if len == u64::MAX {
+                match shares.store.chunk_len(&c.0) {
+                    Ok(Some(n)) => n as u64,
+                    _ => return Err(tree::TreeError::Missing(c)),
+                }
+            } else {
+                len
+            };
+            spans.push((off, c, len));
+            off += len;
+            Ok(())
+        },
+        &mut |_| {},
+    )
+    .ok()?;
+    Some((spans, off))
+}
+
+/// The entries in `spans` (pieces held by one side only), or None if one does not parse alone.
+fn entries_of(shares: &Shares, spans: &[tree::Span], size: u64) -> Option<Vec<Entry>> {
+    let mut out = Vec::new();
+    for (off, h, len) in spans {
+        let bytes = shares.store.get_chunk(&h.0).ok()??;
+        let piece = crate::listing::decode_piece(&bytes, *off == 0, off + len == size).ok()?;
+        out.extend(piece);
+    }
+    Some(out)
+}
+
+/// A diff that reads only the listing pieces the two versions do not share: pieces end at
+/// entry boundaries, and a path lives in one piece of a listing, so an entry in a piece both
+/// listings hold is the same in both. None for listings cut otherwise (older versions).
+fn diff_pieces(shares: &Shares, a: &Head, b: &Head) -> Option<Diff> {
+    let (pa, sa) = pieces(shares, a)?;
+    let (pb, sb) = pieces(shares, b)?;
+    let ha: std::collections::HashSet<XetHash> = pa.iter().map(|p| p.1).collect();
+    let hb: std::collections::HashSet<XetHash> = pb.iter().map(|p| p.1).collect();
+    let only_a: Vec<tree::Span> = pa.into_iter().filter(|p| !hb.contains(&p.1)).collect();
+    let only_b: Vec<tree::Span> = pb.into_iter().filter(|p| !ha.contains(&p.1)).collect();
+    let old = entries_of(shares, &only_a, sa)?;
+    let new = entries_of(shares, &only_b, sb)?;
+    Some(diff_listings(shares, &old, &new))
 }
 
 /// One line of `ccbt log`.
@@ -269,20 +327,22 @@ impl Summary {
     }
 }
 
-/// One summary per version held, oldest first; each against the previous version held.
+/// One summary per version held, oldest first; each against the previous version held. With
+/// listings stored in pieces a summary costs reading the pieces that changed; summaries are
+/// cached, so a second `log` reads one small record per version.
 pub fn log(shares: &Shares, id: &ShareId) -> Result<Vec<Summary>> {
-    let mut out = Vec::new();
-    let mut prev: Option<(Head, Option<Vec<Entry>>)> = None;
+    let mut out: Vec<Summary> = Vec::new();
+    let mut prev: Option<Head> = None;
     for v in shares.versions(id)? {
         let head = Head::decode(&v.head)?;
-        let base = prev.as_ref().map_or(0, |p| p.0.seq);
+        let base = prev.as_ref().map_or(0, |p| p.seq);
         if let Some(s) = shares
             .store
             .get_summary(id, head.seq)?
             .and_then(|b| Summary::decode(&b, &head, base))
         {
             out.push(s);
-            prev = Some((head, None));
+            prev = Some(head);
             continue;
         }
         let mut s = Summary {
@@ -299,27 +359,29 @@ pub fn log(shares: &Shares, id: &ShareId) -> Result<Vec<Summary>> {
             bytes: 0,
             incomplete: false,
         };
-        let listing = shares.listing(&head).ok();
-        let old = match prev.take() {
-            Some((_, Some(l))) => Some(l),
-            Some((ph, None)) => shares.listing(&ph).ok(),
-            None => Some(Vec::new()),
+        let prev_files = out.last().filter(|p| !p.incomplete).map(|p| p.files);
+        let diff = match (&prev, prev_files) {
+            (Some(p), Some(files)) => diff_heads(shares, p, &head).ok().map(|d| (d, files)),
+            (None, _) => shares
+                .listing(&head)
+                .ok()
+                .map(|l| (diff_listings(shares, &[], &l), 0)),
+            _ => None,
         };
-        match (&listing, &old) {
-            (Some(new), Some(old)) => {
-                let d = diff_listings(shares, old, new);
-                s.files = new.iter().filter(|e| e.kind != Kind::Dir).count() as u64;
+        match diff {
+            Some((d, files)) => {
                 s.added = d.added();
                 s.removed = d.removed();
                 s.modified = d.modified();
                 s.renamed = d.renamed();
                 s.bytes = d.bytes();
+                s.files = (files + s.added).saturating_sub(s.removed);
                 let _ = shares.store.put_summary(id, head.seq, &s.encode());
             }
-            _ => s.incomplete = true,
+            None => s.incomplete = true,
         }
         out.push(s);
-        prev = Some((head, listing));
+        prev = Some(head);
     }
     Ok(out)
 }
@@ -378,20 +440,14 @@ pub fn commit_listing(shares: &Shares, id: &ShareId, entries: &[Entry]) -> Resul
     let key = shares
         .signing_key(id)?
         .ok_or_else(|| ShareError::NotOwner(crate::head::share_id_hex(id)))?;
-    let bytes = crate::listing::encode(entries);
     let mut nodes = Vec::new();
-    let listing = tree::store_reader(
-        &shares.store,
-        &bytes[..],
-        &std::sync::atomic::AtomicU64::new(0),
-        &mut nodes,
-    )?;
+    let (listing_root, _) = tree::store_listing(&shares.store, entries, &mut nodes)?;
     let size = entries.iter().map(|e| e.size).sum();
     shares.commit_next(
         &key,
         id,
         crate::head::HeadValue {
-            root: listing.merkle_root.0,
+            root: listing_root.0,
             size,
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

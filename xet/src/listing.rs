@@ -60,37 +60,140 @@ pub fn check_path(p: &str) -> Result<(), ListingError> {
     Ok(())
 }
 
+fn entry_value(e: &Entry) -> OwnedValue {
+    let mut d = vec![
+        ("p", OwnedValue::bytes(e.path.as_bytes())),
+        (
+            "t",
+            OwnedValue::bytes(match e.kind {
+                Kind::File => "f",
+                Kind::Dir => "d",
+                Kind::Link => "l",
+            }),
+        ),
+        ("s", OwnedValue::Int(e.size as i64)),
+        ("r", OwnedValue::bytes(e.root.to_vec())),
+        ("x", OwnedValue::Int(e.executable as i64)),
+        ("m", OwnedValue::Int(e.mtime)),
+    ];
+    if let Some(t) = &e.target {
+        d.push(("l", OwnedValue::bytes(t.as_bytes())));
+    }
+    if let Some(m) = e.mode {
+        d.push(("o", OwnedValue::Int((m & 0o777) as i64)));
+    }
+    OwnedValue::dict(d)
+}
+
 pub fn encode(entries: &[Entry]) -> Vec<u8> {
-    OwnedValue::List(
-        entries
-            .iter()
-            .map(|e| {
-                let mut d = vec![
-                    ("p", OwnedValue::bytes(e.path.as_bytes())),
-                    (
-                        "t",
-                        OwnedValue::bytes(match e.kind {
-                            Kind::File => "f",
-                            Kind::Dir => "d",
-                            Kind::Link => "l",
-                        }),
-                    ),
-                    ("s", OwnedValue::Int(e.size as i64)),
-                    ("r", OwnedValue::bytes(e.root.to_vec())),
-                    ("x", OwnedValue::Int(e.executable as i64)),
-                    ("m", OwnedValue::Int(e.mtime)),
-                ];
-                if let Some(t) = &e.target {
-                    d.push(("l", OwnedValue::bytes(t.as_bytes())));
-                }
-                if let Some(m) = e.mode {
-                    d.push(("o", OwnedValue::Int((m & 0o777) as i64)));
-                }
-                OwnedValue::dict(d)
-            })
-            .collect(),
-    )
-    .encode()
+    encode_pieces(entries).concat()
+}
+
+/// About one entry in this many ends a piece.
+const PIECE_ENTRIES: u64 = 32;
+/// A piece is cut here at the latest (well under a chunk reply's bound).
+const PIECE_MAX: usize = 64 * 1024;
+
+/// The canonical listing bytes cut into pieces at entry boundaries, content-defined (an entry
+/// whose path hashes to 0 mod [`PIECE_ENTRIES`] ends its piece): each piece is stored as one
+/// chunk, so an edited entry changes one small chunk (about 3 KiB) and a diff reads only the
+/// pieces that differ, each parseable alone ([`decode_piece`]). The concatenation is exactly
+/// the canonical bencode, so readers need not know how it was cut.
+pub fn encode_pieces(entries: &[Entry]) -> Vec<Vec<u8>> {
+    let mut pieces = Vec::new();
+    let mut cur = b"l".to_vec();
+    for e in entries {
+        cur.extend_from_slice(&entry_value(e).encode());
+        if fnv1a(e.path.as_bytes()) % PIECE_ENTRIES == 0 || cur.len() >= PIECE_MAX {
+            pieces.push(std::mem::take(&mut cur));
+        }
+    }
+    cur.push(b'e');
+    pieces.push(cur);
+    pieces
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The entries of one stored piece of a listing (`first`: it starts the listing, so it opens
+/// the list; `last`: it ends it). Fails when the bytes are not whole entries (a listing cut
+/// elsewhere, as before pieces existed): the caller then reads the listing whole.
+pub fn decode_piece(bytes: &[u8], first: bool, last: bool) -> Result<Vec<Entry>, ListingError> {
+    let bad = |m: String| ListingError::Malformed(m);
+    let mut b = bytes;
+    if first {
+        b = b
+            .strip_prefix(b"l")
+            .ok_or_else(|| bad("no list start".into()))?;
+    }
+    if last {
+        b = b
+            .strip_suffix(b"e")
+            .ok_or_else(|| bad("no list end".into()))?;
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (v, used) = bencode::decode_prefix(b).map_err(|e| bad(e.to_string()))?;
+        out.push(entry_from(out.len(), &v)?);
+        b = &b[used..];
+    }
+    Ok(out)
+}
+
+fn entry_from(i: usize, item: &Value) -> Result<Entry, ListingError> {
+    let bad = |m: String| ListingError::Malformed(m);
+    let d = item
+        .as_dict()
+        .ok_or_else(|| bad(format!("entry {i} is not a dictionary")))?;
+    let get = |k: &str| d.get(k.as_bytes());
+    let int = |k: &str| {
+        get(k)
+            .and_then(Value::as_int)
+            .ok_or_else(|| bad(format!("entry {i}: '{k}' missing or not an integer")))
+    };
+    let path = get("p")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("entry {i}: 'p' missing or not UTF-8")))?
+        .to_string();
+    check_path(&path)?;
+    let kind = match get("t").and_then(Value::as_bytes) {
+        Some(b"f") => Kind::File,
+        Some(b"d") => Kind::Dir,
+        Some(b"l") => Kind::Link,
+        _ => return Err(bad(format!("entry {path:?}: bad type"))),
+    };
+    let size = int("s")?;
+    if size < 0 {
+        return Err(bad(format!("entry {path:?}: negative size")));
+    }
+    let root: [u8; 32] = get("r")
+        .and_then(Value::as_bytes)
+        .and_then(|r| r.try_into().ok())
+        .ok_or_else(|| bad(format!("entry {path:?}: 'r' is not 32 bytes")))?;
+    let target = match (kind, get("l")) {
+        (Kind::Link, Some(t)) => Some(
+            t.as_str()
+                .ok_or_else(|| bad(format!("entry {path:?}: link target not UTF-8")))?
+                .to_string(),
+        ),
+        (Kind::Link, None) => return Err(bad(format!("link {path:?} has no target"))),
+        (_, Some(_)) => return Err(bad(format!("{path:?} has a target but is not a link"))),
+        (_, None) => None,
+    };
+    Ok(Entry {
+        path,
+        kind,
+        size: size as u64,
+        root,
+        executable: int("x")? != 0,
+        mtime: int("m")?,
+        target,
+        mode: get("o").and_then(Value::as_int).map(|m| (m & 0o777) as u32),
+    })
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, ListingError> {
@@ -99,59 +202,13 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, ListingError> {
     let list = v.as_list().ok_or_else(|| bad("not a list".into()))?;
     let mut out: Vec<Entry> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let d = item
-            .as_dict()
-            .ok_or_else(|| bad(format!("entry {i} is not a dictionary")))?;
-        let get = |k: &str| d.get(k.as_bytes());
-        let int = |k: &str| {
-            get(k)
-                .and_then(Value::as_int)
-                .ok_or_else(|| bad(format!("entry {i}: '{k}' missing or not an integer")))
-        };
-        let path = get("p")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(format!("entry {i}: 'p' missing or not UTF-8")))?
-            .to_string();
-        check_path(&path)?;
+        let e = entry_from(i, item)?;
         if let Some(prev) = out.last() {
-            if prev.path.as_bytes() >= path.as_bytes() {
-                return Err(bad(format!("entries not strictly sorted at {path:?}")));
+            if prev.path.as_bytes() >= e.path.as_bytes() {
+                return Err(bad(format!("entries not strictly sorted at {:?}", e.path)));
             }
         }
-        let kind = match get("t").and_then(Value::as_bytes) {
-            Some(b"f") => Kind::File,
-            Some(b"d") => Kind::Dir,
-            Some(b"l") => Kind::Link,
-            _ => return Err(bad(format!("entry {path:?}: bad type"))),
-        };
-        let size = int("s")?;
-        if size < 0 {
-            return Err(bad(format!("entry {path:?}: negative size")));
-        }
-        let root: [u8; 32] = get("r")
-            .and_then(Value::as_bytes)
-            .and_then(|r| r.try_into().ok())
-            .ok_or_else(|| bad(format!("entry {path:?}: 'r' is not 32 bytes")))?;
-        let target = match (kind, get("l")) {
-            (Kind::Link, Some(t)) => Some(
-                t.as_str()
-                    .ok_or_else(|| bad(format!("entry {path:?}: link target not UTF-8")))?
-                    .to_string(),
-            ),
-            (Kind::Link, None) => return Err(bad(format!("link {path:?} has no target"))),
-            (_, Some(_)) => return Err(bad(format!("{path:?} has a target but is not a link"))),
-            (_, None) => None,
-        };
-        out.push(Entry {
-            path,
-            kind,
-            size: size as u64,
-            root,
-            executable: int("x")? != 0,
-            mtime: int("m")?,
-            target,
-            mode: get("o").and_then(Value::as_int).map(|m| (m & 0o777) as u32),
-        });
+        out.push(e);
     }
     Ok(out)
 }
@@ -190,5 +247,29 @@ mod tests {
         let dup = vec![e("a", Kind::File), e("a", Kind::File)];
         assert!(decode(&encode(&dup)).is_err());
         assert!(decode(b"i1e").is_err());
+    }
+
+    #[test]
+    fn pieces_are_canonical_and_parse_alone() {
+        let l: Vec<Entry> = (0..500)
+            .map(|i| e(&format!("f{i:04}"), Kind::File))
+            .collect();
+        let pieces = encode_pieces(&l);
+        assert!(pieces.len() > 4, "{}", pieces.len());
+        let whole = pieces.concat();
+        assert_eq!(decode(&whole).unwrap(), l);
+        // The canonical form: the same bytes as encoding the list in one go.
+        let canon = OwnedValue::List(l.iter().map(entry_value).collect()).encode();
+        assert_eq!(whole, canon);
+        let n = pieces.len();
+        let back: Vec<Entry> = pieces
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| decode_piece(p, i == 0, i == n - 1).unwrap())
+            .collect();
+        assert_eq!(back, l);
+        // A piece cut mid-entry does not parse.
+        assert!(decode_piece(&whole[..pieces[0].len() + 5], true, false).is_err());
+        assert_eq!(decode_piece(b"le", true, true).unwrap(), vec![]);
     }
 }

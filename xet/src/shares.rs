@@ -394,13 +394,7 @@ impl Shares {
         walk(&canon, &canon, &mut scanned, &mut warnings)?;
         let mut nodes: NodeList = Vec::new();
         let entries = self.store_entries(&canon, scanned, progress, &mut nodes)?;
-        let listing_bytes = listing::encode(&entries);
-        let listing = tree::store_reader(
-            &self.store,
-            &listing_bytes[..],
-            &AtomicU64::new(0),
-            &mut nodes,
-        )?;
+        let (listing_root, _) = tree::store_listing(&self.store, &entries, &mut nodes)?;
 
         let (key, id, created, prev_seq) = match existing {
             Some(id) => {
@@ -421,7 +415,7 @@ impl Shares {
             &key,
             seq,
             HeadValue {
-                root: listing.merkle_root.0,
+                root: listing_root.0,
                 size: logical,
                 time: now(),
                 ih,
@@ -441,7 +435,7 @@ impl Shares {
             new_node_bytes: after.node_bytes - stats_before.node_bytes,
             new_chunks: after.chunk_count - stats_before.chunk_count,
             created_share: created,
-            listing_root: listing.merkle_root,
+            listing_root: listing_root,
             warnings,
         })
     }

@@ -37,6 +37,31 @@ pub fn tree_nodes(chunks: &[ChunkInfo], out: &mut NodeList) -> XetHash {
     .hash
 }
 
+/// Stores a version's listing: one chunk per piece ([`crate::listing::encode_pieces`]), so a
+/// version that changes a few entries stores a few small chunks, not whole 64 KiB ones. Returns
+/// the listing's Merkle root and size.
+pub fn store_listing(
+    store: &Store,
+    entries: &[crate::listing::Entry],
+    nodes: &mut NodeList,
+) -> Result<(XetHash, u64), TreeError> {
+    let mut batch = ChunkBatch::default();
+    let mut chunks = Vec::new();
+    let mut offset = 0u64;
+    for p in crate::listing::encode_pieces(entries) {
+        let hash = crate::hash::chunk_hash(&p);
+        store.stage_chunk(&mut batch, &hash.0, &p)?;
+        chunks.push(ChunkInfo {
+            offset,
+            len: p.len() as u32,
+            hash,
+        });
+        offset += p.len() as u64;
+    }
+    store.write_chunks(batch)?;
+    Ok((tree_nodes(&chunks, nodes), offset))
+}
+
 /// Chunks, hashes and stores a file on all cores; only chunks the store lacks are written. (Small
 /// files go through [`store_reader`]: many of them are stored in parallel, one per core.)
 pub fn store_file(
