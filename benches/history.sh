@@ -33,7 +33,8 @@ cp -a "$W/src" "$W/git"
 git -C "$W/git" init -q && git -C "$W/git" config user.email b@x && git -C "$W/git" config user.name b
 ID=$("$BIN" -q --data-dir "$W/A" publish "$W/src")
 git -C "$W/git" add -A && git -C "$W/git" commit -qm v1
-cas0=$(du -sb "$W/A/cas" | cut -f1); git0=$(du -sb "$W/git/.git" | cut -f1)
+stored() { "$BIN" --json --data-dir "$W/A" cas stats | /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["stored_chunk_bytes"] + s["node_bytes"])'; }
+cas0=$(du -sb "$W/A/cas" | cut -f1); git0=$(du -sb "$W/git/.git" | cut -f1); log0=$(stored)
 edit() { # $1: tree, $2: version (deterministic edits)
     /usr/bin/python3 - "$1" "$2" <<'PY'
 import os, random, sys
@@ -58,7 +59,7 @@ for v in $(seq 2 "$N"); do
     git -C "$W/git" add -A && git -C "$W/git" commit -qm "v$v"; c=$(date +%s.%N)
     tc=$(echo "$tc + $b - $a" | bc -l); tg=$(echo "$tg + $c - $b" | bc -l)
 done
-cas1=$(du -sb "$W/A/cas" | cut -f1); git1=$(du -sb "$W/git/.git" | cut -f1)
+cas1=$(du -sb "$W/A/cas" | cut -f1); git1=$(du -sb "$W/git/.git" | cut -f1); log1=$(stored)
 git -C "$W/git" gc -q; git2=$(du -sb "$W/git/.git" | cut -f1)
 t() { local a; a=$(date +%s.%N); "$@" > /dev/null; echo "$(date +%s.%N) - $a" | bc -l; }
 LOG_COLD=$(t "$BIN" --data-dir "$W/A" log "$ID")
@@ -79,7 +80,7 @@ printf 'publish+commit loop: ccbt publish %.1f s total, git add+commit %.1f s to
 printf 'ccbt log: cold %.3f s, warm %.3f s  (git log --stat %.3f s)\n' "$LOG_COLD" "$LOG_WARM" "$GITLOG"
 printf 'ccbt diff @1 @%d: %.3f s  (git diff --stat %.3f s)\n' "$N" "$DIFF" "$GITDIFF"
 printf 'ls -R .ccbt/history/%d: first %.3f s, again %.3f s\n' "$MID" "$LS" "$LS2"
-printf 'bytes per version: ccbt store %.0f, git loose %.0f, git after gc %.0f\n' \
-    "$(echo "($cas1 - $cas0) / ($N - 1)" | bc -l)" "$(echo "($git1 - $git0) / ($N - 1)" | bc -l)" \
-    "$(echo "($git2 - $git0) / ($N - 1)" | bc -l)"
+printf 'bytes per version: ccbt store on disk %.0f (chunks + nodes %.0f), git loose %.0f, git after gc %.0f\n' \
+    "$(echo "($cas1 - $cas0) / ($N - 1)" | bc -l)" "$(echo "($log1 - $log0) / ($N - 1)" | bc -l)" \
+    "$(echo "($git1 - $git0) / ($N - 1)" | bc -l)" "$(echo "($git2 - $git0) / ($N - 1)" | bc -l)"
 printf 'ratio ccbt/git (loose): %.2f\n' "$(echo "($cas1 - $cas0) / ($git1 - $git0)" | bc -l)"
