@@ -36,6 +36,7 @@ pub mod overlay;
 pub mod passthrough;
 pub mod publish;
 pub mod read;
+pub mod stats;
 pub mod torrent;
 mod xattr;
 

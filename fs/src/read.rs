@@ -311,6 +311,21 @@ impl Reader {
         ahead: Option<&mut u64>,
         out: &mut Vec<u8>,
     ) -> Result<(), Errno> {
+        let t0 = std::time::Instant::now();
+        let r = self.read_cas_timed(root, size, off, len, ahead, out);
+        crate::stats::observe(t0.elapsed());
+        r
+    }
+
+    fn read_cas_timed(
+        &self,
+        root: XetHash,
+        size: u64,
+        off: u64,
+        len: u32,
+        ahead: Option<&mut u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Errno> {
         let end = (off + len as u64).min(size);
         if off >= end {
             return Ok(());

@@ -191,6 +191,20 @@ fn life_cycle_torrent_magnet_and_mounted_share_survive_kill_9() {
         &dl.join("data2/m.bin")
     ));
     assert!(same_file(&root.join("share/doc.txt"), &mnt.join("doc.txt")));
+    // Mount reads and the store show in the metrics (chunks read are indexed within seconds).
+    let value = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{m}"))
+    };
+    wait_until(20.0, "mount reads and chunks in the metrics", || {
+        let m = d.ccbt(&["metrics"]);
+        assert!(
+            m.contains("ccbt_mount_read_seconds_bucket{le=\"+Inf\"}"),
+            "{m}"
+        );
+        value(&m, "ccbt_mount_read_seconds_count") >= 1.0 && value(&m, "ccbt_cas_chunks") >= 1.0
+    });
     let p = wait_until(60.0, "part of the slow torrent", || {
         let v = d.item(&id1);
         v["pieces_have"].as_u64().unwrap() > 0 && v["progress"].as_f64().unwrap() < 0.9

@@ -32,10 +32,15 @@ pub struct Metrics {
     dht_queries_in: Counter,
     dht_queries_out: Counter,
     latency_p99: GaugeF,
+    cas_chunks: Gauge,
+    cas_chunk_bytes: Gauge,
+    cas_node_bytes: Gauge,
+    cas_files_held: Gauge,
+    dedup_bytes: Counter,
     /// Per item: the totals seen at the last scrape (downloaded, uploaded).
     seen: Mutex<HashMap<String, (u64, u64)>>,
     /// Share and DHT totals seen at the last scrape.
-    seen_global: Mutex<[u64; 4]>,
+    seen_global: Mutex<[u64; 5]>,
 }
 
 impl Metrics {
@@ -59,8 +64,13 @@ impl Metrics {
             dht_queries_in: Counter::default(),
             dht_queries_out: Counter::default(),
             latency_p99: GaugeF::default(),
+            cas_chunks: Gauge::default(),
+            cas_chunk_bytes: Gauge::default(),
+            cas_node_bytes: Gauge::default(),
+            cas_files_held: Gauge::default(),
+            dedup_bytes: Counter::default(),
             seen: Mutex::new(HashMap::new()),
-            seen_global: Mutex::new([0; 4]),
+            seen_global: Mutex::new([0; 5]),
         };
         // Names without the prefix (the registry adds `ccbt_`; counters get `_total`).
         let r = &mut m.registry;
@@ -141,6 +151,31 @@ impl Metrics {
             "99th percentile of the async runtime's scheduling lateness",
             m.latency_p99.clone(),
         );
+        r.register(
+            "cas_chunks",
+            "Chunks in the content-addressed store",
+            m.cas_chunks.clone(),
+        );
+        r.register(
+            "cas_chunk_bytes",
+            "Chunk bytes in the content-addressed store",
+            m.cas_chunk_bytes.clone(),
+        );
+        r.register(
+            "cas_node_bytes",
+            "Merkle node bytes in the content-addressed store",
+            m.cas_node_bytes.clone(),
+        );
+        r.register(
+            "cas_files_held",
+            "Large files served in P2P CAS swarms of their own",
+            m.cas_files_held.clone(),
+        );
+        r.register(
+            "dedup_bytes",
+            "Share bytes found already in the store instead of fetched",
+            m.dedup_bytes.clone(),
+        );
         m
     }
 }
@@ -187,19 +222,28 @@ pub async fn render(d: &Daemon) -> String {
     m.shares.set(shares.len() as i64);
     m.versions
         .set(shares.iter().map(|(_, r)| r.seq as i64).sum());
-    let (mut fetched, mut served) = (0u64, 0u64);
+    let (mut fetched, mut served, mut dedup) = (0u64, 0u64, 0u64);
     for (id, _) in &shares {
         let c = d.node.xet.counters(id);
         fetched += c.fetched_chunks;
         served += c.served_chunks;
+        dedup += c.dedup_bytes;
     }
     {
         let mut g = m.seen_global.lock().unwrap();
         m.chunks_fetched.inc_by(fetched.saturating_sub(g[0]));
         m.chunks_served.inc_by(served.saturating_sub(g[1]));
+        m.dedup_bytes.inc_by(dedup.saturating_sub(g[4]));
         g[0] = g[0].max(fetched);
         g[1] = g[1].max(served);
+        g[4] = g[4].max(dedup);
     }
+    if let Ok(st) = d.node.shares.store.stats() {
+        m.cas_chunks.set(st.chunk_count as i64);
+        m.cas_chunk_bytes.set(st.chunk_bytes as i64);
+        m.cas_node_bytes.set(st.node_bytes as i64);
+    }
+    m.cas_files_held.set(d.node.xet.held_files().len() as i64);
     if let Some(dht) = &d.node.dht {
         if let Ok(Ok(s)) =
             tokio::time::timeout(std::time::Duration::from_secs(1), dht.status()).await
@@ -217,7 +261,34 @@ pub async fn render(d: &Daemon) -> String {
         .set(d.node.session.runtime_latency().p99_ms / 1000.0);
     let mut out = String::new();
     let _ = encode(&mut out, &m.registry);
-    to_text_format(&out)
+    let mut text = to_text_format(&out);
+    text.push_str(&mount_read_histogram());
+    text
+}
+
+/// `ccbt_mount_read_seconds`: the latency of mount reads served by the daemon (passthrough reads
+/// bypass it), written by hand in the text format (the observations are made in `ccbt-fs`, which
+/// keeps lock-free counters rather than depend on a metrics crate).
+fn mount_read_histogram() -> String {
+    let (buckets, sum, count) = ccbt_fs::stats::snapshot();
+    let mut s = String::from(
+        "# HELP ccbt_mount_read_seconds Latency of share-mount reads served by the daemon\n\
+         # TYPE ccbt_mount_read_seconds histogram\n",
+    );
+    for (le, n) in buckets {
+        let le = if le.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            le.to_string()
+        };
+        s.push_str(&format!(
+            "ccbt_mount_read_seconds_bucket{{le=\"{le}\"}} {n}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "ccbt_mount_read_seconds_sum {sum}\nccbt_mount_read_seconds_count {count}\n"
+    ));
+    s
 }
 
 /// OpenMetrics text as the classic Prometheus text format (0.0.4), which every scraper and
