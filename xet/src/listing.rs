@@ -104,7 +104,7 @@ pub fn encode_pieces(entries: &[Entry]) -> Vec<Vec<u8>> {
     let mut cur = b"l".to_vec();
     for e in entries {
         cur.extend_from_slice(&entry_value(e).encode());
-        if fnv1a(e.path.as_bytes()) % PIECE_ENTRIES == 0 || cur.len() >= PIECE_MAX {
+        if fnv1a(e.path.as_bytes()).is_multiple_of(PIECE_ENTRIES) || cur.len() >= PIECE_MAX {
             pieces.push(std::mem::take(&mut cur));
         }
     }

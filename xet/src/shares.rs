@@ -435,7 +435,7 @@ impl Shares {
             new_node_bytes: after.node_bytes - stats_before.node_bytes,
             new_chunks: after.chunk_count - stats_before.chunk_count,
             created_share: created,
-            listing_root: listing_root,
+            listing_root,
             warnings,
         })
     }
