@@ -178,6 +178,15 @@ async fn wait_for_stop(dir: &Path) {
 
 pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     check_mount_point(&a.dir)?;
+    let is_share = parse_share_id(a.target.rsplit_once('@').map_or(a.target.as_str(), |x| x.0))
+        .is_some()
+        && !Path::new(&a.target).is_file();
+    if !is_share {
+        crate::daemon::client::refuse_if_daemon(
+            ctx,
+            "a torrent mount runs its own session (add the torrent to the daemon with `ccbt add`)",
+        )?;
+    }
     if let Some((meta, peers)) = torrent_target(ctx, &a)? {
         return mount_torrent_cmd(ctx, &a, meta, peers);
     }
@@ -195,6 +204,15 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     let Some(id) = parse_share_id(target) else {
         bail!("{:?} is neither a share id, a .torrent file, nor a torrent checkpointed in this data dir", a.target);
     };
+    if frozen.is_none()
+        && crate::daemon::client::mount_via_daemon(ctx, &share_id_hex(&id), &a.dir, &a.net.peers)?
+    {
+        return Ok(());
+    }
+    crate::daemon::client::refuse_if_daemon(
+        ctx,
+        "`ccbt mount ID@SEQ` runs its own session; mount the newest version through the daemon",
+    )?;
     let rt = crate::runtime()?;
     let _in_runtime = rt.enter();
     let listen = ctx.listen(a.net.listen);

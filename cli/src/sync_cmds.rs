@@ -102,6 +102,11 @@ pub fn serve(
 }
 
 pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
+    crate::daemon::client::refuse_if_daemon(
+        ctx,
+        "`ccbt sync` runs its own session (`ccbt add <share> --mount DIR` follows a share \
+         through the daemon)",
+    )?;
     let id =
         parse_share_id(&a.share).with_context(|| format!("{:?} is not a share id", a.share))?;
     std::fs::create_dir_all(&a.dir)

@@ -799,3 +799,55 @@ fn download_while_the_daemon_runs_goes_through_it() {
     ));
     assert_eq!(d.list()[0]["state"], "seeding");
 }
+
+#[test]
+fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(&root.join("share"), &[("doc.txt", 54_321)]);
+    let (share, owner, _owner) = publish_and_seed(root, &root.join("share"));
+    let d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // `ccbt mount` hands the mount to the daemon and returns; the daemon keeps it.
+    let o = ccbt(&[
+        "--data-dir",
+        s(&d.data),
+        "mount",
+        &share,
+        s(&mnt),
+        "--peer",
+        &owner,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the daemon on"));
+    assert!(same_file(&root.join("share/doc.txt"), &mnt.join("doc.txt")));
+    assert_eq!(d.list()[0]["state"], "mounted");
+    // Commands that need their own session say why, in one line, instead of a lock error.
+    let y = root.join("y");
+    std::fs::create_dir_all(&y).unwrap();
+    for args in [
+        vec!["seed"],
+        vec!["sync", share.as_str(), s(&y)],
+        vec![
+            "mount",
+            "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
+            s(&y),
+        ],
+    ] {
+        let mut a = vec!["--data-dir", s(&d.data)];
+        a.extend(args.iter());
+        let o = ccbt(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("a daemon runs on"),
+            "{args:?}: {err}"
+        );
+    }
+    d.ccbt(&["stop"]);
+    wait_until(20.0, "the daemon's mount to go", || {
+        !std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(s(&mnt))
+    });
+}

@@ -439,6 +439,75 @@ pub fn alerts(ctx: &Ctx, cmd: AlertsCmd) -> Result<()> {
     Ok(())
 }
 
+/// The running daemon on this data dir, if one answers (a stale `daemon.json` does not count).
+pub fn running_daemon(ctx: &Ctx) -> Option<Client> {
+    let c = Client::connect(ctx).ok()?;
+    c.call(reqwest::Method::GET, "/api/limits", None).ok()?;
+    Some(c)
+}
+
+/// `ccbt mount <share id> DIR` while a daemon runs on this data dir: the daemon mounts it (it
+/// holds the store and the listen port) and keeps it mounted after this command ends. Returns
+/// false when no daemon runs.
+pub fn mount_via_daemon(
+    ctx: &Ctx,
+    share: &str,
+    dir: &std::path::Path,
+    peers: &[std::net::SocketAddr],
+) -> Result<bool> {
+    let Some(c) = running_daemon(ctx) else {
+        return Ok(false);
+    };
+    let dir = absolute(dir.to_path_buf())?;
+    let body = json!({"source": share, "mount": dir, "peers": peers});
+    let id = match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
+        Ok(v) => v["id"].as_str().unwrap_or("").to_string(),
+        Err(e) if format!("{e:#}").contains("already added") => bail!(
+            "the daemon on {} already holds share {share}; `ccbt remove {share}` first, or mount              it from another --data-dir",
+            ctx.data_dir.display()
+        ),
+        Err(e) => return Err(e),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
+        if v["state"] == "error" {
+            bail!("{}", v["error"].as_str().unwrap_or("the mount failed"));
+        }
+        if v["state"] == "mounted" {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the daemon did not mount {} within 60 s (see its log)",
+                dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "the daemon on {} mounted share {share} on {}; it stays mounted after this command              ends (`ccbt remove {}` unmounts it)",
+            ctx.data_dir.display(),
+            dir.display(),
+            &id[..12.min(id.len())]
+        );
+    }
+    Ok(true)
+}
+
+/// A command that needs its own session (the store and the listen port) while a daemon holds
+/// them: a clear error instead of a RocksDB lock error.
+pub fn refuse_if_daemon(ctx: &Ctx, what: &str) -> Result<()> {
+    if running_daemon(ctx).is_some() {
+        bail!(
+            "a daemon runs on {} and holds its store: {what}, or stop it (`ccbt stop`), or use              another --data-dir",
+            ctx.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// `ccbt download` while a daemon runs on this data dir: the daemon takes the torrent (it holds
 /// the listen port and keeps seeding), and this command shows progress until it is complete.
 /// Returns false when no daemon runs (the caller runs its own session).
