@@ -300,9 +300,14 @@ pub async fn pinner(node: Arc<Node>) {
                 continue;
             }
             let (n, h, path) = (node.clone(), head.clone(), p.path.clone());
-            let follow = p.follow;
+            let (follow, moved) = (p.follow, head.seq != p.head.seq);
             let files = tokio::task::spawn_blocking(move || {
-                let files = local::pin(&n.shares, &h, follow, &[path])?;
+                // The pin record is rewritten only when it moves to a newer version.
+                let files = if moved {
+                    local::pin(&n.shares, &h, follow, &[path])?
+                } else {
+                    local::files_at(&n.shares, &h, &[path])?
+                };
                 let missing: Vec<Entry> = files
                     .into_iter()
                     .filter(|f| {

@@ -145,10 +145,8 @@ fn pinned_entries(shares: &Shares) -> Vec<(ShareId, Entry)> {
     out
 }
 
-/// Pins `paths` ("" or none: everything) of version `head` (`follow`: and of each newer
-/// version). Its listing must be local. Returns the files to make local.
-pub fn pin(shares: &Shares, head: &Head, follow: bool, paths: &[String]) -> Result<Vec<Entry>> {
-    let id = &head.share_id();
+/// The files of version `head` at `paths` ("" or none: everything); its listing must be local.
+pub fn files_at(shares: &Shares, head: &Head, paths: &[String]) -> Result<Vec<Entry>> {
     let listing = shares.listing(head)?;
     let paths = if paths.is_empty() {
         vec![String::new()]
@@ -163,11 +161,24 @@ pub fn pin(shares: &Shares, head: &Head, follow: bool, paths: &[String]) -> Resu
             return Err(ShareError::Invalid(format!(
                 "{p:?} is not in version {} of share {}",
                 head.seq,
-                share_id_hex(id)
+                share_id_hex(&head.share_id())
             )));
         }
         files.extend(sel.into_iter().filter(|e| e.kind == Kind::File).cloned());
     }
+    Ok(files)
+}
+
+/// Pins `paths` ("" or none: everything) of version `head` (`follow`: and of each newer
+/// version). Its listing must be local. Returns the files to make local.
+pub fn pin(shares: &Shares, head: &Head, follow: bool, paths: &[String]) -> Result<Vec<Entry>> {
+    let id = &head.share_id();
+    let files = files_at(shares, head, paths)?;
+    let paths = if paths.is_empty() {
+        vec![String::new()]
+    } else {
+        paths.to_vec()
+    };
     for p in &paths {
         shares
             .store
@@ -352,4 +363,65 @@ pub fn share_residency(shares: &Shares, head: &Head) -> Result<(u64, u64, u64)> 
         }
     }
     Ok((local, total, pinned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shares::ShareChoice;
+    use std::sync::atomic::AtomicU64;
+
+    fn publish(dir: &std::path::Path) -> (Shares, Head, tempfile::TempDir) {
+        let data = tempfile::tempdir().unwrap();
+        let shares = Shares::open(data.path()).unwrap();
+        let r = shares
+            .publish(dir, ShareChoice::New, &AtomicU64::new(0))
+            .unwrap();
+        let head = shares.head(&r.share, None).unwrap();
+        (shares, head, data)
+    }
+
+    #[test]
+    fn evict_keeps_pins_and_the_owners_only_copy() {
+        let src = tempfile::tempdir().unwrap();
+        let rnd = |n: usize, seed: u64| -> Vec<u8> {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        std::fs::write(src.path().join("a"), rnd(300_000, 1)).unwrap();
+        std::fs::write(src.path().join("b"), rnd(200_000, 2)).unwrap();
+        let (shares, head, _d) = publish(src.path());
+        let id = head.share_id();
+        let files = files_at(&shares, &head, &[]).unwrap();
+        let a = files.iter().find(|e| e.path == "a").unwrap().clone();
+        assert_eq!(file_local(&shares.store, a.root, a.size).state(), "full");
+        // The owner's only copy: refused.
+        let e = evict(&shares, &head, &[], &|_, _| false).unwrap_err();
+        assert!(e.to_string().contains("only copy"), "{e}");
+        // A peer holds it; the pinned file stays.
+        pin(&shares, &head, true, &["a".into()]).unwrap();
+        let r = evict(&shares, &head, &[], &|s, q| s == &id && q == head.seq).unwrap();
+        assert_eq!((r.files, r.pinned), (1, 1), "{r:?}");
+        assert_eq!(file_local(&shares.store, a.root, a.size).state(), "full");
+        let b = files.iter().find(|e| e.path == "b").unwrap();
+        assert_eq!(file_local(&shares.store, b.root, b.size).state(), "none");
+        let (local, total, pinned) = share_residency(&shares, &head).unwrap();
+        assert_eq!((local, total, pinned), (300_000, 500_000, 300_000));
+        // The listing is never evicted: the version still reads.
+        assert!(shares.listing(&head).is_ok());
+        assert_eq!(unpin(&shares, &id, &["a".into()]).unwrap(), 1);
+        // The cache limit: everything unprotected goes, least recently used first.
+        let keep = protected(&shares, &|_, _| true);
+        let r = enforce_limit(&shares, 0, &HashMap::new(), &keep).unwrap();
+        assert!(r.bytes >= 300_000, "{r:?}");
+        assert_eq!(file_local(&shares.store, a.root, a.size).state(), "none");
+        assert!(shares.listing(&head).is_ok());
+    }
 }
