@@ -346,6 +346,21 @@ fn api_needs_the_token_serves_openapi_and_metrics_that_pass_promtool() {
         metric(&m, name);
     }
     assert!(metric(&m, "ccbt_downloaded_bytes_total") >= 4_000_003.0);
+    // Details: the file complete, the trackers (none), peers listed with a client name.
+    let id = d.list()[0]["id"].as_str().unwrap().to_string();
+    let (c, det) = http("GET", &format!("{base}/api/items/{id}/details"), Some(&tok));
+    assert_eq!(c, 200, "{det}");
+    let det: Value = serde_json::from_str(&det).unwrap();
+    assert_eq!(det["files"][0]["path"], "a.bin", "{det}");
+    assert_eq!(det["files"][0]["progress"], 1.0, "{det}");
+    assert!(
+        det["peers"].is_array() && det["trackers"].is_array(),
+        "{det}"
+    );
+    assert_eq!(
+        http("GET", &format!("{base}/api/items/nope/details"), Some(&tok)).0,
+        404
+    );
     // promtool reads the exposition format from stdin.
     let mut p = Command::new("promtool")
         .args(["check", "metrics"])
@@ -611,7 +626,7 @@ fn dashboard_in_tmux_starts_the_daemon_shows_progress_pauses_and_quits() {
         "-x",
         "150",
         "-y",
-        "30",
+        "45",
         &cmd,
     ]);
     let screen = || tmux(&["capture-pane", "-p", "-t", "dash"]);
@@ -640,6 +655,14 @@ fn dashboard_in_tmux_starts_the_daemon_shows_progress_pauses_and_quits() {
         sc.contains("holiday-films") && sc.contains('█')
     });
     eprintln!("{}", screen());
+    // Details (Enter): the peer with its client name, the file with its progress.
+    tmux(&["send-keys", "-t", "dash", "Enter"]);
+    wait_until(20.0, "the details with peers and files", || {
+        let sc = screen();
+        sc.contains("peers (1):") && sc.contains("libtorrent") && sc.contains("files (1):")
+    });
+    eprintln!("{}", screen());
+    tmux(&["send-keys", "-t", "dash", "Enter"]);
     tmux(&["send-keys", "-t", "dash", "p"]);
     wait_until(10.0, "the API to say paused", || {
         d.item(&id)["paused"] == true

@@ -33,6 +33,7 @@ pub fn router(d: Arc<Daemon>, token: String) -> Router {
     let private = Router::new()
         .route("/api/items", get(list).post(add))
         .route("/api/items/{id}", get(item).delete(remove))
+        .route("/api/items/{id}/details", get(details))
         .route("/api/items/{id}/pause", post(pause))
         .route("/api/items/{id}/resume", post(resume))
         .route("/api/items/{id}/limits", put(item_limits))
@@ -118,6 +119,16 @@ async fn item(State(st): State<Api>, Path(id): Path<String>) -> Response {
     match st.d.get(&id.to_lowercase()) {
         Some(v) => Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, &format!("nothing with id {id} here")),
+    }
+}
+
+async fn details(State(st): State<Api>, Path(id): Path<String>) -> Response {
+    let d = st.d.clone();
+    // A share's residency walks its files' trees in the store: blocking work.
+    match tokio::task::spawn_blocking(move || d.details(&id.to_lowercase())).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "nothing with that id here"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -346,6 +357,7 @@ pub fn openapi_doc() -> Value {
                 "delete": {"summary": "Remove an item", "parameters": [{"name": "delete_data", "in": "query", "schema": {"type": "boolean"}}],
                     "responses": {"200": ok_obj("removed"), "400": err, "401": err, "404": err}}
             },
+            "/api/items/{id}/details": {"parameters": id_param, "get": {"summary": "A torrent's peers (client, speeds, progress), files and trackers; a share's local, total and pinned bytes", "responses": {"200": ok_obj("details"), "401": err, "404": err}}},
             "/api/items/{id}/pause": {"parameters": id_param, "post": {"summary": "Pause", "responses": {"200": ok_obj("paused"), "401": err, "404": err, "400": err}}},
             "/api/items/{id}/resume": {"parameters": id_param, "post": {"summary": "Resume", "responses": {"200": ok_obj("resumed"), "401": err, "404": err, "400": err}}},
             "/api/items/{id}/limits": {"parameters": id_param, "put": {"summary": "An item's rate limits (KiB/s, 0 = unlimited)", "requestBody": limits_body,

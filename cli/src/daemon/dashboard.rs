@@ -86,6 +86,8 @@ struct App {
     up: VecDeque<u64>,
     table: TableState,
     details: bool,
+    /// The selected item's peers, files and trackers (or a share's residency), when shown.
+    extra: Value,
     help: bool,
     input: Option<String>,
     confirm_remove: bool,
@@ -132,6 +134,80 @@ impl App {
                 self.table.select(self.items.len().checked_sub(1));
             }
         }
+        self.extra = match (self.details, self.selected()) {
+            (true, Some(i)) => c
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/items/{}/details", i.item.id),
+                    None,
+                )
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+    }
+
+    /// Peers, files and trackers of a torrent; local, total and pinned bytes of a share.
+    fn extra_lines(&self) -> Vec<Line<'static>> {
+        let h = |v: &Value| crate::progress::human_bytes(v.as_u64().unwrap_or(0));
+        let mut l = Vec::new();
+        let x = &self.extra;
+        if let Some(total) = x["total_bytes"].as_u64() {
+            l.push(Line::from(format!(
+                "local {} of {}   pinned {}{}",
+                h(&x["local_bytes"]),
+                crate::progress::human_bytes(total),
+                h(&x["pinned_bytes"]),
+                match x["pin_fetch"]["done"].as_bool() {
+                    Some(false) =>
+                        format!("   fetching pinned files ({})", h(&x["pin_fetch"]["bytes"])),
+                    _ => String::new(),
+                }
+            )));
+        }
+        let peers = x["peers"].as_array().cloned().unwrap_or_default();
+        if !peers.is_empty() {
+            l.push(Line::from(format!("peers ({}):", peers.len())));
+        }
+        for p in peers.iter().take(6) {
+            l.push(Line::from(format!(
+                "  {:<22} {:<20} down {:>11} up {:>11} has {:>5.1}%{}",
+                p["addr"].as_str().unwrap_or(""),
+                printable(p["client"].as_str().unwrap_or("")),
+                rate(p["down_rate"].as_f64().unwrap_or(0.0)),
+                rate(p["up_rate"].as_f64().unwrap_or(0.0)),
+                p["progress"].as_f64().unwrap_or(0.0) * 100.0,
+                if p["outgoing"] == true {
+                    ""
+                } else {
+                    "  (incoming)"
+                }
+            )));
+        }
+        let files = x["files"].as_array().cloned().unwrap_or_default();
+        if !files.is_empty() {
+            l.push(Line::from(format!("files ({}):", files.len())));
+        }
+        for f in files.iter().take(4) {
+            l.push(Line::from(format!(
+                "  {} {:>5.1}%  {:>10}  {}",
+                bar(f["progress"].as_f64().unwrap_or(0.0), 10),
+                f["progress"].as_f64().unwrap_or(0.0) * 100.0,
+                h(&f["size"]),
+                printable(f["path"].as_str().unwrap_or(""))
+            )));
+        }
+        if let Some(t) = x["trackers"].as_array().filter(|t| !t.is_empty()) {
+            let t: Vec<String> = t
+                .iter()
+                .filter_map(|v| v.as_str())
+                .map(|v| printable(v).into_owned())
+                .collect();
+            l.push(Line::from(format!(
+                "trackers and web seeds: {}",
+                t.join("  ")
+            )));
+        }
+        l
     }
 
     fn selected(&self) -> Option<&ItemView> {
@@ -187,7 +263,7 @@ impl App {
             .constraints([
                 Constraint::Length(6),
                 Constraint::Min(5),
-                Constraint::Length(if self.details { 10 } else { 0 }),
+                Constraint::Length(if self.details { 20 } else { 0 }),
                 Constraint::Length(3),
             ])
             .split(area);
@@ -316,6 +392,7 @@ impl App {
                             Style::default().add_modifier(Modifier::BOLD),
                         )));
                     }
+                    l.extend(self.extra_lines());
                     l
                 }
             };
@@ -400,6 +477,7 @@ pub fn run(ctx: &Ctx, a: DashboardArgs) -> Result<()> {
         up: VecDeque::new(),
         table: TableState::default(),
         details: false,
+        extra: Value::Null,
         help: false,
         input: None,
         confirm_remove: false,
@@ -460,7 +538,10 @@ pub fn run(ctx: &Ctx, a: DashboardArgs) -> Result<()> {
                         }
                         KeyCode::Char('D') => app.confirm_remove = app.selected().is_some(),
                         KeyCode::Char('a') => app.input = Some(String::new()),
-                        KeyCode::Enter => app.details = !app.details,
+                        KeyCode::Enter => {
+                            app.details = !app.details;
+                            app.refresh(&c);
+                        }
                         KeyCode::Down => {
                             let n = app.items.len();
                             if n > 0 {

@@ -717,6 +717,40 @@ impl Daemon {
         self.live.lock().unwrap().get(id).map(|l| self.view(l))
     }
 
+    /// A torrent's peers, files and trackers; a share's residency (blocking: store reads).
+    pub fn details(&self, id: &str) -> Option<serde_json::Value> {
+        use serde_json::json;
+        let (kind, handle_peers) = {
+            let g = self.live.lock().unwrap();
+            let l = g.get(id)?;
+            let t = l
+                .handle
+                .as_ref()
+                .map(|h| (h.peers(), h.files(), h.trackers()));
+            (l.item.kind, t)
+        };
+        Some(match kind {
+            Kind::Torrent => {
+                let (peers, files, trackers) = handle_peers.unwrap_or_default();
+                json!({
+                    "peers": peers.iter().map(|p| json!({
+                        "addr": p.addr.to_string(), "client": p.client, "down_rate": p.down_rate,
+                        "up_rate": p.up_rate, "downloaded": p.downloaded, "uploaded": p.uploaded,
+                        "progress": p.progress, "outgoing": p.outgoing,
+                    })).collect::<Vec<_>>(),
+                    "files": files.iter().map(|f| json!({
+                        "path": f.path, "size": f.size, "progress": f.progress,
+                    })).collect::<Vec<_>>(),
+                    "trackers": trackers,
+                })
+            }
+            Kind::Share => {
+                let share = parse_share_id(id)?;
+                crate::pin_cmds::residency_json(&self.node, &share)
+            }
+        })
+    }
+
     fn view(&self, l: &Live) -> ItemView {
         let mut v = ItemView {
             item: l.item.clone(),

@@ -5,6 +5,8 @@
 mod config;
 mod disk;
 mod driver;
+mod inspect;
+pub use inspect::{client_name, FileInfo, PeerInfo};
 mod latency;
 mod transport;
 pub use config::{SessionConfig, TorrentConfig};
