@@ -42,8 +42,15 @@ measure() { # label pid
   sleep "$SECS"
   c1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  # Private memory (heap, stacks: RssAnon) apart from file-backed pages (the binary's and shared
+  # libraries' code, shared with other processes and reclaimable), and PSS (shared pages divided
+  # among their users).
+  local anon pss
+  anon=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status")
+  pss=$(awk '/^Pss:/ {s += $2} END {print s}' "/proc/$pid/smaps_rollup")
   local cpu; cpu=$(echo "($c1 - $c0) / $(getconf CLK_TCK) * 60 / $SECS" | bc -l)
-  printf '%-22s RSS %7.1f MiB   CPU %6.3f s per minute\n' "$label" "$(echo "$rss / 1024" | bc -l)" "$cpu"
+  printf '%-22s RSS %7.1f MiB (anon %6.1f MiB, PSS %6.1f MiB)   CPU %6.3f s per minute\n' "$label" \
+    "$(echo "$rss / 1024" | bc -l)" "$(echo "$anon / 1024" | bc -l)" "$(echo "$pss / 1024" | bc -l)" "$cpu"
   echo "$label $rss $cpu" >> "$W/all"
 }
 # ccbt

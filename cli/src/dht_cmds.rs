@@ -10,7 +10,7 @@ use ccbt_dht::node::{Done, FoundItem, ItemKind, Outcome, Request};
 use ccbt_dht::Dht;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Args, Clone)]
@@ -146,6 +146,9 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
                     v["items"],
                     v["peer_hashes"]
                 );
+                if let Some(l6) = v["listen6"].as_str() {
+                    outln!("IPv6 node (BEP 32) on {l6}: {} nodes", v["nodes6"]);
+                }
                 outln!(
                     "queries in {}, out {}; replies {}, errors {}, timeouts {}; bytes in {}, out {}; malformed {}, rate-limited {}",
                     v["queries_in"], v["queries_out"], v["replies_in"], v["errors_in"], v["timeouts"],
@@ -253,14 +256,11 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
             }
         }
         DhtCmd::Ping { addr, net } => {
-            let a: SocketAddrV4 = rt
+            let a: SocketAddr = rt
                 .block_on(tokio::net::lookup_host(&addr))
                 .with_context(|| format!("cannot resolve {addr}"))?
-                .find_map(|a| match a {
-                    SocketAddr::V4(a) => Some(a),
-                    _ => None,
-                })
-                .with_context(|| format!("{addr} has no IPv4 address"))?;
+                .next()
+                .with_context(|| format!("{addr} has no address"))?;
             let d = start(ctx, &net)?;
             let t0 = std::time::Instant::now();
             match rt.block_on(d.ping(a))? {
@@ -352,6 +352,7 @@ pub fn status_json(s: &ccbt_dht::service::Status) -> Value {
     let st = &s.stats;
     json!({
         "id": to_hex(&s.id), "listen": s.local.to_string(), "nodes": s.nodes,
+        "listen6": s.local6.map(|a| a.to_string()), "nodes6": s.nodes6,
         "buckets": s.buckets.iter().map(|(i, n, r)| json!({"bucket": i, "nodes": n, "replacements": r})).collect::<Vec<_>>(),
         "items": s.items, "peer_hashes": s.peer_hashes, "operations": s.ops_running,
         "external_ip": s.external_ip.map(|i| i.to_string()),

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """A private loopback DHT of libtorrent nodes for ccbt's DHT tests, driven over stdin/stdout.
 
-usage: lt_dht.py --ports P0,P1,... [--bootstrap HOST:PORT]   (one node per port)
+usage: lt_dht.py --ports P0,P1,... [--bootstrap HOST:PORT] [--v6]   (one node per port)
+--v6: every node listens on [::1] only, so the network is an IPv6 DHT (BEP 32).
 Node 0 starts the network (or joins --bootstrap); nodes 1.. bootstrap from node 0. Prints one JSON
 line {"ready": true, "nodes": [...]} once every routing table is filled, then answers one JSON
 line per command line read from stdin, for example
@@ -22,15 +23,19 @@ TIMEOUT = 60
 
 def loopback(addr):
     host = addr.rsplit(':', 1)[0]
-    if not host.startswith('127.'):
+    if not (host.startswith('127.') or host == '[::1]'):
         sys.exit(f'refusing non-loopback address {addr}')
     return addr
 
 
+V6 = '--v6' in sys.argv
+HOST = '[::1]' if V6 else '127.0.0.1'
+
+
 def settings(port, boot):
     return {
-        'listen_interfaces': f'127.0.0.1:{port}', 'listen_system_port_fallback': False,
-        'outgoing_interfaces': '127.0.0.1',
+        'listen_interfaces': f'{HOST}:{port}', 'listen_system_port_fallback': False,
+        'outgoing_interfaces': '::1' if V6 else '127.0.0.1',
         'enable_dht': True, 'dht_bootstrap_nodes': boot,
         'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,
         'enable_incoming_utp': False, 'enable_outgoing_utp': False,
@@ -94,7 +99,7 @@ def plain(a):
 class Net:
     def __init__(self, ports, boot, settle=10):
         self.ses, self.alerts, self.seeds = [], [], []
-        self.addrs = [f'127.0.0.1:{p}' for p in ports]
+        self.addrs = [f'{HOST}:{p}' for p in ports]
         n = len(ports)
         self.last_announce = 0
         self.seq = 0
@@ -156,7 +161,7 @@ class Net:
             return dict(nodes=self.table(n))
         if cmd == 'add_node':
             host, port = c['addr'].rsplit(':', 1)
-            s.add_dht_node((loopback(c['addr']) and host, int(port)))
+            s.add_dht_node((loopback(c['addr']) and host.strip('[]'), int(port)))
             return dict(ok=True)
         if cmd == 'seed':
             atp = lt.add_torrent_params()
@@ -257,6 +262,7 @@ def main():
     ap.add_argument('--ports', required=True)
     ap.add_argument('--bootstrap', default='')
     ap.add_argument('--settle', type=float, default=10, help='seconds to wait for each node to join')
+    ap.add_argument('--v6', action='store_true', help='an IPv6 DHT on [::1]')
     a = ap.parse_args()
     if a.bootstrap:
         loopback(a.bootstrap)

@@ -405,6 +405,15 @@ pub struct LtDht {
 impl LtDht {
     /// `n` nodes; `bootstrap`: join an existing network (a ccbt node) instead of starting one.
     pub fn start(n: usize, bootstrap: Option<&str>) -> LtDht {
+        LtDht::start_with(n, bootstrap, false)
+    }
+
+    /// An IPv6 network (BEP 32): `n` nodes on `[::1]` only.
+    pub fn start_v6(n: usize) -> LtDht {
+        LtDht::start_with(n, None, true)
+    }
+
+    fn start_with(n: usize, bootstrap: Option<&str>, v6: bool) -> LtDht {
         require_libtorrent();
         let ports: Vec<String> = (0..n).map(|_| free_port().to_string()).collect();
         let mut cmd = Command::new("/usr/bin/python3");
@@ -413,6 +422,9 @@ impl LtDht {
             .arg(ports.join(","));
         if let Some(b) = bootstrap {
             cmd.arg("--bootstrap").arg(b);
+        }
+        if v6 {
+            cmd.arg("--v6");
         }
         let mut child = cmd
             .stdin(std::process::Stdio::piped())

@@ -107,6 +107,75 @@ fn bare_magnets_download_from_a_libtorrent_seeder_found_on_the_dht() {
     }
 }
 
+/// BEP 32: an IPv6-only DHT of libtorrent nodes on [::1]. A bare magnet finds a libtorrent seeder
+/// there (ccbt's IPv6 node, beside its IPv4 one, bootstraps from an IPv6 address and dials the
+/// IPv6 peer), and libtorrent finds a ccbt seeder's IPv6 announce.
+#[test]
+fn bep32_an_ipv6_dht_finds_peers_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(
+        &root.join("seed/data"),
+        &[("v6.bin", 1 << 20), ("n.txt", 999)],
+    );
+    let (t, info) = torrent_of(&root.join("seed"), "v1");
+    let ih = info["info_hash_v1"].as_str().unwrap().to_string();
+    let mut dht = LtDht::start_v6(3);
+    let boot = dht.nodes[0].clone();
+    assert!(boot.starts_with("[::1]:"), "{boot}");
+    let r =
+        dht.cmd(json!({"cmd": "seed", "n": 1, "torrent": s(&t), "save": s(&root.join("seed"))}));
+    assert_eq!(r["ok"], true, "{r}");
+    let out = root.join("dl");
+    let o = ccbt_bounded(
+        &[
+            "--data-dir",
+            s(&root.join("ccbt-dl")),
+            "--dht-bootstrap",
+            &boot,
+            "download",
+            &format!("magnet:?xt=urn:btih:{ih}"),
+            "-o",
+            s(&out),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        150,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_tree(&root.join("seed/data"), &out.join("data"));
+
+    // The other way: ccbt seeds on 127.0.0.1 and [::1] (its IPv6 DHT node announces the port);
+    // libtorrent on the IPv6 DHT finds it.
+    let port = free_port();
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&root.join("ccbt-seed")),
+            "--dht-bootstrap",
+            &boot,
+            "seed",
+            s(&t),
+            s(&root.join("seed")),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &root.join("seed.log"),
+    );
+    // (lt_dht.py prints IPv6 peers as `::1:PORT`.)
+    let want = format!("::1:{port}");
+    let r = dht.cmd(json!({"cmd": "get_peers", "n": 2, "ih": ih, "want": want}));
+    assert!(
+        r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == &json!(want)),
+        "{r}: {}",
+        std::fs::read_to_string(root.join("seed.log")).unwrap_or_default()
+    );
+}
+
 /// The other direction: ccbt seeds and announces on the DHT; a libtorrent leecher with a bare
 /// magnet finds it there and downloads.
 #[test]

@@ -3,7 +3,7 @@
 //! target without controlling many addresses. Local addresses are exempt.
 
 use crate::Id;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// CRC32C (Castagnoli), bitwise: it runs once per id, so no table is needed.
 fn crc32c(data: &[u8]) -> u32 {
@@ -21,17 +21,34 @@ fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-fn prefix(ip: Ipv4Addr, r: u8) -> u32 {
-    let mut b = ip.octets();
-    for (x, m) in b.iter_mut().zip([0x03, 0x0f, 0x3f, 0xff]) {
-        *x &= m;
-    }
+/// The masked address (IPv4: 4 bytes; IPv6: the first 8, BEP 42's IPv6 mask) with `r` in the
+/// top bits, hashed.
+fn prefix(ip: IpAddr, r: u8) -> u32 {
+    let mut b = match ip {
+        IpAddr::V4(v4) => {
+            let mut b = v4.octets().to_vec();
+            for (x, m) in b.iter_mut().zip([0x03, 0x0f, 0x3f, 0xff]) {
+                *x &= m;
+            }
+            b
+        }
+        IpAddr::V6(v6) => {
+            let mut b = v6.octets()[..8].to_vec();
+            for (x, m) in b
+                .iter_mut()
+                .zip([0x01, 0x03, 0x07, 0x0f, 0x1f, 0x3f, 0x7f, 0xff])
+            {
+                *x &= m;
+            }
+            b
+        }
+    };
     b[0] |= (r & 7) << 5;
     crc32c(&b)
 }
 
 /// A node id valid for `ip`: `random` fills the free bits (its last byte picks `r`).
-pub fn id_for(ip: Ipv4Addr, random: &Id) -> Id {
+pub fn id_for(ip: IpAddr, random: &Id) -> Id {
     let mut id = *random;
     let crc = prefix(ip, random[19]);
     id[0] = (crc >> 24) as u8;
@@ -40,13 +57,24 @@ pub fn id_for(ip: Ipv4Addr, random: &Id) -> Id {
     id
 }
 
-/// Addresses BEP 42 exempts: private, link-local and loopback (and unspecified).
-pub fn exempt(ip: Ipv4Addr) -> bool {
+/// Addresses BEP 42 exempts: private, link-local and loopback (and unspecified); for IPv6,
+/// loopback, unspecified, unique-local (fc00::/7) and link-local (fe80::/10).
+pub fn exempt(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => exempt_v4(ip),
+        IpAddr::V6(ip) => {
+            let s = ip.segments()[0];
+            ip.is_loopback() || ip.is_unspecified() || s & 0xfe00 == 0xfc00 || s & 0xffc0 == 0xfe80
+        }
+    }
+}
+
+fn exempt_v4(ip: Ipv4Addr) -> bool {
     ip.is_private() || ip.is_link_local() || ip.is_loopback() || ip.is_unspecified()
 }
 
 /// Whether `id` is a valid id for `ip` (always true for exempt addresses).
-pub fn conforms(ip: Ipv4Addr, id: &Id) -> bool {
+pub fn conforms(ip: IpAddr, id: &Id) -> bool {
     if exempt(ip) {
         return true;
     }
@@ -98,7 +126,7 @@ mod tests {
                 "e56f6cbf5b7c4be0237986d5243b87aa6d51305a",
             ),
         ] {
-            let ip = Ipv4Addr::from(ip);
+            let ip = IpAddr::V4(Ipv4Addr::from(ip));
             let id = hex(id);
             assert!(conforms(ip, &id), "{ip}");
             assert_eq!(id_for(ip, &id), id, "{ip}");
@@ -106,7 +134,15 @@ mod tests {
             other[0] ^= 0x80;
             assert!(!conforms(ip, &other));
         }
-        assert!(conforms(Ipv4Addr::new(127, 0, 0, 1), &[0; 20]));
-        assert!(conforms(Ipv4Addr::new(192, 168, 1, 1), &[0; 20]));
+        assert!(conforms(Ipv4Addr::new(127, 0, 0, 1).into(), &[0; 20]));
+        assert!(conforms(Ipv4Addr::new(192, 168, 1, 1).into(), &[0; 20]));
+        // IPv6: an id made for an address conforms to it, not to another; local ones are exempt.
+        let ip: IpAddr = "2001:db8:1234:5678::1".parse().unwrap();
+        let id = id_for(ip, &[0x5a; 20]);
+        assert!(conforms(ip, &id));
+        assert!(!conforms("2001:db9:1234:5678::1".parse().unwrap(), &id));
+        for local in ["::1", "fd00::1", "fe80::1"] {
+            assert!(conforms(local.parse().unwrap(), &[0; 20]), "{local}");
+        }
     }
 }

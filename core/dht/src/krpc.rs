@@ -5,12 +5,14 @@
 
 use crate::Id;
 use ccbt_core::bencode::{self, OwnedValue as V, Value};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// The largest datagram we decode (a DHT packet fits one UDP payload on any path).
 pub const MAX_PACKET: usize = 1500;
 /// Compact node info (BEP 5): id, IPv4 address, port.
 pub const NODE_LEN: usize = 26;
+/// Compact IPv6 node info (BEP 32, `nodes6`): id, IPv6 address, port.
+pub const NODE6_LEN: usize = 38;
 /// Longest token or transaction id we accept.
 pub const MAX_TOKEN: usize = 64;
 
@@ -28,7 +30,8 @@ pub enum KrpcError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeInfo {
     pub id: Id,
-    pub addr: SocketAddrV4,
+    /// IPv4 nodes travel in `nodes`, IPv6 nodes in `nodes6` (BEP 32).
+    pub addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +86,7 @@ pub const MAX_SALT: usize = 64;
 pub struct Response {
     pub nodes: Vec<NodeInfo>,
     pub token: Option<Vec<u8>>,
-    pub values: Vec<SocketAddrV4>,
+    pub values: Vec<SocketAddr>,
     /// BEP 44 get: the item's bencoded value, and for a mutable item its key, seq and signature.
     pub item: Option<ItemReply>,
 }
@@ -111,7 +114,7 @@ pub struct Message {
     /// BEP 43: the sender is read-only (do not add it to routing tables).
     pub read_only: bool,
     /// BEP 42: our address as the sender saw it, if it said.
-    pub your_ip: Option<SocketAddrV4>,
+    pub your_ip: Option<SocketAddr>,
     pub body: Body,
 }
 
@@ -119,18 +122,32 @@ fn id20(v: Option<&Value>) -> Option<Id> {
     v?.as_bytes()?.try_into().ok()
 }
 
-fn compact_addr(b: &[u8]) -> Option<SocketAddrV4> {
-    let b: &[u8; 6] = b.try_into().ok()?;
-    Some(SocketAddrV4::new(
-        Ipv4Addr::new(b[0], b[1], b[2], b[3]),
-        u16::from_be_bytes([b[4], b[5]]),
-    ))
+/// A compact address: 6 bytes (IPv4) or 18 bytes (IPv6, BEP 32), port last.
+fn compact_addr(b: &[u8]) -> Option<SocketAddr> {
+    match b.len() {
+        6 => Some(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            u16::from_be_bytes([b[4], b[5]]),
+        ))),
+        18 => {
+            let ip: [u8; 16] = b[..16].try_into().ok()?;
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                u16::from_be_bytes([b[16], b[17]]),
+                0,
+                0,
+            )))
+        }
+        _ => None,
+    }
 }
 
-fn addr_bytes(a: &SocketAddrV4) -> [u8; 6] {
-    let mut o = [0u8; 6];
-    o[..4].copy_from_slice(&a.ip().octets());
-    o[4..].copy_from_slice(&a.port().to_be_bytes());
+fn addr_bytes(a: &SocketAddr) -> Vec<u8> {
+    let mut o = match a.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    o.extend_from_slice(&a.port().to_be_bytes());
     o
 }
 
@@ -151,12 +168,19 @@ fn short_text(b: &[u8], max: usize) -> String {
 
 /// Compact node infos (a multiple of 26 bytes).
 pub fn decode_nodes(b: &[u8]) -> Result<Vec<NodeInfo>, KrpcError> {
-    if !b.len().is_multiple_of(NODE_LEN) {
-        return Err(KrpcError::Malformed(
-            "'nodes' is not a multiple of 26 bytes",
-        ));
+    decode_compact(b, NODE_LEN, "'nodes' is not a multiple of 26 bytes")
+}
+
+/// Compact IPv6 node infos (`nodes6`, a multiple of 38 bytes).
+pub fn decode_nodes6(b: &[u8]) -> Result<Vec<NodeInfo>, KrpcError> {
+    decode_compact(b, NODE6_LEN, "'nodes6' is not a multiple of 38 bytes")
+}
+
+fn decode_compact(b: &[u8], len: usize, err: &'static str) -> Result<Vec<NodeInfo>, KrpcError> {
+    if !b.len().is_multiple_of(len) {
+        return Err(KrpcError::Malformed(err));
     }
-    Ok(b.chunks_exact(NODE_LEN)
+    Ok(b.chunks_exact(len)
         .filter_map(|c| {
             Some(NodeInfo {
                 id: c[..20].try_into().ok()?,
@@ -166,13 +190,19 @@ pub fn decode_nodes(b: &[u8]) -> Result<Vec<NodeInfo>, KrpcError> {
         .collect())
 }
 
-pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
-    let mut o = Vec::with_capacity(nodes.len() * NODE_LEN);
-    for n in nodes {
+/// The nodes of one family in compact form (`v6`: the IPv6 ones, for `nodes6`).
+pub fn encode_nodes_of(nodes: &[NodeInfo], v6: bool) -> Vec<u8> {
+    let mut o = Vec::new();
+    for n in nodes.iter().filter(|n| n.addr.is_ipv6() == v6) {
         o.extend_from_slice(&n.id);
         o.extend_from_slice(&addr_bytes(&n.addr));
     }
     o
+}
+
+/// IPv4 nodes in compact form (what `nodes` carries).
+pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
+    encode_nodes_of(nodes, false)
 }
 
 impl Message {
@@ -292,13 +322,19 @@ impl Message {
                     .ok_or(KrpcError::Malformed("response without return values 'r'"))?;
                 let id =
                     id20(r.get(b"id")).ok_or(KrpcError::Malformed("response without an id"))?;
-                let nodes = match r.get(b"nodes") {
+                let mut nodes = match r.get(b"nodes") {
                     None => Vec::new(),
                     Some(n) => decode_nodes(
                         n.as_bytes()
                             .ok_or(KrpcError::Malformed("'nodes' is not a string"))?,
                     )?,
                 };
+                if let Some(n) = r.get(b"nodes6") {
+                    nodes.extend(decode_nodes6(
+                        n.as_bytes()
+                            .ok_or(KrpcError::Malformed("'nodes6' is not a string"))?,
+                    )?);
+                }
                 let values = match r.get(b"values") {
                     None => Vec::new(),
                     Some(v) => v
@@ -371,7 +407,7 @@ impl Message {
             top.push(("ro", V::Int(1)));
         }
         if let Some(ip) = &self.your_ip {
-            top.push(("ip", V::bytes(addr_bytes(ip).to_vec())));
+            top.push(("ip", V::bytes(addr_bytes(ip))));
         }
         let id = || V::bytes(self.id.unwrap_or([0; 20]).to_vec());
         match &self.body {
@@ -435,8 +471,15 @@ impl Message {
             }
             Body::Response(r) => {
                 let mut d = vec![("id", id())];
-                if !r.nodes.is_empty() {
-                    d.push(("nodes", V::bytes(encode_nodes(&r.nodes))));
+                let (n4, n6) = (
+                    encode_nodes_of(&r.nodes, false),
+                    encode_nodes_of(&r.nodes, true),
+                );
+                if !n4.is_empty() {
+                    d.push(("nodes", V::bytes(n4)));
+                }
+                if !n6.is_empty() {
+                    d.push(("nodes6", V::bytes(n6)));
                 }
                 if let Some(t) = &r.token {
                     d.push(("token", V::bytes(t.clone())));
@@ -444,12 +487,7 @@ impl Message {
                 if !r.values.is_empty() {
                     d.push((
                         "values",
-                        V::List(
-                            r.values
-                                .iter()
-                                .map(|a| V::bytes(addr_bytes(a).to_vec()))
-                                .collect(),
-                        ),
+                        V::List(r.values.iter().map(|a| V::bytes(addr_bytes(a))).collect()),
                     ));
                 }
                 if let Some(it) = &r.item {
@@ -487,17 +525,69 @@ fn raw_value(v: &[u8]) -> V {
         .unwrap_or_else(|_| V::bytes(Vec::new()))
 }
 
-/// The address a response should be sent to for an IPv4 peer (IPv6 is BEP 32, later).
-pub fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+/// An address with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as a dual-stack socket
+/// reports IPv4 senders) turned back into plain IPv4.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::V4(SocketAddrV4::new(ip, v6.port())),
+            None => a,
+        },
+        a => a,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// BEP 32: IPv6 nodes travel in `nodes6` (38 bytes each), IPv6 peers as 18-byte values, our
+    /// IPv6 address as an 18-byte `ip`; a mixed reply splits by family and decodes back.
+    #[test]
+    fn bep32_nodes6_values6_and_ip() {
+        let v6: SocketAddr = "[2001:db8::7]:6881".parse().unwrap();
+        let v4: SocketAddr = "10.0.0.1:6882".parse().unwrap();
+        let m = Message {
+            tid: b"aa".to_vec(),
+            id: Some([1; 20]),
+            read_only: false,
+            your_ip: Some(v6),
+            body: Body::Response(Response {
+                nodes: vec![
+                    NodeInfo {
+                        id: [2; 20],
+                        addr: v4,
+                    },
+                    NodeInfo {
+                        id: [3; 20],
+                        addr: v6,
+                    },
+                ],
+                token: Some(b"tok".to_vec()),
+                values: vec![v6, v4],
+                item: None,
+            }),
+        };
+        let b = m.encode();
+        let find = |needle: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            find(b"5:nodes26:") && find(b"6:nodes638:"),
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
+        assert!(find(b"2:ip18:"));
+        let back = Message::decode(&b).unwrap();
+        assert_eq!(back, m);
+        // A nodes6 string of the wrong length is refused whole.
+        let bad = b"d1:rd2:id20:aaaaaaaaaaaaaaaaaaaa6:nodes63:xyze1:t2:aa1:y1:re";
+        assert!(Message::decode(bad).is_err());
+        // An IPv4-mapped sender is plain IPv4 to the node.
+        let mapped: SocketAddr = "[::ffff:10.0.0.9]:5".parse().unwrap();
+        assert_eq!(
+            canonical(mapped),
+            "10.0.0.9:5".parse::<SocketAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn bep5_example_vectors() {
@@ -576,13 +666,13 @@ mod tests {
     fn nodes_round_trip_and_hostile_packets_fail_cleanly() {
         let n = NodeInfo {
             id: [7; 20],
-            addr: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 3), 6881),
+            addr: crate::sa4(Ipv4Addr::new(127, 0, 0, 3), 6881),
         };
         let m = Message {
             tid: vec![1, 2],
             id: Some([9; 20]),
             read_only: false,
-            your_ip: Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 1)),
+            your_ip: Some(crate::sa4(Ipv4Addr::new(10, 0, 0, 1), 1)),
             body: Body::Response(Response {
                 nodes: vec![n, n],
                 token: Some(vec![5; 8]),

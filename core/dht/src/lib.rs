@@ -29,3 +29,9 @@ pub fn distance(a: &Id, b: &Id) -> Id {
     }
     d
 }
+
+/// An IPv4 socket address as the crate's address type (tests).
+#[cfg(test)]
+pub(crate) fn sa4(ip: std::net::Ipv4Addr, port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::V4(std::net::SocketAddrV4::new(ip, port))
+}

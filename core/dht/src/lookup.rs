@@ -7,7 +7,7 @@ use crate::krpc::NodeInfo;
 use crate::routing::K;
 use crate::{distance, Id};
 use std::collections::HashSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Queries in flight at once.
@@ -43,8 +43,8 @@ pub struct Lookup {
     pub target: Id,
     cands: Vec<Candidate>,
     seen: HashSet<Id>,
-    pub peers: Vec<SocketAddrV4>,
-    peer_set: HashSet<SocketAddrV4>,
+    pub peers: Vec<SocketAddr>,
+    peer_set: HashSet<SocketAddr>,
     pub queries_sent: usize,
 }
 
@@ -133,7 +133,7 @@ impl Lookup {
         &mut self,
         id: &Id,
         nodes: &[NodeInfo],
-        peers: &[SocketAddrV4],
+        peers: &[SocketAddr],
         token: Option<Vec<u8>>,
     ) {
         let Some(c) = self.cands.iter_mut().find(|c| c.info.id == *id) else {
@@ -210,7 +210,7 @@ mod tests {
         let infos: Vec<NodeInfo> = (0..n)
             .map(|i| NodeInfo {
                 id: rid(i as u64 + 1),
-                addr: SocketAddrV4::new(
+                addr: crate::sa4(
                     Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8),
                     6881,
                 ),
@@ -273,39 +273,24 @@ mod tests {
         let now = Instant::now();
         let a = NodeInfo {
             id: rid(1),
-            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+            addr: crate::sa4(Ipv4Addr::LOCALHOST, 1),
         };
         let mut l = Lookup::new(rid(9), [a]);
         // Unasked: ignored.
-        l.on_reply(
-            &a.id,
-            &[],
-            &[SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2)],
-            None,
-        );
+        l.on_reply(&a.id, &[], &[crate::sa4(Ipv4Addr::LOCALHOST, 2)], None);
         assert!(l.peers.is_empty());
         assert_eq!(l.next(now), vec![a]);
         let stranger = rid(77);
-        l.on_reply(
-            &stranger,
-            &[],
-            &[SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3)],
-            None,
-        );
+        l.on_reply(&stranger, &[], &[crate::sa4(Ipv4Addr::LOCALHOST, 3)], None);
         assert!(l.peers.is_empty());
         l.on_reply(
             &a.id,
             &[],
-            &[SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4)],
+            &[crate::sa4(Ipv4Addr::LOCALHOST, 4)],
             Some(vec![9]),
         );
-        l.on_reply(
-            &a.id,
-            &[],
-            &[SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5)],
-            None,
-        );
-        assert_eq!(l.peers, vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4)]);
+        l.on_reply(&a.id, &[], &[crate::sa4(Ipv4Addr::LOCALHOST, 5)], None);
+        assert_eq!(l.peers, vec![crate::sa4(Ipv4Addr::LOCALHOST, 4)]);
         assert!(l.done(now));
         assert_eq!(l.closest_answered(8), vec![(a, Some(vec![9]))]);
     }
@@ -315,7 +300,7 @@ mod tests {
         let t0 = Instant::now();
         let node = |i: u64| NodeInfo {
             id: rid(i),
-            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, i as u16),
+            addr: crate::sa4(Ipv4Addr::LOCALHOST, i as u16),
         };
         let target = rid(50);
         let mut l = Lookup::new(target, (1..=3).map(node));

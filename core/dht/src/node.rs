@@ -22,7 +22,7 @@ use ccbt_core::bencode::{self, OwnedValue as V};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Settings a deployment may change (loopback test networks relax the per-IP limits).
@@ -108,7 +108,7 @@ pub enum Request {
         kind: ItemKind,
     },
     Put(PutItem),
-    Ping(SocketAddrV4),
+    Ping(SocketAddr),
 }
 
 /// A verified BEP 44 value.
@@ -125,7 +125,7 @@ pub struct FoundItem {
 pub enum Outcome {
     Nodes(Vec<NodeInfo>),
     Peers {
-        peers: Vec<SocketAddrV4>,
+        peers: Vec<SocketAddr>,
         announced: usize,
     },
     Item(Option<FoundItem>),
@@ -175,7 +175,7 @@ enum Why {
 
 #[derive(Debug)]
 struct Pending {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     id: Option<Id>,
     sent: Instant,
     why: Why,
@@ -188,7 +188,7 @@ enum Phase {
     Store {
         outstanding: usize,
         acks: usize,
-        peers: Vec<SocketAddrV4>,
+        peers: Vec<SocketAddr>,
         error: Option<(i64, String)>,
     },
     Ping,
@@ -206,11 +206,11 @@ struct Op {
 /// Per-IP token bucket for incoming queries.
 #[derive(Debug, Default)]
 struct Limiter {
-    ips: HashMap<Ipv4Addr, (f64, Instant)>,
+    ips: HashMap<IpAddr, (f64, Instant)>,
 }
 
 impl Limiter {
-    fn allow(&mut self, ip: Ipv4Addr, per_sec: u32, now: Instant) -> bool {
+    fn allow(&mut self, ip: IpAddr, per_sec: u32, now: Instant) -> bool {
         if per_sec == 0 {
             return true;
         }
@@ -246,19 +246,19 @@ pub struct Node {
     pending: HashMap<[u8; 2], Pending>,
     ops: BTreeMap<OpId, Op>,
     next_op: OpId,
-    outbox: VecDeque<(SocketAddrV4, Vec<u8>)>,
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     done: VecDeque<Done>,
     limiter: Limiter,
-    bootstrap: Vec<SocketAddrV4>,
+    bootstrap: Vec<SocketAddr>,
     last_bootstrap: Option<Instant>,
     last_refresh: Instant,
     /// Info-hashes we announced ourselves for, with our port: we answer get_peers with ourselves
     /// too, so a network of two nodes works.
     self_peers: HashMap<Id, u16>,
     /// Our address as we bind it, if specific; else learnt from votes.
-    pub local_ip: Option<Ipv4Addr>,
-    ip_votes: HashMap<Ipv4Addr, Vec<Id>>,
-    pub external_ip: Option<Ipv4Addr>,
+    pub local_ip: Option<IpAddr>,
+    ip_votes: HashMap<IpAddr, Vec<Id>>,
+    pub external_ip: Option<IpAddr>,
 }
 
 impl Node {
@@ -297,12 +297,12 @@ impl Node {
     }
 
     /// Where to bootstrap from (known routers, saved nodes); the next tick starts.
-    pub fn set_bootstrap(&mut self, addrs: Vec<SocketAddrV4>) {
+    pub fn set_bootstrap(&mut self, addrs: Vec<SocketAddr>) {
         self.bootstrap = addrs;
         self.last_bootstrap = None;
     }
 
-    pub fn bootstrap_nodes(&self) -> &[SocketAddrV4] {
+    pub fn bootstrap_nodes(&self) -> &[SocketAddr] {
         &self.bootstrap
     }
 
@@ -375,7 +375,7 @@ impl Node {
         self.self_peers.remove(info_hash);
     }
 
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddrV4, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         let p = self.outbox.pop_front()?;
         self.stats.packets_out += 1;
         self.stats.bytes_out += p.1.len() as u64;
@@ -386,11 +386,11 @@ impl Node {
         self.done.pop_front()
     }
 
-    fn send(&mut self, to: SocketAddrV4, msg: &Message) {
+    fn send(&mut self, to: SocketAddr, msg: &Message) {
         self.outbox.push_back((to, msg.encode()));
     }
 
-    fn query(&mut self, to: SocketAddrV4, id: Option<Id>, q: Query, why: Why, now: Instant) {
+    fn query(&mut self, to: SocketAddr, id: Option<Id>, q: Query, why: Why, now: Instant) {
         if self.pending.len() >= MAX_PENDING {
             if let Why::Op(op) = why {
                 // Treated as a timeout at once, so the operation does not wait for nothing.
@@ -432,7 +432,7 @@ impl Node {
     }
 
     /// A datagram from `from` (already known to start with `d`).
-    pub fn handle(&mut self, from: SocketAddrV4, pkt: &[u8], now: Instant) {
+    pub fn handle(&mut self, from: SocketAddr, pkt: &[u8], now: Instant) {
         self.stats.packets_in += 1;
         self.stats.bytes_in += pkt.len() as u64;
         let msg = match Message::decode(pkt) {
@@ -449,14 +449,14 @@ impl Node {
         }
     }
 
-    fn on_query(&mut self, from: SocketAddrV4, msg: Message, now: Instant) {
+    fn on_query(&mut self, from: SocketAddr, msg: Message, now: Instant) {
         self.stats.queries_in += 1;
         if self.settings.read_only {
             return;
         }
         if !self
             .limiter
-            .allow(*from.ip(), self.settings.queries_per_ip_per_sec, now)
+            .allow(from.ip(), self.settings.queries_per_ip_per_sec, now)
         {
             self.stats.rate_limited += 1;
             return;
@@ -475,7 +475,7 @@ impl Node {
         {
             if let Some(port) = self.self_peers.get(info_hash) {
                 if let Some(ip) = self.own_ip_for(from) {
-                    let me = SocketAddrV4::new(ip, *port);
+                    let me = SocketAddr::new(ip, *port);
                     if !r.values.contains(&me) {
                         r.values.push(me);
                     }
@@ -486,11 +486,17 @@ impl Node {
     }
 
     /// The address a peer at `to` reaches us at.
-    fn own_ip_for(&self, to: SocketAddrV4) -> Option<Ipv4Addr> {
+    fn own_ip_for(&self, to: SocketAddr) -> Option<IpAddr> {
         self.local_ip
             .filter(|ip| !ip.is_unspecified())
             .or(self.external_ip)
-            .or_else(|| to.ip().is_loopback().then_some(Ipv4Addr::LOCALHOST))
+            .filter(|ip| ip.is_ipv4() == to.is_ipv4())
+            .or_else(|| {
+                to.ip().is_loopback().then_some(match to {
+                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                })
+            })
     }
 
     fn on_insert(&mut self, ins: Insert, now: Instant) {
@@ -505,7 +511,7 @@ impl Node {
         }
     }
 
-    fn on_reply(&mut self, from: SocketAddrV4, msg: Message, now: Instant) {
+    fn on_reply(&mut self, from: SocketAddr, msg: Message, now: Instant) {
         let Ok(tid) = <[u8; 2]>::try_from(msg.tid.as_slice()) else {
             self.stats.unsolicited += 1;
             return;
@@ -544,7 +550,7 @@ impl Node {
             self.on_insert(ins, now);
         }
         if let (Some(ip), Some(id)) = (msg.your_ip, id) {
-            self.vote_ip(*ip.ip(), id, now);
+            self.vote_ip(ip.ip(), id, now);
         }
         match p.why {
             Why::Maintenance => {}
@@ -580,7 +586,7 @@ impl Node {
 
     /// BEP 42: what nodes say our address is; once enough distinct nodes agree on a public
     /// address our id does not conform to, we take a conforming id (same table, re-bucketed).
-    fn vote_ip(&mut self, ip: Ipv4Addr, voter: Id, now: Instant) {
+    fn vote_ip(&mut self, ip: IpAddr, voter: Id, now: Instant) {
         if self.ip_votes.len() > 16 && !self.ip_votes.contains_key(&ip) {
             return;
         }
@@ -601,7 +607,11 @@ impl Node {
 
     /// Our external address as the port mapping on our router reports it: more certain than
     /// votes, so it is taken at once (BEP 42: the id must derive from it).
-    pub fn set_external_ip(&mut self, ip: Ipv4Addr, now: Instant) {
+    pub fn set_external_ip(&mut self, ip: IpAddr, now: Instant) {
+        // An IPv6 node has no use for the IPv4 address (and the other way round).
+        if self.local_ip.is_some_and(|l| l.is_ipv4() != ip.is_ipv4()) {
+            return;
+        }
         self.external_ip = Some(ip);
         self.conform_id(now);
     }
@@ -872,7 +882,7 @@ impl Node {
     }
 
     /// A random id (BEP 42 shaped for `ip` when it is known and public).
-    pub fn random_id(rng: &mut impl Rng, ip: Option<Ipv4Addr>) -> Id {
+    pub fn random_id(rng: &mut impl Rng, ip: Option<IpAddr>) -> Id {
         let mut r = [0u8; 20];
         rng.fill_bytes(&mut r);
         match ip {
@@ -892,6 +902,10 @@ impl Node {
         V::dict([
             ("id", V::bytes(self.id().to_vec())),
             ("nodes", V::bytes(crate::krpc::encode_nodes(&nodes))),
+            (
+                "nodes6",
+                V::bytes(crate::krpc::encode_nodes_of(&nodes, true)),
+            ),
         ])
         .encode()
     }
@@ -902,7 +916,10 @@ pub fn load_state(b: &[u8]) -> Option<(Id, Vec<NodeInfo>)> {
     let v = bencode::decode(b).ok()?;
     let d = v.as_dict()?;
     let id: Id = d.get(b"id")?.as_bytes()?.try_into().ok()?;
-    let nodes = crate::krpc::decode_nodes(d.get(b"nodes")?.as_bytes()?).ok()?;
+    let mut nodes = crate::krpc::decode_nodes(d.get(b"nodes")?.as_bytes()?).ok()?;
+    if let Some(n6) = d.get(b"nodes6").and_then(|n| n.as_bytes()) {
+        nodes.extend(crate::krpc::decode_nodes6(n6).ok()?);
+    }
     Some((id, nodes))
 }
 

@@ -9,7 +9,7 @@
 
 use crate::krpc::NodeInfo;
 use crate::{distance, Id};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub const K: usize = 8;
@@ -112,11 +112,11 @@ impl RoutingTable {
         self.len() == 0
     }
 
-    fn per_ip(&self, ip: &Ipv4Addr) -> usize {
+    fn per_ip(&self, ip: &IpAddr) -> usize {
         self.buckets
             .iter()
             .flat_map(|b| &b.nodes)
-            .filter(|e| e.info.addr.ip() == ip)
+            .filter(|e| &e.info.addr.ip() == ip)
             .count()
     }
 
@@ -142,7 +142,7 @@ impl RoutingTable {
             }
             return Insert::Updated;
         }
-        if self.max_per_ip > 0 && self.per_ip(info.addr.ip()) >= self.max_per_ip {
+        if self.max_per_ip > 0 && self.per_ip(&info.addr.ip()) >= self.max_per_ip {
             return Insert::Refused;
         }
         let entry = Entry {
@@ -164,11 +164,11 @@ impl RoutingTable {
         }
         // BEP 42: prefer nodes whose id matches their address, without requiring it: a
         // conforming newcomer takes the place of a non-conforming node.
-        if crate::bep42::conforms(*info.addr.ip(), &info.id) {
+        if crate::bep42::conforms(info.addr.ip(), &info.id) {
             if let Some(pos) = b
                 .nodes
                 .iter()
-                .position(|e| !crate::bep42::conforms(*e.info.addr.ip(), &e.info.id))
+                .position(|e| !crate::bep42::conforms(e.info.addr.ip(), &e.info.id))
             {
                 b.nodes[pos] = entry;
                 b.last_changed = Some(now);
@@ -283,12 +283,12 @@ impl RoutingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddrV4;
+    use std::net::Ipv4Addr;
 
     fn node(id: Id, last: u8) -> NodeInfo {
         NodeInfo {
             id,
-            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), 6881),
+            addr: crate::sa4(Ipv4Addr::new(10, 0, 0, last), 6881),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::routing::{RoutingTable, K};
 use crate::Id;
 use sha1::{Digest, Sha1};
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Tokens stay valid for one to two rotations (BEP 5 suggests ten minutes in all).
@@ -29,7 +29,7 @@ pub struct Server {
     pub items: ItemStore,
     secrets: [[u8; 16]; 2],
     rotated: Instant,
-    peers: HashMap<Id, Vec<(SocketAddrV4, Instant)>>,
+    peers: HashMap<Id, Vec<(SocketAddr, Instant)>>,
 }
 
 impl Server {
@@ -43,10 +43,13 @@ impl Server {
         }
     }
 
-    fn token_for(secret: &[u8; 16], ip: &std::net::Ipv4Addr) -> Vec<u8> {
+    fn token_for(secret: &[u8; 16], ip: &std::net::IpAddr) -> Vec<u8> {
         let mut h = Sha1::new();
         h.update(secret);
-        h.update(ip.octets());
+        match ip {
+            std::net::IpAddr::V4(v4) => h.update(v4.octets()),
+            std::net::IpAddr::V6(v6) => h.update(v6.octets()),
+        }
         h.finalize()[..8].to_vec()
     }
 
@@ -58,12 +61,12 @@ impl Server {
         }
     }
 
-    fn token_ok(&self, token: &[u8], ip: &std::net::Ipv4Addr) -> bool {
+    fn token_ok(&self, token: &[u8], ip: &std::net::IpAddr) -> bool {
         self.secrets.iter().any(|s| Self::token_for(s, ip) == token)
     }
 
     /// Peers announced for `ih`, newest first, expired ones dropped.
-    pub fn peers_for(&mut self, ih: &Id, now: Instant) -> Vec<SocketAddrV4> {
+    pub fn peers_for(&mut self, ih: &Id, now: Instant) -> Vec<SocketAddr> {
         let Some(v) = self.peers.get_mut(ih) else {
             return Vec::new();
         };
@@ -80,7 +83,7 @@ impl Server {
         self.peers.len()
     }
 
-    fn store(&mut self, ih: Id, peer: SocketAddrV4, now: Instant) {
+    fn store(&mut self, ih: Id, peer: SocketAddr, now: Instant) {
         if !self.peers.contains_key(&ih) && self.peers.len() >= MAX_HASHES {
             // Full: make room by dropping expired entries; refuse if none expired.
             self.peers
@@ -101,7 +104,7 @@ impl Server {
     pub fn answer(
         &mut self,
         table: &RoutingTable,
-        from: SocketAddrV4,
+        from: SocketAddr,
         msg: &Message,
         now: Instant,
     ) -> Option<Message> {
@@ -124,7 +127,7 @@ impl Server {
             })),
             Query::GetPeers { info_hash } => {
                 let values = self.peers_for(info_hash, now);
-                let token = Some(Self::token_for(&self.secrets[0], from.ip()));
+                let token = Some(Self::token_for(&self.secrets[0], &from.ip()));
                 reply(Body::Response(if values.is_empty() {
                     Response {
                         nodes: nodes(info_hash),
@@ -146,7 +149,7 @@ impl Server {
                 implied_port,
                 token,
             } => {
-                if !self.token_ok(token, from.ip()) {
+                if !self.token_ok(token, &from.ip()) {
                     return Some(reply(Body::Error {
                         code: 203,
                         message: "bad token".into(),
@@ -159,11 +162,11 @@ impl Server {
                         message: "port 0".into(),
                     }));
                 }
-                self.store(*info_hash, SocketAddrV4::new(*from.ip(), port), now);
+                self.store(*info_hash, SocketAddr::new(from.ip(), port), now);
                 reply(Body::Response(Response::default()))
             }
             Query::Get { target, seq } => {
-                let token = Some(Self::token_for(&self.secrets[0], from.ip()));
+                let token = Some(Self::token_for(&self.secrets[0], &from.ip()));
                 let item = self.items.get(target, now).map(|i| ItemReply {
                     // A reader that already has this seq gets no value back (BEP 44).
                     v: match (&i.mutable, seq) {
@@ -183,7 +186,7 @@ impl Server {
                 }))
             }
             Query::Put { token, v, mutable } => {
-                if !self.token_ok(token, from.ip()) {
+                if !self.token_ok(token, &from.ip()) {
                     return Some(reply(Body::Error {
                         code: 203,
                         message: "bad token".into(),
@@ -226,7 +229,7 @@ mod tests {
         let mut table = RoutingTable::new([9; 20]);
         table.max_per_ip = 0;
         let mut s = Server::new([7; 16], now);
-        let from = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), 4000);
+        let from = crate::sa4(Ipv4Addr::new(127, 0, 0, 5), 4000);
         let ih = [3; 20];
         let r = s
             .answer(&table, from, &q(Query::GetPeers { info_hash: ih }), now)
@@ -259,16 +262,16 @@ mod tests {
         ));
         assert_eq!(s.peers_for(&ih, now), vec![from]);
         // From another address the token is not valid.
-        let other = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), 4000);
+        let other = crate::sa4(Ipv4Addr::new(127, 0, 0, 6), 4000);
         assert!(matches!(
             s.answer(&table, other, &good, now).unwrap().body,
             Body::Error { code: 203, .. }
         ));
         // Tokens survive one rotation, not two; peers expire.
         s.maybe_rotate([8; 16], now + TOKEN_ROTATION);
-        assert!(s.token_ok(&token, from.ip()));
+        assert!(s.token_ok(&token, &from.ip()));
         s.maybe_rotate([6; 16], now + 2 * TOKEN_ROTATION);
-        assert!(!s.token_ok(&token, from.ip()));
+        assert!(!s.token_ok(&token, &from.ip()));
         assert!(s.peers_for(&ih, now + PEER_TTL).is_empty());
         assert_eq!(s.stored_hashes(), 0);
     }
@@ -278,7 +281,7 @@ mod tests {
         let now = Instant::now();
         let mut s = Server::new([1; 16], now);
         for i in 0..(MAX_PEERS_PER_HASH as u32 + 50) {
-            let a = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 1000);
+            let a = crate::sa4(Ipv4Addr::from(0x0a00_0000 + i), 1000);
             s.store([5; 20], a, now);
         }
         assert_eq!(s.peers[&[5; 20]].len(), MAX_PEERS_PER_HASH);
@@ -286,12 +289,12 @@ mod tests {
         for i in 0..(MAX_HASHES as u32 + 10) {
             let mut ih = [0u8; 20];
             ih[..4].copy_from_slice(&i.to_be_bytes());
-            s.store(ih, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), now);
+            s.store(ih, crate::sa4(Ipv4Addr::LOCALHOST, 1), now);
         }
         assert_eq!(s.stored_hashes(), MAX_HASHES);
         let table = RoutingTable::new([2; 20]);
         let unknown = q(Query::Unknown(b"vote".to_vec()));
-        let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+        let from = crate::sa4(Ipv4Addr::LOCALHOST, 9);
         assert!(matches!(
             s.answer(&table, from, &unknown, now).unwrap().body,
             Body::Error { code: 204, .. }
@@ -305,7 +308,7 @@ mod tests {
         let now = Instant::now();
         let table = RoutingTable::new([2; 20]);
         let mut s = Server::new([4; 16], now);
-        let from = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 7), 5000);
+        let from = crate::sa4(Ipv4Addr::new(127, 0, 0, 7), 5000);
         let v = b"12:Hello World!".to_vec();
         let target = immutable_target(&v);
         let got = s

@@ -9,7 +9,7 @@
 use crate::krpc::NodeInfo;
 use crate::node::{self, Done, FoundItem, ItemKind, Node, Outcome, PutItem, Request, Settings};
 use crate::Id;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,8 +56,11 @@ pub struct Status {
     pub items: usize,
     pub peer_hashes: usize,
     pub ops_running: usize,
-    pub external_ip: Option<std::net::Ipv4Addr>,
-    pub bootstrap: Vec<SocketAddrV4>,
+    pub external_ip: Option<IpAddr>,
+    pub bootstrap: Vec<SocketAddr>,
+    /// The IPv6 node (BEP 32), when IPv6 is available: its address and routing-table size.
+    pub local6: Option<SocketAddr>,
+    pub nodes6: usize,
     pub stats: node::Stats,
     /// Datagrams that were not KRPC (uTP, later).
     pub other_packets: u64,
@@ -69,59 +72,100 @@ enum Cmd {
     /// Writes the routing table now; answers when written.
     Save(oneshot::Sender<()>),
     /// Our external address, learned by port mapping.
-    External(std::net::Ipv4Addr),
+    External(IpAddr),
 }
 
-/// A running DHT node.
+/// A running DHT node: the IPv4 node, and (BEP 32) an IPv6 node on the same port when the host
+/// has IPv6. Each has its own socket, routing table and saved state; lookups, announces and
+/// items go to both, and their answers are merged.
 #[derive(Clone)]
 pub struct Dht {
     tx: mpsc::Sender<Cmd>,
     local: SocketAddr,
+    v6: Option<(mpsc::Sender<Cmd>, SocketAddr)>,
+}
+
+/// The IPv6 address to bind beside an IPv4 one: loopback beside loopback (tests), any beside
+/// any; none beside a specific IPv4 address (the user chose one interface).
+fn v6_bind(v4: SocketAddr) -> Option<SocketAddr> {
+    match v4.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            Some(SocketAddr::from((Ipv6Addr::LOCALHOST, v4.port())))
+        }
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, v4.port())))
+        }
+        IpAddr::V4(_) => None,
+        IpAddr::V6(_) => Some(v4),
+    }
+}
+
+/// A put's target, how many nodes stored it, and the last error a node gave.
+pub type PutResult = (Id, usize, Option<(i64, String)>);
+
+/// `dht.dat` -> `dht6.dat`.
+fn state6(p: &std::path::Path) -> PathBuf {
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("dht");
+    let ext = p.extension().and_then(|s| s.to_str()).unwrap_or("dat");
+    p.with_file_name(format!("{stem}6.{ext}"))
 }
 
 impl Dht {
     /// Binds the socket and starts the node task on the current tokio runtime (call it inside
     /// one, or with a runtime entered). Bootstrap names are resolved in the background.
     pub fn start(cfg: DhtConfig) -> Result<Dht, DhtError> {
-        // The listen port's UDP socket, shared with uTP (whichever starts first binds it).
-        let mux = ccbt_core::session::udp::UdpMux::get_or_bind(cfg.bind)
-            .map_err(|e| DhtError::Bind(cfg.bind, e))?;
-        let local = mux.local;
-        let saved = cfg
-            .state_file
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| node::load_state(&b));
-        let now = Instant::now();
-        let id = saved
-            .as_ref()
-            .map(|s| s.0)
-            .unwrap_or_else(|| Node::random_id(&mut rand::thread_rng(), None));
-        let mut node = Node::new(id, cfg.settings.clone(), rand::random(), now);
-        node.local_ip = match local.ip() {
-            std::net::IpAddr::V4(ip) => Some(ip),
-            _ => None,
+        let bind4 = match cfg.bind {
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, a.port()))
+            }
+            SocketAddr::V6(a) if a.ip().is_loopback() => {
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
+            }
+            a => a,
         };
-        let saved_nodes: Vec<NodeInfo> = saved.map(|s| s.1).unwrap_or_default();
-        node.add_saved(&saved_nodes, now);
-        let (tx, rx) = mpsc::channel(256);
-        let input = mux.subscribe_krpc();
-        tokio::spawn(run(mux, input, node, rx, cfg, saved_nodes));
-        Ok(Dht { tx, local })
+        let (tx, local) = start_node(&cfg, bind4, cfg.state_file.clone())?;
+        // The IPv6 node is a bonus: a host without IPv6 runs the IPv4 one alone.
+        let v6 =
+            v6_bind(SocketAddr::from((bind4.ip(), local.port()))).and_then(|b| {
+                match start_node(&cfg, b, cfg.state_file.as_deref().map(state6)) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        tracing::debug!("no IPv6 DHT node: {e}");
+                        None
+                    }
+                }
+            });
+        Ok(Dht { tx, local, v6 })
+    }
+
+    /// The IPv6 node's address, if it runs.
+    pub fn local_addr6(&self) -> Option<SocketAddr> {
+        self.v6.as_ref().map(|v| v.1)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
-    /// Runs one operation to its end.
+    /// Runs one operation to its end on the IPv4 node (a ping of an IPv6 address on the IPv6
+    /// node). [`Dht::get_peers`], [`Dht::get`] and [`Dht::put`] use both nodes.
     pub async fn request(&self, req: Request) -> Result<Done, DhtError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Op(req, tx))
-            .await
-            .map_err(|_| DhtError::Stopped)?;
-        rx.await.map_err(|_| DhtError::Stopped)
+        let to6 = matches!(req, Request::Ping(a) if a.is_ipv6());
+        match (&self.v6, to6) {
+            (Some((tx6, _)), true) => op(tx6, req).await,
+            _ => op(&self.tx, req).await,
+        }
+    }
+
+    /// Runs `req` on both nodes at once (the IPv6 one when it runs).
+    async fn both(&self, req: Request) -> Result<(Done, Option<Done>), DhtError> {
+        match &self.v6 {
+            None => Ok((op(&self.tx, req).await?, None)),
+            Some((tx6, _)) => {
+                let (a, b) = tokio::join!(op(&self.tx, req.clone()), op(tx6, req));
+                Ok((a?, b.ok()))
+            }
+        }
     }
 
     /// Peers for `info_hash`; with `announce`, also announces us on that TCP port (0: the UDP
@@ -130,41 +174,62 @@ impl Dht {
         &self,
         info_hash: Id,
         announce: Option<u16>,
-    ) -> Result<Vec<SocketAddrV4>, DhtError> {
-        match self
-            .request(Request::GetPeers {
+    ) -> Result<Vec<SocketAddr>, DhtError> {
+        let (a, b) = self
+            .both(Request::GetPeers {
                 info_hash,
                 announce,
             })
-            .await?
-            .outcome
-        {
-            Outcome::Peers { peers, .. } => Ok(peers),
-            _ => Ok(Vec::new()),
+            .await?;
+        let mut out = Vec::new();
+        for d in std::iter::once(a).chain(b) {
+            if let Outcome::Peers { peers, .. } = d.outcome {
+                for p in peers {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
         }
+        Ok(out)
     }
 
     /// A BEP 44 item: immutable by its SHA-1, or mutable (the newest verified `seq`).
     pub async fn get(&self, target: Id, kind: ItemKind) -> Result<Option<FoundItem>, DhtError> {
-        match self.request(Request::Get { target, kind }).await?.outcome {
-            Outcome::Item(i) => Ok(i),
-            _ => Ok(None),
+        let (a, b) = self.both(Request::Get { target, kind }).await?;
+        let seq = |i: &FoundItem| i.mutable.as_ref().map_or(0, |m| m.seq);
+        let mut best: Option<FoundItem> = None;
+        for d in std::iter::once(a).chain(b) {
+            if let Outcome::Item(Some(i)) = d.outcome {
+                if best.as_ref().is_none_or(|b| seq(&i) > seq(b)) {
+                    best = Some(i);
+                }
+            }
         }
+        Ok(best)
     }
 
     /// Stores a BEP 44 item on the closest nodes; returns how many stored it and the last error.
-    pub async fn put(&self, item: PutItem) -> Result<(Id, usize, Option<(i64, String)>), DhtError> {
-        match self.request(Request::Put(item)).await?.outcome {
-            Outcome::Put {
+    pub async fn put(&self, item: PutItem) -> Result<PutResult, DhtError> {
+        let (a, b) = self.both(Request::Put(item)).await?;
+        let mut out: Option<PutResult> = None;
+        for d in std::iter::once(a).chain(b) {
+            if let Outcome::Put {
                 target,
                 stored,
                 error,
-            } => Ok((target, stored, error)),
-            _ => Err(DhtError::Stopped),
+            } = d.outcome
+            {
+                out = Some(match out {
+                    None => (target, stored, error),
+                    Some((t, n, e)) => (t, n + stored, e.or(error)),
+                });
+            }
         }
+        out.ok_or(DhtError::Stopped)
     }
 
-    pub async fn ping(&self, addr: SocketAddrV4) -> Result<Option<Id>, DhtError> {
+    pub async fn ping(&self, addr: SocketAddr) -> Result<Option<Id>, DhtError> {
         match self.request(Request::Ping(addr)).await?.outcome {
             Outcome::Pong(id) => Ok(id),
             _ => Ok(None),
@@ -172,29 +237,35 @@ impl Dht {
     }
 
     pub async fn status(&self) -> Result<Status, DhtError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Status(tx))
-            .await
-            .map_err(|_| DhtError::Stopped)?;
-        rx.await.map_err(|_| DhtError::Stopped)
+        let mut s = status_of(&self.tx).await?;
+        if let Some((tx6, local6)) = &self.v6 {
+            s.local6 = Some(*local6);
+            if let Ok(s6) = status_of(tx6).await {
+                s.nodes6 = s6.nodes;
+                s.stats.queries_in += s6.stats.queries_in;
+                s.stats.queries_out += s6.stats.queries_out;
+            }
+        }
+        Ok(s)
     }
 
-    /// Writes the routing table to the data dir now.
+    /// Writes the routing tables to the data dir now.
     pub async fn save(&self) -> Result<(), DhtError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Save(tx))
-            .await
-            .map_err(|_| DhtError::Stopped)?;
-        rx.await.map_err(|_| DhtError::Stopped)
+        for tx in std::iter::once(&self.tx).chain(self.v6.as_ref().map(|v| &v.0)) {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Cmd::Save(reply))
+                .await
+                .map_err(|_| DhtError::Stopped)?;
+            rx.await.map_err(|_| DhtError::Stopped)?;
+        }
+        Ok(())
     }
 
-    /// Waits (bounded) until the routing table holds a node; returns how many it holds.
+    /// Waits (bounded) until a routing table holds a node; returns how many they hold.
     pub async fn wait_for_nodes(&self, timeout: Duration) -> usize {
         let end = tokio::time::Instant::now() + timeout;
         loop {
-            let n = self.status().await.map(|s| s.nodes).unwrap_or(0);
+            let n = self.status().await.map(|s| s.nodes + s.nodes6).unwrap_or(0);
             if n > 0 || tokio::time::Instant::now() >= end {
                 return n;
             }
@@ -203,22 +274,72 @@ impl Dht {
     }
 }
 
-/// Resolves `host:port` names to IPv4 addresses (each bounded; failures are logged).
-async fn resolve(names: Vec<String>) -> Vec<SocketAddrV4> {
+async fn op(tx: &mpsc::Sender<Cmd>, req: Request) -> Result<Done, DhtError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Cmd::Op(req, reply))
+        .await
+        .map_err(|_| DhtError::Stopped)?;
+    rx.await.map_err(|_| DhtError::Stopped)
+}
+
+async fn status_of(tx: &mpsc::Sender<Cmd>) -> Result<Status, DhtError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Cmd::Status(reply))
+        .await
+        .map_err(|_| DhtError::Stopped)?;
+    rx.await.map_err(|_| DhtError::Stopped)
+}
+
+/// Binds a node's socket (the listen port's, shared with uTP) and starts its task.
+fn start_node(
+    cfg: &DhtConfig,
+    bind: SocketAddr,
+    state_file: Option<PathBuf>,
+) -> Result<(mpsc::Sender<Cmd>, SocketAddr), DhtError> {
+    let mux =
+        ccbt_core::session::udp::UdpMux::get_or_bind(bind).map_err(|e| DhtError::Bind(bind, e))?;
+    let local = mux.local;
+    let saved = state_file
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| node::load_state(&b));
+    let now = Instant::now();
+    let id = saved
+        .as_ref()
+        .map(|s| s.0)
+        .unwrap_or_else(|| Node::random_id(&mut rand::thread_rng(), None));
+    let mut node = Node::new(id, cfg.settings.clone(), rand::random(), now);
+    node.local_ip = Some(local.ip());
+    // A saved table of the other family (an older file) is not used.
+    let saved_nodes: Vec<NodeInfo> = saved
+        .map(|s| s.1)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.addr.is_ipv6() == local.is_ipv6())
+        .collect();
+    node.add_saved(&saved_nodes, now);
+    let (tx, rx) = mpsc::channel(256);
+    let input = mux.subscribe_krpc();
+    let cfg = DhtConfig {
+        state_file,
+        ..cfg.clone()
+    };
+    tokio::spawn(run(mux, input, node, rx, cfg, saved_nodes));
+    Ok((tx, local))
+}
+
+/// Resolves `host:port` names to addresses of one family (each bounded; failures are logged).
+async fn resolve(names: Vec<String>, v6: bool) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for n in names {
         match tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(&n)).await {
             Ok(Ok(addrs)) => {
-                let v4: Vec<SocketAddrV4> = addrs
-                    .filter_map(|a| match a {
-                        SocketAddr::V4(a) => Some(a),
-                        SocketAddr::V6(_) => None,
-                    })
-                    .collect();
-                if v4.is_empty() {
-                    tracing::warn!("DHT bootstrap node {n} has no IPv4 address");
+                let all: Vec<SocketAddr> = addrs.collect();
+                if all.is_empty() && !v6 {
+                    tracing::warn!("DHT bootstrap node {n} has no address");
                 }
-                out.extend(v4);
+                // Each node bootstraps from its own family's addresses.
+                out.extend(all.into_iter().filter(|a| a.is_ipv6() == v6));
             }
             Ok(Err(e)) => tracing::warn!("cannot resolve DHT bootstrap node {n}: {e}"),
             Err(_) => tracing::warn!("resolving DHT bootstrap node {n} timed out"),
@@ -251,8 +372,9 @@ async fn run(
 ) {
     let (boot_tx, mut boot_rx) = mpsc::channel(1);
     let names = cfg.bootstrap.clone();
+    let v6 = mux.local.is_ipv6();
     tokio::spawn(async move {
-        let _ = boot_tx.send(resolve(names).await).await;
+        let _ = boot_tx.send(resolve(names, v6).await).await;
     });
     let mut waiters: std::collections::HashMap<node::OpId, oneshot::Sender<Done>> =
         Default::default();
@@ -263,11 +385,13 @@ async fn run(
     loop {
         tokio::select! {
             d = input.recv() => match d {
-                Some((pkt, SocketAddr::V4(from))) => {
-                    tracing::trace!("DHT in from {from}: {} bytes", pkt.len());
-                    node.handle(from, &pkt, Instant::now());
+                Some((pkt, from)) => {
+                    let from = crate::krpc::canonical(from);
+                    if from.is_ipv6() == v6 {
+                        tracing::trace!("DHT in from {from}: {} bytes", pkt.len());
+                        node.handle(from, &pkt, Instant::now());
+                    }
                 }
-                Some(_) => {}
                 None => break,
             },
             cmd = rx.recv() => match cmd {
@@ -287,6 +411,8 @@ async fn run(
                         ops_running: node.ops_running(),
                         external_ip: node.external_ip,
                         bootstrap: node.bootstrap_nodes().to_vec(),
+                        local6: None,
+                        nodes6: 0,
                         stats: node.stats.clone(),
                         other_packets: mux.other.load(std::sync::atomic::Ordering::Relaxed),
                     });
@@ -314,7 +440,10 @@ async fn run(
         }
         while let Some((to, pkt)) = node.poll_transmit() {
             // A full socket buffer drops the packet, as the network would.
-            let r = sock.try_send_to(&pkt, SocketAddr::V4(to));
+            if to.is_ipv6() != v6 {
+                continue; // a node of the other family (never in this table, but told about)
+            }
+            let r = sock.try_send_to(&pkt, to);
             tracing::trace!("DHT out to {to}: {} bytes: {r:?}", pkt.len());
         }
         while let Some(d) = node.poll_event() {
@@ -334,20 +463,15 @@ impl ccbt_core::session::discovery::Discovery for Dht {
         announce: Option<u16>,
     ) -> ccbt_core::session::discovery::PeersFuture {
         let d = self.clone();
-        Box::pin(async move {
-            d.get_peers(info_hash, announce)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .map(SocketAddr::V4)
-                .collect()
-        })
+        Box::pin(async move { d.get_peers(info_hash, announce).await.unwrap_or_default() })
     }
 
-    fn external_address(&self, ip: std::net::IpAddr) {
-        if let std::net::IpAddr::V4(ip) = ip.to_canonical() {
-            // Full queue: the next renewal tells it again.
-            let _ = self.tx.try_send(Cmd::External(ip));
+    fn external_address(&self, ip: IpAddr) {
+        // Full queue: the next renewal tells it again. Each node keeps its own family's.
+        let ip = ip.to_canonical();
+        let _ = self.tx.try_send(Cmd::External(ip));
+        if let Some((tx6, _)) = &self.v6 {
+            let _ = tx6.try_send(Cmd::External(ip));
         }
     }
 }

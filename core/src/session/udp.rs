@@ -49,7 +49,19 @@ impl UdpMux {
 
     /// A socket of its own, not in the registry: gone when the last holder drops it.
     pub fn bind_unshared(addr: SocketAddr) -> std::io::Result<Arc<UdpMux>> {
-        let std_sock = std::net::UdpSocket::bind(addr)?;
+        let std_sock = if addr.is_ipv6() {
+            // IPv6 only: `[::]:port` beside the IPv4 socket on `0.0.0.0:port`, not over it.
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            s.set_only_v6(true)?;
+            s.bind(&addr.into())?;
+            std::net::UdpSocket::from(s)
+        } else {
+            std::net::UdpSocket::bind(addr)?
+        };
         std_sock.set_nonblocking(true)?;
         let sock = Arc::new(UdpSocket::from_std(std_sock)?);
         let local = sock.local_addr()?;

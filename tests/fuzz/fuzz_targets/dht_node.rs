@@ -4,7 +4,7 @@
 //! number of packets per packet received.
 use ccbt_dht::node::{ItemKind, Node, Request, Settings};
 use libfuzzer_sys::fuzz_target;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
         read_only: false,
     };
     let mut n = Node::new([7; 20], settings, 1, now);
-    let peer = |i: u8| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2 + (i & 3)), 6881);
+    // Mostly IPv4 senders, one IPv6 (BEP 32): a node meets both in a dual-stack world.
+    let peer = |i: u8| match i & 7 {
+        7 => SocketAddr::from((Ipv6Addr::LOCALHOST, 6881)),
+        _ => SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2 + (i & 3)), 6881)),
+    };
     n.set_bootstrap(vec![peer(0)]);
     n.tick(now);
     n.start(

@@ -7,20 +7,20 @@ use ed25519_dalek::{Signer, SigningKey};
 use std::collections::BinaryHeap;
 
 /// A packet in flight: (deliver at, sequence, from, to, bytes).
-type InFlight = std::cmp::Reverse<(Instant, u64, SocketAddrV4, SocketAddrV4, Vec<u8>)>;
+type InFlight = std::cmp::Reverse<(Instant, u64, SocketAddr, SocketAddr, Vec<u8>)>;
 
 struct Net {
-    nodes: BTreeMap<SocketAddrV4, Node>,
+    nodes: BTreeMap<SocketAddr, Node>,
     queue: BinaryHeap<InFlight>,
     now: Instant,
     seq: u64,
     rng: StdRng,
     loss: f64,
-    done: Vec<(SocketAddrV4, Done)>,
+    done: Vec<(SocketAddr, Done)>,
 }
 
-fn addr(i: usize) -> SocketAddrV4 {
-    SocketAddrV4::new(
+fn addr(i: usize) -> SocketAddr {
+    crate::sa4(
         Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250 + 1) as u8),
         6881,
     )
@@ -42,7 +42,7 @@ impl Net {
         for i in 0..n {
             let id = Node::random_id(&mut rng, None);
             let mut node = Node::new(id, loopback(), seed * 1000 + i as u64, now);
-            node.local_ip = Some(*addr(i).ip());
+            node.local_ip = Some(addr(i).ip());
             if i > 0 {
                 node.set_bootstrap(vec![addr(0)]);
             }
@@ -60,7 +60,7 @@ impl Net {
     }
 
     fn flush(&mut self) {
-        let addrs: Vec<SocketAddrV4> = self.nodes.keys().copied().collect();
+        let addrs: Vec<SocketAddr> = self.nodes.keys().copied().collect();
         for a in addrs {
             let node = self.nodes.get_mut(&a).unwrap();
             while let Some((to, pkt)) = node.poll_transmit() {
@@ -165,7 +165,7 @@ fn a_network_bootstraps_announces_and_finds_peers_despite_loss() {
         panic!()
     };
     assert!(
-        peers.contains(&SocketAddrV4::new(*addr(7).ip(), 7007)),
+        peers.contains(&SocketAddr::new(addr(7).ip(), 7007)),
         "{peers:?}"
     );
     // A lookup in a 60-node network costs a few dozen queries, not the network.
@@ -288,7 +288,7 @@ fn two_nodes_find_each_other() {
     assert_eq!(
         d.outcome,
         Outcome::Peers {
-            peers: vec![SocketAddrV4::new(*addr(0).ip(), 9000)],
+            peers: vec![SocketAddr::new(addr(0).ip(), 9000)],
             announced: 0
         }
     );
@@ -314,7 +314,7 @@ fn two_nodes_find_each_other() {
 fn floods_unsolicited_replies_and_garbage_are_bounded() {
     let now = Instant::now();
     let mut n = Node::new([1; 20], Settings::default(), 5, now);
-    let attacker = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 1234);
+    let attacker = crate::sa4(Ipv4Addr::new(10, 0, 0, 9), 1234);
     let ping = Message {
         tid: b"aa".to_vec(),
         id: Some([2; 20]),
@@ -370,7 +370,7 @@ fn floods_unsolicited_replies_and_garbage_are_bounded() {
 fn a_reply_from_the_wrong_address_is_not_accepted() {
     let now = Instant::now();
     let mut n = Node::new([1; 20], loopback(), 6, now);
-    let real = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 5000);
+    let real = crate::sa4(Ipv4Addr::new(127, 0, 0, 2), 5000);
     let op = n.start(Request::Ping(real), now);
     let (to, pkt) = n.poll_transmit().unwrap();
     assert_eq!(to, real);
@@ -383,11 +383,7 @@ fn a_reply_from_the_wrong_address_is_not_accepted() {
         body: Body::Response(Response::default()),
     }
     .encode();
-    n.handle(
-        SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 3), 5000),
-        &forged,
-        now,
-    );
+    n.handle(crate::sa4(Ipv4Addr::new(127, 0, 0, 3), 5000), &forged, now);
     assert!(n.poll_event().is_none());
     n.handle(real, &forged, now);
     let d = n.poll_event().unwrap();
@@ -440,10 +436,10 @@ fn an_early_operation_runs_as_soon_as_the_table_has_a_node() {
 fn bep42_id_follows_the_voted_external_address() {
     let now = Instant::now();
     let mut n = Node::new([0x11; 20], Settings::default(), 9, now);
-    let public = Ipv4Addr::new(124, 31, 75, 21);
+    let public = IpAddr::V4(Ipv4Addr::new(124, 31, 75, 21));
     assert!(!bep42::conforms(public, &n.id()));
     for i in 0..3u8 {
-        let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i + 1), 6881);
+        let from = crate::sa4(Ipv4Addr::new(10, 0, 0, i + 1), 6881);
         n.start(Request::Ping(from), now);
         let (_, pkt) = n.poll_transmit().unwrap();
         let q = Message::decode(&pkt).unwrap();
@@ -451,7 +447,7 @@ fn bep42_id_follows_the_voted_external_address() {
             tid: q.tid,
             id: Some([i + 1; 20]),
             read_only: false,
-            your_ip: Some(SocketAddrV4::new(public, 6881)),
+            your_ip: Some(SocketAddr::new(public, 6881)),
             body: Body::Response(Response::default()),
         };
         n.handle(from, &reply.encode(), now);
@@ -466,7 +462,7 @@ fn bep42_id_follows_the_voted_external_address() {
 fn external_address_from_port_mapping_sets_a_conforming_id() {
     let now = Instant::now();
     let mut n = Node::new([0x11; 20], Settings::default(), 9, now);
-    let public = Ipv4Addr::new(124, 31, 75, 21);
+    let public = IpAddr::V4(Ipv4Addr::new(124, 31, 75, 21));
     n.set_external_ip(public, now);
     assert_eq!(n.external_ip, Some(public));
     assert!(bep42::conforms(public, &n.id()));
