@@ -83,6 +83,9 @@ pub struct Dht {
     tx: mpsc::Sender<Cmd>,
     local: SocketAddr,
     v6: Option<(mpsc::Sender<Cmd>, SocketAddr)>,
+    /// Routing-table sizes of the IPv4 and IPv6 nodes (written by their tasks every tick): an
+    /// operation does not wait for a node whose table is empty.
+    sizes: Arc<[std::sync::atomic::AtomicUsize; 2]>,
 }
 
 /// The IPv6 address to bind beside an IPv4 one: loopback beside loopback (tests), any beside
@@ -123,19 +126,25 @@ impl Dht {
             }
             a => a,
         };
-        let (tx, local) = start_node(&cfg, bind4, cfg.state_file.clone())?;
+        let sizes: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::new(Default::default());
+        let (tx, local) = start_node(&cfg, bind4, cfg.state_file.clone(), (sizes.clone(), 0))?;
         // The IPv6 node is a bonus: a host without IPv6 runs the IPv4 one alone.
-        let v6 =
-            v6_bind(SocketAddr::from((bind4.ip(), local.port()))).and_then(|b| {
-                match start_node(&cfg, b, cfg.state_file.as_deref().map(state6)) {
-                    Ok(x) => Some(x),
-                    Err(e) => {
-                        tracing::debug!("no IPv6 DHT node: {e}");
-                        None
-                    }
+        let v6 = v6_bind(SocketAddr::from((bind4.ip(), local.port()))).and_then(|b| {
+            let state = cfg.state_file.as_deref().map(state6);
+            match start_node(&cfg, b, state, (sizes.clone(), 1)) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    tracing::debug!("no IPv6 DHT node: {e}");
+                    None
                 }
-            });
-        Ok(Dht { tx, local, v6 })
+            }
+        });
+        Ok(Dht {
+            tx,
+            local,
+            v6,
+            sizes,
+        })
     }
 
     /// The IPv6 node's address, if it runs.
@@ -157,14 +166,30 @@ impl Dht {
         }
     }
 
-    /// Runs `req` on both nodes at once (the IPv6 one when it runs).
+    fn has_nodes(&self, family: usize) -> bool {
+        self.sizes[family].load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Runs `req` on both nodes at once (the IPv6 one when it runs). When one finishes, the
+    /// other is waited for only if its table holds nodes (an empty node would sit out its wait
+    /// for a bootstrap that may never come, as an IPv6 node with only IPv4 routers does).
     async fn both(&self, req: Request) -> Result<(Done, Option<Done>), DhtError> {
-        match &self.v6 {
-            None => Ok((op(&self.tx, req).await?, None)),
-            Some((tx6, _)) => {
-                let (a, b) = tokio::join!(op(&self.tx, req.clone()), op(tx6, req));
-                Ok((a?, b.ok()))
+        let Some((tx6, _)) = &self.v6 else {
+            return Ok((op(&self.tx, req).await?, None));
+        };
+        let f4 = op(&self.tx, req.clone());
+        let f6 = op(tx6, req);
+        tokio::pin!(f4, f6);
+        tokio::select! {
+            a = &mut f4 => {
+                let a = a?;
+                let b = if self.has_nodes(1) { f6.await.ok() } else { None };
+                Ok((a, b))
             }
+            b = &mut f6 => match b {
+                Ok(b) if !self.has_nodes(0) => Ok((b, None)),
+                b => Ok((f4.await?, b.ok())),
+            },
         }
     }
 
@@ -291,10 +316,14 @@ async fn status_of(tx: &mpsc::Sender<Cmd>) -> Result<Status, DhtError> {
 }
 
 /// Binds a node's socket (the listen port's, shared with uTP) and starts its task.
+/// The table-size slot a node's task writes: (the shared sizes, its index).
+type SizeSlot = (Arc<[std::sync::atomic::AtomicUsize; 2]>, usize);
+
 fn start_node(
     cfg: &DhtConfig,
     bind: SocketAddr,
     state_file: Option<PathBuf>,
+    size: SizeSlot,
 ) -> Result<(mpsc::Sender<Cmd>, SocketAddr), DhtError> {
     let mux =
         ccbt_core::session::udp::UdpMux::get_or_bind(bind).map_err(|e| DhtError::Bind(bind, e))?;
@@ -324,7 +353,7 @@ fn start_node(
         state_file,
         ..cfg.clone()
     };
-    tokio::spawn(run(mux, input, node, rx, cfg, saved_nodes));
+    tokio::spawn(run(mux, input, node, rx, cfg, saved_nodes, size));
     Ok((tx, local))
 }
 
@@ -369,6 +398,7 @@ async fn run(
     mut rx: mpsc::Receiver<Cmd>,
     cfg: DhtConfig,
     saved: Vec<NodeInfo>,
+    size: SizeSlot,
 ) {
     let (boot_tx, mut boot_rx) = mpsc::channel(1);
     let names = cfg.bootstrap.clone();
@@ -432,6 +462,7 @@ async fn run(
             }
             _ = tick.tick() => {
                 node.tick(Instant::now());
+                size.0[size.1].store(node.table.len(), std::sync::atomic::Ordering::Relaxed);
                 if last_save.elapsed() >= SAVE_EVERY {
                     last_save = Instant::now();
                     save_to(&cfg.state_file, &node);
