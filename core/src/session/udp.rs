@@ -49,19 +49,22 @@ impl UdpMux {
 
     /// A socket of its own, not in the registry: gone when the last holder drops it.
     pub fn bind_unshared(addr: SocketAddr) -> std::io::Result<Arc<UdpMux>> {
-        let std_sock = if addr.is_ipv6() {
-            // IPv6 only: `[::]:port` beside the IPv4 socket on `0.0.0.0:port`, not over it.
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV6,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )?;
-            s.set_only_v6(true)?;
-            s.bind(&addr.into())?;
-            std::net::UdpSocket::from(s)
+        let domain = if addr.is_ipv6() {
+            socket2::Domain::IPV6
         } else {
-            std::net::UdpSocket::bind(addr)?
+            socket2::Domain::IPV4
         };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if addr.is_ipv6() {
+            // IPv6 only: `[::]:port` beside the IPv4 socket on `0.0.0.0:port`, not over it.
+            s.set_only_v6(true)?;
+        }
+        // uTP bursts (a window's worth after one ACK) overflow the default receive buffer on a
+        // long path; ask for more (the kernel caps it at net.core.rmem_max).
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+        s.bind(&addr.into())?;
+        let std_sock = std::net::UdpSocket::from(s);
         std_sock.set_nonblocking(true)?;
         let sock = Arc::new(UdpSocket::from_std(std_sock)?);
         let local = sock.local_addr()?;
