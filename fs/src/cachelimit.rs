@@ -81,8 +81,8 @@ impl CacheLimit {
                     r.chunks,
                     r.bytes
                 );
-                let mut u = self.uses.lock().unwrap();
-                u.retain(|h, _| node.shares.store.chunk_len(h).ok().flatten().is_some());
+                let gone: HashSet<[u8; 32]> = r.evicted.into_iter().collect();
+                self.uses.lock().unwrap().retain(|h, _| !gone.contains(h));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("cache limit: cannot evict: {e}"),

@@ -167,11 +167,7 @@ impl History {
                 let seq = version_of(ino).ok_or(Errno::ENOENT)?;
                 let t = &self.versions[&seq];
                 for (name, c) in &n.children {
-                    let k = match t.nodes.get(c).map(|x| x.kind) {
-                        Some(Kind::Dir) => FileType::Directory,
-                        Some(Kind::Link) => FileType::Symlink,
-                        _ => FileType::RegularFile,
-                    };
+                    let k = crate::inode::dirent_type(t.nodes.get(c).map(|x| x.kind));
                     items.push((global(seq, *c), k, name.clone()));
                 }
             }

@@ -223,6 +223,15 @@ pub(crate) struct Tree {
     pub seq: u64,
 }
 
+/// The type `readdir` reports for an entry of this kind.
+pub(crate) fn dirent_type(kind: Option<Kind>) -> FileType {
+    match kind {
+        Some(Kind::Dir) => FileType::Directory,
+        Some(Kind::Link) => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
 /// A name that may become a directory entry.
 pub(crate) fn check_name(n: &str) -> Result<(), Errno> {
     if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {

@@ -7,7 +7,7 @@
 //! whiteouts (EINVAL).
 
 use crate::history;
-use crate::inode::{check_name, Content, Inode, Special, ROOT};
+use crate::inode::{check_name, dirent_type, Content, Inode, Special, ROOT};
 use crate::overlay::{self, Overlay};
 use crate::read::{errno, io_errno};
 use crate::{fill_dir, Handle, ShareFs, Shared, State};
@@ -691,11 +691,7 @@ impl Filesystem for ShareFs {
         items.push((ino.0, FileType::Directory, ".".into()));
         items.push((parent, FileType::Directory, "..".into()));
         for (name, c) in &n.children {
-            let k = match st.tree.nodes.get(c).map(|x| x.kind) {
-                Some(Kind::Dir) => FileType::Directory,
-                Some(Kind::Link) => FileType::Symlink,
-                _ => FileType::RegularFile,
-            };
+            let k = dirent_type(st.tree.nodes.get(c).map(|x| x.kind));
             items.push((*c, k, name.clone()));
         }
         if ino.0 == ROOT

@@ -386,15 +386,6 @@ pub fn log(shares: &Shares, id: &ShareId) -> Result<Vec<Summary>> {
     Ok(out)
 }
 
-/// Entries of `old` at `path` (the entry itself and, for a directory, everything under it).
-fn under<'a>(entries: &'a [Entry], path: &str) -> impl Iterator<Item = &'a Entry> + 'a {
-    let prefix = format!("{path}/");
-    let path = path.to_string();
-    entries
-        .iter()
-        .filter(move |e| e.path == path || e.path.starts_with(&prefix))
-}
-
 /// The listing of a restore: `current` with `path` (or everything, when `None`) as it was in
 /// `old`. Parent directories a restored entry needs are taken from `old` too.
 pub fn restored_listing(current: &[Entry], old: &[Entry], path: Option<&str>) -> Vec<Entry> {
@@ -406,7 +397,7 @@ pub fn restored_listing(current: &[Entry], old: &[Entry], path: Option<&str>) ->
         .filter(|e| e.path != path && !e.path.starts_with(&format!("{path}/")))
         .map(|e| (e.path.as_bytes().to_vec(), e.clone()))
         .collect();
-    let restored: Vec<&Entry> = under(old, path).collect();
+    let restored: Vec<&Entry> = crate::listing::under(old, path).collect();
     if !restored.is_empty() {
         // Parents: as in `old`, unless the current tree has them.
         let mut p = path;

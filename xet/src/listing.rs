@@ -196,6 +196,16 @@ fn entry_from(i: usize, item: &Value) -> Result<Entry, ListingError> {
     })
 }
 
+/// The entries at `path` in a listing: the entry itself and, for a directory, everything under
+/// it ("" is the whole listing).
+pub fn under<'a>(entries: &'a [Entry], path: &str) -> impl Iterator<Item = &'a Entry> + 'a {
+    let path = path.trim_matches('/').to_string();
+    let prefix = format!("{path}/");
+    entries
+        .iter()
+        .filter(move |e| path.is_empty() || e.path == path || e.path.starts_with(&prefix))
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, ListingError> {
     let bad = |m: String| ListingError::Malformed(m);
     let v = bencode::decode(bytes).map_err(|e| bad(e.to_string()))?;

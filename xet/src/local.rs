@@ -82,14 +82,13 @@ fn file_chunks(store: &Store, root: [u8; 32], size: u64, out: &mut HashSet<[u8; 
     }
 }
 
-/// The entries of `listing` at `path` ("" = all): the entry and everything under it.
-fn select<'a>(listing: &'a [Entry], path: &str) -> Vec<&'a Entry> {
-    let path = path.trim_matches('/');
-    let prefix = format!("{path}/");
-    listing
-        .iter()
-        .filter(|e| path.is_empty() || e.path == path || e.path.starts_with(&prefix))
-        .collect()
+/// `paths`, or the whole share ("") when none is given.
+fn paths_or_all(paths: &[String]) -> Vec<String> {
+    if paths.is_empty() {
+        vec![String::new()]
+    } else {
+        paths.to_vec()
+    }
 }
 
 /// A pin: a path of a share's version (the head travels with the pin, so a follower that keeps
@@ -136,8 +135,7 @@ fn pinned_entries(shares: &Shares) -> Vec<(ShareId, Entry)> {
             continue;
         };
         out.extend(
-            select(&listing, &path)
-                .into_iter()
+            crate::listing::under(&listing, &path)
                 .filter(|e| e.kind == Kind::File)
                 .map(|e| (id, e.clone())),
         );
@@ -148,15 +146,10 @@ fn pinned_entries(shares: &Shares) -> Vec<(ShareId, Entry)> {
 /// The files of version `head` at `paths` ("" or none: everything); its listing must be local.
 pub fn files_at(shares: &Shares, head: &Head, paths: &[String]) -> Result<Vec<Entry>> {
     let listing = shares.listing(head)?;
-    let paths = if paths.is_empty() {
-        vec![String::new()]
-    } else {
-        paths.to_vec()
-    };
     let mut files = Vec::new();
-    for p in &paths {
+    for p in &paths_or_all(paths) {
         let p = p.trim_matches('/');
-        let sel = select(&listing, p);
+        let sel: Vec<&Entry> = crate::listing::under(&listing, p).collect();
         if sel.is_empty() {
             return Err(ShareError::Invalid(format!(
                 "{p:?} is not in version {} of share {}",
@@ -174,12 +167,7 @@ pub fn files_at(shares: &Shares, head: &Head, paths: &[String]) -> Result<Vec<En
 pub fn pin(shares: &Shares, head: &Head, follow: bool, paths: &[String]) -> Result<Vec<Entry>> {
     let id = &head.share_id();
     let files = files_at(shares, head, paths)?;
-    let paths = if paths.is_empty() {
-        vec![String::new()]
-    } else {
-        paths.to_vec()
-    };
-    for p in &paths {
+    for p in &paths_or_all(paths) {
         shares
             .store
             .put_file_pin(id, p.trim_matches('/'), follow, &head.encode())?;
@@ -190,12 +178,7 @@ pub fn pin(shares: &Shares, head: &Head, follow: bool, paths: &[String]) -> Resu
 /// Removes pins; returns how many there were.
 pub fn unpin(shares: &Shares, id: &ShareId, paths: &[String]) -> Result<usize> {
     let mut n = 0;
-    let paths = if paths.is_empty() {
-        vec![String::new()]
-    } else {
-        paths.to_vec()
-    };
-    for p in paths {
+    for p in paths_or_all(paths) {
         n += shares.store.delete_file_pin(id, p.trim_matches('/'))? as usize;
     }
     Ok(n)
@@ -238,6 +221,8 @@ pub struct EvictReport {
     pub bytes: u64,
     /// Files left local because a pin keeps them.
     pub pinned: u64,
+    /// The chunks dropped (a cache that tracks them lets them go).
+    pub evicted: Vec<[u8; 32]>,
 }
 
 /// Drops the local chunks of `paths` (none: every file) of version `head` (the newest known),
@@ -258,24 +243,7 @@ pub fn evict(
             head.seq
         )));
     }
-    let listing = shares.listing(head)?;
-    let mut files: Vec<&Entry> = Vec::new();
-    if paths.is_empty() {
-        files.extend(listing.iter().filter(|e| e.kind == Kind::File));
-    } else {
-        for p in paths {
-            let sel = select(&listing, p);
-            if sel.is_empty() {
-                return Err(ShareError::Invalid(format!(
-                    "{:?} is not in version {} of share {}",
-                    p.trim_matches('/'),
-                    head.seq,
-                    share_id_hex(id)
-                )));
-            }
-            files.extend(sel.into_iter().filter(|e| e.kind == Kind::File));
-        }
-    }
+    let files = files_at(shares, head, paths)?;
     let keep = protected(shares, peer_holds);
     let mut r = EvictReport::default();
     let mut drop = HashSet::new();
@@ -298,6 +266,7 @@ pub fn evict(
     let (n, bytes) = shares.store.delete_chunks(&drop)?;
     r.chunks = n;
     r.bytes = bytes;
+    r.evicted = drop;
     Ok(r)
 }
 
@@ -341,6 +310,7 @@ pub fn enforce_limit(
     let (n, bytes) = shares.store.delete_chunks(&drop)?;
     r.chunks = n;
     r.bytes = bytes;
+    r.evicted = drop;
     Ok(r)
 }
 
