@@ -190,6 +190,7 @@ mod tests {
             mtime: 5,
             target: None,
             mode: None,
+            stamp: None,
         }
     }
 

@@ -123,6 +123,7 @@ impl Inode {
             mtime: secs(self.mtime),
             target: self.target.clone(),
             mode: (self.kind != Kind::Link && perm != default).then_some(perm),
+            stamp: None,
         }
     }
 
@@ -289,6 +290,7 @@ impl Tree {
                             mtime: e.mtime,
                             target: None,
                             mode: None,
+                            stamp: None,
                         })
                     });
                     t.link(parent, c, pi);
@@ -505,6 +507,7 @@ mod tests {
             mtime: 1_700_000_000,
             target: (kind == Kind::Link).then(|| "t".into()),
             mode: None,
+            stamp: None,
         }
     }
 

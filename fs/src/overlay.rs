@@ -218,6 +218,7 @@ pub(crate) fn decode_state(b: &[u8]) -> Option<Vec<Saved>> {
             mtime: secs(mtime),
             target: d.get(b"t").and_then(Value::as_str).map(str::to_string),
             mode: None,
+            stamp: None,
         };
         if !entry.path.is_empty() {
             listing::check_path(&entry.path).ok()?;

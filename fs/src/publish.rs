@@ -115,15 +115,14 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
             .commit_next(
                 key,
                 &share,
-                HeadValue {
-                    root: listing_root.0,
-                    size: entries.iter().map(|e| e.size).sum(),
-                    time: SystemTime::now()
+                // An edit through the mount is not the torrent a previous version named (no `ih`).
+                HeadValue::new(
+                    listing_root.0,
+                    entries.iter().map(|e| e.size).sum(),
+                    SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs() as i64),
-                    // An edit through the mount is not the torrent a previous version named.
-                    ih: None,
-                },
+                ),
                 nodes,
             )
             .map_err(|e| e.to_string())?;

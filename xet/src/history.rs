@@ -437,14 +437,13 @@ pub fn commit_listing(shares: &Shares, id: &ShareId, entries: &[Entry]) -> Resul
     shares.commit_next(
         &key,
         id,
-        crate::head::HeadValue {
-            root: listing_root.0,
+        crate::head::HeadValue::new(
+            listing_root.0,
             size,
-            time: std::time::SystemTime::now()
+            std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
-            ih: None,
-        },
+        ),
         nodes,
     )
 }
@@ -463,6 +462,7 @@ mod tests {
             mtime: 1,
             target: None,
             mode: None,
+            stamp: None,
         }
     }
 
@@ -476,6 +476,7 @@ mod tests {
             mtime: 1,
             target: None,
             mode: None,
+            stamp: None,
         }
     }
 

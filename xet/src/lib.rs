@@ -26,6 +26,7 @@ pub mod spare;
 pub mod sync;
 pub mod tree;
 pub mod wire;
+pub mod writers;
 
 pub use file::{
     hash_bytes, hash_file_parallel, hash_reader, hash_reader_parallel, ChunkInfo, FileDigest,

@@ -10,6 +10,19 @@ pub enum Kind {
     Link,
 }
 
+/// Who changed an entry last, in a share with several writers (docs/formats.md): the writer
+/// (first 8 bytes of its key), its version that made the change, that version's time; `gone`
+/// marks a deletion (a tombstone, kept so the deletion merges like any change). Optional keys
+/// `w`, `q`, `c` of an entry; a tombstone has type `x`. Entries of single-writer versions carry
+/// none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stamp {
+    pub c: i64,
+    pub w: [u8; 8],
+    pub q: u64,
+    pub gone: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Relative, `/`-separated, UTF-8.
@@ -27,9 +40,45 @@ pub struct Entry {
     /// implies (0644 or 0755 for files, 0755 for dirs). Optional key `o`: readers that do not know
     /// it ignore it. Set-id and sticky bits and owners are never published (docs/architecture.md).
     pub mode: Option<u32>,
+    /// The last change (several writers only).
+    pub stamp: Option<Stamp>,
 }
 
 impl Entry {
+    /// A deletion marker, not a file.
+    pub fn is_gone(&self) -> bool {
+        self.stamp.is_some_and(|s| s.gone)
+    }
+
+    /// A tombstone for `path`.
+    pub fn tombstone(path: String, mut stamp: Stamp) -> Entry {
+        stamp.gone = true;
+        Entry {
+            path,
+            kind: Kind::File,
+            size: 0,
+            root: [0; 32],
+            executable: false,
+            mtime: stamp.c,
+            target: None,
+            mode: None,
+            stamp: Some(stamp),
+        }
+    }
+
+    /// Same content and metadata (the stamp aside).
+    pub fn same_as(&self, o: &Entry) -> bool {
+        self.path == o.path
+            && self.kind == o.kind
+            && self.size == o.size
+            && self.root == o.root
+            && self.executable == o.executable
+            && self.mtime == o.mtime
+            && self.target == o.target
+            && self.mode == o.mode
+            && self.is_gone() == o.is_gone()
+    }
+
     /// The permission bits a mount shows for this entry.
     pub fn perm(&self) -> u32 {
         match (self.mode, self.kind) {
@@ -66,6 +115,7 @@ fn entry_value(e: &Entry) -> OwnedValue {
         (
             "t",
             OwnedValue::bytes(match e.kind {
+                _ if e.is_gone() => "x",
                 Kind::File => "f",
                 Kind::Dir => "d",
                 Kind::Link => "l",
@@ -81,6 +131,11 @@ fn entry_value(e: &Entry) -> OwnedValue {
     }
     if let Some(m) = e.mode {
         d.push(("o", OwnedValue::Int((m & 0o777) as i64)));
+    }
+    if let Some(st) = e.stamp {
+        d.push(("c", OwnedValue::Int(st.c)));
+        d.push(("q", OwnedValue::Int(st.q as i64)));
+        d.push(("w", OwnedValue::bytes(st.w.to_vec())));
     }
     OwnedValue::dict(d)
 }
@@ -141,6 +196,7 @@ pub fn decode_piece(bytes: &[u8], first: bool, last: bool) -> Result<Vec<Entry>,
         out.push(entry_from(out.len(), &v)?);
         b = &b[used..];
     }
+    out.retain(|e| !e.is_gone());
     Ok(out)
 }
 
@@ -160,12 +216,32 @@ fn entry_from(i: usize, item: &Value) -> Result<Entry, ListingError> {
         .ok_or_else(|| bad(format!("entry {i}: 'p' missing or not UTF-8")))?
         .to_string();
     check_path(&path)?;
-    let kind = match get("t").and_then(Value::as_bytes) {
-        Some(b"f") => Kind::File,
-        Some(b"d") => Kind::Dir,
-        Some(b"l") => Kind::Link,
+    let (kind, gone) = match get("t").and_then(Value::as_bytes) {
+        Some(b"f") => (Kind::File, false),
+        Some(b"d") => (Kind::Dir, false),
+        Some(b"l") => (Kind::Link, false),
+        Some(b"x") => (Kind::File, true),
         _ => return Err(bad(format!("entry {path:?}: bad type"))),
     };
+    let stamp = match (get("c"), get("q"), get("w")) {
+        (None, None, None) => None,
+        (Some(c), Some(q), Some(w)) => Some(Stamp {
+            c: c
+                .as_int()
+                .ok_or_else(|| bad(format!("entry {path:?}: bad 'c'")))?,
+            q: q.as_int()
+                .filter(|q| *q >= 0)
+                .ok_or_else(|| bad(format!("entry {path:?}: bad 'q'")))? as u64,
+            w: w.as_bytes()
+                .and_then(|w| w.try_into().ok())
+                .ok_or_else(|| bad(format!("entry {path:?}: 'w' is not 8 bytes")))?,
+            gone,
+        }),
+        _ => return Err(bad(format!("entry {path:?}: partial stamp"))),
+    };
+    if gone && stamp.is_none() {
+        return Err(bad(format!("tombstone {path:?} has no stamp")));
+    }
     let size = int("s")?;
     if size < 0 {
         return Err(bad(format!("entry {path:?}: negative size")));
@@ -193,6 +269,7 @@ fn entry_from(i: usize, item: &Value) -> Result<Entry, ListingError> {
         mtime: int("m")?,
         target,
         mode: get("o").and_then(Value::as_int).map(|m| (m & 0o777) as u32),
+        stamp: None,
     })
 }
 
@@ -206,7 +283,15 @@ pub fn under<'a>(entries: &'a [Entry], path: &str) -> impl Iterator<Item = &'a E
         .filter(move |e| path.is_empty() || e.path == path || e.path.starts_with(&prefix))
 }
 
+/// A listing's files, directories and links (tombstones left out).
 pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>, ListingError> {
+    let mut v = decode_all(bytes)?;
+    v.retain(|e| !e.is_gone());
+    Ok(v)
+}
+
+/// Every entry, tombstones included (for merging writers).
+pub fn decode_all(bytes: &[u8]) -> Result<Vec<Entry>, ListingError> {
     let bad = |m: String| ListingError::Malformed(m);
     let v = bencode::decode(bytes).map_err(|e| bad(e.to_string()))?;
     let list = v.as_list().ok_or_else(|| bad("not a list".into()))?;
@@ -237,6 +322,7 @@ mod tests {
             mtime: 1,
             target: (kind == Kind::Link).then(|| "x".into()),
             mode: None,
+            stamp: None,
         }
     }
 
@@ -252,6 +338,20 @@ mod tests {
             let l = vec![e(bad, Kind::File)];
             assert!(decode(&encode(&l)).is_err(), "{bad}");
         }
+        // Stamps and tombstones (several writers): `decode` leaves tombstones out.
+        let st = Stamp {
+            c: 5,
+            w: [1; 8],
+            q: 2,
+            gone: false,
+        };
+        let mut s = vec![e("a", Kind::File), Entry::tombstone("b".into(), st)];
+        s[0].stamp = Some(st);
+        let enc = encode(&s);
+        assert_eq!(decode_all(&enc).unwrap(), s);
+        assert_eq!(decode(&enc).unwrap(), s[..1]);
+        let no_stamp = format!("ld1:md1:p1:a1:r32:{}1:si0e1:t1:x1:xi0eee", "0".repeat(32));
+        assert!(decode_all(no_stamp.replace("d1:md", "d1:mi1e").as_bytes()).is_err());
         let unsorted = vec![e("b", Kind::File), e("a", Kind::File)];
         assert!(decode(&encode(&unsorted)).is_err());
         let dup = vec![e("a", Kind::File), e("a", Kind::File)];

@@ -415,10 +415,8 @@ impl Shares {
             &key,
             seq,
             HeadValue {
-                root: listing_root.0,
-                size: logical,
-                time: now(),
                 ih,
+                ..HeadValue::new(listing_root.0, logical, now())
             },
         );
         self.commit_head(&id, &head, nodes, Some(binding_key))?;
@@ -750,6 +748,7 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<Scanned>, warnings: &mut Vec<Stri
             mtime: mtime_of(&m),
             target: None,
             mode: None,
+            stamp: None,
         };
         if ft.is_dir() {
             entry.kind = Kind::Dir;
