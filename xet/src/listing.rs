@@ -269,7 +269,7 @@ fn entry_from(i: usize, item: &Value) -> Result<Entry, ListingError> {
         mtime: int("m")?,
         target,
         mode: get("o").and_then(Value::as_int).map(|m| (m & 0o777) as u32),
-        stamp: None,
+        stamp,
     })
 }
 
