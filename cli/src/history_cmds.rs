@@ -42,13 +42,24 @@ pub struct LogArgs {
 pub fn log(ctx: &Ctx, a: LogArgs) -> Result<()> {
     let (id, _) = parse_id_seq(&a.share)?;
     let shares = open_for_reading(ctx)?;
-    let log = history::log(&shares, &id)?;
+    let mut log = history::log(&shares, &id)?;
+    // Several writers: each writer's versions too (its own seqs), in time order; the author
+    // column tells them apart.
+    let newest = shares.head(&id, None)?;
+    let owner_key = newest.public_key;
+    if !newest.value.writers.is_empty() || !shares.feeds(&id)?.is_empty() {
+        for w in shares.feeds(&id)? {
+            log.extend(history::log(&shares, &w.feed_id())?);
+        }
+        log.sort_by_key(|s| (s.time, s.author != owner_key, s.author, s.seq));
+    }
     if ctx.json {
         let v: Vec<_> = log
             .iter()
             .map(|s| {
                 json!({
-                    "seq": s.seq, "time": s.time, "author": to_hex(&s.author), "base": s.base,
+                    "seq": s.seq, "time": s.time, "author": to_hex(&s.author),
+                    "writer": s.author != owner_key, "base": s.base,
                     "files": s.files, "size": s.size, "added": s.added, "removed": s.removed,
                     "modified": s.modified, "renamed": s.renamed, "bytes_changed": s.bytes,
                     "complete": !s.incomplete,

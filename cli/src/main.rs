@@ -26,6 +26,7 @@ mod progress;
 mod share_cmds;
 mod sync_cmds;
 mod torrent_cmds;
+mod writer_cmds;
 mod xet_cmds;
 
 use clap::{Parser, Subcommand};
@@ -88,6 +89,11 @@ pub enum Command {
     Restore(history_cmds::RestoreArgs),
     /// List the shares in the data dir
     Shares,
+    /// Several writers: authorize or remove writer keys of a share, list them
+    #[command(subcommand)]
+    Share(writer_cmds::ShareCmd),
+    /// This node's writer key (made on first use): give it to a share's owner
+    Keygen,
     /// Keep files of a share local (fetched in the background); ID@SEQ also keeps that version
     /// through `ccbt cas gc`
     Pin(pin_cmds::PinArgs),
@@ -404,6 +410,8 @@ fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Diff(a) => history_cmds::diff(ctx, a),
         Command::Restore(a) => history_cmds::restore(ctx, a),
         Command::Shares => share_cmds::list(ctx),
+        Command::Share(c) => writer_cmds::share_cmd(ctx, c),
+        Command::Keygen => writer_cmds::keygen(ctx),
         Command::Pin(a) => pin_cmds::pin(ctx, a),
         Command::Unpin(a) => pin_cmds::unpin(ctx, a),
         Command::Evict(a) => pin_cmds::evict(ctx, a),

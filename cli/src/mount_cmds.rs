@@ -246,7 +246,6 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
         None => head,
     };
     let cfg = mount_config(&ctx.config.fs, &ctx.data_dir, id, frozen.is_some());
-    let owner = frozen.is_none() && node.shares.signing_key(&id).ok().flatten().is_some();
     let m = mount(
         node.xet.clone(),
         rt.handle().clone(),
@@ -255,6 +254,7 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
         cfg,
     )
     .with_context(|| format!("cannot mount on {}", a.dir.display()))?;
+    let owner = m.writable();
     if !ctx.quiet {
         eprintln!(
             "mounted share {} version {} on {} ({}); Ctrl-C or `ccbt unmount {}` to stop",

@@ -31,6 +31,7 @@ mod filecache;
 pub mod follow;
 mod history;
 pub mod inode;
+mod multi;
 mod ops;
 pub mod overlay;
 pub mod passthrough;
@@ -107,6 +108,8 @@ pub(crate) struct State {
     pub opened_roots: HashMap<u64, XetHash>,
     /// Old versions under `.ccbt/history`.
     pub history: history::History,
+    /// A share with writers: the merged view the tree shows.
+    pub view: Option<multi::View>,
 }
 
 impl State {
@@ -138,7 +141,9 @@ impl State {
 pub(crate) struct Shared {
     pub reader: read::Reader,
     pub cfg: MountConfig,
+    /// The key this mount publishes with: the owner's, or (`writer`) an authorized writer's.
     pub key: Option<ed25519_dalek::SigningKey>,
+    pub writer: bool,
     pub state: Mutex<State>,
     pub next_fh: AtomicU64,
     /// Owner: a publish is wanted (and when the last change happened).
@@ -286,6 +291,11 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// Changes are published (the owner's mount, or an authorized writer's).
+    pub fn writable(&self) -> bool {
+        self.shared.owner()
+    }
+
     /// The version the mount shows.
     pub fn seq(&self) -> u64 {
         self.shared.state().tree.seq
@@ -333,11 +343,21 @@ pub fn mount(
     dir: &Path,
     cfg: MountConfig,
 ) -> std::io::Result<Mounted> {
-    let key = if cfg.frozen {
+    let mut key = if cfg.frozen {
         None
     } else {
         node.shares.signing_key(&cfg.share).ok().flatten()
     };
+    // An authorized writer's mount is writable too (its versions are its own).
+    let mut writer = false;
+    if key.is_none() && !cfg.frozen {
+        if let Ok(Some(w)) = node.shares.writer_key(false) {
+            if head.value.writers.contains(&w.verifying_key().to_bytes()) {
+                key = Some(w);
+                writer = true;
+            }
+        }
+    }
     let cache = filecache::FileCache::new(cfg.file_cache_dir.clone(), cfg.file_cache_bytes);
     let mut reader = read::Reader::new(node, rt, cfg.share, cfg.read_timeout);
     reader.limit = Arc::new(cachelimit::CacheLimit::new(cfg.cache_limit));
@@ -351,8 +371,10 @@ pub fn mount(
     };
     let now = SystemTime::now();
     let had_state = recovered.is_some();
+    let multi = !head.value.writers.is_empty() && !cfg.frozen;
     let tree = match recovered {
         Some(saved) => overlay::restore(&mut inos, head.seq, saved, now),
+        None if multi => Tree::build(&mut inos, head.seq, &[], !owner, now),
         None => {
             let entries = reader.load_listing(&head).map_err(|e| {
                 std::io::Error::other(format!("cannot load the share's listing ({e:?})"))
@@ -360,10 +382,17 @@ pub fn mount(
             Tree::build(&mut inos, head.seq, &entries, !owner, now)
         }
     };
+    // A writable tree restored from its state file goes on from the view it was built from.
+    let view = if multi && had_state {
+        multi::load_view(&cfg.overlay_dir, &reader)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         reader,
         cfg,
         key,
+        writer,
         state: Mutex::new(State {
             tree,
             inos,
@@ -374,6 +403,7 @@ pub fn mount(
             save_gen: 0,
             opened_roots: HashMap::new(),
             history: history::History::new(now),
+            view,
         }),
         next_fh: AtomicU64::new(1),
         dirty: Mutex::new(None),
@@ -385,6 +415,15 @@ pub fn mount(
         closed: AtomicBool::new(false),
         pt: passthrough::Passthrough::new(cache),
     });
+    if multi && !had_state {
+        // The first view: merged before the kernel sees the mount.
+        shared.refresh_view();
+        if shared.state().view.is_none() {
+            return Err(std::io::Error::other(
+                "cannot merge the writers' versions of the share (are its peers up?)",
+            ));
+        }
+    }
     if had_state {
         // Publishing an unchanged tree makes no version (see `publish`).
         tracing::info!("checking the overlay left by an earlier mount for changes to publish");
@@ -412,7 +451,10 @@ pub fn mount(
     if owner {
         std::thread::spawn(move || publish::publisher(s));
         shared.wake.notify_all();
-    } else {
+    }
+    if !shared.cfg.frozen {
+        // Read-only mounts follow newer versions; writable ones the other writers' (if any).
+        let s = shared.clone();
         std::thread::spawn(move || follow::follower(s));
     }
     Ok(Mounted {

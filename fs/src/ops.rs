@@ -294,7 +294,11 @@ impl ShareFs {
 impl Filesystem for ShareFs {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         let s = &self.0;
-        if s.owner() {
+        if s.owner() && s.multi() {
+            // Other writers' versions replace files under the kernel: it must take sizes from
+            // us, which the writeback cache stops it doing.
+            tracing::info!("several writers: the kernel's writeback cache stays off");
+        } else if s.owner() {
             // The kernel gathers small writes in its page cache and sends them in large
             // requests: a 4 KiB write costs a memory copy, not a round trip.
             if config

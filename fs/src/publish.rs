@@ -99,6 +99,10 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
         entries.push(e);
     }
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    if s.writer || s.multi() {
+        let made = s.publish_multi(entries, nodes)?;
+        return Ok(finish(s, new_roots, made));
+    }
     let (listing_root, _) =
         tree::store_listing(store, &entries, &mut nodes).map_err(|e| e.to_string())?;
     let shares = &s.reader.node.shares;
@@ -132,6 +136,12 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
         tracing::info!("published version {seq} of the share from the mount");
         seq
     };
+    Ok(finish(s, new_roots, Some(seq)))
+}
+
+/// After a publish (`made`: the version made, if any): the published roots become the overlay
+/// files' clean state, and the state file is written.
+fn finish(s: &Shared, new_roots: Vec<NewRoot>, made: Option<u64>) -> u64 {
     {
         // The published roots become the overlay files' clean state (unless written meanwhile).
         let mut st = s.state();
@@ -149,15 +159,22 @@ pub(crate) fn publish(s: &Shared) -> Result<u64, String> {
                 }
             }
         }
-        st.tree.seq = seq;
+        if let (Some(seq), false) = (made, s.writer) {
+            st.tree.seq = seq;
+        }
         st.unsaved = true;
     }
     if let Err(e) = s.save_state(false) {
         tracing::warn!("cannot save the mount's state: {e}");
     }
-    *s.published.lock().unwrap() = seq;
+    let mut p = s.published.lock().unwrap();
+    if let Some(seq) = made {
+        *p = seq;
+    }
+    let seq = *p;
+    drop(p);
     s.published_cv.notify_all();
-    Ok(seq)
+    seq
 }
 
 /// The owner's background thread: publishes after the debounce, and writes the state file after

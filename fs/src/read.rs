@@ -411,14 +411,25 @@ impl Reader {
 
     /// A version's listing, fetched as needed.
     pub fn load_listing(&self, head: &Head) -> Result<Vec<Entry>, Errno> {
-        let root = XetHash(head.value.root);
+        let mut v = self.load_listing_all(head)?;
+        v.retain(|e| !e.is_gone());
+        Ok(v)
+    }
+
+    /// A version's listing with its tombstones (several writers).
+    pub fn load_listing_all(&self, head: &Head) -> Result<Vec<Entry>, Errno> {
+        self.listing_at(XetHash(head.value.root))
+    }
+
+    /// The listing stored under `root`, tombstones included, fetched as needed.
+    pub fn listing_at(&self, root: XetHash) -> Result<Vec<Entry>, Errno> {
         let size = UNKNOWN_SIZE; // the listing's size is not in the head: cover everything
         let chunks = self.chunks_for(root, size, 0, size)?;
         let mut bytes = Vec::new();
         for c in chunks {
             bytes.extend_from_slice(&self.chunk(c.hash)?);
         }
-        listing::decode(&bytes).map_err(|e| errno(e, Errno::EIO))
+        listing::decode_all(&bytes).map_err(|e| errno(e, Errno::EIO))
     }
 
     /// Makes sure every chunk of a file is in the store (fetching what is missing).

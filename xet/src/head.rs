@@ -98,7 +98,10 @@ impl HeadValue {
                 .base
                 .iter()
                 .map(|(k, s)| {
-                    OwnedValue::List(vec![OwnedValue::bytes(k.to_vec()), OwnedValue::Int(*s as i64)])
+                    OwnedValue::List(vec![
+                        OwnedValue::bytes(k.to_vec()),
+                        OwnedValue::Int(*s as i64),
+                    ])
                 })
                 .collect();
             d.push(("b", OwnedValue::List(b)));
@@ -347,11 +350,7 @@ mod tests {
     #[test]
     fn sign_verify_roundtrip() {
         let k = key(1);
-        let h = Head::sign(
-            &k,
-            5,
-            HeadValue::new([9; 32], 123, 1_700_000_000),
-        );
+        let h = Head::sign(&k, 5, HeadValue::new([9; 32], 123, 1_700_000_000));
         h.verify().unwrap();
         let d = Head::decode(&h.encode()).unwrap();
         assert_eq!(d, h);

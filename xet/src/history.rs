@@ -432,20 +432,16 @@ pub fn commit_listing(shares: &Shares, id: &ShareId, entries: &[Entry]) -> Resul
         .signing_key(id)?
         .ok_or_else(|| ShareError::NotOwner(crate::head::share_id_hex(id)))?;
     let mut nodes = Vec::new();
-    let (listing_root, _) = tree::store_listing(&shares.store, entries, &mut nodes)?;
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (stamped, writers, base) = shares.owner_next(id, entries.to_vec(), time)?;
+    let (listing_root, _) = tree::store_listing(&shares.store, &stamped, &mut nodes)?;
     let size = entries.iter().map(|e| e.size).sum();
-    shares.commit_next(
-        &key,
-        id,
-        crate::head::HeadValue::new(
-            listing_root.0,
-            size,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        ),
-        nodes,
-    )
+    let mut value = crate::head::HeadValue::new(listing_root.0, size, time);
+    value.writers = writers;
+    value.base = base;
+    shares.commit_next(&key, id, value, nodes)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! The reference vectors in `tests/data/xet-vectors` are checked by `tests/vectors.rs`.
 
 pub mod chunker;
+pub mod feeds;
 pub mod file;
 pub mod gear;
 pub mod hash;

@@ -226,8 +226,7 @@ fn entry_from(i: usize, item: &Value) -> Result<Entry, ListingError> {
     let stamp = match (get("c"), get("q"), get("w")) {
         (None, None, None) => None,
         (Some(c), Some(q), Some(w)) => Some(Stamp {
-            c: c
-                .as_int()
+            c: c.as_int()
                 .ok_or_else(|| bad(format!("entry {path:?}: bad 'c'")))?,
             q: q.as_int()
                 .filter(|q| *q >= 0)

@@ -7,7 +7,7 @@
 //! sends bad data, a forged head, an oversized reply or a malformed message is banned.
 
 use crate::hash::{chunk_hash, XetHash};
-use crate::head::{share_id_hex, Head, ShareId};
+use crate::head::{share_id_hex, Head, HeadError, ShareId};
 use crate::shares::Shares;
 use crate::tree;
 pub use crate::wire::{Kind, Msg, MAX_REPLY};
@@ -48,7 +48,8 @@ pub struct Counters {
 /// by asking for its hashes. Walked lazily, and only for versions not walked yet.
 #[derive(Default)]
 struct Reach {
-    walked: std::collections::BTreeSet<u64>,
+    /// Versions walked: (share or writer feed, seq); (id, 0) for a CAS swarm's file.
+    walked: std::collections::HashSet<([u8; 20], u64)>,
     hashes: std::collections::HashSet<[u8; 32]>,
 }
 
@@ -68,6 +69,9 @@ struct PeerState {
 
 struct Inner {
     heads: HashMap<ShareId, Head>,
+    /// Writers' newest heads per share, by writer key (several writers; checked against the
+    /// owner's newest head when they arrive, filtered by it again when read).
+    feeds: HashMap<ShareId, HashMap<[u8; 32], Head>>,
     peers: HashMap<u64, PeerState>,
     pending: HashMap<(u64, u32), oneshot::Sender<(Kind, Bytes)>>,
     next_id: u32,
@@ -87,6 +91,7 @@ pub struct ShareNet {
     pub shares: Arc<Shares>,
     inner: Mutex<Inner>,
     heads_tx: broadcast::Sender<(ShareId, u64)>,
+    feeds_tx: broadcast::Sender<ShareId>,
     peers_changed: tokio::sync::Notify,
     /// A request slot was freed (fetches waiting for a busy peer wake up).
     slot_freed: tokio::sync::Notify,
@@ -122,10 +127,18 @@ pub fn cas_swarm_id(root: &[u8; 32]) -> [u8; 20] {
 impl ShareNet {
     pub fn new(shares: Arc<Shares>) -> Arc<ShareNet> {
         let mut heads = HashMap::new();
-        if let Ok(list) = shares.list() {
-            for (id, _) in list {
+        let mut feeds: HashMap<ShareId, HashMap<[u8; 32], Head>> = HashMap::new();
+        if let Ok(list) = shares.all_records() {
+            for (id, r) in list {
                 if let Ok(h) = shares.head(&id, None) {
-                    heads.insert(id, h);
+                    match r.of {
+                        None => {
+                            heads.insert(id, h);
+                        }
+                        Some(share) => {
+                            feeds.entry(share).or_default().insert(h.public_key, h);
+                        }
+                    }
                 }
             }
         }
@@ -133,12 +146,14 @@ impl ShareNet {
             shares,
             inner: Mutex::new(Inner {
                 heads,
+                feeds,
                 peers: HashMap::new(),
                 pending: HashMap::new(),
                 next_id: 1,
                 counters: HashMap::new(),
             }),
             heads_tx: broadcast::channel(64).0,
+            feeds_tx: broadcast::channel(64).0,
             slot_freed: tokio::sync::Notify::new(),
             reach: Mutex::new(HashMap::new()),
             peers_changed: tokio::sync::Notify::new(),
@@ -262,6 +277,75 @@ impl ShareNet {
         }
         let _ = self.heads_tx.send((share, head.seq));
         true
+    }
+
+    /// Records a writer's head of a share (checked: signature, and authorized by the owner's
+    /// newest head); true if it is newer than any known of that writer. Newer ones are pushed
+    /// to the share's other peers, like the owner's.
+    pub fn offer_feed(&self, head: Head, from: Option<u64>) -> Result<bool, HeadError> {
+        let share = head.writer_of().ok_or(HeadError::WrongKey)?;
+        let targets: Vec<PeerCtx> = {
+            let mut g = self.inner.lock().unwrap();
+            let owner = g.heads.get(&share).ok_or(HeadError::NotAuthorized)?;
+            head.verify_writer(&share, owner)?;
+            let f = g.feeds.entry(share).or_default();
+            if f.get(&head.public_key).is_some_and(|h| h.seq >= head.seq) {
+                return Ok(false);
+            }
+            f.insert(head.public_key, head.clone());
+            g.peers
+                .values()
+                .filter(|p| p.ctx.info_hash == share && Some(p.ctx.key) != from)
+                .map(|p| p.ctx.clone())
+                .collect()
+        };
+        let msg = Msg::Head(head.encode()).encode();
+        for p in targets {
+            p.sender.send(EXT_NAME, msg.clone());
+        }
+        let _ = self.feeds_tx.send(share);
+        Ok(true)
+    }
+
+    /// The newest head of each writer the owner's newest head authorizes (sorted by key).
+    pub fn writer_heads(&self, share: &ShareId) -> Vec<Head> {
+        let g = self.inner.lock().unwrap();
+        let Some(owner) = g.heads.get(share) else {
+            return Vec::new();
+        };
+        let mut v: Vec<Head> = g
+            .feeds
+            .get(share)
+            .map(|f| {
+                f.values()
+                    .filter(|h| owner.value.writers.contains(&h.public_key))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by_key(|h| h.public_key);
+        v
+    }
+
+    /// What a share's merged view is made of: the owner's newest seq and each authorized
+    /// writer's; it changes exactly when the view may.
+    pub fn view_key(&self, share: &ShareId) -> Vec<([u8; 32], u64)> {
+        let mut v: Vec<([u8; 32], u64)> = self
+            .newest_head(share)
+            .map(|h| (h.public_key, h.seq))
+            .into_iter()
+            .collect();
+        v.extend(
+            self.writer_heads(share)
+                .iter()
+                .map(|h| (h.public_key, h.seq)),
+        );
+        v
+    }
+
+    /// Wakes when a writer's head arrives (for any share).
+    pub fn subscribe_feeds(&self) -> broadcast::Receiver<ShareId> {
+        self.feeds_tx.subscribe()
     }
 
     /// Whether a connected peer of the share said it holds version `seq` (or newer) whole.
@@ -462,7 +546,7 @@ impl ShareNet {
     fn file_reach(&self, id: &[u8; 20], root: [u8; 32]) -> Arc<Mutex<Reach>> {
         let r = self.reach.lock().unwrap().entry(*id).or_default().clone();
         let mut g = r.lock().unwrap();
-        if g.walked.contains(&0) {
+        if g.walked.contains(&(*id, 0)) {
             return r.clone();
         }
         let mut stack = vec![root];
@@ -476,7 +560,7 @@ impl ShareNet {
                 }
             }
         }
-        g.walked.insert(0);
+        g.walked.insert((*id, 0));
         drop(g);
         r
     }
@@ -491,20 +575,29 @@ impl ShareNet {
             .entry(*share)
             .or_default()
             .clone();
-        let newest = self
-            .shares
-            .record(share)
-            .ok()
-            .flatten()
-            .map_or(0, |r| r.seq);
+        // The share's versions and those of its writers' feeds held here (point lookups).
+        let mut ids = vec![*share];
+        if let Some(f) = self.inner.lock().unwrap().feeds.get(share) {
+            ids.extend(f.values().map(Head::feed_id));
+        }
+        let newest: Vec<([u8; 20], u64)> = ids
+            .iter()
+            .filter_map(|id| Some((*id, self.shares.record(id).ok()??.seq)))
+            .collect();
         let mut g = r.lock().unwrap();
-        if g.walked.last().copied().unwrap_or(0) >= newest {
+        if newest.iter().all(|v| g.walked.contains(v)) {
             return r.clone();
         }
         let store = &self.shares.store;
-        let versions = self.shares.versions(share).unwrap_or_default();
-        for v in versions {
-            if g.walked.contains(&v.seq) {
+        let versions = newest.iter().flat_map(|(id, _)| {
+            self.shares
+                .versions(id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |v| (*id, v))
+        });
+        for (id, v) in versions {
+            if g.walked.contains(&(id, v.seq)) {
                 continue;
             }
             let Ok(head) = Head::decode(&v.head) else {
@@ -530,7 +623,7 @@ impl ShareNet {
                 }
             }
             if complete {
-                g.walked.insert(v.seq);
+                g.walked.insert((id, v.seq));
             }
         }
         drop(g);
@@ -621,6 +714,10 @@ impl ExtensionHandler for XetExt {
             if self.0.shares.head(&peer.info_hash, Some(h.seq)).is_ok() {
                 r.send.push(Msg::HaveVersion { seq: h.seq }.encode());
             }
+            // The writers' heads after the owner's (which authorizes them).
+            for w in self.0.writer_heads(&peer.info_hash) {
+                r.send.push(Msg::Head(w.encode()).encode());
+            }
         }
         r
     }
@@ -647,6 +744,26 @@ impl ExtensionHandler for XetExt {
                         }
                     }
                 };
+                if !head.salt.is_empty() {
+                    return match self.0.offer_feed(head, Some(peer.key)) {
+                        Ok(_) => ExtReply::default(),
+                        // A writer the owner's head we know does not list (perhaps not yet,
+                        // perhaps no longer): not news, but not a forgery either.
+                        Err(HeadError::NotAuthorized) => {
+                            tracing::debug!(
+                                "{}: ignoring a head by a writer not authorized in {}",
+                                peer.addr,
+                                share_id_hex(&share)
+                            );
+                            self.0.count(&share, |k| k.refused_requests += 1);
+                            ExtReply::default()
+                        }
+                        Err(e) => ExtReply {
+                            send: vec![],
+                            ban: Some(format!("forged writer head: {e}")),
+                        },
+                    };
+                }
                 if let Err(e) = head.verify_for(&share) {
                     return ExtReply {
                         send: vec![],

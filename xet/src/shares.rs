@@ -66,16 +66,21 @@ pub struct ShareRecord {
     /// Newest version held locally.
     pub seq: u64,
     pub owner: bool,
+    /// A writer's feed of another share (its versions, kept under the feed id), not a share.
+    pub of: Option<ShareId>,
 }
 
 impl ShareRecord {
     pub fn encode(&self) -> Vec<u8> {
-        OwnedValue::dict([
+        let mut d = vec![
             ("owner", OwnedValue::Int(self.owner as i64)),
             ("pk", OwnedValue::bytes(self.public_key.to_vec())),
             ("seq", OwnedValue::Int(self.seq as i64)),
-        ])
-        .encode()
+        ];
+        if let Some(of) = self.of {
+            d.push(("of", OwnedValue::bytes(of.to_vec())));
+        }
+        OwnedValue::dict(d).encode()
     }
 
     pub fn decode(b: &[u8]) -> Result<ShareRecord> {
@@ -90,6 +95,14 @@ impl ShareRecord {
                 .ok_or_else(bad)?,
             seq: d.get(b"seq").and_then(|x| x.as_int()).ok_or_else(bad)? as u64,
             owner: d.get(b"owner").and_then(|x| x.as_int()).ok_or_else(bad)? != 0,
+            of: match d.get(b"of") {
+                None => None,
+                Some(x) => Some(
+                    x.as_bytes()
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(bad)?,
+                ),
+            },
         })
     }
 }
@@ -233,12 +246,59 @@ impl Shares {
             .transpose()
     }
 
+    /// The shares held here (writers' feeds left out).
     pub fn list(&self) -> Result<Vec<(ShareId, ShareRecord)>> {
+        let mut v = self.all_records()?;
+        v.retain(|(_, r)| r.of.is_none());
+        Ok(v)
+    }
+
+    /// Shares and writers' feeds.
+    pub fn all_records(&self) -> Result<Vec<(ShareId, ShareRecord)>> {
         self.store
             .shares()?
             .into_iter()
             .map(|(id, b)| Ok((id, ShareRecord::decode(&b)?)))
             .collect()
+    }
+
+    /// The writers' feeds of `share` held here: newest head of each.
+    pub fn feeds(&self, share: &ShareId) -> Result<Vec<Head>> {
+        let mut out = Vec::new();
+        for (id, r) in self.all_records()? {
+            if r.of == Some(*share) {
+                out.push(self.head(&id, None)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// This data dir's writer key (`ccbt keygen`), made when `create` and absent.
+    pub fn writer_key(&self, create: bool) -> Result<Option<SigningKey>> {
+        let p = self.keys_dir.join("writer.key");
+        match std::fs::read_to_string(&p) {
+            Ok(t) => {
+                let seed: [u8; 32] = ccbt_core::encoding::hex_array(t.trim()).ok_or_else(|| {
+                    ShareError::Invalid(format!("{} is not a hex ed25519 seed", p.display()))
+                })?;
+                Ok(Some(SigningKey::from_bytes(&seed)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let mut seed = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(io(&p))?;
+                writeln!(f, "{}", ccbt_core::encoding::to_hex(&seed)).map_err(io(&p))?;
+                f.sync_all().map_err(io(&p))?;
+                Ok(Some(SigningKey::from_bytes(&seed)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p)(e)),
+        }
     }
 
     pub fn head(&self, id: &ShareId, seq: Option<u64>) -> Result<Head> {
@@ -251,7 +311,12 @@ impl Shares {
             .get_head(id, seq)?
             .ok_or_else(|| ShareError::NoVersion(share_id_hex(id), seq))?;
         let h = Head::decode(&b)?;
-        h.verify_for(id)?;
+        match rec.of {
+            None => h.verify_for(id)?,
+            // A writer's feed: its key and salt make the id.
+            Some(share) if h.writer_of() == Some(share) && &h.feed_id() == id => h.verify()?,
+            Some(_) => return Err(HeadError::WrongKey.into()),
+        }
         Ok(h)
     }
 
@@ -296,6 +361,10 @@ impl Shares {
     }
 
     /// The entries of a version.
+    pub(crate) fn listing_size(&self, head: &Head) -> Result<u64> {
+        stored_tree_size(&self.store, XetHash(head.value.root))
+    }
+
     pub fn listing(&self, head: &Head) -> Result<Vec<Entry>> {
         let root = XetHash(head.value.root);
         let size = stored_tree_size(&self.store, root)?;
@@ -329,6 +398,7 @@ impl Shares {
                     public_key: head.public_key,
                     seq: head.seq,
                     owner,
+                    of: head.writer_of(),
                 }
                 .encode(),
             );
@@ -394,7 +464,6 @@ impl Shares {
         walk(&canon, &canon, &mut scanned, &mut warnings)?;
         let mut nodes: NodeList = Vec::new();
         let entries = self.store_entries(&canon, scanned, progress, &mut nodes)?;
-        let (listing_root, _) = tree::store_listing(&self.store, &entries, &mut nodes)?;
 
         let (key, id, created, prev_seq) = match existing {
             Some(id) => {
@@ -411,12 +480,17 @@ impl Shares {
         };
         let logical: u64 = entries.iter().map(|e| e.size).sum();
         let seq = prev_seq + 1;
+        let time = now();
+        let (stamped, writers, base) = self.owner_next(&id, entries.clone(), time)?;
+        let (listing_root, _) = tree::store_listing(&self.store, &stamped, &mut nodes)?;
         let head = Head::sign(
             &key,
             seq,
             HeadValue {
                 ih,
-                ..HeadValue::new(listing_root.0, logical, now())
+                writers,
+                base,
+                ..HeadValue::new(listing_root.0, logical, time)
             },
         );
         self.commit_head(&id, &head, nodes, Some(binding_key))?;
@@ -503,7 +577,11 @@ impl Shares {
     /// an empty directory. Works through a temporary directory renamed into place at the end.
     pub fn export(&self, id: &ShareId, seq: Option<u64>, dest: &Path) -> Result<(Head, u64)> {
         let head = self.head(id, seq)?;
-        let entries = self.listing(&head)?;
+        // The newest of a share with writers: the merged view of what is held here.
+        let entries = match seq {
+            None if !head.value.writers.is_empty() => self.view(id)?,
+            _ => self.listing(&head)?,
+        };
         if dest.exists() {
             let empty = std::fs::read_dir(dest).map_err(io(dest))?.next().is_none();
             if !empty {
@@ -639,13 +717,20 @@ impl Shares {
         let pins: HashSet<(ShareId, u64)> = self.store.pins()?.into_iter().collect();
         let mut keep = HashSet::new();
         let mut reach = HashSet::new();
-        for (id, _) in self.list()? {
+        for (id, rec) in self.all_records()? {
             let heads = self.store.heads(&id)?;
             let n = heads.len();
             for (i, (seq, b)) in heads.into_iter().enumerate() {
                 if i + (keep_versions as usize) >= n || pins.contains(&(id, seq)) {
                     keep.insert((id, seq));
-                    self.mark_version(&Head::decode(&b)?, &mut reach)?;
+                    match self.mark_version(&Head::decode(&b)?, &mut reach) {
+                        // Another writer's version is kept as far as its data is here (a
+                        // mount reads on demand).
+                        Err(e) if rec.of.is_some() => {
+                            tracing::debug!("writer feed {}: {e}", share_id_hex(&id))
+                        }
+                        r => r?,
+                    }
                 }
             }
         }
@@ -676,10 +761,13 @@ impl Shares {
             },
             progress,
         )?;
-        for (id, _) in self.list()? {
+        for (id, rec) in self.list()? {
             for (seq, b) in self.store.heads(&id)? {
                 let check = Head::decode(&b).map_err(ShareError::from).and_then(|h| {
-                    h.verify_for(&id)?;
+                    match rec.of {
+                        None => h.verify_for(&id)?,
+                        Some(_) => h.verify()?,
+                    }
                     let mut reach = HashSet::new();
                     self.mark_version(&h, &mut reach)?;
                     for h in reach {

@@ -475,7 +475,9 @@ mod tests {
         let v = view(&[&o, &a, &b]);
         assert!(v.contains(&("e".into(), [0; 32])), "{v:?}");
         assert!(v.contains(&("e/f".into(), [8; 32])), "{v:?}");
-        assert!(v.iter().any(|(p, r)| p.starts_with("e.conflict-02020202-") && *r == [7; 32]));
+        assert!(v
+            .iter()
+            .any(|(p, r)| p.starts_with("e.conflict-02020202-") && *r == [7; 32]));
     }
 
     #[test]
@@ -488,7 +490,13 @@ mod tests {
         };
         assert_eq!(conflict_path("a/b.txt", &s), "a/b.conflict-abcdef01-7.txt");
         assert_eq!(conflict_path(".bashrc", &s), ".bashrc.conflict-abcdef01-7");
-        assert_eq!(conflict_path("x.tar.gz", &s), "x.tar.conflict-abcdef01-7.gz");
-        assert_eq!(conflict_path("d/Makefile", &s), "d/Makefile.conflict-abcdef01-7");
+        assert_eq!(
+            conflict_path("x.tar.gz", &s),
+            "x.tar.conflict-abcdef01-7.gz"
+        );
+        assert_eq!(
+            conflict_path("d/Makefile", &s),
+            "d/Makefile.conflict-abcdef01-7"
+        );
     }
 }

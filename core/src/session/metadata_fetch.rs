@@ -214,6 +214,7 @@ fn dialer(cfg: &FetchConfig) -> transport::Dialer {
         tcp: cfg.enable_tcp,
         utp,
         prefer_utp: cfg.prefer_utp,
+        bind_ip: None,
     }
 }
 

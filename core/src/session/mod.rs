@@ -295,6 +295,7 @@ impl Session {
                 tcp: cfg.enable_tcp,
                 utp,
                 prefer_utp: cfg.prefer_utp,
+                bind_ip: Some(listen_addr.ip()).filter(|ip| !ip.is_unspecified()),
             },
             external: Mutex::new(None),
             peer_id: new_peer_id(),

@@ -228,12 +228,29 @@ pub(crate) struct Dialer {
     pub tcp: bool,
     pub utp: Option<super::utp::UtpSocket>,
     pub prefer_utp: bool,
+    /// Outgoing TCP leaves from this address (the listen address, when it names one): a node
+    /// listening on one address of several is one peer to the others, whichever side dials.
+    pub bind_ip: Option<std::net::IpAddr>,
 }
 
 impl Dialer {
     async fn dial(&self, addr: SocketAddr, within: Duration) -> Result<Raw, String> {
         let tcp = || async {
-            let s = tokio::time::timeout(within, TcpStream::connect(addr))
+            let connect = async {
+                match self.bind_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+                    Some(ip) => {
+                        let sock = if ip.is_ipv4() {
+                            tokio::net::TcpSocket::new_v4()?
+                        } else {
+                            tokio::net::TcpSocket::new_v6()?
+                        };
+                        sock.bind(SocketAddr::new(ip, 0))?;
+                        sock.connect(addr).await
+                    }
+                    None => TcpStream::connect(addr).await,
+                }
+            };
+            let s = tokio::time::timeout(within, connect)
                 .await
                 .map_err(|_| "connect timed out".to_string())?
                 .map_err(|e| e.to_string())?;
