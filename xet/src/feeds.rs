@@ -8,6 +8,9 @@ use crate::shares::{Result, ShareError, Shares};
 use crate::tree;
 use crate::writers::{self, Feed};
 
+/// A version's `v.b`: the other writers' versions it merged.
+pub type Base = Vec<([u8; 8], u64)>;
+
 /// The feeds a view is made of: the owner's head, and the newest head of each writer it
 /// authorizes, each with its listing (tombstones included) from `load`.
 pub fn feeds_of<E>(
@@ -37,7 +40,7 @@ pub fn feeds_of<E>(
 }
 
 /// A view's `v.b`: the newest version of each feed but `me`.
-pub fn base_of(feeds: &[Feed], me: &[u8; 32]) -> Vec<([u8; 8], u64)> {
+pub fn base_of(feeds: &[Feed], me: &[u8; 32]) -> Base {
     feeds
         .iter()
         .filter(|f| &f.key != me)
@@ -83,7 +86,7 @@ impl Shares {
         id: &ShareId,
         live: Vec<Entry>,
         time: i64,
-    ) -> Result<(Vec<Entry>, Vec<[u8; 32]>, Vec<([u8; 8], u64)>)> {
+    ) -> Result<(Vec<Entry>, Vec<[u8; 32]>, Base)> {
         let Ok(prev) = self.head(id, None) else {
             return Ok((live, Vec::new(), Vec::new()));
         };
