@@ -39,6 +39,9 @@ pub enum DhtCmd {
         /// Salt of a mutable item (with a 64-hex public key)
         #[arg(long)]
         salt: Option<String>,
+        /// The salt in hex (a share id: a writer's head of that share)
+        #[arg(long, conflicts_with = "salt")]
+        salt_hex: Option<String>,
         #[command(flatten)]
         net: DhtNet,
     },
@@ -108,7 +111,11 @@ fn item_json(target: &[u8; 20], it: &FoundItem) -> Value {
     if let Some(m) = &it.mutable {
         j["public_key"] = json!(to_hex(&m.k));
         j["seq"] = json!(m.seq);
-        j["salt"] = json!(printable(&String::from_utf8_lossy(&m.salt)).into_owned());
+        j["salt"] = match std::str::from_utf8(&m.salt) {
+            Ok(t) => json!(printable(t).into_owned()),
+            // Binary (a writer's head: the share id): hex.
+            Err(_) => json!(to_hex(&m.salt)),
+        };
         j["signature"] = json!(to_hex(&m.sig));
         if let Some(h) = head_from_item(it) {
             j["head"] = json!({
@@ -174,8 +181,16 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
                 }
             }
         }
-        DhtCmd::Get { target, salt, net } => {
-            let salt = salt.unwrap_or_default().into_bytes();
+        DhtCmd::Get {
+            target,
+            salt,
+            salt_hex,
+            net,
+        } => {
+            let salt = match salt_hex {
+                Some(h) => from_hex(&h).context("--salt-hex takes hex digits")?,
+                None => salt.unwrap_or_default().into_bytes(),
+            };
             let req = match target.len() {
                 64 => {
                     let k: [u8; 32] = from_hex(&target)

@@ -190,7 +190,9 @@ impl Node {
     async fn head_on_dht(self: Arc<Self>, dht: Dht, id: ShareId) {
         use std::time::{Duration, Instant};
         let mut heads = self.xet.subscribe();
+        let mut feeds = self.xet.subscribe_feeds();
         let mut put: Option<(u64, Instant)> = None;
+        let mut writer_puts: HashMap<[u8; 32], (u64, Instant)> = HashMap::new();
         loop {
             let newest = self
                 .xet
@@ -244,6 +246,49 @@ impl Node {
                     Err(_) => return,
                 }
             }
+            // Several writers: their heads are items of their own (salt = share id), put and
+            // got like the owner's.
+            if let Some(h) = &newest {
+                for w in self.xet.writer_heads(&id) {
+                    let due = writer_puts.get(&w.public_key).is_none_or(|(seq, at)| {
+                        w.seq > *seq || at.elapsed() >= Duration::from_secs(30 * 60)
+                    });
+                    if due {
+                        if dht.put(head_item(&w)).await.is_err() {
+                            return;
+                        }
+                        writer_puts.insert(w.public_key, (w.seq, Instant::now()));
+                    }
+                }
+                if self.xet.peer_count(&id) == 0 {
+                    for k in &h.value.writers {
+                        let have = self
+                            .xet
+                            .writer_heads(&id)
+                            .iter()
+                            .find(|w| &w.public_key == k)
+                            .map(|w| w.seq as i64);
+                        let kind = ItemKind::Mutable {
+                            k: Some(*k),
+                            salt: id.to_vec(),
+                            min_seq: have,
+                        };
+                        let target = ccbt_xet::head::feed_id(k, &id);
+                        if let Ok(Some(it)) = dht.get(target, kind).await {
+                            if let Some(w) = head_from_item(&it) {
+                                if let Ok(true) = self.xet.offer_feed(w.clone(), None) {
+                                    tracing::info!(
+                                        "share {}: writer {} version {} from the DHT",
+                                        share_id_hex(&id),
+                                        ccbt_core::encoding::to_hex(&k[..4]),
+                                        w.seq
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             let wait = if newest.is_none() {
                 Duration::from_secs(2)
             } else {
@@ -255,6 +300,11 @@ impl Node {
                     _ = tokio::time::sleep_until(end) => break,
                     r = heads.recv() => match r {
                         Ok((s, _)) if s == id => break,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => tokio::time::sleep_until(end).await,
+                    },
+                    r = feeds.recv() => match r {
+                        Ok(s) if s == id => break,
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => tokio::time::sleep_until(end).await,
                     },
@@ -452,7 +502,7 @@ pub fn head_item(h: &Head) -> PutItem {
         v: h.value.encode(),
         m: MutablePut {
             k: h.public_key,
-            salt: Vec::new(),
+            salt: h.salt.clone(),
             seq: h.seq as i64,
             sig: h.signature,
             cas: None,
@@ -464,11 +514,16 @@ pub fn head_item(h: &Head) -> PutItem {
 /// a share: call `verify_for`).
 pub fn head_from_item(it: &FoundItem) -> Option<Head> {
     let m = it.mutable.as_ref()?;
-    if !m.salt.is_empty() || m.seq < 0 {
+    if (!m.salt.is_empty() && m.salt.len() != 20) || m.seq < 0 {
         return None;
     }
     let mut b = b"d1:k32:".to_vec();
     b.extend_from_slice(&m.k);
+    if !m.salt.is_empty() {
+        // A writer's head: its salt is the share id.
+        b.extend_from_slice(b"4:salt20:");
+        b.extend_from_slice(&m.salt);
+    }
     b.extend_from_slice(format!("3:seqi{}e3:sig64:", m.seq).as_bytes());
     b.extend_from_slice(&m.sig);
     b.extend_from_slice(b"1:v");

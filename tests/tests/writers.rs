@@ -76,6 +76,10 @@ struct Node {
 }
 
 fn start(t: &Path, name: &str, ip: &str, id: &str, peers: &[&str]) -> Node {
+    start_with(t, name, ip, id, peers, &[])
+}
+
+fn start_with(t: &Path, name: &str, ip: &str, id: &str, peers: &[&str], extra: &[&str]) -> Node {
     let data = t.join(name);
     let dir = t.join(format!("m{name}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -92,6 +96,7 @@ fn start(t: &Path, name: &str, ip: &str, id: &str, peers: &[&str]) -> Node {
     for p in peers {
         args.extend(["--peer", p]);
     }
+    args.extend_from_slice(extra);
     let log = t.join(format!("{name}.log"));
     let g = spawn_ccbt_env(&args, &log, &[("RUST_LOG", "info")]);
     let mut guard = MountGuard {
@@ -308,5 +313,56 @@ fn three_writers_edit_concurrently_through_a_partition_and_converge() {
     );
     drop(a);
     drop(b);
+    drop(o);
+}
+
+/// A writer's heads are BEP 44 items of their own (salt = the share id) on the DHT, like the
+/// owner's: a node that only knows the DHT gets them with the writer's key and the share id.
+#[test]
+fn writer_heads_go_on_the_dht() {
+    require_libtorrent();
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f.txt"), "zero\n").unwrap();
+    let dht = LtDht::start(3, None);
+    let boot = dht.nodes[0].clone();
+    let (od, ad) = (t.join("O"), t.join("A"));
+    let id = publish(&od, &src);
+    let ka = ccbt_ok(&["--data-dir", s(&ad), "keygen"]).trim().to_string();
+    ccbt_ok(&["--data-dir", s(&od), "share", "add-writer", &id, &ka]);
+    let dht_args = ["--dht-bootstrap", boot.as_str()];
+    let o = start_with(t, "O", "127.0.0.2", &id, &[], &dht_args);
+    let a = start_with(t, "A", "127.0.0.3", &id, &[&o.addr], &dht_args);
+    write(&a, "f.txt", "one, by the writer\n");
+    wait_until(60.0, "the writer's edit at the owner", || {
+        tree(&o.dir).get("f.txt").map(Vec::as_slice) == Some(b"one, by the writer\n")
+    });
+    let probe = t.join("P");
+    let args = [
+        "--json",
+        "--data-dir",
+        s(&probe),
+        "--dht-bootstrap",
+        boot.as_str(),
+        "dht",
+        "get",
+        &ka,
+        "--salt-hex",
+        &id,
+    ];
+    let mut got = Value::Null;
+    wait_until(60.0, "the writer's head on the DHT", || {
+        let o = ccbt(&args);
+        if !o.status.success() {
+            return false;
+        }
+        got = serde_json::from_slice(&o.stdout).unwrap();
+        got["seq"].as_u64().is_some_and(|s| s >= 1)
+    });
+    assert_eq!(got["public_key"].as_str(), Some(ka.as_str()), "{got}");
+    assert_eq!(got["head"]["share"].as_str(), Some(id.as_str()), "{got}");
+    drop(a);
     drop(o);
 }
