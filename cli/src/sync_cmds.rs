@@ -117,6 +117,9 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
         let node = Node::start(ctx, listen, a.net.trackers.clone(), a.net.peers.clone()).await?;
         node.join(id)?;
         let mut heads = node.xet.subscribe();
+        let mut feeds = node.xet.subscribe_feeds();
+        // Several writers: the writers' versions the directory shows (any change syncs again).
+        let mut done_key: Vec<([u8; 32], u64)> = Vec::new();
         let mut done = match synced_seq(&a.dir) {
             Some((s, seq)) if s == id => seq,
             _ => 0,
@@ -129,17 +132,20 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
         let spare_budget = if a.follow { ctx.config.xet.sync_spare_mib << 20 } else { 0 };
         loop {
             if let Some(h) = node.xet.newest_head(&id) {
-                if h.seq > done && !settled && !a.follow {
+                let key = node.xet.view_key(&id);
+                let due = h.seq > done || (!h.value.writers.is_empty() && key != done_key);
+                if due && !settled && !a.follow {
                     // Peers announce heads as they connect: give the others a moment, so a stale
                     // (or replayed) head from the fastest peer does not win.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     settled = true;
                     continue;
                 }
-                if h.seq > done {
+                if due {
                     let wire0 = node.wire_in(&id);
                     let r = sync_version(&node.xet, id, &h, &a.dir, spare_budget).await.with_context(|| format!("cannot sync version {}", h.seq))?;
                     done = h.seq;
+                    done_key = key;
                     let wire = node.wire_in(&id) - wire0;
                     let c = node.xet.counters(&id);
                     if ctx.json {
@@ -158,7 +164,11 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                             r.fetched_nodes, r.dedup_chunks, human_bytes(wire), r.seconds
                         );
                     }
-                    if !a.follow && node.xet.newest_head(&id).is_none_or(|n| n.seq <= done) {
+                    let newer = node.xet.newest_head(&id).is_some_and(|n| {
+                        n.seq > done
+                            || (!n.value.writers.is_empty() && node.xet.view_key(&id) != done_key)
+                    });
+                    if !a.follow && !newer {
                         return Ok(());
                     }
                     continue;
@@ -166,6 +176,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
             }
             tokio::select! {
                 _ = heads.recv() => {}
+                _ = feeds.recv() => {}
                 _ = tokio::time::sleep_until(deadline), if done == 0 => {
                     bail!("no peer of share {} offered a version within {}s{}", share_id_hex(&id), a.net.timeout, crate::mount_cmds::no_source_hint(ctx));
                 }

@@ -283,6 +283,24 @@ fn three_writers_edit_concurrently_through_a_partition_and_converge() {
     }
     assert!(!fin.contains_key("a.txt"));
 
+    // `ccbt sync` of the share into a plain directory on a fresh node: the same merged tree.
+    let synced = t.join("synced");
+    let listen = format!("127.0.0.5:{}", free_port());
+    ccbt_ok(&[
+        "--data-dir",
+        s(&t.join("S")),
+        "sync",
+        &id,
+        s(&synced),
+        "--listen",
+        &listen,
+        "--peer",
+        &o.addr,
+    ]);
+    let mut got = tree(&synced);
+    got.retain(|k, _| !k.starts_with(".ccbt-sync"));
+    assert_eq!(got, fin);
+
     // `ccbt log` (read-only beside the running mount) tells the writers apart.
     let l = log(&od, &id);
     let authors: std::collections::HashSet<String> = l
@@ -330,7 +348,9 @@ fn writer_heads_go_on_the_dht() {
     let boot = dht.nodes[0].clone();
     let (od, ad) = (t.join("O"), t.join("A"));
     let id = publish(&od, &src);
-    let ka = ccbt_ok(&["--data-dir", s(&ad), "keygen"]).trim().to_string();
+    let ka = ccbt_ok(&["--data-dir", s(&ad), "keygen"])
+        .trim()
+        .to_string();
     ccbt_ok(&["--data-dir", s(&od), "share", "add-writer", &id, &ka]);
     let dht_args = ["--dht-bootstrap", boot.as_str()];
     let o = start_with(t, "O", "127.0.0.2", &id, &[], &dht_args);

@@ -203,7 +203,26 @@ pub async fn sync_version(
     for (h, _) in &resolved[&root] {
         bytes.extend_from_slice(&tree::read_chunk(store, *h)?);
     }
-    let entries = listing::decode(&bytes)?;
+    let mut entries = listing::decode(&bytes)?;
+    // Several writers: the merged view of the owner's and the writers' newest versions.
+    let writer_heads = node.writer_heads(&share);
+    if !head.value.writers.is_empty() {
+        let mut listings: HashMap<[u8; 32], Vec<Entry>> = HashMap::new();
+        listings.insert(head.public_key, listing::decode_all(&bytes)?);
+        for w in &writer_heads {
+            let r = XetHash(w.value.root);
+            let res = resolve(node, &share, 0, &[r], &mut nodes, &mut report).await?;
+            let mut b = Vec::new();
+            for (h, _) in &res[&r] {
+                b.extend_from_slice(&tree::read_chunk(store, *h)?);
+            }
+            listings.insert(w.public_key, listing::decode_all(&b)?);
+        }
+        let feeds = crate::feeds::feeds_of(head, &writer_heads, |h| {
+            Ok::<_, SyncError>(listings.remove(&h.public_key).unwrap_or_default())
+        })?;
+        entries = crate::writers::live(&crate::writers::merge(&feeds));
+    }
     let file_roots: Vec<XetHash> = entries
         .iter()
         .filter(|e| e.kind == EntryKind::File && e.size > 0)
@@ -227,6 +246,11 @@ pub async fn sync_version(
     let (n, h, d) = (node.clone(), head.clone(), dir.to_path_buf());
     let mut report = tokio::task::spawn_blocking(move || -> Result<SyncReport, SyncError> {
         n.shares.commit_head(&share, &h, nodes, None)?;
+        if !h.value.writers.is_empty() {
+            for w in &writer_heads {
+                n.shares.keep_writer_head(w)?;
+            }
+        }
         tracing::debug!(
             "version {} resolved and committed in {:.3}s",
             h.seq,
