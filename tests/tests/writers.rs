@@ -227,11 +227,15 @@ fn three_writers_edit_concurrently_through_a_partition_and_converge() {
     write(&b, "docs/b-only.md", "written while partitioned\n");
     write(&o, "o2.txt", "owner during the partition\n");
     std::fs::remove_file(o.dir.join("a.txt")).unwrap(); // races nothing: A is idle on it
+    // A delete that races an edit: the owner deletes b.txt while B edits it.
+    std::fs::remove_file(o.dir.join("b.txt")).unwrap();
+    write(&b, "b.txt", "b2 edited during the partition\n");
     wait_until(60.0, "A and the owner to agree without B", || {
         let t = tree(&o.dir);
         t.get("shared.txt").map(Vec::as_slice) == Some(b"edit by A\n")
             && t.contains_key("o2.txt")
             && !t.contains_key("a.txt")
+            && !t.contains_key("b.txt")
             && same_everywhere(&[&o, &a])
     });
     assert!(
@@ -274,7 +278,8 @@ fn three_writers_edit_concurrently_through_a_partition_and_converge() {
     );
     assert!(copy.ends_with(".txt"), "{copy}");
     for (p, c) in [
-        ("b.txt", &b"b1 from B\n"[..]),
+        // The edit that raced the owner's delete is kept.
+        ("b.txt", &b"b2 edited during the partition\n"[..]),
         ("o.txt", b"new from the owner\n"),
         ("o2.txt", b"owner during the partition\n"),
         ("docs/readme.md", b"readme\n"),
