@@ -211,13 +211,14 @@ fn three_writers_edit_concurrently_through_a_partition_and_converge() {
     write(&a, "a.txt", "a1 from A\n");
     write(&b, "b.txt", "b1 from B\n");
     write(&o, "o.txt", "new from the owner\n");
-    wait_until(60.0, "the three edits everywhere", || {
+    let d = wait_until(60.0, "the three edits everywhere", || {
         let t = tree(&o.dir);
         t.get("a.txt").map(Vec::as_slice) == Some(b"a1 from A\n")
             && t.get("b.txt").map(Vec::as_slice) == Some(b"b1 from B\n")
             && t.contains_key("o.txt")
             && same_everywhere(&[&o, &a, &b])
     });
+    eprintln!("three concurrent edits on every mount after {d:?} (publish debounce included)");
 
     // 2. B partitioned away; A and B edit the same file, everyone something else.
     let part = Partition::new("127.0.0.4");
@@ -247,12 +248,13 @@ fn three_writers_edit_concurrently_through_a_partition_and_converge() {
 
     // 3. Heal: the same tree everywhere, both edits of shared.txt present.
     drop(part);
-    wait_until(120.0, "the three mounts to converge after the heal", || {
+    let d = wait_until(120.0, "the three mounts to converge after the heal", || {
         let t = tree(&o.dir);
         t.contains_key("docs/b-only.md")
             && t.keys().any(|k| k.starts_with("shared.conflict-"))
             && same_everywhere(&[&o, &a, &b])
     });
+    eprintln!("converged {d:?} after the heal");
     let fin = tree(&o.dir);
     let shared: Vec<(&String, &Vec<u8>)> = fin
         .iter()
