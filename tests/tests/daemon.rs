@@ -846,6 +846,26 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("the daemon on"));
     assert!(same_file(&root.join("share/doc.txt"), &mnt.join("doc.txt")));
     assert_eq!(d.list()[0]["state"], "mounted");
+    // `ccbt pin` goes to the daemon; the share's details (what the dashboard's pane shows) carry
+    // the pinned bytes and the background fetch's progress.
+    d.ccbt(&["pin", &share]);
+    let base = format!("http://{}", d.api);
+    let tok = d.token();
+    let item = d.list()[0]["id"].as_str().unwrap().to_string();
+    let mut det = Value::Null;
+    wait_until(30.0, "the pinned share's details", || {
+        let (c, b) = http(
+            "GET",
+            &format!("{base}/api/items/{item}/details"),
+            Some(&tok),
+        );
+        det = serde_json::from_str(&b).unwrap_or(Value::Null);
+        c == 200
+            && det["pinned_bytes"] == 54_321
+            && det["local_bytes"] == 54_321
+            && det["pin_fetch"]["done"] == true
+    });
+    assert_eq!(det["total_bytes"], 54_321, "{det}");
     // Commands that need their own session say why, in one line, instead of a lock error.
     let y = root.join("y");
     std::fs::create_dir_all(&y).unwrap();

@@ -228,7 +228,7 @@ fn three_writers_edit_concurrently_through_a_partition_and_converge() {
     write(&b, "docs/b-only.md", "written while partitioned\n");
     write(&o, "o2.txt", "owner during the partition\n");
     std::fs::remove_file(o.dir.join("a.txt")).unwrap(); // races nothing: A is idle on it
-    // A delete that races an edit: the owner deletes b.txt while B edits it.
+                                                        // A delete that races an edit: the owner deletes b.txt while B edits it.
     std::fs::remove_file(o.dir.join("b.txt")).unwrap();
     write(&b, "b.txt", "b2 edited during the partition\n");
     wait_until(60.0, "A and the owner to agree without B", || {
