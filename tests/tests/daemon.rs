@@ -894,3 +894,71 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
             .contains(s(&mnt))
     });
 }
+
+/// Per-tracker state in a torrent's details (and the dashboard's pane): a working opentracker
+/// with the seeder it lists, and a dead tracker with its error.
+#[test]
+fn details_show_each_trackers_last_announce() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let tport = free_port();
+    let dead = free_port();
+    let data = root.join("seed").join("data");
+    make_tree(&data, &[("a.bin", 300_000)]);
+    let t = root.join("t.torrent");
+    let good = format!("http://127.0.0.1:{tport}/announce");
+    let bad = format!("http://127.0.0.1:{dead}/announce");
+    ccbt_ok(&[
+        "create",
+        s(&data),
+        "--v1",
+        "-o",
+        s(&t),
+        "-q",
+        "-t",
+        &good,
+        "-t",
+        &bad,
+    ]);
+    let ih = ccbt_json(&["info", s(&t)])["info_hash_v1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _tr = start_opentracker(&root.join("tracker"), tport, &[ih]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _seed = spawn_ccbt(
+        &[
+            "--data-dir",
+            s(&root.join("sd")),
+            "seed",
+            s(&t),
+            s(&root.join("seed")),
+            "--listen",
+            &addr,
+        ],
+        &root.join("seed.log"),
+    );
+    wait_listening(&addr, 20);
+    let d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
+    let out = root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    d.ccbt(&["add", s(&t), "-o", s(&out)]);
+    let (base, tok) = (format!("http://{}", d.api), d.token());
+    let id = d.list()[0]["id"].as_str().unwrap().to_string();
+    let mut det = Value::Null;
+    wait_until(60.0, "both trackers' state in the details", || {
+        let (_, b) = http("GET", &format!("{base}/api/items/{id}/details"), Some(&tok));
+        det = serde_json::from_str(&b).unwrap_or(Value::Null);
+        let tr = det["trackers"].as_array().cloned().unwrap_or_default();
+        tr.len() == 2
+            && tr[0]["status"] == "working"
+            && tr[0]["peers"].as_u64().is_some_and(|p| p >= 1)
+            && tr[1]["status"] == "error"
+    });
+    let tr = det["trackers"].as_array().unwrap();
+    assert_eq!(tr[0]["url"], good, "{det}");
+    assert_eq!(tr[0]["kind"], "tracker");
+    assert!(tr[0]["next_announce_secs"].as_u64().is_some(), "{det}");
+    assert!(tr[1]["failures"].as_u64().unwrap() >= 1, "{det}");
+    assert!(!tr[1]["message"].as_str().unwrap_or("").is_empty(), "{det}");
+}

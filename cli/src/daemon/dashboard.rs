@@ -196,15 +196,23 @@ impl App {
                 printable(f["path"].as_str().unwrap_or(""))
             )));
         }
-        if let Some(t) = x["trackers"].as_array().filter(|t| !t.is_empty()) {
-            let t: Vec<String> = t
-                .iter()
-                .filter_map(|v| v.as_str())
-                .map(|v| printable(v).into_owned())
-                .collect();
+        let trackers = x["trackers"].as_array().cloned().unwrap_or_default();
+        if !trackers.is_empty() {
+            l.push(Line::from("trackers and web seeds:"));
+        }
+        for t in trackers.iter().take(6) {
+            let n = |k: &str| t[k].as_u64().map_or("-".to_string(), |v| v.to_string());
             l.push(Line::from(format!(
-                "trackers and web seeds: {}",
-                t.join("  ")
+                "  {:<40} {:<13} peers {:>4} seeds {:>4} leech {:>4}  next {:>5}  {}",
+                printable(t["url"].as_str().unwrap_or("")),
+                t["status"].as_str().unwrap_or(""),
+                n("peers"),
+                n("seeders"),
+                n("leechers"),
+                t["next_announce_secs"]
+                    .as_u64()
+                    .map_or("-".to_string(), |s| format!("{s}s")),
+                printable(t["message"].as_str().unwrap_or("")),
             )));
         }
         l

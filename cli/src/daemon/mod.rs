@@ -741,7 +741,12 @@ impl Daemon {
                     "files": files.iter().map(|f| json!({
                         "path": f.path, "size": f.size, "progress": f.progress,
                     })).collect::<Vec<_>>(),
-                    "trackers": trackers,
+                    "trackers": trackers.iter().map(|t| json!({
+                        "url": t.url, "kind": t.kind, "status": t.status,
+                        "announces": t.announces, "failures": t.failures, "peers": t.peers,
+                        "seeders": t.seeders, "leechers": t.leechers, "message": t.message,
+                        "next_announce_secs": t.next_announce_secs,
+                    })).collect::<Vec<_>>(),
                 })
             }
             Kind::Share => {

@@ -20,6 +20,39 @@ pub struct PeerInfo {
     pub outgoing: bool,
 }
 
+/// One tracker or web seed of a torrent, with what its last announce said.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrackerInfo {
+    pub url: String,
+    /// "tracker" or "web seed".
+    pub kind: &'static str,
+    /// "working", "error", "not contacted" (or "web seed").
+    pub status: &'static str,
+    pub announces: u64,
+    pub failures: u64,
+    /// Peers, seeders and leechers its last good reply gave.
+    pub peers: Option<u32>,
+    pub seeders: Option<u32>,
+    pub leechers: Option<u32>,
+    /// The last error or warning, escaped.
+    pub message: Option<String>,
+    /// Seconds until the next announce (when one is scheduled).
+    pub next_announce_secs: Option<u64>,
+}
+
+/// What the announce loop keeps per tracker URL (in the torrent's state).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TrackerState {
+    pub announces: u64,
+    pub failures: u64,
+    pub ok: bool,
+    pub peers: Option<u32>,
+    pub seeders: Option<u32>,
+    pub leechers: Option<u32>,
+    pub message: Option<String>,
+    pub next: Option<std::time::Instant>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileInfo {
     pub path: String,
@@ -130,15 +163,49 @@ impl TorrentHandle {
     }
 
     /// Its trackers, tier by tier, and web seeds.
-    pub fn trackers(&self) -> Vec<String> {
+    /// Trackers with their last announce's outcome, then web seeds.
+    pub fn trackers(&self) -> Vec<TrackerInfo> {
         let m = &self.shared.meta;
-        m.trackers
+        let st = self.shared.state.lock().unwrap();
+        let now = std::time::Instant::now();
+        let mut out: Vec<TrackerInfo> = m
+            .trackers
             .iter()
             .flatten()
-            .chain(m.url_list.iter())
-            .chain(m.http_seeds.iter())
-            .cloned()
-            .collect()
+            .map(|url| {
+                let t = st.trackers.get(url).cloned().unwrap_or_default();
+                TrackerInfo {
+                    url: crate::encoding::printable(url).into_owned(),
+                    kind: "tracker",
+                    status: match (t.announces, t.ok) {
+                        (0, _) if t.failures == 0 => "not contacted",
+                        (_, true) => "working",
+                        _ => "error",
+                    },
+                    announces: t.announces,
+                    failures: t.failures,
+                    peers: t.peers,
+                    seeders: t.seeders,
+                    leechers: t.leechers,
+                    message: t
+                        .message
+                        .map(|m| crate::encoding::printable(&m).into_owned()),
+                    next_announce_secs: t.next.map(|n| n.saturating_duration_since(now).as_secs()),
+                }
+            })
+            .collect();
+        out.extend(
+            m.url_list
+                .iter()
+                .chain(m.http_seeds.iter())
+                .map(|u| TrackerInfo {
+                    url: crate::encoding::printable(u).into_owned(),
+                    kind: "web seed",
+                    status: "web seed",
+                    ..Default::default()
+                }),
+        );
+        out
     }
 }
 

@@ -6,7 +6,7 @@ mod config;
 mod disk;
 mod driver;
 mod inspect;
-pub use inspect::{client_name, FileInfo, PeerInfo};
+pub use inspect::{client_name, FileInfo, PeerInfo, TrackerInfo};
 mod latency;
 mod transport;
 pub use config::{SessionConfig, TorrentConfig};
@@ -148,6 +148,8 @@ pub(crate) struct State {
     pub(crate) web_seeds: HashMap<u64, webseed::WebSeed>,
     tracker_errors: u64,
     tracker_ok: u64,
+    /// Per tracker URL: its last announce's outcome (the daemon's details).
+    pub(crate) trackers: HashMap<String, inspect::TrackerState>,
 }
 
 impl State {
@@ -560,6 +562,7 @@ impl Session {
             optimistic: None,
             tracker_errors: 0,
             tracker_ok: 0,
+            trackers: HashMap::new(),
             web_seeds: HashMap::new(),
         };
         for p in &cfg.peers {
@@ -856,6 +859,13 @@ async fn tracker_loop(
                 failures = 0;
                 let mut s = t.state.lock().unwrap();
                 s.tracker_ok += 1;
+                let ts = s.trackers.entry(url.clone()).or_default();
+                ts.announces += 1;
+                ts.ok = true;
+                ts.peers = Some(r.peers.len() as u32);
+                ts.seeders = r.seeders;
+                ts.leechers = r.leechers;
+                ts.message = r.warning.clone();
                 for p in r.peers {
                     if !is_self(&t, p) {
                         s.add_known(p);
@@ -874,12 +884,22 @@ async fn tracker_loop(
                 } else {
                     r.interval.clamp(30, 1800)
                 };
-                Duration::from_secs(iv as u64)
+                let wait = Duration::from_secs(iv as u64);
+                s.trackers.entry(url.clone()).or_default().next = Some(Instant::now() + wait);
+                wait
             }
             Err(e) => {
                 failures += 1;
-                t.state.lock().unwrap().tracker_errors += 1;
                 let backoff = Duration::from_secs((1u64 << failures.min(7)).min(120));
+                {
+                    let mut s = t.state.lock().unwrap();
+                    s.tracker_errors += 1;
+                    let ts = s.trackers.entry(url.clone()).or_default();
+                    ts.failures += 1;
+                    ts.ok = false;
+                    ts.message = Some(e.to_string());
+                    ts.next = Some(Instant::now() + backoff);
+                }
                 tracing::warn!("tracker {url}: {e} (retrying in {}s)", backoff.as_secs());
                 backoff
             }
