@@ -866,6 +866,9 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
             && det["pin_fetch"]["done"] == true
     });
     assert_eq!(det["total_bytes"], 54_321, "{det}");
+    // ... and where it is mounted.
+    assert_eq!(det["mount"]["mounted"], true, "{det}");
+    assert!(det["versions"].is_array(), "{det}");
     // Commands that need their own session say why, in one line, instead of a lock error.
     let y = root.join("y");
     std::fs::create_dir_all(&y).unwrap();

@@ -164,6 +164,36 @@ impl App {
                 }
             )));
         }
+        if let Some(m) = x["mount"]["dir"].as_str() {
+            l.push(Line::from(format!(
+                "mount {} ({})",
+                printable(m),
+                if x["mount"]["mounted"] == true {
+                    "mounted"
+                } else {
+                    "not mounted"
+                }
+            )));
+        }
+        if let Some(vs) = x["versions"].as_array().filter(|v| !v.is_empty()) {
+            let w = x["writers"].as_u64().unwrap_or(0);
+            l.push(Line::from(format!(
+                "versions held: {}{}",
+                vs.iter()
+                    .map(|v| format!(
+                        "{} ({})",
+                        v["seq"],
+                        crate::progress::human_bytes(v["size"].as_u64().unwrap_or(0))
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if w > 0 {
+                    format!("   writers: {w} besides the owner")
+                } else {
+                    String::new()
+                }
+            )));
+        }
         let peers = x["peers"].as_array().cloned().unwrap_or_default();
         if !peers.is_empty() {
             l.push(Line::from(format!("peers ({}):", peers.len())));

@@ -720,14 +720,15 @@ impl Daemon {
     /// A torrent's peers, files and trackers; a share's residency (blocking: store reads).
     pub fn details(&self, id: &str) -> Option<serde_json::Value> {
         use serde_json::json;
-        let (kind, handle_peers) = {
+        let (kind, handle_peers, mount) = {
             let g = self.live.lock().unwrap();
             let l = g.get(id)?;
             let t = l
                 .handle
                 .as_ref()
                 .map(|h| (h.peers(), h.files(), h.trackers()));
-            (l.item.kind, t)
+            let mount = l.item.mount.clone().map(|m| (m, l.mounted.is_some()));
+            (l.item.kind, t, mount)
         };
         Some(match kind {
             Kind::Torrent => {
@@ -751,7 +752,25 @@ impl Daemon {
             }
             Kind::Share => {
                 let share = parse_share_id(id)?;
-                crate::pin_cmds::residency_json(&self.node, &share)
+                let mut v = crate::pin_cmds::residency_json(&self.node, &share);
+                if !v.is_object() {
+                    v = json!({});
+                }
+                // The newest versions held here (the owner's), and where it is mounted.
+                let versions = self.node.shares.versions(&share).unwrap_or_default();
+                v["versions"] = json!(versions
+                    .iter()
+                    .rev()
+                    .take(10)
+                    .map(|x| json!({"seq": x.seq, "time": x.time, "size": x.size}))
+                    .collect::<Vec<_>>());
+                v["writers"] = json!(self
+                    .node
+                    .xet
+                    .newest_head(&share)
+                    .map_or(0, |h| h.value.writers.len()));
+                v["mount"] = json!(mount.map(|(m, on)| json!({"dir": m, "mounted": on})));
+                v
             }
         })
     }
