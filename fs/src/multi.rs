@@ -45,6 +45,19 @@ impl Shared {
         self.key.as_ref().map(|k| k.verifying_key().to_bytes())
     }
 
+    /// This node's newest version of the share (the owner's, or its writer feed's).
+    fn own_newest(&self) -> Option<Head> {
+        let me = self.me()?;
+        let shares = &self.reader.node.shares;
+        if self.writer {
+            shares
+                .head(&ccbt_xet::head::feed_id(&me, &self.cfg.share), None)
+                .ok()
+        } else {
+            shares.head(&self.cfg.share, None).ok()
+        }
+    }
+
     /// Merges the newest versions known (listings fetched as needed); a writer's version read
     /// from a peer is kept in the store.
     pub(crate) fn compute_view(&self) -> Result<View, Errno> {
@@ -155,7 +168,20 @@ impl Shared {
         let share = self.cfg.share;
         let view = match self.state().view.clone() {
             Some(v) => v,
-            None => self.compute_view().map_err(|e| format!("{e:?}"))?,
+            // No view kept (a crash before it was saved): this node's own newest version is
+            // what its tree last agreed with, so its changes are stamped against that, and
+            // other writers' newer changes are not taken for reverts.
+            None => match self.own_newest() {
+                Some(h) => View {
+                    key: Vec::new(),
+                    entries: self
+                        .reader
+                        .load_listing_all(&h)
+                        .map_err(|e| format!("{e:?}"))?,
+                    base: h.value.base.clone(),
+                },
+                None => self.compute_view().map_err(|e| format!("{e:?}"))?,
+            },
         };
         let seq = if self.writer {
             shares
