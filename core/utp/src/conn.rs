@@ -32,6 +32,8 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 const DEAD_AFTER: Duration = Duration::from_secs(60);
 /// Out-of-order packets kept (beyond this the window is closed anyway).
 const MAX_REORDER: usize = 1024;
+/// Packets a paced sender may send back to back.
+const PACE_BURST: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -75,6 +77,8 @@ pub struct Conn {
     cwnd: f64,
     ssthresh: f64,
     srtt: Option<Duration>,
+    /// Pacing: the earliest time the next data packet may leave (see [`Conn::paced`]).
+    pace_at: Option<Instant>,
     rttvar: Duration,
     rto: Duration,
     /// Their delay measurement of our packets, the lowest in this and the previous minute.
@@ -132,6 +136,7 @@ impl Conn {
             cwnd: MIN_CWND * 2.0,
             ssthresh: MAX_CWND,
             srtt: None,
+            pace_at: None,
             rttvar: Duration::ZERO,
             rto: Duration::from_secs(1),
             base_delay: [u32::MAX; 2],
@@ -332,10 +337,14 @@ impl Conn {
             }
         }
         for i in to_send {
+            if self.pace_at.is_some_and(|t| t > now) {
+                break; // paced: the rest leaves at `pace_at` (poll_timeout)
+            }
             let (ty, seq, data) = {
                 let s = &self.inflight[i];
                 (s.ty, s.seq, s.data.clone())
             };
+            self.paced(data.len(), now);
             let p = self.packet(ty, seq, data, now);
             let s = &mut self.inflight[i];
             if s.transmissions > 0 {
@@ -362,6 +371,22 @@ impl Conn {
         out
     }
 
+    /// Spreads a window's packets over the round trip instead of sending them back to back: a
+    /// burst of a whole window overflows the receiver's socket buffer and the queues on the path
+    /// (and LEDBAT reads the queue it built itself as congestion). Rate: twice the window per
+    /// smoothed RTT (room for slow start), bursts of up to [`PACE_BURST`] packets; no pacing
+    /// before an RTT sample or on paths under 2 ms (loopback).
+    fn paced(&mut self, len: usize, now: Instant) {
+        let Some(srtt) = self.srtt.filter(|r| *r >= Duration::from_millis(2)) else {
+            self.pace_at = None;
+            return;
+        };
+        let rate = 2.0 * self.cwnd.max(MIN_CWND) / srtt.as_secs_f64();
+        let iv = Duration::from_secs_f64((len + crate::packet::HEADER) as f64 / rate);
+        let floor = now.checked_sub(iv * PACE_BURST).unwrap_or(now);
+        self.pace_at = Some(self.pace_at.map_or(floor, |p| p.max(floor)) + iv);
+    }
+
     /// A RESET for the peer (our connection went away).
     pub fn reset_packet(&self, now: Instant) -> Vec<u8> {
         self.packet(Type::Reset, self.seq, Vec::new(), now).encode()
@@ -380,7 +405,11 @@ impl Conn {
             .min()
             .map(|t| t + self.rto);
         let keep = (self.state == State::Connected).then(|| self.last_send + KEEPALIVE);
-        [rto, keep].into_iter().flatten().min()
+        // Packets held back by pacing leave at `pace_at`.
+        let paced = self
+            .pace_at
+            .filter(|_| self.inflight.iter().any(|s| s.resend && !s.acked));
+        [rto, keep, paced].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -442,7 +471,10 @@ impl Conn {
             return;
         }
         self.recovery_until = Some(self.seq.wrapping_sub(1));
-        self.cwnd = (self.cwnd / 2.0).max(MIN_CWND);
+        // CUBIC's 0.7, not Reno's half: on a long path a random loss every thousand packets
+        // would otherwise hold the window near a few dozen packets. Congestion itself shows
+        // first as queueing delay, which LEDBAT answers before any loss.
+        self.cwnd = (self.cwnd * 0.7).max(MIN_CWND);
         self.ssthresh = self.cwnd;
     }
 
@@ -590,7 +622,16 @@ impl Conn {
             let off_target = (TARGET_US - queueing) / TARGET_US;
             if off_target >= 0.0 {
                 if limited {
-                    self.cwnd += GAIN * off_target * acked as f64 * MSS as f64 / self.cwnd;
+                    // Below a quarter of the target the path has room: grow by up to a
+                    // sixteenth of the window per round trip (not one packet), so a window cut
+                    // by a random loss on a long path comes back in tens of round trips, not
+                    // hundreds. Near the target, LEDBAT's one packet per round trip.
+                    let step = if queueing < TARGET_US / 4.0 {
+                        (self.cwnd / 16.0).max(MSS as f64)
+                    } else {
+                        MSS as f64
+                    };
+                    self.cwnd += GAIN * off_target * acked as f64 * step / self.cwnd;
                 }
             } else {
                 // Over target: give way within a round trip or two (at most halving per round

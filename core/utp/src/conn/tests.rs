@@ -196,16 +196,16 @@ fn a_syn_to_nobody_times_out_and_a_reset_ends_the_connection() {
 }
 
 #[test]
-fn loss_halves_the_window_and_delay_holds_it() {
+fn loss_cuts_the_window_and_delay_holds_it() {
     let now = Instant::now();
     let mut c = Conn::connect(1, now);
     c.state = State::Connected;
     c.cwnd = 100_000.0;
     c.ssthresh = 50_000.0;
     c.on_loss();
-    assert_eq!(c.cwnd as usize, 50_000);
+    assert_eq!(c.cwnd as usize, 70_000);
     c.on_loss(); // the same round trip: once
-    assert_eq!(c.cwnd as usize, 50_000);
+    assert_eq!(c.cwnd as usize, 70_000);
     // Queueing delay above the target shrinks the window; below it, it grows.
     c.recovery_until = None;
     c.ledbat(10_000, MSS, now); // sets the base delay
@@ -215,4 +215,25 @@ fn loss_halves_the_window_and_delay_holds_it() {
     let low = c.cwnd;
     c.ledbat(10_000, 50 * MSS, now);
     assert!(c.cwnd > low);
+}
+
+#[test]
+fn an_empty_path_regrows_a_window_faster_than_a_queued_one() {
+    let now = Instant::now();
+    let grow = |queue_us: u32| {
+        let mut c = Conn::connect(1, now);
+        c.state = State::Connected;
+        c.cwnd = 160_000.0;
+        c.ssthresh = 100_000.0; // out of slow start
+        c.ledbat(10_000, MSS, now); // the base delay
+        let w0 = c.cwnd;
+        // One round trip's ACKs of a full window (`limited`: the window is in flight).
+        c.ledbat(10_000 + queue_us, 160_000, now);
+        c.cwnd - w0
+    };
+    let empty = grow(0);
+    let queued = grow(40_000); // two thirds of the 60 ms target
+                               // About a sixteenth of the window per round trip on an empty path, one packet near target.
+    assert!(empty > 8_000.0 && empty < 11_000.0, "{empty}");
+    assert!(queued < MSS as f64, "{queued}");
 }
