@@ -79,6 +79,8 @@ pub struct Conn {
     srtt: Option<Duration>,
     /// Pacing: the earliest time the next data packet may leave (see [`Conn::paced`]).
     pace_at: Option<Instant>,
+    /// The window before the last loss cut: regrown quickly while the path is empty.
+    w_max: f64,
     rttvar: Duration,
     rto: Duration,
     /// Their delay measurement of our packets, the lowest in this and the previous minute.
@@ -137,6 +139,7 @@ impl Conn {
             ssthresh: MAX_CWND,
             srtt: None,
             pace_at: None,
+            w_max: 0.0,
             rttvar: Duration::ZERO,
             rto: Duration::from_secs(1),
             base_delay: [u32::MAX; 2],
@@ -474,6 +477,7 @@ impl Conn {
         // CUBIC's 0.7, not Reno's half: on a long path a random loss every thousand packets
         // would otherwise hold the window near a few dozen packets. Congestion itself shows
         // first as queueing delay, which LEDBAT answers before any loss.
+        self.w_max = self.cwnd;
         self.cwnd = (self.cwnd * 0.7).max(MIN_CWND);
         self.ssthresh = self.cwnd;
     }
@@ -622,11 +626,12 @@ impl Conn {
             let off_target = (TARGET_US - queueing) / TARGET_US;
             if off_target >= 0.0 {
                 if limited {
-                    // Below a quarter of the target the path has room: grow by up to a
-                    // sixteenth of the window per round trip (not one packet), so a window cut
-                    // by a random loss on a long path comes back in tens of round trips, not
-                    // hundreds. Near the target, LEDBAT's one packet per round trip.
-                    let step = if queueing < TARGET_US / 4.0 {
+                    // A window cut by a loss while the path stays empty (a random loss on a
+                    // long path): regrow to where it was by a sixteenth per round trip, not one
+                    // packet, so it comes back in tens of round trips, not hundreds. Otherwise
+                    // LEDBAT's one packet per round trip: a latecomer whose base delay includes
+                    // another flow's queue must not grab the link.
+                    let step = if queueing < TARGET_US / 4.0 && self.cwnd < self.w_max {
                         (self.cwnd / 16.0).max(MSS as f64)
                     } else {
                         MSS as f64

@@ -224,6 +224,7 @@ fn an_empty_path_regrows_a_window_faster_than_a_queued_one() {
         let mut c = Conn::connect(1, now);
         c.state = State::Connected;
         c.cwnd = 160_000.0;
+        c.w_max = 230_000.0; // cut by a loss from here
         c.ssthresh = 100_000.0; // out of slow start
         c.ledbat(10_000, MSS, now); // the base delay
         let w0 = c.cwnd;
@@ -236,4 +237,13 @@ fn an_empty_path_regrows_a_window_faster_than_a_queued_one() {
                                // About a sixteenth of the window per round trip on an empty path, one packet near target.
     assert!(empty > 8_000.0 && empty < 11_000.0, "{empty}");
     assert!(queued < MSS as f64, "{queued}");
+    // Past the window the loss cut, one packet per round trip again.
+    let mut c = Conn::connect(1, now);
+    c.state = State::Connected;
+    c.cwnd = 160_000.0;
+    c.ssthresh = 100_000.0;
+    c.ledbat(10_000, MSS, now);
+    let w0 = c.cwnd;
+    c.ledbat(10_000, 160_000, now);
+    assert!(c.cwnd - w0 <= MSS as f64 + 1.0, "{}", c.cwnd - w0);
 }
