@@ -82,6 +82,9 @@ pub struct Conn {
     /// The window before the last loss cut: regrown quickly while the path is empty.
     w_max: f64,
     rttvar: Duration,
+    /// The smallest RTT seen: half of it stands for the path's base one-way delay (LEDBAT++'s
+    /// gain; one-way timestamps carry the hosts' clock offset).
+    min_rtt: Option<Duration>,
     rto: Duration,
     /// Their delay measurement of our packets, the lowest in this and the previous minute.
     base_delay: [u32; 2],
@@ -141,6 +144,7 @@ impl Conn {
             pace_at: None,
             w_max: 0.0,
             rttvar: Duration::ZERO,
+            min_rtt: None,
             rto: Duration::from_secs(1),
             base_delay: [u32::MAX; 2],
             base_minute: now,
@@ -455,6 +459,7 @@ impl Conn {
     }
 
     fn rtt_sample(&mut self, r: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -636,7 +641,19 @@ impl Conn {
                     } else {
                         MSS as f64
                     };
-                    self.cwnd += GAIN * off_target * acked as f64 * step / self.cwnd;
+                    // LEDBAT++'s gain: 1 / min(16, ceil(2 target / base delay)), slower than
+                    // Reno's one packet per round trip on short paths, so a TCP flow sharing a
+                    // queue below our target still gets most of the link. The regrowth after a
+                    // random loss is not slowed.
+                    let gain = if step > MSS as f64 {
+                        GAIN
+                    } else {
+                        let base_us = self
+                            .min_rtt
+                            .map_or(TARGET_US, |r| r.as_micros() as f64 / 2.0);
+                        GAIN / (2.0 * TARGET_US / base_us.max(1.0)).ceil().clamp(1.0, 16.0)
+                    };
+                    self.cwnd += gain * off_target * acked as f64 * step / self.cwnd;
                 }
             } else {
                 // Over target: give way within a round trip or two (at most halving per round
