@@ -267,18 +267,8 @@ fn save_view(dir: &Path, reader: &crate::read::Reader, v: &View) -> std::io::Res
     for (h, text) in nodes {
         store.put_node(&h, &text).map_err(std::io::Error::other)?;
     }
-    let base = v
-        .base
-        .iter()
-        .map(|(k, s)| {
-            OwnedValue::List(vec![
-                OwnedValue::bytes(k.to_vec()),
-                OwnedValue::Int(*s as i64),
-            ])
-        })
-        .collect();
     let b = OwnedValue::dict([
-        ("b", OwnedValue::List(base)),
+        ("b", ccbt_xet::head::encode_base(&v.base)),
         ("root", OwnedValue::bytes(root.0.to_vec())),
     ])
     .encode();
@@ -294,18 +284,7 @@ pub(crate) fn load_view(dir: &Path, reader: &crate::read::Reader) -> Option<View
     let v = bencode::decode(&b).ok()?;
     let d = v.as_dict()?;
     let root: [u8; 32] = d.get(b"root")?.as_bytes()?.try_into().ok()?;
-    let base = d
-        .get(b"b")?
-        .as_list()?
-        .iter()
-        .map(|p| {
-            let l = p.as_list()?;
-            Some((
-                l.first()?.as_bytes()?.try_into().ok()?,
-                l.get(1)?.as_int()? as u64,
-            ))
-        })
-        .collect::<Option<Vec<_>>>()?;
+    let base = ccbt_xet::head::decode_base(d.get(b"b")?)?;
     let entries = reader.listing_at(XetHash(root)).ok()?;
     Some(View {
         key: Vec::new(),

@@ -42,6 +42,32 @@ pub fn share_id(public_key: &[u8; 32]) -> ShareId {
     Sha1::digest(public_key).into()
 }
 
+/// `v.b`: a list of `[key8, seq]`.
+pub fn encode_base(base: &[(Key8, u64)]) -> OwnedValue {
+    OwnedValue::List(
+        base.iter()
+            .map(|(k, s)| {
+                OwnedValue::List(vec![
+                    OwnedValue::bytes(k.to_vec()),
+                    OwnedValue::Int(*s as i64),
+                ])
+            })
+            .collect(),
+    )
+}
+
+pub fn decode_base(v: &bencode::Value) -> Option<Vec<(Key8, u64)>> {
+    v.as_list()?
+        .iter()
+        .map(|p| {
+            let l = p.as_list().filter(|l| l.len() == 2)?;
+            let k = l[0].as_bytes().and_then(|b| <Key8>::try_from(b).ok())?;
+            let s = l[1].as_int().filter(|s| *s >= 0)?;
+            Some((k, s as u64))
+        })
+        .collect()
+}
+
 /// The BEP 44 target of a mutable item: SHA-1(key ++ salt) (the share id when the salt is empty).
 pub fn feed_id(public_key: &[u8; 32], salt: &[u8]) -> ShareId {
     let mut h = Sha1::new();
@@ -297,18 +323,7 @@ impl Head {
         };
         let base = match vdict.get(b"b") {
             None => Vec::new(),
-            Some(x) => x
-                .as_list()
-                .ok_or_else(|| bad("'v.b' is not a list"))?
-                .iter()
-                .map(|p| {
-                    let l = p.as_list().filter(|l| l.len() == 2)?;
-                    let k = l[0].as_bytes().and_then(|b| <Key8>::try_from(b).ok())?;
-                    let s = l[1].as_int().filter(|s| *s >= 0)?;
-                    Some((k, s as u64))
-                })
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| bad("'v.b' is not a list of [key8, seq]"))?,
+            Some(x) => decode_base(x).ok_or_else(|| bad("'v.b' is not a list of [key8, seq]"))?,
         };
         let head = Head {
             public_key: k.try_into().unwrap(),

@@ -223,19 +223,8 @@ impl Shares {
     }
 
     fn new_key(&self) -> Result<(SigningKey, ShareId)> {
-        let mut seed = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
-        let k = SigningKey::from_bytes(&seed);
+        let k = new_key_file(&|k| self.key_path(&share_id(&k.verifying_key().to_bytes())))?;
         let id = share_id(&k.verifying_key().to_bytes());
-        let p = self.key_path(&id);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(io(&p))?;
-        writeln!(f, "{}", ccbt_core::encoding::to_hex(&seed)).map_err(io(&p))?;
-        f.sync_all().map_err(io(&p))?;
         Ok((k, id))
     }
 
@@ -284,17 +273,7 @@ impl Shares {
                 Ok(Some(SigningKey::from_bytes(&seed)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                let mut seed = [0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&p)
-                    .map_err(io(&p))?;
-                writeln!(f, "{}", ccbt_core::encoding::to_hex(&seed)).map_err(io(&p))?;
-                f.sync_all().map_err(io(&p))?;
-                Ok(Some(SigningKey::from_bytes(&seed)))
+                Ok(Some(new_key_file(&|_| p.clone())?))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&p)(e)),
@@ -797,6 +776,23 @@ impl Shares {
         }
         Ok(total)
     }
+}
+
+/// A new random ed25519 key, its seed written (hex, mode 0600, durably) at `path(key)`.
+fn new_key_file(path: &dyn Fn(&SigningKey) -> PathBuf) -> Result<SigningKey> {
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let k = SigningKey::from_bytes(&seed);
+    let p = path(&k);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .map_err(io(&p))?;
+    writeln!(f, "{}", ccbt_core::encoding::to_hex(&seed)).map_err(io(&p))?;
+    f.sync_all().map_err(io(&p))?;
+    Ok(k)
 }
 
 fn set_mtime(f: &File, secs: i64) -> std::io::Result<()> {
