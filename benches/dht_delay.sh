@@ -101,12 +101,17 @@ sleep 10
 t0=$(date +%s.%N)
 $A "$BIN" --data-dir "$W/fresh" --dht-bootstrap "$BOOT" mount "$id" "$W/mnt" --listen "$HA:44001" > "$W/mount.log" 2>&1 &
 PIDS+=($!)
+got=no
 for _ in $(seq 2400); do
-  head -c 1 "$W/mnt/video.bin" > /dev/null 2>&1 && break
+  head -c 1 "$W/mnt/video.bin" > /dev/null 2>&1 && { got=yes; break; }
   sleep 0.05
 done
 t1=$(date +%s.%N)
 cold=$(echo "$t1 - $t0" | bc)
+if [ "$got" = no ]; then
+  echo "cold mount: no byte within 120 s; its log:" >&2; tail -5 "$W/mount.log" >&2
+  cold=-1
+fi
 
 echo "network: $NET; $ITEMS items, ${#ids[@]} share swarms"
 python3 - "$W" "$rss" "$cold" <<'PY'
@@ -142,5 +147,6 @@ for what, cf, lf, okc, okl in (
     if rows[1][3] == rows[1][3] and rows[1][3] > 0:
         print(f'ccbt p50 / libtorrent p50: {rows[0][3] / rows[1][3]:.2f}; queries ratio {rows[0][5] / max(0.01, rows[1][5]):.2f}')
 print(f'\nccbt node RSS (median of the ccbt nodes): {rss / 1024:.1f} MiB')
-print(f'cold mount by share id from dlA, command to first byte: {cold:.2f} s')
+print(f'cold mount by share id from dlA, command to first byte: {cold:.2f} s' if cold >= 0
+      else 'cold mount by share id from dlA: FAILED (no byte within 120 s)')
 PY

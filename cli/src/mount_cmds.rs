@@ -245,6 +245,29 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
         Some(seq) => old_head(&node, &head, seq, a.net.timeout)?,
         None => head,
     };
+    // A head can come from the DHT before any peer does (a cold mount by share id): the
+    // listing is fetched from peers, so wait (bounded) for one rather than fail at once.
+    let have_listing = node.shares.listing(&head).is_ok() && head.value.writers.is_empty();
+    if !have_listing && node.xet.peer_count(&id) == 0 {
+        if !ctx.quiet {
+            eprintln!(
+                "version {} found; waiting for a peer that serves it...",
+                head.seq
+            );
+        }
+        if !rt.block_on(
+            node.xet
+                .wait_for_peer(&id, Duration::from_secs(a.net.timeout)),
+        ) {
+            bail!(
+                "version {} of share {} is known but no peer serving it connected within {}s{}",
+                head.seq,
+                share_id_hex(&id),
+                a.net.timeout,
+                no_source_hint(ctx)
+            );
+        }
+    }
     let cfg = mount_config(&ctx.config.fs, &ctx.data_dir, id, frozen.is_some());
     let m = mount(
         node.xet.clone(),
