@@ -34,6 +34,9 @@ const DEAD_AFTER: Duration = Duration::from_secs(60);
 const MAX_REORDER: usize = 1024;
 /// Packets a paced sender may send back to back.
 const PACE_BURST: u32 = 10;
+/// Paths shorter than this are not paced (loopback and LANs, even loaded: a window's burst
+/// does not outrun their buffers).
+const PACE_MIN_RTT: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -382,9 +385,9 @@ impl Conn {
     /// burst of a whole window overflows the receiver's socket buffer and the queues on the path
     /// (and LEDBAT reads the queue it built itself as congestion). Rate: twice the window per
     /// smoothed RTT (room for slow start), bursts of up to [`PACE_BURST`] packets; no pacing
-    /// before an RTT sample or on paths under 2 ms (loopback).
+    /// before an RTT sample or on paths under [`PACE_MIN_RTT`].
     fn paced(&mut self, len: usize, now: Instant) {
-        let Some(srtt) = self.srtt.filter(|r| *r >= Duration::from_millis(2)) else {
+        let Some(srtt) = self.srtt.filter(|r| *r >= PACE_MIN_RTT) else {
             self.pace_at = None;
             return;
         };
