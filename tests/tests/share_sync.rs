@@ -548,13 +548,27 @@ fn a_share_swarm_serves_only_that_share_and_ignores_unknown_messages() {
     wait_listening(&listen, 20);
     // Join share 1's swarm as a ccbt_xet peer.
     let share1: [u8; 20] = ccbt_core_hex(&id1);
-    let mut c = std::net::TcpStream::connect(&listen).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(&bt_handshake(&share1, b"-XT0001-crossshare01", true))
-        .unwrap();
-    c.write_all(&ext_msg(0, b"d1:md8:ccbt_xeti3eee")).unwrap();
+    // The seed listens before it has joined every share's swarm: a connection in that moment
+    // is reset, as a peer of an unknown swarm; try again (bounded), as a peer would.
     let mut hs = [0u8; 68];
-    c.read_exact(&mut hs).unwrap();
+    let mut tries = 0;
+    let mut c = loop {
+        let mut c = std::net::TcpStream::connect(&listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let ok = c
+            .write_all(&bt_handshake(&share1, b"-XT0001-crossshare01", true))
+            .and_then(|_| c.write_all(&ext_msg(0, b"d1:md8:ccbt_xeti3eee")))
+            .and_then(|_| c.read_exact(&mut hs));
+        match ok {
+            Ok(()) => break c,
+            Err(e) if tries < 40 => {
+                tries += 1;
+                eprintln!("handshake attempt {tries}: {e}");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => panic!("the seed never answered a share 1 handshake: {e}"),
+        }
+    };
     let their_id = loop {
         let (id, p) = read_msg(&mut c);
         if id == 20 && p[0] == 0 {
