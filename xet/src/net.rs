@@ -265,16 +265,9 @@ impl ShareNet {
                 return false;
             }
             g.heads.insert(share, head.clone());
-            g.peers
-                .values()
-                .filter(|p| p.ctx.info_hash == share && Some(p.ctx.key) != from)
-                .map(|p| p.ctx.clone())
-                .collect()
+            g.share_peers(&share, from)
         };
-        let msg = Msg::Head(head.encode()).encode();
-        for p in targets {
-            p.sender.send(EXT_NAME, msg.clone());
-        }
+        push_head(&targets, &head);
         let _ = self.heads_tx.send((share, head.seq));
         true
     }
@@ -293,16 +286,9 @@ impl ShareNet {
                 return Ok(false);
             }
             f.insert(head.public_key, head.clone());
-            g.peers
-                .values()
-                .filter(|p| p.ctx.info_hash == share && Some(p.ctx.key) != from)
-                .map(|p| p.ctx.clone())
-                .collect()
+            g.share_peers(&share, from)
         };
-        let msg = Msg::Head(head.encode()).encode();
-        for p in targets {
-            p.sender.send(EXT_NAME, msg.clone());
-        }
+        push_head(&targets, &head);
         let _ = self.feeds_tx.send(share);
         Ok(true)
     }
@@ -662,6 +648,25 @@ impl ShareNet {
             }
         }
         None
+    }
+}
+
+impl Inner {
+    /// The share's connected peers but `except` (the one a head came from).
+    fn share_peers(&self, share: &ShareId, except: Option<u64>) -> Vec<PeerCtx> {
+        self.peers
+            .values()
+            .filter(|p| &p.ctx.info_hash == share && Some(p.ctx.key) != except)
+            .map(|p| p.ctx.clone())
+            .collect()
+    }
+}
+
+/// Sends a head (the owner's or a writer's) to `targets`.
+fn push_head(targets: &[PeerCtx], head: &Head) {
+    let msg = Msg::Head(head.encode()).encode();
+    for p in targets {
+        p.sender.send(EXT_NAME, msg.clone());
     }
 }
 
