@@ -247,7 +247,7 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     };
     // A head can come from the DHT before any peer does (a cold mount by share id): the
     // listing is fetched from peers, so wait (bounded) for one rather than fail at once.
-    let have_listing = node.shares.listing(&head).is_ok() && head.value.writers.is_empty();
+    let have_listing = node.shares.listing(&head).is_ok();
     if !have_listing && node.xet.peer_count(&id) == 0 {
         if !ctx.quiet {
             eprintln!(

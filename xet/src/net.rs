@@ -357,10 +357,13 @@ impl ShareNet {
     pub async fn wait_for_peer(&self, share: &ShareId, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Registered before the check, so a peer that connects in between is not missed.
+            let n = self.peers_changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
             if self.peer_count(share) > 0 {
                 return true;
             }
-            let n = self.peers_changed.notified();
             if tokio::time::timeout_at(deadline, n).await.is_err() {
                 return self.peer_count(share) > 0;
             }
