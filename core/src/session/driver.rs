@@ -88,8 +88,15 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
                 p.up_rate = p.up_rate * 0.6 + (du as f64 / dt) * 0.4;
             }
             complete = s.picker.complete();
-            // Dial known peers we are not connected to, within the limit, with backoff.
-            let connected: HashSet<SocketAddr> = s.peers.values().map(|p| p.addr).collect();
+            // Dial known peers we are not connected to, within the limit, with backoff. A peer
+            // that dialed us is connected at its listen address too (from its extension
+            // handshake): dialing that would only be dropped as a duplicate, again and again.
+            let connected: HashSet<SocketAddr> = s
+                .peers
+                .values()
+                .flat_map(|p| [Some(p.addr), p.reachable])
+                .flatten()
+                .collect();
             let room = t
                 .max_peers
                 .load(std::sync::atomic::Ordering::Relaxed)
