@@ -346,6 +346,10 @@ pub fn done_json(req: &Request, d: &Done) -> Value {
         _ => json!({}),
     };
     j["ms"] = json!(d.elapsed.as_secs_f64() * 1000.0);
+    // When the first peers (or the first verified item) came: what a download waits for.
+    if let Some(f) = d.first {
+        j["first_ms"] = json!(f.as_secs_f64() * 1000.0);
+    }
     j["queries"] = json!(d.queries);
     j
 }

@@ -128,27 +128,31 @@ impl Lookup {
         out
     }
 
-    /// A reply from `id`: the nodes it knows nearer the target, peers, and its token.
+    /// A reply from `id`: the nodes it knows nearer the target, peers, and its token. Returns
+    /// the peers not seen before (callers hand them out before the lookup ends).
     pub fn on_reply(
         &mut self,
         id: &Id,
         nodes: &[NodeInfo],
         peers: &[SocketAddr],
         token: Option<Vec<u8>>,
-    ) {
+    ) -> Vec<SocketAddr> {
         let Some(c) = self.cands.iter_mut().find(|c| c.info.id == *id) else {
-            return; // not ours to ask: ignore (a forged or late reply)
+            return Vec::new(); // not ours to ask: ignore (a forged or late reply)
         };
         if !matches!(c.status, Status::Asked(_)) {
-            return;
+            return Vec::new();
         }
         c.status = Status::Answered(token);
+        let mut new = Vec::new();
         for p in peers {
             if self.peers.len() < MAX_PEERS && self.peer_set.insert(*p) {
                 self.peers.push(*p);
+                new.push(*p);
             }
         }
         self.add_nodes(nodes.iter().copied());
+        new
     }
 
     pub fn on_timeout(&mut self, id: &Id) {

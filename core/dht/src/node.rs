@@ -146,6 +146,10 @@ pub struct Done {
     pub outcome: Outcome,
     pub queries: usize,
     pub elapsed: Duration,
+    /// When the first result came: the first peers (get_peers, also handed out then through
+    /// [`Node::poll_found`]) or the first verified item (get). A caller can act on it before
+    /// the lookup ends, so it is the latency users feel.
+    pub first: Option<Duration>,
 }
 
 /// An operation waits this long for the routing table to get its first node.
@@ -201,6 +205,7 @@ struct Op {
     phase: Phase,
     best: Option<FoundItem>,
     queries: usize,
+    first: Option<Instant>,
 }
 
 /// Per-IP token bucket for incoming queries.
@@ -248,6 +253,8 @@ pub struct Node {
     next_op: OpId,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     done: VecDeque<Done>,
+    /// Peers found by running get_peers lookups, before they end (bounded by the lookups').
+    found: VecDeque<(OpId, Vec<SocketAddr>)>,
     limiter: Limiter,
     bootstrap: Vec<SocketAddr>,
     last_bootstrap: Option<Instant>,
@@ -281,6 +288,7 @@ impl Node {
             next_op: 1,
             outbox: VecDeque::new(),
             done: VecDeque::new(),
+            found: VecDeque::new(),
             limiter: Limiter::default(),
             bootstrap: Vec::new(),
             last_bootstrap: None,
@@ -330,6 +338,7 @@ impl Node {
                 outcome,
                 queries: 0,
                 elapsed: Duration::ZERO,
+                first: None,
             });
             return op;
         }
@@ -364,6 +373,7 @@ impl Node {
                 phase,
                 best: None,
                 queries: 0,
+                first: None,
             },
         );
         self.advance(op, now);
@@ -384,6 +394,11 @@ impl Node {
 
     pub fn poll_event(&mut self) -> Option<Done> {
         self.done.pop_front()
+    }
+
+    /// Peers a running get_peers lookup has just found (they are in its final outcome too).
+    pub fn poll_found(&mut self) -> Option<(OpId, Vec<SocketAddr>)> {
+        self.found.pop_front()
     }
 
     fn send(&mut self, to: SocketAddr, msg: &Message) {
@@ -647,7 +662,10 @@ impl Node {
                 Some(r) => {
                     if let (Request::Get { target, kind }, Some(item)) = (&o.req, &r.item) {
                         match checked_item(target, kind, item) {
-                            Some(found) => keep_best(&mut o.best, found),
+                            Some(found) => {
+                                o.first.get_or_insert(now);
+                                keep_best(&mut o.best, found)
+                            }
                             None if !item.v.is_empty() => self.stats.bad_items += 1,
                             None => {}
                         }
@@ -655,7 +673,11 @@ impl Node {
                     // Never a candidate: ourselves (the nodes we asked know us by now).
                     let nodes: Vec<NodeInfo> =
                         r.nodes.iter().filter(|n| n.id != own).copied().collect();
-                    l.on_reply(&id, &nodes, &r.values, r.token.clone());
+                    let new = l.on_reply(&id, &nodes, &r.values, r.token.clone());
+                    if !new.is_empty() {
+                        o.first.get_or_insert(now);
+                        self.found.push_back((op, new));
+                    }
                 }
                 None => l.on_timeout(&id),
             },
@@ -705,6 +727,7 @@ impl Node {
                 outcome,
                 queries: o.queries,
                 elapsed: now.duration_since(o.started),
+                first: o.first.map(|f| f.duration_since(o.started)),
             });
         }
     }

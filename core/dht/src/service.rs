@@ -66,8 +66,10 @@ pub struct Status {
     pub other_packets: u64,
 }
 
+pub use ccbt_core::session::discovery::PeerSink;
+
 enum Cmd {
-    Op(Request, oneshot::Sender<Done>),
+    Op(Request, oneshot::Sender<Done>, Option<PeerSink>),
     Status(oneshot::Sender<Status>),
     /// Writes the routing table now; answers when written.
     Save(oneshot::Sender<()>),
@@ -161,8 +163,8 @@ impl Dht {
     pub async fn request(&self, req: Request) -> Result<Done, DhtError> {
         let to6 = matches!(req, Request::Ping(a) if a.is_ipv6());
         match (&self.v6, to6) {
-            (Some((tx6, _)), true) => op(tx6, req).await,
-            _ => op(&self.tx, req).await,
+            (Some((tx6, _)), true) => op(tx6, req, None).await,
+            _ => op(&self.tx, req, None).await,
         }
     }
 
@@ -173,12 +175,16 @@ impl Dht {
     /// Runs `req` on both nodes at once (the IPv6 one when it runs). When one finishes, the
     /// other is waited for only if its table holds nodes (an empty node would sit out its wait
     /// for a bootstrap that may never come, as an IPv6 node with only IPv4 routers does).
-    async fn both(&self, req: Request) -> Result<(Done, Option<Done>), DhtError> {
+    async fn both(
+        &self,
+        req: Request,
+        early: Option<PeerSink>,
+    ) -> Result<(Done, Option<Done>), DhtError> {
         let Some((tx6, _)) = &self.v6 else {
-            return Ok((op(&self.tx, req).await?, None));
+            return Ok((op(&self.tx, req, early).await?, None));
         };
-        let f4 = op(&self.tx, req.clone());
-        let f6 = op(tx6, req);
+        let f4 = op(&self.tx, req.clone(), early.clone());
+        let f6 = op(tx6, req, early);
         tokio::pin!(f4, f6);
         tokio::select! {
             a = &mut f4 => {
@@ -194,17 +200,22 @@ impl Dht {
     }
 
     /// Peers for `info_hash`; with `announce`, also announces us on that TCP port (0: the UDP
-    /// source port, BEP 5's implied_port).
+    /// source port, BEP 5's implied_port). `early` gets peers as they are found (a caller can
+    /// dial them while the lookup walks on); the result holds them all.
     pub async fn get_peers(
         &self,
         info_hash: Id,
         announce: Option<u16>,
+        early: Option<PeerSink>,
     ) -> Result<Vec<SocketAddr>, DhtError> {
         let (a, b) = self
-            .both(Request::GetPeers {
-                info_hash,
-                announce,
-            })
+            .both(
+                Request::GetPeers {
+                    info_hash,
+                    announce,
+                },
+                early,
+            )
             .await?;
         let mut out = Vec::new();
         for d in std::iter::once(a).chain(b) {
@@ -221,7 +232,7 @@ impl Dht {
 
     /// A BEP 44 item: immutable by its SHA-1, or mutable (the newest verified `seq`).
     pub async fn get(&self, target: Id, kind: ItemKind) -> Result<Option<FoundItem>, DhtError> {
-        let (a, b) = self.both(Request::Get { target, kind }).await?;
+        let (a, b) = self.both(Request::Get { target, kind }, None).await?;
         let seq = |i: &FoundItem| i.mutable.as_ref().map_or(0, |m| m.seq);
         let mut best: Option<FoundItem> = None;
         for d in std::iter::once(a).chain(b) {
@@ -236,7 +247,7 @@ impl Dht {
 
     /// Stores a BEP 44 item on the closest nodes; returns how many stored it and the last error.
     pub async fn put(&self, item: PutItem) -> Result<PutResult, DhtError> {
-        let (a, b) = self.both(Request::Put(item)).await?;
+        let (a, b) = self.both(Request::Put(item), None).await?;
         let mut out: Option<PutResult> = None;
         for d in std::iter::once(a).chain(b) {
             if let Outcome::Put {
@@ -299,9 +310,13 @@ impl Dht {
     }
 }
 
-async fn op(tx: &mpsc::Sender<Cmd>, req: Request) -> Result<Done, DhtError> {
+async fn op(
+    tx: &mpsc::Sender<Cmd>,
+    req: Request,
+    early: Option<PeerSink>,
+) -> Result<Done, DhtError> {
     let (reply, rx) = oneshot::channel();
-    tx.send(Cmd::Op(req, reply))
+    tx.send(Cmd::Op(req, reply, early))
         .await
         .map_err(|_| DhtError::Stopped)?;
     rx.await.map_err(|_| DhtError::Stopped)
@@ -408,6 +423,7 @@ async fn run(
     });
     let mut waiters: std::collections::HashMap<node::OpId, oneshot::Sender<Done>> =
         Default::default();
+    let mut sinks: std::collections::HashMap<node::OpId, PeerSink> = Default::default();
     let sock = mux.socket.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -426,9 +442,12 @@ async fn run(
             },
             cmd = rx.recv() => match cmd {
                 None => break,
-                Some(Cmd::Op(req, reply)) => {
+                Some(Cmd::Op(req, reply, early)) => {
                     let op = node.start(req, Instant::now());
                     waiters.insert(op, reply);
+                    if let Some(e) = early {
+                        sinks.insert(op, e);
+                    }
                 }
                 Some(Cmd::Status(reply)) => {
                     let _ = reply.send(Status {
@@ -477,7 +496,13 @@ async fn run(
             let r = sock.try_send_to(&pkt, to);
             tracing::trace!("DHT out to {to}: {} bytes: {r:?}", pkt.len());
         }
+        while let Some((op, peers)) = node.poll_found() {
+            if let Some(s) = sinks.get(&op) {
+                let _ = s.send(peers);
+            }
+        }
         while let Some(d) = node.poll_event() {
+            sinks.remove(&d.op);
             if let Some(w) = waiters.remove(&d.op) {
                 let _ = w.send(d);
             }
@@ -492,9 +517,14 @@ impl ccbt_core::session::discovery::Discovery for Dht {
         &self,
         info_hash: [u8; 20],
         announce: Option<u16>,
+        early: Option<PeerSink>,
     ) -> ccbt_core::session::discovery::PeersFuture {
         let d = self.clone();
-        Box::pin(async move { d.get_peers(info_hash, announce).await.unwrap_or_default() })
+        Box::pin(async move {
+            d.get_peers(info_hash, announce, early)
+                .await
+                .unwrap_or_default()
+        })
     }
 
     fn external_address(&self, ip: IpAddr) {

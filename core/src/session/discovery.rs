@@ -11,10 +11,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub type PeersFuture = Pin<Box<dyn Future<Output = Vec<SocketAddr>> + Send>>;
+/// Where a lookup hands out peers as it finds them, before it ends.
+pub type PeerSink = tokio::sync::mpsc::UnboundedSender<Vec<SocketAddr>>;
 
 pub trait Discovery: Send + Sync + 'static {
     /// Peers for `info_hash`; with `announce`, also announces us as a peer on that TCP port.
-    fn find_peers(&self, info_hash: [u8; 20], announce: Option<u16>) -> PeersFuture;
+    /// `early`, if given, gets peers as they are found, so they can be dialed at once (a lookup
+    /// walks on for a while after the first peers come).
+    fn find_peers(
+        &self,
+        info_hash: [u8; 20],
+        announce: Option<u16>,
+        early: Option<PeerSink>,
+    ) -> PeersFuture;
     /// Our external address as the port mapping learned it (BEP 42 ids derive from it).
     fn external_address(&self, _ip: std::net::IpAddr) {}
 }
@@ -44,22 +53,36 @@ pub(crate) async fn discovery_loop(
             hashes.push(short);
         }
     }
+    // Adds peers to the known set and wakes the driver to dial them; how many were not us.
+    let add = |peers: Vec<SocketAddr>| {
+        let mut n = 0;
+        let mut s = t.state.lock().unwrap();
+        for p in peers {
+            if !super::is_self(&t, p) {
+                s.add_known(p);
+                n += 1;
+            }
+        }
+        drop(s);
+        t.wake.notify_one();
+        n
+    };
     loop {
         let mut found = 0;
         for h in &hashes {
-            let peers = tokio::select! {
-                p = d.0.find_peers(*h, Some(port)) => p,
-                _ = quit.changed() => return,
-            };
-            let mut s = t.state.lock().unwrap();
-            for p in peers {
-                if !super::is_self(&t, p) {
-                    s.add_known(p);
-                    found += 1;
+            // Peers found early are dialed at once; the full set comes at the end anyway.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let lookup = d.0.find_peers(*h, Some(port), Some(tx));
+            tokio::pin!(lookup);
+            let peers = loop {
+                tokio::select! {
+                    p = &mut lookup => break p,
+                    Some(early) = rx.recv() => { add(early); }
+                    _ = quit.changed() => return,
                 }
-            }
+            };
+            found += add(peers);
         }
-        t.wake.notify_one();
         let connected = t.state.lock().unwrap().peers.len();
         let wait = if found == 0 {
             Duration::from_secs(10)

@@ -112,8 +112,18 @@ pub async fn fetch_metadata(cfg: FetchConfig) -> Result<Fetched, FetchError> {
     let dht = cfg.discovery.clone().map(|d| {
         let tx = peer_tx.clone();
         tokio::spawn(async move {
+            // Peers found before a lookup ends are dialed at once.
+            let (early, mut early_rx) = mpsc::unbounded_channel::<Vec<SocketAddr>>();
+            let fwd = tx.clone();
+            tokio::spawn(async move {
+                while let Some(v) = early_rx.recv().await {
+                    v.into_iter().for_each(|p| {
+                        let _ = fwd.send(p);
+                    });
+                }
+            });
             loop {
-                for p in d.0.find_peers(ih, None).await {
+                for p in d.0.find_peers(ih, None, Some(early.clone())).await {
                     let _ = tx.send(p);
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;

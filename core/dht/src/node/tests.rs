@@ -17,6 +17,8 @@ struct Net {
     rng: StdRng,
     loss: f64,
     done: Vec<(SocketAddr, Done)>,
+    /// Peers handed out early by running lookups: (node, op, peers, when).
+    found: Vec<(SocketAddr, OpId, Vec<SocketAddr>, Instant)>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -56,6 +58,7 @@ impl Net {
             rng,
             loss,
             done: Vec::new(),
+            found: Vec::new(),
         }
     }
 
@@ -75,6 +78,9 @@ impl Net {
             }
             while let Some(d) = node.poll_event() {
                 self.done.push((a, d));
+            }
+            while let Some((op, peers)) = node.poll_found() {
+                self.found.push((a, op, peers, self.now));
             }
         }
     }
@@ -170,6 +176,21 @@ fn a_network_bootstraps_announces_and_finds_peers_despite_loss() {
     );
     // A lookup in a 60-node network costs a few dozen queries, not the network.
     assert!(d.queries < 40, "{} queries", d.queries);
+    // The peers were handed out as they came, before the lookup ended, and `first` says when.
+    let early: Vec<SocketAddr> = net
+        .found
+        .iter()
+        .filter(|(a, op, ..)| *a == addr(50) && *op == d.op)
+        .flat_map(|(_, _, p, _)| p.clone())
+        .collect();
+    assert_eq!(early.len(), peers.len(), "each peer once: {early:?}");
+    assert!(early.iter().all(|p| peers.contains(p)));
+    let first = d.first.expect("a time to the first peers");
+    assert!(
+        first < d.elapsed,
+        "{first:?} is not before the end, {:?}",
+        d.elapsed
+    );
 }
 
 #[test]
