@@ -288,6 +288,32 @@ pub fn wait_until(secs: f64, what: &str, mut f: impl FnMut() -> bool) -> std::ti
     panic!("timed out after {secs}s waiting for {what}");
 }
 
+/// [`wait_until`], printing the tail of each log before failing (a flake in CI leaves nothing
+/// else to read).
+pub fn wait_until_logs(
+    secs: f64,
+    what: &str,
+    logs: &[&Path],
+    mut f: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs_f64(secs) {
+        if f() {
+            return t0.elapsed();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for l in logs {
+        let text = std::fs::read_to_string(l).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("--- last lines of {}:", l.display());
+        for x in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{x}");
+        }
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
 /// A raw BitTorrent handshake (for scripted hostile peers); `extensions` sets the BEP 10 bit.
 pub fn bt_handshake(info_hash: &[u8; 20], peer_id: &[u8], extensions: bool) -> Vec<u8> {
     let mut out = vec![19u8];

@@ -70,8 +70,10 @@ fn ccbt_b(st: &Setup, a: &str) -> (ChildGuard, String) {
 fn ccbt_c(st: &Setup, b: &str) -> f64 {
     let t0 = Instant::now();
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut g = spawn_ccbt(
+    let mut g = spawn_ccbt_env(
         &[
+            "--log-level",
+            "debug",
             "--data-dir",
             s(&st.root.join("C")),
             "download",
@@ -84,10 +86,13 @@ fn ccbt_c(st: &Setup, b: &str) -> f64 {
             &listen,
         ],
         &st.root.join("C.log"),
+        &[],
     );
-    wait_until(
+    let logs = ["A.log", "B.log", "C.log"].map(|l| st.root.join(l));
+    wait_until_logs(
         120.0,
         "C to finish (only possible with A's address)",
+        &logs.each_ref().map(|p| p.as_path()),
         || g.0.try_wait().unwrap().is_some(),
     );
     assert!(
