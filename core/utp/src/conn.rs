@@ -97,6 +97,8 @@ pub struct Conn {
     last_recv: Instant,
     last_send: Instant,
     dup_acks: u32,
+    /// When a hole past which 3 packets were acked becomes lost ([`Conn::detect_losses`]).
+    loss_timer: Option<Instant>,
     last_ack_seen: u16,
     /// After a loss the window is cut once per round trip: until this seq is acked.
     recovery_until: Option<u16>,
@@ -156,6 +158,7 @@ impl Conn {
             last_recv: now,
             last_send: now,
             dup_acks: 0,
+            loss_timer: None,
             last_ack_seen: 0,
             recovery_until: None,
             close_requested: false,
@@ -419,7 +422,10 @@ impl Conn {
         let paced = self
             .pace_at
             .filter(|_| self.inflight.iter().any(|s| s.resend && !s.acked));
-        [rto, keep, paced].into_iter().flatten().min()
+        [rto, keep, paced, self.loss_timer]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -433,6 +439,9 @@ impl Conn {
         if waiting && now.duration_since(self.last_recv) >= DEAD_AFTER {
             self.state = State::TimedOut;
             return;
+        }
+        if self.loss_timer.is_some_and(|t| t <= now) && self.detect_losses(now) {
+            self.on_loss();
         }
         let rto = self.rto;
         let Some(s) = self
@@ -530,6 +539,35 @@ impl Conn {
         }
     }
 
+    /// BEP 29: a packet with 3 packets after it acked is lost, once it has had a round trip and
+    /// a quarter to be acked (RACK's reordering window: jitter reorders without losing, and
+    /// the packets past a retransmission were sent before it). Every such hole goes again now,
+    /// not one per round trip: a burst lost at a shallow queue in slow start otherwise takes
+    /// hundreds of round trips to repair while the window sits full. Holes not yet due set
+    /// `loss_timer`, since the ACKs that would bring us back here may have stopped.
+    fn detect_losses(&mut self, now: Instant) -> bool {
+        let srtt = self.srtt.unwrap_or(self.rto);
+        let reorder = srtt + srtt / 4;
+        let (mut acked_after, mut lost, mut next) = (0, false, None::<Instant>);
+        for s in self.inflight.iter_mut().rev() {
+            if s.acked {
+                acked_after += 1;
+                continue;
+            }
+            let Some(t) = s.sent_at.filter(|_| acked_after >= 3 && !s.resend) else {
+                continue;
+            };
+            if now.duration_since(t) >= reorder {
+                s.resend = true;
+                lost = true;
+            } else {
+                next = Some(next.map_or(t + reorder, |n| n.min(t + reorder)));
+            }
+        }
+        self.loss_timer = next;
+        lost
+    }
+
     fn on_ack(&mut self, p: &Packet, now: Instant) {
         let mut acked_bytes = 0usize;
         let mut newest_sample = None;
@@ -587,16 +625,22 @@ impl Conn {
                 .any(|s| !s.acked && s.sent_at.is_some());
         self.dup_acks = if dup { self.dup_acks + 1 } else { 0 };
         self.last_ack_seen = p.ack;
-        if self.dup_acks >= 3 || sacked_after_hole >= 3 {
+        let mut lost = false;
+        if self.dup_acks >= 3 {
             let srtt = self.srtt.unwrap_or(self.rto);
             if let Some(s) = self.inflight.iter_mut().find(|s| !s.acked) {
-                let stale = s.sent_at.is_some_and(|t| now.duration_since(t) >= srtt);
-                if s.sent_at.is_some() && !s.resend && stale {
+                if !s.resend && s.sent_at.is_some_and(|t| now.duration_since(t) >= srtt) {
                     s.resend = true;
-                    self.dup_acks = 0;
-                    self.on_loss();
+                    lost = true;
                 }
             }
+        }
+        if sacked_after_hole >= 3 {
+            lost |= self.detect_losses(now);
+        }
+        if lost {
+            self.dup_acks = 0;
+            self.on_loss();
         }
         if let Some(r) = newest_sample {
             self.rtt_sample(r);
@@ -635,12 +679,17 @@ impl Conn {
             if off_target >= 0.0 {
                 if limited {
                     // A window cut by a loss while the path stays empty (a random loss on a
-                    // long path): regrow to where it was by a sixteenth per round trip, not one
-                    // packet, so it comes back in tens of round trips, not hundreds. Otherwise
-                    // LEDBAT's one packet per round trip: a latecomer whose base delay includes
-                    // another flow's queue must not grab the link.
+                    // long path): regrow to where it was by an eighth per round trip, not one
+                    // packet, so it comes back in a few round trips, not hundreds; past it, while
+                    // the path still shows no queue at all, probe by a thirty-second per round
+                    // trip (else random losses every few round trips ratchet the window down:
+                    // each cut sets the mark the regrowth stops at). Otherwise LEDBAT's one
+                    // packet per round trip: a latecomer whose base delay includes another
+                    // flow's queue must not grab the link.
                     let step = if queueing < TARGET_US / 4.0 && self.cwnd < self.w_max {
-                        (self.cwnd / 16.0).max(MSS as f64)
+                        (self.cwnd / 8.0).max(MSS as f64)
+                    } else if queueing < TARGET_US / 8.0 {
+                        (self.cwnd / 32.0).max(MSS as f64)
                     } else {
                         MSS as f64
                     };
