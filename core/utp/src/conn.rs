@@ -15,6 +15,8 @@ pub const MSS: usize = 1350;
 /// LEDBAT's target queueing delay: 60 ms, as LEDBAT++ (RFC 6817 allows up to 100 ms; with a
 /// 1 MiB window on a 100 Mbit/s link our own queue stays near 80 ms, so 100 ms would never yield).
 const TARGET_US: f64 = 60_000.0;
+/// The lowest target a shallow queue can bring it to (below it, delay noise is not a queue).
+const MIN_TARGET_US: f64 = 8_000.0;
 const GAIN: f64 = 1.0;
 const MIN_CWND: f64 = (2 * MSS) as f64;
 const MAX_CWND: f64 = (8 << 20) as f64;
@@ -97,6 +99,10 @@ pub struct Conn {
     last_recv: Instant,
     last_send: Instant,
     dup_acks: u32,
+    /// LEDBAT's target, lowered below a shallow queue's depth: a loss seen with a queue of q
+    /// means the path's buffer holds about q, and a target above it can never be passed, so
+    /// a competing TCP flow would get no delay signal from us, only losses.
+    target_us: f64,
     /// When a hole past which 3 packets were acked becomes lost ([`Conn::detect_losses`]).
     loss_timer: Option<Instant>,
     last_ack_seen: u16,
@@ -158,6 +164,7 @@ impl Conn {
             last_recv: now,
             last_send: now,
             dup_acks: 0,
+            target_us: TARGET_US,
             loss_timer: None,
             last_ack_seen: 0,
             recovery_until: None,
@@ -494,6 +501,10 @@ impl Conn {
         // CUBIC's 0.7, not Reno's half: on a long path a random loss every thousand packets
         // would otherwise hold the window near a few dozen packets. Congestion itself shows
         // first as queueing delay, which LEDBAT answers before any loss.
+        let q = self.stats.queueing_us as f64;
+        if q >= MIN_TARGET_US {
+            self.target_us = self.target_us.min((q / 2.0).max(MIN_TARGET_US));
+        }
         self.w_max = self.cwnd;
         self.cwnd = (self.cwnd * 0.7).max(MIN_CWND);
         self.ssthresh = self.cwnd;
@@ -657,17 +668,20 @@ impl Conn {
         if now.duration_since(self.base_minute) >= Duration::from_secs(60) {
             self.base_minute = now;
             self.base_delay = [self.base_delay[1], u32::MAX];
+            // The path may have changed: let the target climb back (losses lower it again).
+            self.target_us = (self.target_us * 2.0).min(TARGET_US);
         }
         let mut queueing = 0.0;
         if their_delay != 0 {
             self.base_delay[1] = self.base_delay[1].min(their_delay);
             let base = self.base_delay[0].min(self.base_delay[1]);
             queueing = their_delay.wrapping_sub(base) as f64;
-            if queueing > 10.0 * TARGET_US * 10.0 {
+            if queueing > 100.0 * TARGET_US {
                 queueing = 0.0; // a clock jump, not a queue
             }
         }
-        if self.cwnd < self.ssthresh && queueing < TARGET_US / 2.0 {
+        let target = self.target_us;
+        if self.cwnd < self.ssthresh && queueing < target / 2.0 {
             if limited {
                 self.cwnd += acked as f64;
             }
@@ -675,7 +689,7 @@ impl Conn {
             if self.cwnd < self.ssthresh {
                 self.ssthresh = self.cwnd; // the queue is building: leave slow start
             }
-            let off_target = (TARGET_US - queueing) / TARGET_US;
+            let off_target = (target - queueing) / target;
             if off_target >= 0.0 {
                 if limited {
                     // A window cut by a loss while the path stays empty (a random loss on a
@@ -686,9 +700,9 @@ impl Conn {
                     // each cut sets the mark the regrowth stops at). Otherwise LEDBAT's one
                     // packet per round trip: a latecomer whose base delay includes another
                     // flow's queue must not grab the link.
-                    let step = if queueing < TARGET_US / 4.0 && self.cwnd < self.w_max {
+                    let step = if queueing < target / 4.0 && self.cwnd < self.w_max {
                         (self.cwnd / 8.0).max(MSS as f64)
-                    } else if queueing < TARGET_US / 8.0 {
+                    } else if queueing < target / 8.0 {
                         (self.cwnd / 32.0).max(MSS as f64)
                     } else {
                         MSS as f64

@@ -297,3 +297,29 @@ fn a_burst_of_losses_is_repaired_in_a_round_trip_or_two() {
         o.a.stats
     );
 }
+
+#[test]
+fn a_loss_at_a_shallow_queue_lowers_the_target_below_it() {
+    let now = Instant::now();
+    let mut c = Conn::connect(1, now);
+    c.state = State::Connected;
+    c.cwnd = 100_000.0;
+    c.ssthresh = 50_000.0;
+    // A random loss on an empty path says nothing about the buffer.
+    c.stats.queueing_us = 2_000;
+    c.on_loss();
+    assert_eq!(c.target_us, TARGET_US);
+    // A loss with a 20 ms queue: the buffer holds about 20 ms, so aim at half of it, where a
+    // TCP flow filling it shows us delay above target.
+    c.recovery_until = None;
+    c.stats.queueing_us = 20_000;
+    c.on_loss();
+    assert_eq!(c.target_us, 10_000.0);
+    c.ledbat(10_000, MSS, now); // the base delay
+    let w = c.cwnd;
+    c.ledbat(10_000 + 18_000, 20 * MSS, now); // 18 ms of queue: over the lowered target
+    assert!(c.cwnd < w, "{} vs {w}", c.cwnd);
+    // A minute on, the target climbs back (losses bring it down again if the path is the same).
+    c.ledbat(10_000, MSS, now + Duration::from_secs(61));
+    assert_eq!(c.target_us, 20_000.0);
+}
