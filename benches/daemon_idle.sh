@@ -7,21 +7,11 @@
 # usage: benches/daemon_idle.sh [N=100] [MEASURE_SECS=60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
-  export CCBT_BENCH_IN_NETNS=1
-  exec ./scripts/netns.sh "$0" "$@"
-fi
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 N=${1:-100}; SECS=${2:-60}
 for t in transmission-daemon transmission-remote qbittorrent-nox wrk curl; do
   command -v "$t" >/dev/null || { echo "$t missing (make deps; qbittorrent-nox: apt-get install qbittorrent-nox)"; exit 1; }
 done
-cargo build --release -q -p ccbt --offline
-BIN=$PWD/target/release/ccbt
-W=$(mktemp -d /tmp/ccbt-bench-idle.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+BENCH_NAME=idle; . benches/lib.sh "$0" "$@"
 echo "making $N torrents and 10 shares..."
 mkdir -p "$W/data" "$W/t"
 for i in $(seq "$N"); do

@@ -16,25 +16,11 @@
 # Root only. Nothing leaves the namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
-  export CCBT_BENCH_IN_NETNS=1
-  exec ./scripts/netns.sh "$0" "$@"
-fi
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false CCBT_DHT_MAX_NODES_PER_IP=0 CCBT_DHT_QUERIES_PER_IP_PER_SEC=0
+BENCH_NAME=dht-delay; . benches/lib.sh "$0" "$@"
+export CCBT_DHT_MAX_NODES_PER_IP=0 CCBT_DHT_QUERIES_PER_IP_PER_SEC=0
 LT_NODES=${1:-40}; CCBT_NODES=${2:-22}; ITEMS=${3:-40}; DELAY=${4:-25}; LOSS=${5:-0.01}
-cargo build --release -q -p ccbt --offline
-BIN=$PWD/target/release/ccbt
-W=$(mktemp -d /tmp/ccbt-dht-delay.XXXXXX)
-PIDS=()
 CPIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  umount -l "$W/mnt" 2>/dev/null || true
-  wait 2>/dev/null || true
-  scripts/delaynet.sh down >/dev/null 2>&1 || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+UNMOUNT=("$W/mnt"); DELAYNET=1
 scripts/delaynet.sh up "$DELAY" "$LOSS"
 A="ip netns exec dlA"; B="ip netns exec dlB"
 HB=10.77.2.2; HA=10.77.1.2

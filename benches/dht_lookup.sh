@@ -12,27 +12,14 @@
 # Root only (namespace, netem, FUSE). Nothing leaves the namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
-  export CCBT_BENCH_IN_NETNS=1
-  exec ./scripts/netns.sh "$0" "$@"
-fi
+BENCH_NAME=dht; . benches/lib.sh "$0" "$@"
 # Loopback only: the DHT bootstraps from the namespace's own nodes.
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false CCBT_DHT_MAX_NODES_PER_IP=0 CCBT_DHT_QUERIES_PER_IP_PER_SEC=0
+export CCBT_DHT_MAX_NODES_PER_IP=0 CCBT_DHT_QUERIES_PER_IP_PER_SEC=0
 LT_NODES=${1:-40}
 CCBT_NODES=${2:-24}
 ITEMS=${3:-40}
-BIN=./target/release/ccbt
-[ -x "$BIN" ] || cargo build --release -q -p ccbt --offline
-W=$(mktemp -d /tmp/ccbt-dht-bench.XXXXXX)
-PIDS=()
 CPIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  umount -l "$W/mnt" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+UNMOUNT=("$W/mnt")
 if tc qdisc add dev lo root netem delay 25ms 15ms loss 1% 2>/dev/null; then
   NET="netem 25±15 ms each way, 1 % loss"
 else

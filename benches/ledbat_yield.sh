@@ -15,25 +15,11 @@
 # Root only. Nothing leaves the namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
-  export CCBT_BENCH_IN_NETNS=1
-  exec ./scripts/netns.sh "$0" "$@"
-fi
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 RATE=${1:-20mbit}; QUEUE=${2:-300ms}; DELAY=${3:-10}; SECS=${4:-15}
 command -v nginx >/dev/null || { echo "nginx missing (make deps)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "curl missing (make deps)" >&2; exit 1; }
-cargo build --release -q -p ccbt --offline
-BIN=$PWD/target/release/ccbt; LT=$PWD/tests/scripts/lt_tool.py
-W=$(mktemp -d /tmp/ccbt-ledbat.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  scripts/delaynet.sh down >/dev/null 2>&1 || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+BENCH_NAME=ledbat; . benches/lib.sh "$0" "$@"
+DELAYNET=1
 scripts/delaynet.sh up "$DELAY" 0
 A="ip netns exec dlA"; B="ip netns exec dlB"
 HA=10.77.1.2; HB=10.77.2.2

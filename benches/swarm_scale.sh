@@ -9,27 +9,15 @@
 # usage: benches/swarm_scale.sh [LEECHERS=24] [MIB=32] [SEED_RATE=40mbit]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
-  export CCBT_BENCH_IN_NETNS=1
-  exec ./scripts/netns.sh "$0" "$@"
-fi
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 N=${1:-24}; MIB=${2:-32}; SEED_RATE=${3:-40mbit}
 command -v opentracker >/dev/null || { echo "opentracker missing (make deps)"; exit 1; }
-cargo build --release -q -p ccbt --offline
-BIN=$PWD/target/release/ccbt; LT=$PWD/tests/scripts/lt_tool.py
-W=$(mktemp -d /tmp/ccbt-bench-scale.XXXXXX)
+BENCH_NAME=scale; . benches/lib.sh "$0" "$@"
 chmod 755 "$W"
 NS=sw$$
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+cleanup_more() {
   for i in $(seq 0 "$N"); do ip netns del "$NS-n$i" 2>/dev/null || true; done
   ip netns del "$NS-br" 2>/dev/null || true
-  rm -rf "$W"
 }
-trap cleanup EXIT
 ipof() { echo "10.77.$(($1 / 250)).$(($1 % 250 + 1))"; }
 rate_of() { # leecher i: 20..100 Mbit/s
   if [ "$1" -eq 0 ]; then echo "$SEED_RATE"; else echo "$((20 + ($1 - 1) * 80 / (N > 1 ? N - 1 : 1)))mbit"; fi

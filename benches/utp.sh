@@ -8,18 +8,8 @@
 # usage: benches/utp.sh [SIZE_MIB=200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
-  export CCBT_BENCH_IN_NETNS=1
-  exec ./scripts/netns.sh "$0" "$@"
-fi
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
+BENCH_NAME=utp; . benches/lib.sh "$0" "$@"
 SIZE=${1:-200}
-cargo build --release -q -p ccbt --offline
-BIN=$PWD/target/release/ccbt; LT=$PWD/tests/scripts/lt_tool.py
-W=$(mktemp -d /tmp/ccbt-bench-utp.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$W"; }
-trap cleanup EXIT
 UTP_ONLY='{"enable_outgoing_tcp": false, "enable_incoming_tcp": false, "enable_outgoing_utp": true, "enable_incoming_utp": true}'
 mkdir -p "$W/seed/data"
 head -c $((SIZE * 1048576)) /dev/urandom > "$W/seed/data/a.bin"

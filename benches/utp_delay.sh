@@ -9,23 +9,9 @@
 # usage: benches/utp_delay.sh [SIZE_MIB=40] [DELAY_MS=25] [LOSS=0.001]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
-  export CCBT_BENCH_IN_NETNS=1
-  exec ./scripts/netns.sh "$0" "$@"
-fi
-export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
+BENCH_NAME=utpd; . benches/lib.sh "$0" "$@"
 SIZE=${1:-40}; DELAY=${2:-25}; LOSS=${3:-0.001}
-cargo build --release -q -p ccbt --offline
-BIN=$PWD/target/release/ccbt; LT=$PWD/tests/scripts/lt_tool.py
-W=$(mktemp -d /tmp/ccbt-bench-utpd.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  scripts/delaynet.sh down >/dev/null 2>&1 || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+DELAYNET=1
 scripts/delaynet.sh up "$DELAY" "$LOSS"
 A="ip netns exec dlA"; B="ip netns exec dlB"
 mkdir -p "$W/seed/data"

@@ -102,13 +102,18 @@ pub fn serve(
 }
 
 pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
-    crate::daemon::client::refuse_if_daemon(
-        ctx,
-        "`ccbt sync` runs its own session (`ccbt add <share> --mount DIR` follows a share \
-         through the daemon)",
-    )?;
     let id =
         parse_share_id(&a.share).with_context(|| format!("{:?} is not a share id", a.share))?;
+    if crate::daemon::client::sync_via_daemon(
+        ctx,
+        &share_id_hex(&id),
+        &a.dir,
+        a.follow,
+        &a.net.peers,
+        a.net.timeout,
+    )? {
+        return Ok(());
+    }
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let rt = crate::runtime()?;

@@ -874,7 +874,6 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
     std::fs::create_dir_all(&y).unwrap();
     for args in [
         vec!["seed"],
-        vec!["sync", share.as_str(), s(&y)],
         vec![
             "mount",
             "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
@@ -896,6 +895,71 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
             .unwrap()
             .contains(s(&mnt))
     });
+}
+
+/// `ccbt sync` with a daemon running goes through it: a one-shot sync writes the share and
+/// leaves nothing held; `--follow` returns once the first version is written and the daemon
+/// keeps the directory in step with the owner's next versions.
+#[test]
+fn sync_while_the_daemon_runs_goes_through_it_and_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_tree(
+        &root.join("share"),
+        &[("doc.txt", 54_321), ("sub/b.bin", 200_000)],
+    );
+    let (share, owner, _owner) = publish_and_seed(root, &root.join("share"));
+    let d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
+    let sync = |dir: &Path, follow: bool| {
+        let mut a = vec![
+            "--data-dir",
+            s(&d.data),
+            "sync",
+            &share,
+            s(dir),
+            "--peer",
+            &owner,
+        ];
+        if follow {
+            a.push("--follow");
+        }
+        let o = ccbt(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("the daemon on"));
+    };
+    // The synced tree, less sync's own directory (`.ccbt-sync`: the version held, spares).
+    let same = |dir: &Path| {
+        let o = Command::new("diff")
+            .args(["-r", "-x", ".ccbt-sync", s(&root.join("share")), s(dir)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    };
+    let once = root.join("once");
+    sync(&once, false);
+    same(&once);
+    assert!(d.list().is_empty(), "{:?}", d.list());
+    let kept = root.join("kept");
+    sync(&kept, true);
+    same(&kept);
+    let item = d.list()[0].clone();
+    assert_eq!(item["state"], "synced", "{item}");
+    // The owner edits and publishes: the daemon writes the new version, with no command running.
+    std::fs::write(root.join("share/doc.txt"), "version two\n").unwrap();
+    std::fs::remove_file(root.join("share/sub/b.bin")).unwrap();
+    publish(&root.join("A"), &root.join("share"));
+    wait_until(20.0, "version 2 in the followed directory", || {
+        std::fs::read(kept.join("doc.txt")).is_ok_and(|b| b == b"version two\n")
+            && !kept.join("sub/b.bin").exists()
+    });
+    // Removing the item stops the following and keeps the files.
+    d.ccbt(&["remove", item["id"].as_str().unwrap()]);
+    assert!(d.list().is_empty());
+    assert_eq!(
+        std::fs::read(kept.join("doc.txt")).unwrap(),
+        b"version two\n"
+    );
+    d.ccbt(&["stop"]);
 }
 
 /// Per-tracker state in a torrent's details (and the dashboard's pane): a working opentracker

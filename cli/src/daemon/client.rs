@@ -572,3 +572,72 @@ pub fn download_via_daemon(ctx: &Ctx, a: &crate::bt_cmds::DownloadArgs) -> Resul
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// `ccbt sync SHARE DIR [--follow]` through the daemon on this data dir, if one runs: it syncs
+/// the share into DIR (and, with `--follow`, keeps doing so after this command ends); without
+/// `--follow` the item is removed (the files stay) once the newest version is written.
+pub fn sync_via_daemon(
+    ctx: &Ctx,
+    share: &str,
+    dir: &std::path::Path,
+    follow: bool,
+    peers: &[std::net::SocketAddr],
+    timeout_secs: u64,
+) -> Result<bool> {
+    let Some(c) = running_daemon(ctx) else {
+        return Ok(false);
+    };
+    let dir = absolute(dir.to_path_buf())?;
+    let body = json!({"source": share, "out_dir": dir, "peers": peers});
+    let id = match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
+        Ok(v) => v["id"].as_str().unwrap_or("").to_string(),
+        Err(e) if format!("{e:#}").contains("already added") => bail!(
+            "the daemon on {} already holds share {share}; `ccbt remove {share}` first",
+            ctx.data_dir.display()
+        ),
+        Err(e) => return Err(e),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    let short = &id[..12.min(id.len())];
+    let outcome = loop {
+        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
+        if v["state"] == "synced" {
+            break Ok(());
+        }
+        if v["state"] == "error" {
+            break Err(anyhow::anyhow!(
+                "{}",
+                v["error"].as_str().unwrap_or("the sync failed")
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "no version of share {share} was synced within {timeout_secs}s (see the daemon's log)"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    if !follow || outcome.is_err() {
+        // One-shot (or failed): the daemon stops holding it; what was written stays.
+        let path = format!("/api/items/{id}?delete_data=false");
+        c.call(reqwest::Method::DELETE, &path, None)?;
+    }
+    outcome?;
+    if !ctx.quiet {
+        if follow {
+            eprintln!(
+                "the daemon on {} synced share {share} into {} and keeps it in step after this \
+                 command ends (`ccbt remove {short}` stops)",
+                ctx.data_dir.display(),
+                dir.display()
+            );
+        } else {
+            eprintln!(
+                "the daemon on {} synced share {share} into {}",
+                ctx.data_dir.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(true)
+}

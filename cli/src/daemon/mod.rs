@@ -66,7 +66,8 @@ struct Live {
     item: Item,
     handle: Option<TorrentHandle>,
     mounted: Option<ccbt_fs::Mounted>,
-    /// "fetching metadata", "downloading", "seeding", "paused", "following", "mounted", "error".
+    /// "fetching metadata", "downloading", "seeding", "paused", "following", "synced",
+    /// "mounted", "error".
     state: String,
     error: Option<String>,
     /// The task resolving a magnet or waiting for a share's head (aborted on pause/remove).
@@ -101,6 +102,8 @@ struct Settings {
     data_dir: PathBuf,
     fetch: FetchConfig,
     fs: crate::config::Fs,
+    /// `[xet] sync_spare_mib`, in bytes: spare copies for shares synced into a directory.
+    sync_spare: u64,
 }
 
 pub struct Daemon {
@@ -308,6 +311,9 @@ impl Daemon {
         }
         if kind == Kind::Torrent && mount.is_some() {
             bail!("--mount is for shares; `ccbt mount` mounts a torrent read-only");
+        }
+        if kind == Kind::Share && mount.is_some() && out_dir.is_some() {
+            bail!("a share is either synced into a directory (-o DIR) or mounted (--mount DIR), not both");
         }
         if self.live.lock().unwrap().contains_key(&id) {
             bail!("{id} is already added");
@@ -519,6 +525,9 @@ impl Daemon {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         };
+        if let Some(out) = item.out_dir.clone() {
+            return self.sync_share(&id, share, &out).await;
+        }
         let Some(dir) = item.mount.clone() else {
             return self.set_state(&id, "following", None, None);
         };
@@ -554,6 +563,55 @@ impl Daemon {
                 None,
             ),
             Err(e) => self.set_state(&id, "error", Some(e.to_string()), None),
+        }
+    }
+
+    /// `ccbt sync --follow` held by the daemon: every new version (or, with several writers, new
+    /// merged view) written into `out`, fetching only missing chunks. Runs until the item is
+    /// paused or removed (its task is aborted then).
+    async fn sync_share(&self, id: &str, share: ShareId, out: &Path) {
+        if let Err(e) = std::fs::create_dir_all(out) {
+            let e = format!("cannot create {}: {e}", out.display());
+            return self.set_state(id, "error", Some(e), None);
+        }
+        let xet = &self.node.xet;
+        let (mut heads, mut feeds) = (xet.subscribe(), xet.subscribe_feeds());
+        // The version written and (several writers) the writers' versions its view merged.
+        let (mut done, mut done_key) = (None::<u64>, Vec::new());
+        loop {
+            if let Some(h) = xet.newest_head(&share) {
+                let key = xet.view_key(&share);
+                let due = done.is_none_or(|seq| {
+                    h.seq > seq || (!h.value.writers.is_empty() && key != done_key)
+                });
+                if due {
+                    let spare = self.settings.sync_spare;
+                    match ccbt_xet::sync::sync_version(xet, share, &h, out, spare).await {
+                        Ok(r) => {
+                            tracing::info!(
+                                "share {id} version {} synced into {}: {} files written, {} removed",
+                                r.seq,
+                                out.display(),
+                                r.files_written,
+                                r.files_deleted
+                            );
+                            (done, done_key) = (Some(h.seq), key);
+                            self.set_state(id, "synced", None, None);
+                        }
+                        Err(e) => {
+                            let e = format!("cannot sync version {}: {e}", h.seq);
+                            self.set_state(id, "error", Some(e), None);
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = heads.recv() => {}
+                _ = feeds.recv() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
         }
     }
 
@@ -875,7 +933,13 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
         let (stop, mut stopped) = watch::channel(false);
         let d = Arc::new(Daemon {
             node: node.clone(),
-            settings: Settings { base, data_dir: ctx.data_dir.clone(), fetch, fs: ctx.config.fs.clone() },
+            settings: Settings {
+                base,
+                data_dir: ctx.data_dir.clone(),
+                fetch,
+                fs: ctx.config.fs.clone(),
+                sync_spare: ctx.config.xet.sync_spare_mib << 20,
+            },
             live: Mutex::new(BTreeMap::new()),
             limits: Mutex::new((ctx.config.limits.global_down_kib, ctx.config.limits.global_up_kib)),
             stop,
