@@ -363,11 +363,9 @@ pub fn download(ctx: &Ctx, a: DownloadArgs) -> Result<()> {
 }
 
 pub fn seed(ctx: &Ctx, a: SeedArgs) -> Result<()> {
-    crate::daemon::client::refuse_if_daemon(
-        ctx,
-        "it already serves every share in the data dir and the torrents it holds (`ccbt add` \
-         a torrent to it)",
-    )?;
+    if crate::daemon::client::seed_via_daemon(ctx, &a)? {
+        return Ok(());
+    }
     let (Some(torrent), Some(dir)) = (&a.torrent, &a.dir) else {
         if a.torrent.is_some() {
             bail!("give the data directory too: ccbt seed FILE.torrent DIR");

@@ -14,6 +14,8 @@ struct Daemon {
     guard: Option<ChildGuard>,
     data: std::path::PathBuf,
     api: String,
+    /// The peer listen address.
+    listen: String,
 }
 
 impl Daemon {
@@ -39,6 +41,7 @@ impl Daemon {
             guard: Some(g),
             data: data.to_path_buf(),
             api,
+            listen,
         }
     }
 
@@ -637,6 +640,7 @@ fn dashboard_in_tmux_starts_the_daemon_shows_progress_pauses_and_quits() {
         guard: None,
         api: String::new(),
         data: data.clone(),
+        listen: String::new(),
     };
     let id = d
         .ccbt(&[
@@ -872,14 +876,11 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
     // Commands that need their own session say why, in one line, instead of a lock error.
     let y = root.join("y");
     std::fs::create_dir_all(&y).unwrap();
-    for args in [
-        vec!["seed"],
-        vec![
-            "mount",
-            "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
-            s(&y),
-        ],
-    ] {
+    for args in [vec![
+        "mount",
+        "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
+        s(&y),
+    ]] {
         let mut a = vec!["--data-dir", s(&d.data)];
         a.extend(args.iter());
         let o = ccbt(&a);
@@ -895,6 +896,64 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
             .unwrap()
             .contains(s(&mnt))
     });
+}
+
+/// `ccbt seed` with a daemon running goes through it: the daemon checks the data and seeds the
+/// torrent (libtorrent downloads it from the daemon after the command ended); without a torrent
+/// it says the daemon already serves the shares; flags it cannot honour are refused in one line.
+#[test]
+fn seed_while_the_daemon_runs_goes_through_it() {
+    require_libtorrent();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t = torrent(
+        root,
+        "data",
+        "album",
+        &[("a.bin", 3 << 20), ("b.txt", 1234)],
+        "t.torrent",
+    );
+    let d = Daemon::start(root, &root.join("dd"), None, "daemon.log");
+    let o = ccbt(&[
+        "--data-dir",
+        s(&d.data),
+        "seed",
+        s(&t),
+        s(&root.join("data")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("the daemon on"), "{err}");
+    let item = d.list()[0].clone();
+    assert_eq!(item["state"], "seeding", "{item}");
+    let r = lt_tool(&[
+        "leech",
+        s(&t),
+        s(&root.join("lt")),
+        &free_port().to_string(),
+        "60",
+        &d.listen,
+    ]);
+    assert_eq!(r["done"], true, "{r}");
+    assert!(same_file(
+        &root.join("data/album/a.bin"),
+        &root.join("lt/album/a.bin")
+    ));
+    // Share mode: nothing to hand over.
+    let o = ccbt(&["--data-dir", s(&d.data), "seed"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already serves every share"));
+    let o = ccbt(&[
+        "--data-dir",
+        s(&d.data),
+        "seed",
+        s(&t),
+        s(&root.join("data")),
+        "--up-limit",
+        "5",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("do not apply"));
+    d.ccbt(&["stop"]);
 }
 
 /// `ccbt sync` with a daemon running goes through it: a one-shot sync writes the share and

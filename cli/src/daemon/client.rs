@@ -641,3 +641,86 @@ pub fn sync_via_daemon(
     }
     Ok(true)
 }
+
+/// `ccbt seed` while a daemon runs on this data dir. Without a torrent: the daemon already serves
+/// every share of the data dir, so say so. With one: the daemon takes it (its data in `dir`,
+/// checked), seeds it after this command ends, and this command returns once it seeds.
+pub fn seed_via_daemon(ctx: &Ctx, a: &crate::bt_cmds::SeedArgs) -> Result<bool> {
+    let Some(c) = running_daemon(ctx) else {
+        return Ok(false);
+    };
+    if a.listen.is_some() || a.up_limit.is_some() || a.no_trackers || !a.trackers.is_empty() {
+        bail!(
+            "a daemon runs on {}: it seeds with its own listen address, trackers and limits \
+             (`ccbt limits`), so --listen, --up-limit, --no-trackers and --tracker do not apply; \
+             stop it (`ccbt stop`) or use another --data-dir",
+            ctx.data_dir.display()
+        );
+    }
+    let (Some(torrent), Some(dir)) = (&a.torrent, &a.dir) else {
+        if a.torrent.is_some() {
+            bail!("give the data directory too: ccbt seed FILE.torrent DIR");
+        }
+        if !ctx.quiet {
+            eprintln!(
+                "the daemon on {} already serves every share in the data dir",
+                ctx.data_dir.display()
+            );
+        }
+        return Ok(true);
+    };
+    let bytes =
+        std::fs::read(torrent).with_context(|| format!("cannot read {}", torrent.display()))?;
+    let body = json!({
+        "torrent_hex": ccbt_core::encoding::to_hex(&bytes),
+        "out_dir": absolute(dir.clone())?,
+        "peers": a.peers,
+    });
+    let id = match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
+        Ok(v) => v["id"].as_str().unwrap_or("").to_string(),
+        Err(e) if format!("{e:#}").contains("already added") => {
+            bail!(
+                "the daemon on {} already holds this torrent",
+                ctx.data_dir.display()
+            )
+        }
+        Err(e) => return Err(e),
+    };
+    // The data is checked first; a seed of incomplete data would quietly become a download.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
+        match v["state"].as_str().unwrap_or("") {
+            "seeding" => break,
+            "error" => bail!(
+                "{}",
+                v["error"].as_str().unwrap_or("the daemon cannot seed it")
+            ),
+            "downloading" if v["pieces_have"] != v["pieces_total"] && v["pieces_total"] != 0 => {
+                eprintln!(
+                    "warning: {} holds {} of {} pieces of it: the daemon downloads the rest \
+                     (`ccbt remove {}` to stop)",
+                    dir.display(),
+                    v["pieces_have"],
+                    v["pieces_total"],
+                    &id[..12.min(id.len())]
+                );
+                return Ok(true);
+            }
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the daemon did not finish checking the data within 600 s (see its log)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "the daemon on {} seeds it ({}); it keeps seeding after this command ends \
+             (`ccbt remove` stops)",
+            ctx.data_dir.display(),
+            &id[..12.min(id.len())]
+        );
+    }
+    Ok(true)
+}
