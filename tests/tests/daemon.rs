@@ -876,11 +876,15 @@ fn mount_while_the_daemon_runs_goes_through_it_and_sessions_are_refused() {
     // Commands that need their own session say why, in one line, instead of a lock error.
     let y = root.join("y");
     std::fs::create_dir_all(&y).unwrap();
-    for args in [vec![
-        "mount",
-        "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
-        s(&y),
-    ]] {
+    let frozen = format!("{share}@1");
+    for args in [
+        vec![
+            "mount",
+            "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
+            s(&y),
+        ],
+        vec!["mount", frozen.as_str(), s(&y)],
+    ] {
         let mut a = vec!["--data-dir", s(&d.data)];
         a.extend(args.iter());
         let o = ccbt(&a);
