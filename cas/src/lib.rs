@@ -68,7 +68,7 @@ pub enum CasError {
         "the store at {0} is in use by another ccbt process; stop it or use another --data-dir"
     )]
     Locked(PathBuf),
-    #[error("store error: {0}")]
+    #[error("{}", db_message(.0))]
     Db(#[from] rocksdb::Error),
     #[error("store is damaged: {0}; run `ccbt cas verify`")]
     Corrupt(String),
@@ -80,6 +80,20 @@ pub enum CasError {
 }
 
 pub type Result<T> = std::result::Result<T, CasError>;
+
+/// A RocksDB error for users: a full disk says so (it is not damage: what was committed before
+/// stays, and the write that failed was never committed).
+fn db_message(e: &rocksdb::Error) -> String {
+    let s = e.to_string();
+    if s.contains("No space left on device") {
+        format!(
+            "the disk holding the data dir is full: free some space and run the command again \
+             (what was stored before is intact) [{s}]"
+        )
+    } else {
+        format!("store error: {s}")
+    }
+}
 
 /// Store-wide statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -381,3 +381,51 @@ fn demo_runs_and_cleans_up() {
         .count();
     assert_eq!(left, 0, "demo left its temporary directory behind");
 }
+
+/// Publishing onto a disk that fills up fails in one line that says the disk is full (not that
+/// the store is damaged), and the version published before stays whole.
+#[test]
+fn a_full_disk_during_publish_says_so_and_keeps_the_last_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let small = root.join("small-disk");
+    std::fs::create_dir_all(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs", s(&small)])
+        .status()
+        .unwrap();
+    assert!(st.success(), "cannot mount a tmpfs (the tests run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _g = Unmount(small.clone());
+    let data = small.join("data");
+    let src = root.join("src");
+    make_tree(&src, &[("a.txt", 1000)]);
+    let v1 = publish(&data, &src, &[]);
+    // 64 MiB of incompressible bytes cannot fit in what is left of 24 MiB.
+    make_tree(&src, &[("big.bin", 64 << 20)]);
+    let o = ccbt(&["-q", "--data-dir", s(&data), "publish", s(&src)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a publish onto a full disk must fail");
+    assert!(err.contains("disk holding the data dir is full"), "{err}");
+    assert!(!err.contains("damaged"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // Room again: the first version exports whole.
+    std::fs::remove_file(src.join("big.bin")).unwrap();
+    let out = root.join("out");
+    ccbt_ok(&[
+        "--data-dir",
+        s(&data),
+        "export",
+        v1["share"].as_str().unwrap(),
+        s(&out),
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("a.txt")).unwrap(),
+        std::fs::read(src.join("a.txt")).unwrap()
+    );
+}

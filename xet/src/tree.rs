@@ -101,10 +101,11 @@ pub fn store_file(
         drop(tx);
         let written = writer.join().expect("chunk writer panicked");
         let digest = digest?;
+        // The writer's own error (a full disk...) is what stopped it: report that first.
+        written?;
         if let Some(e) = err {
             return Err(e.into());
         }
-        written?;
         let root = tree_nodes(&digest.chunks, nodes);
         debug_assert_eq!(root, digest.merkle_root);
         Ok(digest)
