@@ -314,6 +314,33 @@ pub fn wait_until_logs(
     panic!("timed out after {secs}s waiting for {what}");
 }
 
+/// A tmpfs of `size` (mount's syntax: "8m") on `dir` (made if missing), for a disk that fills
+/// up; unmounted when the guard drops, so a failed test does not leave it behind.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> TmpfsGuard {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            s(dir),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "cannot mount a tmpfs (the tests run as root)");
+    TmpfsGuard(dir.to_path_buf())
+}
+
+pub struct TmpfsGuard(PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// A raw BitTorrent handshake (for scripted hostile peers); `extensions` sets the BEP 10 bit.
 pub fn bt_handshake(info_hash: &[u8; 20], peer_id: &[u8], extensions: bool) -> Vec<u8> {
     let mut out = vec![19u8];

@@ -1090,15 +1090,6 @@ fn lying_metadata_peer_is_ignored_and_honest_metadata_wins() {
     fx.assert_same(&dl, FILES);
 }
 
-/// Unmounts a tmpfs on drop (a failed test must not leave it behind).
-struct TmpfsGuard(PathBuf);
-
-impl Drop for TmpfsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// A download onto a disk that fills up stops with a clear error instead of fetching the same
 /// pieces forever; the pieces already verified stay valid, and once there is room `ccbt resume`
 /// finishes the download byte-exact.
@@ -1108,13 +1099,7 @@ fn full_disk_stops_with_a_clear_error_and_resume_finishes() {
     let fx = fixture("v1", &[], files, "256K");
     let (_seed, listen) = fx.ccbt_seed("seed-f", &["--no-trackers"], 60);
     let small = fx.root.join("small-disk");
-    std::fs::create_dir_all(&small).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs", s(&small)])
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot mount a tmpfs (the tests run as root)");
-    let _g = TmpfsGuard(small.clone());
+    let _g = mount_tmpfs(&small, "8m");
     let data = fx.root.join("d");
     let mut child = ccbt_cmd()
         .args([

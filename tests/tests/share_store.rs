@@ -389,19 +389,7 @@ fn a_full_disk_during_publish_says_so_and_keeps_the_last_version() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let small = root.join("small-disk");
-    std::fs::create_dir_all(&small).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs", s(&small)])
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot mount a tmpfs (the tests run as root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _g = Unmount(small.clone());
+    let _g = mount_tmpfs(&small, "24m");
     let data = small.join("data");
     let src = root.join("src");
     make_tree(&src, &[("a.txt", 1000)]);

@@ -446,6 +446,45 @@ pub fn running_daemon(ctx: &Ctx) -> Option<Client> {
     Some(c)
 }
 
+/// Adds an item to the daemon (`POST /api/items`); `already` is the error when it holds it.
+fn add_item(
+    c: &Client,
+    body: serde_json::Value,
+    already: impl FnOnce() -> String,
+) -> Result<String> {
+    match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
+        Ok(v) => Ok(v["id"].as_str().unwrap_or("").to_string()),
+        Err(e) if format!("{e:#}").contains("already added") => bail!("{}", already()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Polls item `id` until its state is `want` (its error if it turns to `error`; `late` after
+/// `secs`).
+fn wait_for_state(
+    c: &Client,
+    id: &str,
+    want: &str,
+    secs: u64,
+    failed: &str,
+    late: impl FnOnce() -> String,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
+        if v["state"] == want {
+            return Ok(());
+        }
+        if v["state"] == "error" {
+            bail!("{}", v["error"].as_str().unwrap_or(failed));
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{}", late());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// `ccbt mount <share id> DIR` while a daemon runs on this data dir: the daemon mounts it (it
 /// holds the store and the listen port) and keeps it mounted after this command ends. Returns
 /// false when no daemon runs.
@@ -460,31 +499,19 @@ pub fn mount_via_daemon(
     };
     let dir = absolute(dir.to_path_buf())?;
     let body = json!({"source": share, "mount": dir, "peers": peers});
-    let id = match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
-        Ok(v) => v["id"].as_str().unwrap_or("").to_string(),
-        Err(e) if format!("{e:#}").contains("already added") => bail!(
-            "the daemon on {} already holds share {share}; `ccbt remove {share}` first, or mount              it from another --data-dir",
+    let id = add_item(&c, body, || {
+        format!(
+            "the daemon on {} already holds share {share}; `ccbt remove {share}` first, or mount \
+             it from another --data-dir",
             ctx.data_dir.display()
-        ),
-        Err(e) => return Err(e),
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
-        if v["state"] == "error" {
-            bail!("{}", v["error"].as_str().unwrap_or("the mount failed"));
-        }
-        if v["state"] == "mounted" {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "the daemon did not mount {} within 60 s (see its log)",
-                dir.display()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+        )
+    })?;
+    wait_for_state(&c, &id, "mounted", 60, "the mount failed", || {
+        format!(
+            "the daemon did not mount {} within 60 s (see its log)",
+            dir.display()
+        )
+    })?;
     if !ctx.quiet {
         eprintln!(
             "the daemon on {} mounted share {share} on {}; it stays mounted after this command              ends (`ccbt remove {}` unmounts it)",
@@ -589,34 +616,18 @@ pub fn sync_via_daemon(
     };
     let dir = absolute(dir.to_path_buf())?;
     let body = json!({"source": share, "out_dir": dir, "peers": peers});
-    let id = match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
-        Ok(v) => v["id"].as_str().unwrap_or("").to_string(),
-        Err(e) if format!("{e:#}").contains("already added") => bail!(
+    let id = add_item(&c, body, || {
+        format!(
             "the daemon on {} already holds share {share}; `ccbt remove {share}` first",
             ctx.data_dir.display()
-        ),
-        Err(e) => return Err(e),
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+        )
+    })?;
     let short = &id[..12.min(id.len())];
-    let outcome = loop {
-        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
-        if v["state"] == "synced" {
-            break Ok(());
-        }
-        if v["state"] == "error" {
-            break Err(anyhow::anyhow!(
-                "{}",
-                v["error"].as_str().unwrap_or("the sync failed")
-            ));
-        }
-        if std::time::Instant::now() > deadline {
-            break Err(anyhow::anyhow!(
-                "no version of share {share} was synced within {timeout_secs}s (see the daemon's log)"
-            ));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let outcome = wait_for_state(&c, &id, "synced", timeout_secs, "the sync failed", || {
+        format!(
+            "no version of share {share} was synced within {timeout_secs}s (see the daemon's log)"
+        )
+    });
     if !follow || outcome.is_err() {
         // One-shot (or failed): the daemon stops holding it; what was written stays.
         let path = format!("/api/items/{id}?delete_data=false");
@@ -676,16 +687,12 @@ pub fn seed_via_daemon(ctx: &Ctx, a: &crate::bt_cmds::SeedArgs) -> Result<bool> 
         "out_dir": absolute(dir.clone())?,
         "peers": a.peers,
     });
-    let id = match c.call(reqwest::Method::POST, "/api/items", Some(body)) {
-        Ok(v) => v["id"].as_str().unwrap_or("").to_string(),
-        Err(e) if format!("{e:#}").contains("already added") => {
-            bail!(
-                "the daemon on {} already holds this torrent",
-                ctx.data_dir.display()
-            )
-        }
-        Err(e) => return Err(e),
-    };
+    let id = add_item(&c, body, || {
+        format!(
+            "the daemon on {} already holds this torrent",
+            ctx.data_dir.display()
+        )
+    })?;
     // The data is checked first; a seed of incomplete data would quietly become a download.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     loop {
