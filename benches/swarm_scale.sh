@@ -1,48 +1,72 @@
 #!/usr/bin/env bash
 # Swarm at scale: one libtorrent seeder and N leechers (default 24), each in its own network
-# namespace behind a bridge, every link capped by tc tbf both ways (seeder SEED_RATE; leechers
-# from 20 to 100 Mbit/s). Run twice with the same seeder, tracker (opentracker) and topology: all
-# leechers ccbt, then all leechers libtorrent. Reports completion times (p50, p95, last), the
-# seeder's upload bytes (from the qdisc's counters, not from either client) and total CPU.
-# Leechers leave the swarm when complete (both clients the same way).
-# No netem in this kernel (only tbf and htb): links have bandwidth caps but no added delay or loss.
-# usage: benches/swarm_scale.sh [LEECHERS=24] [MIB=32] [SEED_RATE=40mbit]
+# namespace on a link of its own to a router namespace. Every link is capped by tc tbf both ways
+# (seeder SEED_RATE; leechers from 20 to 100 Mbit/s) and has a delay of its own (a round trip of
+# 20 to 100 ms, spread independently of the rate; the seeder's 20 ms): there is no sch_netem in
+# this kernel, so the router sends every packet through scripts/delayline.py, which holds a
+# packet from S to D for the sum of both links' one-way delays. Run twice with the same seeder,
+# tracker (opentracker) and topology: all leechers ccbt, then all leechers libtorrent. Reports
+# completion times (p50, p95, last), the seeder's upload bytes (from the qdisc's counters, not
+# from either client) and total CPU. Leechers leave the swarm when complete (both clients alike).
+# usage: benches/swarm_scale.sh [LEECHERS=24] [MIB=32] [SEED_RATE=40mbit] [DELAY=on|off]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-24}; MIB=${2:-32}; SEED_RATE=${3:-40mbit}
+N=${1:-24}; MIB=${2:-32}; SEED_RATE=${3:-40mbit}; DELAY=${4:-on}
 command -v opentracker >/dev/null || { echo "opentracker missing (make deps)"; exit 1; }
 BENCH_NAME=scale; . benches/lib.sh "$0" "$@"
 chmod 755 "$W"
 NS=sw$$
 cleanup_more() {
+  [ -n "${DL_PID:-}" ] && kill "$DL_PID" 2>/dev/null
+  [ -n "${DL_SLEEP:-}" ] && kill "$DL_SLEEP" 2>/dev/null
+  sleep 0.2
   for i in $(seq 0 "$N"); do ip netns del "$NS-n$i" 2>/dev/null || true; done
-  ip netns del "$NS-br" 2>/dev/null || true
+  ip netns del "$NS-r" 2>/dev/null || true
 }
-ipof() { echo "10.77.$(($1 / 250)).$(($1 % 250 + 1))"; }
+ipof() { echo "10.78.$1.2"; }
 rate_of() { # leecher i: 20..100 Mbit/s
   if [ "$1" -eq 0 ]; then echo "$SEED_RATE"; else echo "$((20 + ($1 - 1) * 80 / (N > 1 ? N - 1 : 1)))mbit"; fi
 }
-ip netns add "$NS-br"
-ip -n "$NS-br" link set lo up
-ip -n "$NS-br" link add br0 type bridge
-ip -n "$NS-br" link set br0 up
+rtt_of() { # link i's round trip in ms: 20..100, a different order than the rates
+  if [ "$1" -eq 0 ]; then echo 20; else echo "$((20 + (($1 - 1) * 7 % N) * 80 / (N > 1 ? N - 1 : 1)))"; fi
+}
+ip netns add "$NS-r"
+ip -n "$NS-r" link set lo up
+ip netns exec "$NS-r" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+: > "$W/hosts"
 for i in $(seq 0 "$N"); do
   n="$NS-n$i"
   ip netns add "$n"
   ip -n "$n" link set lo up
-  ip link add "sv$$x$i" type veth peer name "sb$$x$i"
+  ip link add "sv$$x$i" type veth peer name "sr$$x$i"
   ip link set "sv$$x$i" netns "$n"
-  ip link set "sb$$x$i" netns "$NS-br"
+  ip link set "sr$$x$i" netns "$NS-r"
   ip -n "$n" link set "sv$$x$i" name eth0
-  ip -n "$n" addr add "$(ipof "$i")/16" dev eth0
+  ip -n "$n" addr add "$(ipof "$i")/24" dev eth0
   ip -n "$n" link set eth0 up
-  ip -n "$NS-br" link set "sb$$x$i" master br0
-  ip -n "$NS-br" link set "sb$$x$i" up
+  ip -n "$n" route add default via "10.78.$i.1"
+  ip -n "$NS-r" addr add "10.78.$i.1/24" dev "sr$$x$i"
+  ip -n "$NS-r" link set "sr$$x$i" up
   r=$(rate_of "$i")
-  # Upload cap on the node's side, download cap on the bridge's side.
+  # Upload cap on the node's side, download cap on the router's side.
   ip netns exec "$n" tc qdisc add dev eth0 root tbf rate "$r" burst 64kb latency 100ms
-  ip netns exec "$NS-br" tc qdisc add dev "sb$$x$i" root tbf rate "$r" burst 64kb latency 100ms
+  ip netns exec "$NS-r" tc qdisc add dev "sr$$x$i" root tbf rate "$r" burst 64kb latency 100ms
+  echo "$(ipof "$i") $(( $(rtt_of "$i") / 2 ))" >> "$W/hosts"
+  [ "$DELAY" = on ] && ip -n "$NS-r" rule add iif "sr$$x$i" lookup 100
 done
+if [ "$DELAY" = on ]; then
+  mkfifo "$W/dl.in"
+  sleep infinity > "$W/dl.in" &
+  DL_SLEEP=$!
+  ip netns exec "$NS-r" /usr/bin/python3 scripts/delayline.py dl0 0 0 "$W/hosts" \
+    < "$W/dl.in" > "$W/dl.out" 2> "$W/dl.err" &
+  DL_PID=$!
+  for _ in $(seq 50); do grep -q ready "$W/dl.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q ready "$W/dl.out" || { cat "$W/dl.err"; exit 1; }
+  ip -n "$NS-r" link set dl0 up
+  ip netns exec "$NS-r" sysctl -qw net.ipv4.conf.dl0.rp_filter=0
+  ip -n "$NS-r" route add default dev dl0 table 100
+fi
 mkdir -p "$W/seed/data"
 head -c $((MIB * 1048576)) /dev/urandom > "$W/seed/data/a.bin"
 TR="http://$(ipof 0):6969/announce"
@@ -56,6 +80,14 @@ printf 'listen.tcp %s:6969\nlisten.udp %s:6969\naccess.whitelist whitelist.txt\n
   "$(ipof 0)" "$(ipof 0)" "$W/ot" > "$W/ot/opentracker.conf"
 ip netns exec "$NS-n0" opentracker -f "$W/ot/opentracker.conf" > /dev/null 2>&1 &
 PIDS+=($!)
+if [ "$DELAY" = on ]; then
+  # The delay is there: a TCP connect from leecher 1 to the tracker takes one round trip.
+  sleep 0.5
+  ip netns exec "$NS-n1" /usr/bin/python3 -c 'import socket,sys,time
+t=time.monotonic(); socket.create_connection((sys.argv[1], 6969), 5).close()
+print("TCP connect leecher 1 -> seeder: %.0f ms (links: %s ms round trip)" % ((time.monotonic()-t)*1000, sys.argv[2]))' \
+    "$(ipof 0)" "$(rtt_of 0) + $(rtt_of 1)"
+fi
 lt_settings() { echo "{\"listen_interfaces\": \"$(ipof "$1"):7000\", \"outgoing_interfaces\": \"\"}"; }
 ip netns exec "$NS-n0" env LT_SETTINGS="$(lt_settings 0)" /usr/bin/python3 "$LT" seed "$W/t.torrent" "$W/seed" 7000 \
   > "$W/seed.out" 2>&1 &
@@ -93,7 +125,7 @@ run() { # label
     "$(echo "$up / 1048576" | bc -l)" "$(echo "$up / ($MIB * 1048576)" | bc -l)" "$cpu" "$failed"
   echo "$label $(echo "$times" | pct 50) $(echo "$times" | pct 95) $(echo "$times" | pct 100) $up $cpu" >> "$W/all"
 }
-echo "swarm: 1 libtorrent seeder ($SEED_RATE) + $N leechers (20-100 Mbit/s), $MIB MiB, tracker only"
+echo "swarm: 1 libtorrent seeder ($SEED_RATE) + $N leechers (20-100 Mbit/s, delay $DELAY: RTT 20-100 ms per link), $MIB MiB, tracker only"
 run ccbt
 run libtorrent
 get() { awk -v k="$1" -v f="$2" '$1==k {print $f}' "$W/all"; }
