@@ -2,9 +2,9 @@
 //! edits of the config file that keep its comments and layout (a running daemon reloads it).
 //! Keys are `section.key`, as in the file: `limits.global_down_kib`.
 
-use crate::config::Config;
 use crate::Ctx;
 use anyhow::{Context, Result};
+use ccbt_node::config::Config;
 use clap::Subcommand;
 use std::path::Path;
 

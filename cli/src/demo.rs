@@ -112,7 +112,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
     };
     let (a_xet, _a_session, _a_swarm, a_dht) = start_node(a_shares.clone(), vec![])?;
     let head = a_shares.head(&id, None)?;
-    rt.block_on(a_dht.put(crate::node::head_item(&head)))?;
+    rt.block_on(a_dht.put(ccbt_node::node::head_item(&head)))?;
     let b_shares = Arc::new(Shares::open(&tmp.join("node-b-net"))?);
     let (b_xet, _b_session, b_swarm, b_dht) =
         start_node(b_shares, vec![a_dht.local_addr().to_string()])?;
@@ -128,7 +128,7 @@ fn two_nodes(ctx: &Ctx, tmp: &Path) -> Result<()> {
                         min_seq: None,
                     };
                     if let Ok(Some(it)) = b_dht.get(id, kind).await {
-                        if let Some(h) = crate::node::head_from_item(&it) {
+                        if let Some(h) = ccbt_node::node::head_from_item(&it) {
                             return h;
                         }
                     }

@@ -2,12 +2,12 @@
 //! (bootstrapped like any other: `[discovery] dht_bootstrap` or `--dht-bootstrap`), except
 //! `status`, which asks the node running on this data dir first.
 
-use crate::node::{client_request, head_from_item};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use ccbt_core::encoding::{from_hex, printable, to_hex};
-use ccbt_dht::node::{Done, FoundItem, ItemKind, Outcome, Request};
 use ccbt_dht::Dht;
+use ccbt_node::dht::{done_json, status_json, Lookup};
+use ccbt_node::socket::{call, Request as NodeRequest};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -89,49 +89,11 @@ fn parse_hash(s: &str) -> Result<[u8; 20]> {
         .with_context(|| format!("{s:?} is not 40 hex digits"))
 }
 
-/// A bencoded value for a terminal: a text string as text (escaped); anything else (binary,
-/// dictionaries, lists) as its bencoding in hex.
-fn show_value(v: &[u8]) -> String {
-    if let Ok(ccbt_core::bencode::Value::Bytes(b)) = ccbt_core::bencode::decode(v) {
-        if let Ok(t) = std::str::from_utf8(b) {
-            return printable(t).into_owned();
-        }
-    }
-    format!("(bencoded, {} bytes) {}", v.len(), to_hex(v))
-}
-
-fn item_json(target: &[u8; 20], it: &FoundItem) -> Value {
-    let mut j = json!({
-        "target": to_hex(target),
-        "value": show_value(&it.v),
-        "value_hex": to_hex(&it.v),
-        "nodes": it.seen,
-        "mutable": it.mutable.is_some(),
-    });
-    if let Some(m) = &it.mutable {
-        j["public_key"] = json!(to_hex(&m.k));
-        j["seq"] = json!(m.seq);
-        j["salt"] = match std::str::from_utf8(&m.salt) {
-            Ok(t) => json!(printable(t).into_owned()),
-            // Binary (a writer's head: the share id): hex.
-            Err(_) => json!(to_hex(&m.salt)),
-        };
-        j["signature"] = json!(to_hex(&m.sig));
-        if let Some(h) = head_from_item(it) {
-            j["head"] = json!({
-                "share": ccbt_xet::head::share_id_hex(&h.share_id()),
-                "version": h.seq, "root": to_hex(&h.value.root), "size": h.value.size, "time": h.value.time,
-            });
-        }
-    }
-    j
-}
-
 pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
     let rt = crate::runtime()?;
     match cmd {
         DhtCmd::Status(net) => {
-            let v = match client_request(&ctx.data_dir, json!({"cmd": "dht_status"}))? {
+            let v = match call::<Value>(&ctx.data_dir, &NodeRequest::DhtStatus)? {
                 Some(v) => v,
                 None => {
                     let d = start(ctx, &net)?;
@@ -165,7 +127,7 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
         }
         DhtCmd::Peers { info_hash, net } => {
             let ih = parse_hash(&info_hash)?;
-            let v = run_request(ctx, &net, json!({"op": "peers", "ih": to_hex(&ih)}))?;
+            let v = run_request(ctx, &net, Lookup::peers(&ih))?;
             let peers: Vec<&str> = v["peers"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
@@ -196,10 +158,10 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
                     let k: [u8; 32] = from_hex(&target)
                         .and_then(|b| b.try_into().ok())
                         .context("a public key is 64 hex digits")?;
-                    json!({"op": "get", "key": to_hex(&k), "salt": to_hex(&salt)})
+                    Lookup::get_mutable(&k, &salt)
                 }
                 _ if !salt.is_empty() => bail!("--salt needs the 64-hex public key, not a target"),
-                _ => json!({"op": "get", "target": to_hex(&parse_hash(&target)?)}),
+                _ => Lookup::get(&parse_hash(&target)?),
             };
             let j = run_request(ctx, &net, req)?;
             if j["found"] == json!(false) {
@@ -297,89 +259,15 @@ pub fn dht(ctx: &Ctx, cmd: DhtCmd) -> Result<()> {
     Ok(())
 }
 
-/// A lookup described as JSON (`{"op": "peers", "ih"}` or `{"op": "get", "target" | "key",
-/// "salt"}`), as a DHT request.
-pub fn parse_request(v: &Value) -> Result<Request> {
-    let hex20 = |k: &str| -> Result<[u8; 20]> {
-        from_hex(v[k].as_str().unwrap_or(""))
-            .and_then(|b| b.try_into().ok())
-            .with_context(|| format!("'{k}' is not 40 hex digits"))
-    };
-    match v["op"].as_str().unwrap_or("") {
-        "peers" => Ok(Request::GetPeers {
-            info_hash: hex20("ih")?,
-            announce: None,
-        }),
-        "get" => match v["key"].as_str() {
-            Some(k) => {
-                let k: [u8; 32] = from_hex(k)
-                    .and_then(|b| b.try_into().ok())
-                    .context("'key' is not 64 hex digits")?;
-                let salt = from_hex(v["salt"].as_str().unwrap_or("")).unwrap_or_default();
-                Ok(Request::Get {
-                    target: ccbt_dht::items::mutable_target(&k, &salt),
-                    kind: ItemKind::Mutable {
-                        k: Some(k),
-                        salt,
-                        min_seq: None,
-                    },
-                })
-            }
-            None => Ok(Request::Get {
-                target: hex20("target")?,
-                kind: ItemKind::Any,
-            }),
-        },
-        other => bail!("unknown DHT request {other:?}"),
-    }
-}
-
-/// A finished lookup as JSON, with what it cost (milliseconds, queries sent).
-pub fn done_json(req: &Request, d: &Done) -> Value {
-    let mut j = match (&d.outcome, req) {
-        (Outcome::Peers { peers, .. }, Request::GetPeers { info_hash, .. }) => json!({
-            "info_hash": to_hex(info_hash),
-            "peers": peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        }),
-        (Outcome::Item(Some(it)), Request::Get { target, .. }) => item_json(target, it),
-        (_, Request::Get { target, .. }) => json!({"target": to_hex(target), "found": false}),
-        _ => json!({}),
-    };
-    j["ms"] = json!(d.elapsed.as_secs_f64() * 1000.0);
-    // When the first peers (or the first verified item) came: what a download waits for.
-    if let Some(f) = d.first {
-        j["first_ms"] = json!(f.as_secs_f64() * 1000.0);
-    }
-    j["queries"] = json!(d.queries);
-    j
-}
-
 /// Runs a lookup on the node running on this data dir (its routing table is warm), or on a
 /// node of its own.
-fn run_request(ctx: &Ctx, net: &DhtNet, req: Value) -> Result<Value> {
-    if let Some(v) = client_request(&ctx.data_dir, json!({"cmd": "dht_request", "req": req}))? {
+fn run_request(ctx: &Ctx, net: &DhtNet, req: Lookup) -> Result<Value> {
+    if let Some(v) = call::<Value>(&ctx.data_dir, &NodeRequest::DhtRequest { req: req.clone() })? {
         return Ok(v);
     }
-    let r = parse_request(&req)?;
+    let r = req.request()?;
     let d = start(ctx, net)?;
     ready(ctx, &d, net)?;
     let done = crate::runtime()?.block_on(d.request(r.clone()))?;
     Ok(done_json(&r, &done))
-}
-
-pub fn status_json(s: &ccbt_dht::service::Status) -> Value {
-    let st = &s.stats;
-    json!({
-        "id": to_hex(&s.id), "listen": s.local.to_string(), "nodes": s.nodes,
-        "listen6": s.local6.map(|a| a.to_string()), "nodes6": s.nodes6,
-        "buckets": s.buckets.iter().map(|(i, n, r)| json!({"bucket": i, "nodes": n, "replacements": r})).collect::<Vec<_>>(),
-        "items": s.items, "peer_hashes": s.peer_hashes, "operations": s.ops_running,
-        "external_ip": s.external_ip.map(|i| i.to_string()),
-        "bootstrap": s.bootstrap.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "queries_in": st.queries_in, "queries_out": st.queries_out, "replies_in": st.replies_in,
-        "errors_in": st.errors_in, "timeouts": st.timeouts, "packets_in": st.packets_in,
-        "packets_out": st.packets_out, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
-        "malformed": st.malformed, "rate_limited": st.rate_limited, "unsolicited": st.unsolicited,
-        "bad_items": st.bad_items, "other_packets": s.other_packets,
-    })
 }

@@ -13,14 +13,12 @@ macro_rules! outln {
 }
 
 mod bt_cmds;
-mod config;
 mod config_cmds;
 mod daemon;
 mod demo;
 mod dht_cmds;
 mod history_cmds;
 mod mount_cmds;
-mod node;
 mod pin_cmds;
 mod progress;
 mod share_cmds;
@@ -158,134 +156,23 @@ pub enum Command {
     Config(config_cmds::ConfigCmd),
 }
 
-/// The async runtime every networked command runs on: one per process, so the DHT node started
-/// to resolve a magnet keeps running for the download that follows.
+/// The process's async runtime (see [`ccbt_node::runtime`]).
 pub(crate) fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    if let Some(rt) = RT.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    Ok(RT.get_or_init(|| rt))
+    Ok(ccbt_node::runtime()?)
 }
 
-/// Settings every command sees.
+/// Settings every command sees: the node library's [`ccbt_node::Env`] (through `Deref`) and how
+/// to print.
 pub struct Ctx {
-    pub config: config::Config,
+    pub env: ccbt_node::Env,
     pub quiet: bool,
     pub json: bool,
-    pub data_dir: PathBuf,
-    /// `--dht-bootstrap` nodes (`None`: the config's).
-    pub dht_bootstrap: Option<Vec<String>>,
-    pub no_dht: bool,
-    /// `--config` as given.
-    pub config_file: Option<PathBuf>,
-    /// The process's DHT node, started on first use ([`Ctx::dht`]).
-    dht: std::sync::OnceLock<Option<ccbt_dht::Dht>>,
 }
 
-impl Ctx {
-    /// `--listen` if given, else every interface on `[network] listen_port`.
-    pub fn listen(&self, flag: Option<std::net::SocketAddr>) -> std::net::SocketAddr {
-        flag.unwrap_or_else(|| {
-            std::net::SocketAddr::from(([0, 0, 0, 0], self.config.network.listen_port))
-        })
-    }
-
-    /// The BitTorrent session's settings from the config (limits, disk workers) on `listen`.
-    pub fn session_config(
-        &self,
-        listen: std::net::SocketAddr,
-    ) -> ccbt_core::session::SessionConfig {
-        ccbt_core::session::SessionConfig {
-            listen,
-            global_down: self.config.limits.global_down_kib * 1024,
-            global_up: self.config.limits.global_up_kib * 1024,
-            hash_workers: self.config.disk.hash_workers,
-            pex: self.config.discovery.enable_pex,
-            encryption: self.config.encryption().unwrap_or_default(),
-            enable_tcp: self.config.network.enable_tcp,
-            enable_utp: self.config.network.enable_utp,
-            prefer_utp: self.config.network.prefer_utp,
-            port_mapping: self.config.port_mapping().unwrap_or_default(),
-        }
-    }
-}
-
-impl Ctx {
-    /// Whether the DHT is on: `--no-dht` and `enable_dht = false` turn it off, `--dht-bootstrap`
-    /// turns it on.
-    pub fn dht_enabled(&self) -> bool {
-        !self.no_dht && (self.config.discovery.enable_dht || self.dht_bootstrap.is_some())
-    }
-
-    /// The process's DHT node, started on first use with its UDP socket on `listen` (the peer
-    /// port). `None` when the DHT is off, or when its socket cannot be opened (said once).
-    pub fn dht(&self, listen: std::net::SocketAddr) -> Option<ccbt_dht::Dht> {
-        self.dht
-            .get_or_init(|| {
-                if !self.dht_enabled() {
-                    return None;
-                }
-                let d = &self.config.discovery;
-                let bootstrap = self.bootstrap_list();
-                let _ = std::fs::create_dir_all(&self.data_dir);
-                let cfg = ccbt_dht::DhtConfig {
-                    bind: listen,
-                    bootstrap,
-                    state_file: Some(self.data_dir.join("dht.dat")),
-                    settings: ccbt_dht::node::Settings {
-                        max_nodes_per_ip: d.dht_max_nodes_per_ip,
-                        queries_per_ip_per_sec: d.dht_queries_per_ip_per_sec,
-                        read_only: false,
-                    },
-                };
-                let rt = runtime().ok()?;
-                let _in = rt.enter();
-                match ccbt_dht::Dht::start(cfg) {
-                    Ok(dht) => Some(dht),
-                    Err(e) => {
-                        eprintln!("warning: the DHT is off: {e}");
-                        None
-                    }
-                }
-            })
-            .clone()
-    }
-
-    /// Where the DHT bootstraps from.
-    pub fn bootstrap_list(&self) -> Vec<String> {
-        self.dht_bootstrap
-            .clone()
-            .unwrap_or_else(|| self.config.discovery.dht_bootstrap.clone())
-    }
-
-    /// The DHT node if one was started (without starting one).
-    pub fn dht_started(&self) -> Option<ccbt_dht::Dht> {
-        self.dht.get().cloned().flatten()
-    }
-
-    /// The DHT as the session's peer source.
-    pub fn discovery(
-        &self,
-        listen: std::net::SocketAddr,
-    ) -> Option<ccbt_core::session::discovery::DiscoveryHandle> {
-        self.dht(listen)
-            .map(|d| ccbt_core::session::discovery::DiscoveryHandle(std::sync::Arc::new(d)))
-    }
-
-    /// Before exit: the DHT's routing table is saved for the next run (bounded).
-    fn finish(&self) {
-        // Port mappings go with the process (bounded: half a second per mapping).
-        ccbt_core::session::portmap::remove_all();
-        if let (Some(d), Ok(rt)) = (self.dht_started(), runtime()) {
-            let _ = rt.block_on(async {
-                tokio::time::timeout(std::time::Duration::from_secs(2), d.save()).await
-            });
-        }
+impl std::ops::Deref for Ctx {
+    type Target = ccbt_node::Env;
+    fn deref(&self) -> &ccbt_node::Env {
+        &self.env
     }
 }
 
@@ -347,7 +234,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = config::Config::load(cli.config.as_deref())?;
+    let config = ccbt_node::Config::load(cli.config.as_deref())?;
     let level = cli
         .log_level
         .clone()
@@ -375,23 +262,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = LOG_FILTER.set(handle);
     }
     let ctx = Ctx {
-        data_dir: cli
-            .data_dir
-            .clone()
-            .unwrap_or_else(config::default_data_dir),
-        config,
+        env: ccbt_node::Env::new(
+            config,
+            cli.data_dir
+                .clone()
+                .unwrap_or_else(ccbt_node::config::default_data_dir),
+            (!cli.dht_bootstrap.is_empty()).then(|| {
+                cli.dht_bootstrap
+                    .iter()
+                    .filter(|s| !s.is_empty() && s.as_str() != "none")
+                    .cloned()
+                    .collect()
+            }),
+            cli.no_dht,
+            cli.config.clone(),
+            !cli.quiet,
+        ),
         quiet: cli.quiet,
         json: cli.json,
-        dht_bootstrap: (!cli.dht_bootstrap.is_empty()).then(|| {
-            cli.dht_bootstrap
-                .iter()
-                .filter(|s| !s.is_empty() && s.as_str() != "none")
-                .cloned()
-                .collect()
-        }),
-        no_dht: cli.no_dht,
-        config_file: cli.config.clone(),
-        dht: std::sync::OnceLock::new(),
     };
     let r = run_command(&ctx, cli.command);
     ctx.finish();

@@ -53,21 +53,7 @@ impl Drop for ByteProgress {
     }
 }
 
-/// `1.5 GiB`-style sizes for people.
-pub fn human_bytes(n: u64) -> String {
-    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", U[i])
-    }
-}
+pub use ccbt_node::human_bytes;
 
 /// Parses `262144`, `256K`, `256KiB`, `4M`, `1G`.
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -3,6 +3,7 @@
 use crate::progress::{human_bytes, ByteProgress};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
+use ccbt_node::socket::{call, PublishReply, Request, VersionReply};
 use ccbt_xet::head::{parse_share_id, share_id_hex, ShareId};
 use ccbt_xet::shares::{ShareChoice, Shares};
 use clap::{Args, Subcommand};
@@ -75,45 +76,6 @@ pub struct PublishArgs {
     pub torrent: bool,
 }
 
-/// `publish --torrent`: the folder as a hybrid torrent, checkpointed in the data dir so the node
-/// (now, or the next `ccbt seed`) seeds it from the folder itself. Returns it and its v1 hash.
-pub fn version_torrent(ctx: &Ctx, dir: &Path) -> Result<(ccbt_core::Metainfo, [u8; 20])> {
-    version_torrent_in(&ctx.data_dir, dir)
-}
-
-pub fn version_torrent_in(data_dir: &Path, dir: &Path) -> Result<(ccbt_core::Metainfo, [u8; 20])> {
-    let meta = ccbt_core::create::create_torrent(
-        dir,
-        &ccbt_core::create::CreateOptions {
-            created_by: Some(format!("ccbt {}", env!("CARGO_PKG_VERSION"))),
-            ..Default::default()
-        },
-        &AtomicU64::new(0),
-    )
-    .with_context(|| format!("cannot make a torrent of {}", dir.display()))?;
-    let ih = meta
-        .v1_hash
-        .context("a hybrid torrent has a v1 info-hash")?;
-    let out_dir = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let n = meta.pieces.len().max(1);
-    // No pieces marked: the first run rechecks the folder (it is the data) and then seeds.
-    ccbt_core::resume::Checkpoint {
-        info_hash_hex: ccbt_core::encoding::to_hex(&ih),
-        torrent: meta.to_torrent_bytes(),
-        out_dir,
-        have: vec![0; n.div_ceil(8)],
-        files: Vec::new(),
-        saved: 0,
-        only: Vec::new(),
-        skip: Vec::new(),
-        name: meta.name.clone(),
-        pieces_have: 0,
-        pieces_total: n as u64,
-    }
-    .save(data_dir)?;
-    Ok((meta, ih))
-}
-
 fn tree_bytes(p: &Path) -> u64 {
     let Ok(m) = std::fs::symlink_metadata(p) else {
         return 0;
@@ -129,55 +91,28 @@ fn tree_bytes(p: &Path) -> u64 {
     }
 }
 
-/// Puts a head on the DHT from a short-lived node (bounded); returns how many nodes stored it.
-fn put_head_on_dht(ctx: &Ctx, head: &ccbt_xet::head::Head) -> Result<usize> {
-    let dht = ctx
-        .dht(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-        .context("the DHT could not start")?;
-    let rt = crate::runtime()?;
-    rt.block_on(async {
-        if dht.wait_for_nodes(std::time::Duration::from_secs(10)).await == 0 {
-            anyhow::bail!("no DHT node answered within 10s");
-        }
-        let (_, stored, err) = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            dht.put(crate::node::head_item(head)),
-        )
-        .await
-        .context("the DHT put timed out")??;
-        if stored == 0 {
-            anyhow::bail!(
-                "no DHT node stored it{}",
-                err.map(|(c, m)| format!(" (error {c}: {m})"))
-                    .unwrap_or_default()
-            );
-        }
-        Ok(stored)
-    })
-}
-
 pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     // A node running on this data dir owns the store: hand it the work (it also pushes the head).
     let dir = std::fs::canonicalize(&a.dir)
         .with_context(|| format!("cannot publish {}", a.dir.display()))?;
-    if let Some(v) = crate::node::client_request(
-        &ctx.data_dir,
-        json!({"cmd": "publish", "dir": dir, "share": a.share, "new": a.new, "torrent": a.torrent}),
-    )? {
+    let req = Request::Publish {
+        dir: dir.clone(),
+        share: a.share.clone(),
+        new: a.new,
+        torrent: a.torrent,
+    };
+    if let Some(v) = call::<PublishReply>(&ctx.data_dir, &req)? {
         if ctx.json {
             outln!("{}", serde_json::to_string_pretty(&v)?);
         } else if ctx.quiet {
-            outln!("{}", v["share"].as_str().unwrap_or(""));
+            outln!("{}", v.share);
         } else {
             outln!(
                 "share:    {} (published through the running node, pushed to its peers)",
-                v["share"].as_str().unwrap_or("")
+                v.share
             );
-            outln!("version:  {}", v["version"]);
-            outln!(
-                "stored:   {} new",
-                human_bytes(v["new_bytes"].as_u64().unwrap_or(0))
-            );
+            outln!("version:  {}", v.version);
+            outln!("stored:   {} new", human_bytes(v.new_bytes));
         }
         return Ok(());
     }
@@ -191,7 +126,7 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     let started = Instant::now();
     let r = {
         let ih = if a.torrent {
-            Some(version_torrent(ctx, &dir)?.1)
+            Some(ccbt_node::publish::version_torrent(&ctx.data_dir, &dir)?.1)
         } else {
             None
         };
@@ -210,7 +145,7 @@ pub fn publish(ctx: &Ctx, a: PublishArgs) -> Result<()> {
     // No node runs here to announce the version: put its head on the DHT now, so followers
     // polling it see the new version even before a node serves it.
     let dht_nodes = if ctx.dht_enabled() {
-        match put_head_on_dht(ctx, &shares.head(&r.share, Some(r.seq))?) {
+        match ccbt_node::publish::put_head_on_dht(ctx, &shares.head(&r.share, Some(r.seq))?) {
             Ok(n) => Some(n),
             Err(e) => {
                 if !ctx.quiet {
@@ -293,33 +228,19 @@ pub struct VersionsArgs {
 
 pub fn versions(ctx: &Ctx, a: VersionsArgs) -> Result<()> {
     let id = parse_id(&a.share)?;
-    if let Some(v) = crate::node::client_request(
-        &ctx.data_dir,
-        json!({"cmd": "versions", "share": share_id_hex(&id)}),
-    )? {
-        if ctx.json {
-            outln!("{}", serde_json::to_string_pretty(&v)?);
-        } else {
-            for x in v.as_array().into_iter().flatten() {
-                outln!(
-                    "{:>5}  {:<20}  {:>12}  {}",
-                    x["seq"],
-                    fmt_time(x["time"].as_i64().unwrap_or(0)),
-                    human_bytes(x["size"].as_u64().unwrap_or(0)),
-                    x["root"].as_str().unwrap_or("")
-                );
-            }
-        }
-        return Ok(());
-    }
-    let shares = open(ctx)?;
-    let vs = shares.versions(&id)?;
-    if ctx.json {
-        let v: Vec<_> = vs
+    let req = Request::Versions {
+        share: share_id_hex(&id),
+    };
+    let vs = match call::<Vec<VersionReply>>(&ctx.data_dir, &req)? {
+        Some(v) => v,
+        None => open(ctx)?
+            .versions(&id)?
             .iter()
-            .map(|v| json!({"seq": v.seq, "time": v.time, "size": v.size, "root": v.root.to_hex(), "head": ccbt_core::encoding::to_hex(&v.head)}))
-            .collect();
-        outln!("{}", serde_json::to_string_pretty(&v)?);
+            .map(VersionReply::from)
+            .collect(),
+    };
+    if ctx.json {
+        outln!("{}", serde_json::to_string_pretty(&vs)?);
     } else {
         outln!("{:>5}  {:<20}  {:>12}  root", "seq", "time (UTC)", "size");
         for v in vs {

@@ -1,9 +1,10 @@
 //! `ccbt seed` (no torrent: serve every share), `ccbt sync` and `ccbt status`.
 
-use crate::node::{client_request, Node};
 use crate::progress::human_bytes;
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
+use ccbt_node::socket::{call, Request};
+use ccbt_node::Node;
 use ccbt_xet::head::{parse_share_id, share_id_hex};
 use ccbt_xet::sync::{sync_version, synced_seq};
 use clap::Args;
@@ -96,7 +97,7 @@ pub fn serve(
         for t in &torrents {
             let _ = tokio::time::timeout(Duration::from_secs(5), t.finished()).await;
         }
-        let _ = std::fs::remove_file(crate::node::socket_path(&ctx.data_dir));
+        let _ = std::fs::remove_file(ccbt_node::socket::socket_path(&ctx.data_dir));
         Ok(())
     })
 }
@@ -183,7 +184,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
                 _ = heads.recv() => {}
                 _ = feeds.recv() => {}
                 _ = tokio::time::sleep_until(deadline), if done == 0 => {
-                    bail!("no peer of share {} offered a version within {}s{}", share_id_hex(&id), a.net.timeout, crate::mount_cmds::no_source_hint(ctx));
+                    bail!("no peer of share {} offered a version within {}s{}", share_id_hex(&id), a.net.timeout, ctx.no_source_hint());
                 }
                 _ = &mut stop => return Ok(()),
             }
@@ -192,7 +193,7 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
 }
 
 pub fn status(ctx: &Ctx) -> Result<()> {
-    let v = match client_request(&ctx.data_dir, json!({"cmd": "status"}))? {
+    let v = match call::<serde_json::Value>(&ctx.data_dir, &Request::Status)? {
         Some(v) => v,
         None => {
             let shares = ccbt_xet::shares::Shares::open(&ctx.data_dir)?;

@@ -229,13 +229,16 @@ impl Filesystem for TorrentFs {
     }
 }
 
+/// A mounted torrent (unmount with `umount_and_join`).
+pub type TorrentMounted = fuser::BackgroundSession;
+
 /// Mounts a running torrent read-only at `dir`.
 pub fn mount_torrent(
     handle: Arc<TorrentHandle>,
     dir: &Path,
     timeout: Duration,
     read_ahead_kb: u32,
-) -> std::io::Result<fuser::BackgroundSession> {
+) -> std::io::Result<TorrentMounted> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("ccbt-torrent".into()),

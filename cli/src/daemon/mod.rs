@@ -17,13 +17,13 @@ pub mod reload;
 mod sync;
 pub mod watchdir;
 
-use crate::node::Node;
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use ccbt_core::encoding::to_hex;
 use ccbt_core::session::metadata_fetch::{fetch_metadata, FetchConfig};
 use ccbt_core::session::{TorrentConfig, TorrentHandle};
 use ccbt_core::Metainfo;
+use ccbt_node::Node;
 use ccbt_xet::head::{parse_share_id, share_id_hex, ShareId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -102,7 +102,7 @@ struct Settings {
     base: TorrentConfig,
     data_dir: PathBuf,
     fetch: FetchConfig,
-    fs: crate::config::Fs,
+    fs: ccbt_node::config::Fs,
     /// `[xet] sync_spare_mib`, in bytes: spare copies for shares synced into a directory.
     sync_spare: u64,
 }
@@ -117,7 +117,7 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The config file watched for changes, and the values running now.
     pub config_path: PathBuf,
-    pub config: Mutex<crate::config::Config>,
+    pub config: Mutex<ccbt_node::config::Config>,
     pub alerts: alerts::Alerts,
     /// Peer connections per torrent (`[network] max_peers_per_torrent`, reloadable).
     max_peers: std::sync::atomic::AtomicUsize,
@@ -543,7 +543,7 @@ impl Daemon {
         }
         let _ = std::fs::create_dir_all(&dir);
         let fs = &self.settings.fs;
-        let cfg = crate::mount_cmds::mount_config(fs, &self.settings.data_dir, share, false);
+        let cfg = ccbt_node::mount::mount_config(fs, &self.settings.data_dir, share, false);
         let xet = self.node.xet.clone();
         let rt = tokio::runtime::Handle::current();
         let d2 = dir.clone();
@@ -864,7 +864,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen for the API on {api} (another daemon? set --api or [daemon] api_listen)"))?;
         let api_addr = listener.local_addr()?;
-        let mut base = crate::bt_cmds::base_cfg(ctx)?;
+        let mut base = ccbt_node::torrent::base_cfg(ctx)?;
         // Limits are the daemon's to set, session-wide; per item they start unlimited.
         base.down_limit = 0;
         base.up_limit = 0;
@@ -897,7 +897,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
             stop,
             metrics: metrics::Metrics::new(),
             alerts: alerts::Alerts::load(&node.shares.store),
-            config_path: crate::config::Config::file_path(ctx.config_file.as_deref()),
+            config_path: ccbt_node::config::Config::file_path(ctx.config_file.as_deref()),
             config: Mutex::new(ctx.config.clone()),
             max_peers: std::sync::atomic::AtomicUsize::new(
                 ctx.config.network.max_peers_per_torrent.max(1) as usize,
@@ -956,7 +956,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
         }
         d.shutdown().await;
         let _ = std::fs::remove_file(info_path(&ctx.data_dir));
-        let _ = std::fs::remove_file(crate::node::socket_path(&ctx.data_dir));
+        let _ = std::fs::remove_file(ccbt_node::socket::socket_path(&ctx.data_dir));
         Ok(())
     })
 }

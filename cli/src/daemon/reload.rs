@@ -5,7 +5,7 @@
 //! running values stay. `POST /api/config/reload` does the same on demand.
 
 use super::Daemon;
-use crate::config::Config;
+use ccbt_node::config::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

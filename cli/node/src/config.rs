@@ -2,7 +2,7 @@
 //! `~/.config/ccbt/ccbt.toml`, or `--config FILE`), then `CCBT_*` environment variables; command-line
 //! flags are applied last by the commands themselves. Key names follow the project's seed documents.
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -270,7 +270,7 @@ impl Config {
         cfg.encryption()?;
         cfg.port_mapping()?;
         if !cfg.network.enable_tcp && !cfg.network.enable_utp {
-            anyhow::bail!("[network] enable_tcp and enable_utp are both false: turn one on");
+            crate::bail!("[network] enable_tcp and enable_utp are both false: turn one on");
         }
         Ok(cfg)
     }
@@ -294,8 +294,9 @@ impl Config {
             .port_mapping_protocols
             .iter()
             .map(|p| {
-                p.parse()
-                    .map_err(|e: String| anyhow::anyhow!("[network] port_mapping_protocols: {e}"))
+                p.parse().map_err(|e: String| {
+                    crate::Error::msg(format!("[network] port_mapping_protocols: {e}"))
+                })
             })
             .collect()
     }
@@ -306,12 +307,15 @@ impl Config {
             match v.to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => Ok(true),
                 "0" | "false" | "no" | "off" => Ok(false),
-                _ => anyhow::bail!("environment variable {k}={v:?} is not true or false"),
+                _ => crate::bail!("environment variable {k}={v:?} is not true or false"),
             }
         }
         fn parse<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
-            v.parse()
-                .map_err(|_| anyhow::anyhow!("environment variable {k}={v:?} is not a valid value"))
+            v.parse().map_err(|_| {
+                crate::Error::msg(format!(
+                    "environment variable {k}={v:?} is not a valid value"
+                ))
+            })
         }
         if let Some(v) = get("CCBT_MAX_PEERS") {
             self.network.max_global_peers = parse("CCBT_MAX_PEERS", v)?;

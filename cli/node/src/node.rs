@@ -1,30 +1,23 @@
 //! A running node: the BitTorrent session with the `ccbt_xet` extension, the store, every share's
-//! swarm, and a local socket (`<data dir>/ccbt.sock`, owner-only) through which other commands on
-//! the same data dir (`publish`, `status`, `versions`) reach it instead of failing on the RocksDB lock.
+//! swarm, the share heads on the DHT, P2P CAS swarms, and a local socket ([`crate::socket`])
+//! through which other commands on the same data dir reach it instead of failing on the RocksDB
+//! lock.
 
-use crate::Ctx;
-use anyhow::{bail, Context, Result};
+use crate::env::Env;
+use crate::error::{Context, Result};
 use ccbt_core::extension::Registry;
 use ccbt_core::session::{Session, TorrentHandle};
 use ccbt_dht::krpc::MutablePut;
 use ccbt_dht::node::{FoundItem, ItemKind, PutItem};
 use ccbt_dht::Dht;
-use ccbt_xet::head::{parse_share_id, share_id_hex, Head, ShareId};
+use ccbt_xet::head::{share_id_hex, Head, ShareId};
 use ccbt_xet::net::ShareNet;
-use ccbt_xet::shares::{ShareChoice, Shares};
+use ccbt_xet::shares::Shares;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("ccbt.sock")
-}
 
 pub struct Node {
     pub session: Session,
@@ -40,14 +33,14 @@ pub struct Node {
     pub torrents: Mutex<Vec<TorrentHandle>>,
     data_dir: PathBuf,
     /// Background fetches of pinned files (`ccbt pin`), per share.
-    pub pin_progress: Mutex<HashMap<ShareId, crate::pin_cmds::PinProgress>>,
+    pub pin_progress: Mutex<HashMap<ShareId, crate::pin::PinProgress>>,
     trackers: Vec<String>,
     peers: Vec<SocketAddr>,
 }
 
 impl Node {
     pub async fn start(
-        ctx: &Ctx,
+        ctx: &Env,
         listen: SocketAddr,
         trackers: Vec<String>,
         peers: Vec<SocketAddr>,
@@ -80,8 +73,8 @@ impl Node {
             trackers,
             peers,
         });
-        node.serve_socket(&ctx.data_dir)?;
-        tokio::spawn(crate::pin_cmds::pinner(node.clone()));
+        crate::socket::serve(&node, &ctx.data_dir)?;
+        tokio::spawn(crate::pin::pinner(node.clone()));
         if node.dht.is_some() {
             // P2P CAS needs the DHT: holders of a file are found by its root there.
             let weak = Arc::downgrade(&node);
@@ -354,7 +347,7 @@ impl Node {
                 json!({
                     "share": share_id_hex(id), "version": seq, "owner": owner,
                     "peers": self.xet.peer_count(id),
-                    "residency": crate::pin_cmds::residency_json(self, id),
+                    "residency": crate::pin::residency_json(self, id),
                     "fetched_chunks": c.fetched_chunks, "fetched_bytes": c.fetched_chunk_bytes + c.fetched_node_bytes,
                     "served_chunks": c.served_chunks, "served_bytes": c.served_bytes,
                     "dedup_chunks": c.dedup_chunks, "dedup_bytes": c.dedup_bytes,
@@ -372,127 +365,6 @@ impl Node {
                 "samples": lat.samples, "p50": lat.p50_ms, "p99": lat.p99_ms, "max": lat.max_ms,
             },
         })
-    }
-
-    fn serve_socket(self: &Arc<Self>, data_dir: &Path) -> Result<()> {
-        let path = socket_path(data_dir);
-        let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        let node = self.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                let node = node.clone();
-                tokio::spawn(async move {
-                    let _ = node.handle_client(s).await;
-                });
-            }
-        });
-        Ok(())
-    }
-
-    async fn handle_client(self: Arc<Self>, s: UnixStream) -> Result<()> {
-        let (r, mut w) = s.into_split();
-        let mut line = String::new();
-        BufReader::new(r).read_line(&mut line).await?;
-        let req: Value = serde_json::from_str(&line)?;
-        let resp = match self.clone().request(req).await {
-            Ok(v) => json!({"ok": v}),
-            Err(e) => json!({"error": format!("{e:#}")}),
-        };
-        w.write_all(format!("{resp}\n").as_bytes()).await?;
-        Ok(())
-    }
-
-    async fn request(self: Arc<Self>, req: Value) -> Result<Value> {
-        match req["cmd"].as_str().unwrap_or("") {
-            "status" => {
-                let n = self.clone();
-                Ok(tokio::task::spawn_blocking(move || n.status()).await?)
-            }
-            "pin" => crate::pin_cmds::node_pin(&self, &req).await,
-            "unpin" => crate::pin_cmds::node_unpin(&self, &req).await,
-            "evict" => crate::pin_cmds::node_evict(&self, &req).await,
-            "dht_request" => {
-                let d = self
-                    .dht
-                    .as_ref()
-                    .context("the running node has the DHT off")?;
-                let r = crate::dht_cmds::parse_request(&req["req"])?;
-                let done = d.request(r.clone()).await?;
-                Ok(crate::dht_cmds::done_json(&r, &done))
-            }
-            "dht_status" => match &self.dht {
-                Some(d) => Ok(crate::dht_cmds::status_json(&d.status().await?)),
-                None => bail!("the running node has the DHT off"),
-            },
-            "versions" => {
-                let id =
-                    parse_share_id(req["share"].as_str().unwrap_or("")).context("bad share id")?;
-                let v = self.shares.versions(&id)?;
-                Ok(json!(v.iter().map(|v| json!({"seq": v.seq, "time": v.time, "size": v.size, "root": v.root.to_hex(), "head": ccbt_core::encoding::to_hex(&v.head)})).collect::<Vec<_>>()))
-            }
-            "publish" => {
-                let dir = PathBuf::from(req["dir"].as_str().context("no dir")?);
-                let choice = match (req["share"].as_str(), req["new"].as_bool().unwrap_or(false)) {
-                    (Some(s), _) => {
-                        ShareChoice::Existing(parse_share_id(s).context("bad share id")?)
-                    }
-                    (None, true) => ShareChoice::New,
-                    _ => ShareChoice::Auto,
-                };
-                let node = self.clone();
-                let started = std::time::Instant::now();
-                let torrent = req["torrent"].as_bool().unwrap_or(false);
-                let ctx_dir = self.data_dir.clone();
-                let r = tokio::task::spawn_blocking(move || -> Result<_> {
-                    let t = if torrent {
-                        Some(crate::share_cmds::version_torrent_in(&ctx_dir, &dir)?)
-                    } else {
-                        None
-                    };
-                    let ih = t.as_ref().map(|t| t.1);
-                    let r = node
-                        .shares
-                        .publish_with_ih(&dir, choice, &AtomicU64::new(0), ih)?;
-                    Ok((r, t, dir))
-                })
-                .await??;
-                let (r, t, dir) = r;
-                // The version as a torrent: seeded from the folder from now on.
-                if let Some((meta, ih)) = t {
-                    let cfg = ccbt_core::session::TorrentConfig {
-                        out_dir: dir.parent().unwrap_or(Path::new("/")).to_path_buf(),
-                        seed: true,
-                        resume: true,
-                        data_dir: Some(self.data_dir.clone()),
-                        ..Default::default()
-                    };
-                    match self.session.add_torrent(meta, cfg) {
-                        Ok(h) => self.torrents.lock().unwrap().push(h),
-                        Err(e) => tracing::warn!(
-                            "cannot seed the torrent {}: {e}",
-                            ccbt_core::encoding::to_hex(&ih)
-                        ),
-                    }
-                }
-                // Push the new head to every connected peer at once.
-                let head = self.shares.head(&r.share, Some(r.seq))?;
-                self.join(r.share)?;
-                self.xet.offer_head(head, None);
-                self.xet.have_version(&r.share, r.seq);
-                Ok(json!({
-                    "share": share_id_hex(&r.share), "version": r.seq, "new_share": r.created_share,
-                    "files": r.files, "dirs": r.dirs, "symlinks": r.links, "logical_bytes": r.logical_bytes,
-                    "new_chunk_bytes": r.new_chunk_bytes, "new_node_bytes": r.new_node_bytes,
-                    "new_bytes": r.new_chunk_bytes + r.new_node_bytes, "new_chunks": r.new_chunks,
-                    "listing_root": r.listing_root.to_hex(), "seconds": started.elapsed().as_secs_f64(),
-                    "warnings": r.warnings, "via_node": true,
-                }))
-            }
-            other => bail!("unknown request {other:?}"),
-        }
     }
 }
 
@@ -532,29 +404,4 @@ pub fn head_from_item(it: &FoundItem) -> Option<Head> {
     let h = Head::decode(&b).ok()?;
     h.verify().ok()?;
     Some(h)
-}
-
-/// Sends a request to the node running on `data_dir`, if one is. `Ok(None)`: no node.
-pub fn client_request(data_dir: &Path, req: Value) -> Result<Option<Value>> {
-    let path = socket_path(data_dir);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let mut s = match std::os::unix::net::UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(_) => {
-            // A node that died left its socket behind.
-            let _ = std::fs::remove_file(&path);
-            return Ok(None);
-        }
-    };
-    use std::io::{BufRead, Write};
-    writeln!(s, "{req}")?;
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).context("bad reply from the running node")?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("{e}");
-    }
-    Ok(Some(v["ok"].clone()))
 }
