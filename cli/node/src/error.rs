@@ -9,6 +9,12 @@ pub enum Error {
     /// A failure described in full by its message.
     #[error("{0}")]
     Msg(String),
+    /// The named item, rule or share is not here.
+    #[error("{0}")]
+    NotFound(String),
+    /// It is already here (adding it twice).
+    #[error("{0}")]
+    Conflict(String),
     /// A lower layer's error with what we were doing when it happened.
     #[error("{context}: {cause}")]
     Context {

@@ -9,6 +9,7 @@
 //! logic of its own.
 
 pub mod config;
+pub mod daemon;
 pub mod dht;
 pub mod env;
 pub mod error;

@@ -76,16 +76,13 @@ fn error(code: StatusCode, msg: &str) -> Response {
 }
 
 /// An operation's error as an answer: unknown ids are 404, duplicates 409, the rest 400.
-fn failed(e: anyhow::Error) -> Response {
-    let msg = format!("{e:#}");
-    let code = if msg.starts_with("nothing with id") {
-        StatusCode::NOT_FOUND
-    } else if msg.contains("already added") {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::BAD_REQUEST
+fn failed(e: ccbt_node::Error) -> Response {
+    let code = match e {
+        ccbt_node::Error::NotFound(_) => StatusCode::NOT_FOUND,
+        ccbt_node::Error::Conflict(_) => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
     };
-    error(code, &msg)
+    error(code, &e.to_string())
 }
 
 /// Same length and same bytes, without an early exit.

@@ -37,7 +37,7 @@ fn take(d: &Arc<Daemon>, p: &Path, out: &Path) {
             tracing::info!("watch folder: added {shown} as {id}");
             "added"
         }
-        Err(e) if format!("{e:#}").contains("already added") => {
+        Err(ccbt_node::Error::Conflict(_)) => {
             tracing::info!("watch folder: {shown} is already added");
             "added"
         }

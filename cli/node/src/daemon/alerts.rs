@@ -4,7 +4,8 @@
 //! condition stops holding (one more line).
 
 use super::Daemon;
-use anyhow::{bail, Result};
+use crate::bail;
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -142,7 +143,9 @@ impl Alerts {
 
     pub fn remove(&self, store: &ccbt_cas::Store, name: &str) -> Result<()> {
         if self.rules.lock().unwrap().remove(name).is_none() {
-            bail!("nothing with id {name} here: no such alert rule (`ccbt alerts list`)");
+            return Err(crate::Error::NotFound(format!(
+                "nothing with id {name} here: no such alert rule (`ccbt alerts list`)"
+            )));
         }
         store.delete_daemon(format!("alert/{name}").as_bytes())?;
         Ok(())

@@ -40,7 +40,7 @@ impl Daemon {
             }
             Kind::Share => {
                 let share = parse_share_id(id)?;
-                let mut v = ccbt_node::pin::residency_json(&self.node, &share);
+                let mut v = crate::pin::residency_json(&self.node, &share);
                 if !v.is_object() {
                     v = json!({});
                 }
