@@ -23,11 +23,10 @@ pub struct MountArgs {
 
 pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
     mount::check_mount_point(&a.dir)?;
-    if !mount::looks_like_share(&a.target) {
-        crate::daemon::client::refuse_if_daemon(
-            ctx,
-            "a torrent mount runs its own session (add the torrent to the daemon with `ccbt add`)",
-        )?;
+    if !mount::looks_like_share(&a.target)
+        && crate::daemon::client::mount_torrent_via_daemon(ctx, &a.target, &a.dir, &a.net.peers)?
+    {
+        return Ok(());
     }
     let src = Sources {
         peers: &a.net.peers,

@@ -172,17 +172,7 @@ pub fn mount_torrent(
     };
     let name = meta.name.clone();
     // Streaming priority: players read a file's head and tail (container indexes) first.
-    let edges: Vec<u32> = meta
-        .files
-        .iter()
-        .filter(|f| !f.pad && f.length > 0)
-        .flat_map(|f| {
-            [
-                (f.offset / meta.piece_length) as u32,
-                ((f.offset + f.length - 1) / meta.piece_length) as u32,
-            ]
-        })
-        .collect();
+    let edges = crate::daemon::edge_pieces(&meta);
     let handle = Arc::new(session.add_torrent(meta, cfg)?);
     for p in edges {
         handle.set_piece_priority(p, 2);
@@ -388,6 +378,11 @@ pub fn is_mounted(dir: &Path) -> bool {
                 .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap_or("")))
         })
         .unwrap_or(true)
+}
+
+/// Whether `dir` is a mount point now (false when that cannot be told).
+pub fn is_mounted_now(dir: &Path) -> bool {
+    std::fs::canonicalize(dir).is_ok() && is_mounted(dir)
 }
 
 /// Unmounts a ccbt mount, also one left stale by a crash.

@@ -523,6 +523,69 @@ pub fn mount_via_daemon(
     Ok(true)
 }
 
+/// `ccbt mount <torrent | magnet> DIR` while a daemon runs on this data dir: the daemon adds the
+/// torrent with `--mount DIR` (data in the data dir, pieces streamed on demand) and keeps it
+/// mounted after this command ends. Returns false when no daemon runs.
+pub fn mount_torrent_via_daemon(
+    ctx: &Ctx,
+    target: &str,
+    dir: &std::path::Path,
+    peers: &[std::net::SocketAddr],
+) -> Result<bool> {
+    let Some(c) = running_daemon(ctx) else {
+        return Ok(false);
+    };
+    let dir = absolute(dir.to_path_buf())?;
+    let mut body = json!({"mount": dir, "peers": peers});
+    let path = std::path::Path::new(target);
+    if path.is_file() {
+        body["torrent_hex"] = json!(ccbt_core::encoding::to_hex(&std::fs::read(path)?));
+    } else if target.starts_with("magnet:") {
+        body["source"] = json!(target);
+    } else {
+        bail!(
+            "a daemon runs on {}: mount a torrent through it by its .torrent file or magnet link, \
+             or stop it (`ccbt stop`)",
+            ctx.data_dir.display()
+        );
+    }
+    let id = add_item(&c, body, || {
+        format!(
+            "the daemon on {} already holds this torrent; `ccbt remove` it first, or mount it \
+             from another --data-dir",
+            ctx.data_dir.display()
+        )
+    })?;
+    // Mounted once the torrent runs (after a magnet's metadata) and the mount point is one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let v = c.call(reqwest::Method::GET, &format!("/api/items/{id}"), None)?;
+        if v["state"] == "error" {
+            bail!("{}", v["error"].as_str().unwrap_or("the mount failed"));
+        }
+        if v["state"] != "fetching metadata" && ccbt_node::mount::is_mounted_now(&dir) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the daemon did not mount {} within 120 s (see its log)",
+                dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "the daemon on {} mounted torrent {id} read-only on {}; reads stream pieces as they \
+             arrive, and it stays mounted after this command ends (`ccbt remove {}` unmounts it)",
+            ctx.data_dir.display(),
+            dir.display(),
+            &id[..12.min(id.len())]
+        );
+    }
+    Ok(true)
+}
+
 /// A command that needs its own session (the store and the listen port) while a daemon holds
 /// them: a clear error instead of a RocksDB lock error.
 pub fn refuse_if_daemon(ctx: &Ctx, what: &str) -> Result<()> {

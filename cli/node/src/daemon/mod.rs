@@ -62,8 +62,10 @@ pub struct Item {
 /// What runs for an item.
 struct Live {
     item: Item,
-    handle: Option<TorrentHandle>,
+    handle: Option<Arc<TorrentHandle>>,
     mounted: Option<ccbt_fs::Mounted>,
+    /// A torrent mounted read-only (`add --mount`), streaming pieces on demand.
+    tmount: Option<ccbt_fs::torrent::TorrentMounted>,
     /// "fetching metadata", "downloading", "seeding", "paused", "following", "synced",
     /// "mounted", "error".
     state: String,
@@ -310,12 +312,17 @@ impl Daemon {
                 bail!("{src:?} is neither a magnet, a share id nor a .torrent file the daemon can read");
             }
         };
-        if kind == Kind::Torrent && out_dir.is_none() {
-            bail!("say where to download it: give an output directory (-o DIR)");
+        if kind == Kind::Torrent && out_dir.is_none() && mount.is_none() {
+            bail!("say where to download it: give an output directory (-o DIR) or a mount point (--mount DIR)");
         }
-        if kind == Kind::Torrent && mount.is_some() {
-            bail!("--mount is for shares; `ccbt mount` mounts a torrent read-only");
+        if kind == Kind::Torrent && mount.is_some() && out_dir.is_some() {
+            bail!("a mounted torrent keeps its data in the data dir: give --mount DIR without -o");
         }
+        // A mounted torrent's data lives in the data dir, as with `ccbt mount` alone.
+        let out_dir = match (&kind, &mount) {
+            (Kind::Torrent, Some(_)) => Some(self.settings.data_dir.join("torrents").join(&id)),
+            _ => out_dir,
+        };
         if kind == Kind::Share && mount.is_some() && out_dir.is_some() {
             bail!("a share is either synced into a directory (-o DIR) or mounted (--mount DIR), not both");
         }
@@ -349,6 +356,7 @@ impl Daemon {
                 item: item.clone(),
                 handle: None,
                 mounted: None,
+                tmount: None,
                 state: "paused".into(),
                 error: None,
                 task: None,
@@ -434,15 +442,62 @@ impl Daemon {
             );
             return;
         }
+        // Streaming priority for a mount: players read a file's head and tail first.
+        let edges = if item.mount.is_some() {
+            edge_pieces(&meta)
+        } else {
+            Vec::new()
+        };
         match self.node.session.add_torrent(meta, cfg) {
             Ok(h) => {
+                let h = Arc::new(h);
+                for p in edges {
+                    h.set_piece_priority(p, 2);
+                }
                 if let Some(l) = self.live.lock().unwrap().get_mut(&item.id) {
-                    l.handle = Some(h);
+                    l.handle = Some(h.clone());
                     l.state = "downloading".into();
                     l.error = None;
                 }
+                if let Some(dir) = item.mount.clone() {
+                    let d = self.clone();
+                    let id = item.id.clone();
+                    tokio::spawn(async move { d.mount_torrent(id, h, dir).await });
+                }
             }
             Err(e) => self.set_state(&item.id, "error", Some(e.to_string()), None),
+        }
+    }
+
+    /// Mounts a running torrent read-only on `dir` (its pieces stream on demand).
+    async fn mount_torrent(self: Arc<Self>, id: String, h: Arc<TorrentHandle>, dir: PathBuf) {
+        clear_stale_mount(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let (timeout, ra) = (
+            Duration::from_secs(self.settings.fs.read_timeout_secs.max(1)),
+            self.settings.fs.read_ahead_kb,
+        );
+        let d2 = dir.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            ccbt_fs::torrent::mount_torrent(h, &d2, timeout, ra)
+        })
+        .await;
+        match r {
+            Ok(Ok(m)) => {
+                tracing::info!("torrent {id} mounted on {}", dir.display());
+                match self.live.lock().unwrap().get_mut(&id) {
+                    Some(l) if l.handle.is_some() => l.tmount = Some(m),
+                    // Paused or removed meanwhile: the mount goes too.
+                    _ => drop(m),
+                }
+            }
+            Ok(Err(e)) => self.set_state(
+                &id,
+                "error",
+                Some(format!("cannot mount on {}: {e}", dir.display())),
+                None,
+            ),
+            Err(e) => self.set_state(&id, "error", Some(e.to_string()), None),
         }
     }
 
@@ -535,15 +590,7 @@ impl Daemon {
         let Some(dir) = item.mount.clone() else {
             return self.set_state(&id, "following", None, None);
         };
-        // A mount left by a killed daemon answers ENOTCONN: clear it first.
-        if let Err(e) = std::fs::metadata(&dir) {
-            if e.raw_os_error() == Some(libc::ENOTCONN) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&dir)
-                    .status();
-            }
-        }
+        clear_stale_mount(&dir);
         let _ = std::fs::create_dir_all(&dir);
         let fs = &self.settings.fs;
         let cfg = crate::mount::mount_config(fs, &self.settings.data_dir, share, false);
@@ -572,15 +619,24 @@ impl Daemon {
 
     /// Stops what runs for an item and waits for it (bounded); returns the torrent's files.
     async fn halt(&self, id: &str) -> Vec<PathBuf> {
-        let (handle, mounted, task) = {
+        let (handle, mounted, tmount, task) = {
             let mut g = self.live.lock().unwrap();
             let Some(l) = g.get_mut(id) else {
                 return Vec::new();
             };
-            (l.handle.take(), l.mounted.take(), l.task.take())
+            (
+                l.handle.take(),
+                l.mounted.take(),
+                l.tmount.take(),
+                l.task.take(),
+            )
         };
         if let Some(t) = task {
             t.abort();
+        }
+        // A torrent's mount goes before its torrent: reads waiting for pieces end.
+        if let Some(m) = tmount {
+            let _ = tokio::task::spawn_blocking(move || m.umount_and_join()).await;
         }
         let mut files = Vec::new();
         if let Some(h) = handle {
@@ -815,6 +871,7 @@ impl Daemon {
                     item,
                     handle: None,
                     mounted: None,
+                    tmount: None,
                     state: "paused".into(),
                     error: None,
                     task: None,
@@ -837,6 +894,32 @@ impl Daemon {
             self.halt(&id).await;
         }
     }
+}
+
+/// A mount left by a killed daemon answers ENOTCONN: cleared before mounting again.
+fn clear_stale_mount(dir: &Path) {
+    if let Err(e) = std::fs::metadata(dir) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(dir)
+                .status();
+        }
+    }
+}
+
+/// The first and last piece of every file: what a player reads first.
+pub fn edge_pieces(meta: &Metainfo) -> Vec<u32> {
+    meta.files
+        .iter()
+        .filter(|f| !f.pad && f.length > 0)
+        .flat_map(|f| {
+            [
+                (f.offset / meta.piece_length) as u32,
+                ((f.offset + f.length - 1) / meta.piece_length) as u32,
+            ]
+        })
+        .collect()
 }
 
 impl ItemView {
