@@ -5,9 +5,8 @@ use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use ccbt_core::encoding::printable;
 use ccbt_core::encoding::to_hex;
-use ccbt_core::extension::Registry;
 use ccbt_core::resume::Checkpoint;
-use ccbt_core::session::{Session, Stats, TorrentConfig};
+use ccbt_core::session::{Stats, TorrentConfig};
 use ccbt_core::storage::Prealloc;
 use ccbt_core::Metainfo;
 use clap::{Args, Subcommand};
@@ -257,13 +256,10 @@ fn run(ctx: &Ctx, job: Job) -> Result<()> {
     let json = ctx.json;
     let quiet = ctx.quiet;
     rt.block_on(async move {
-        let session = Session::start(ctx.session_config(job.listen), Registry::default()).await?;
-        if let Some(d) = ctx.discovery(session.listen_addr()) {
-            session.set_discovery(d);
-        }
         let started = Instant::now();
         let name = job.meta.name.clone();
-        let handle = session.add_torrent(job.meta, job.cfg)?;
+        let ccbt_node::torrent::Solo { session, handle } =
+            ccbt_node::torrent::solo(ctx, job.listen, job.meta, job.cfg).await?;
         let ih = to_hex(&handle.info_hash());
         let st = handle.stats();
         if !quiet {

@@ -2,11 +2,10 @@
 
 use crate::progress::human_bytes;
 use crate::Ctx;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ccbt_node::socket::{call, Request};
 use ccbt_node::Node;
 use ccbt_xet::head::{parse_share_id, share_id_hex};
-use ccbt_xet::sync::{sync_version, synced_seq};
 use clap::Args;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -64,25 +63,7 @@ pub fn serve(
         let listen = ctx.listen(listen);
         let node = Node::start(ctx, listen, trackers, peers.clone()).await?;
         let n = node.join_all()?;
-        // Every torrent checkpointed in this data dir is served too (and finished if incomplete).
-        let mut torrents = Vec::new();
-        for c in ccbt_core::resume::Checkpoint::list(&ctx.data_dir).into_iter().flatten() {
-            let Ok(meta) = ccbt_core::Metainfo::from_bytes(&c.torrent) else { continue };
-            let cfg = ccbt_core::session::TorrentConfig {
-                out_dir: c.out_dir.clone(),
-                seed: true,
-                resume: true,
-                data_dir: Some(ctx.data_dir.clone()),
-                only: c.only.clone(),
-                skip: c.skip.clone(),
-                peers: peers.clone(),
-                ..Default::default()
-            };
-            match node.session.add_torrent(meta, cfg) {
-                Ok(h) => torrents.push(h),
-                Err(e) => eprintln!("warning: cannot serve torrent {}: {e}", c.name),
-            }
-        }
+        let torrents = node.serve_checkpoints(&peers);
         if !ctx.quiet {
             eprintln!(
                 "serving {n} shares and {} torrents on {}; `ccbt publish DIR` on this data dir pushes new versions",
@@ -91,13 +72,7 @@ pub fn serve(
             );
         }
         until_signal().await;
-        for t in &torrents {
-            t.stop();
-        }
-        for t in &torrents {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t.finished()).await;
-        }
-        let _ = std::fs::remove_file(ccbt_node::socket::socket_path(&ctx.data_dir));
+        node.stop_torrents(&torrents).await;
         Ok(())
     })
 }
@@ -115,79 +90,47 @@ pub fn sync(ctx: &Ctx, a: SyncArgs) -> Result<()> {
     )? {
         return Ok(());
     }
-    std::fs::create_dir_all(&a.dir)
-        .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let rt = crate::runtime()?;
     rt.block_on(async {
         let listen = ctx.listen(a.net.listen);
         let node = Node::start(ctx, listen, a.net.trackers.clone(), a.net.peers.clone()).await?;
         node.join(id)?;
-        let mut heads = node.xet.subscribe();
-        let mut feeds = node.xet.subscribe_feeds();
-        // Several writers: the writers' versions the directory shows (any change syncs again).
-        let mut done_key: Vec<([u8; 32], u64)> = Vec::new();
-        let mut done = match synced_seq(&a.dir) {
-            Some((s, seq)) if s == id => seq,
-            _ => 0,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.net.timeout);
-        let stop = until_signal();
-        tokio::pin!(stop);
-        let mut settled = false;
-        // Spare copies only pay off for a follower that will see the next version.
-        let spare_budget = if a.follow { ctx.config.xet.sync_spare_mib << 20 } else { 0 };
-        loop {
-            if let Some(h) = node.xet.newest_head(&id) {
-                let key = node.xet.view_key(&id);
-                let due = h.seq > done || (!h.value.writers.is_empty() && key != done_key);
-                if due && !settled && !a.follow {
-                    // Peers announce heads as they connect: give the others a moment, so a stale
-                    // (or replayed) head from the fastest peer does not win.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    settled = true;
-                    continue;
-                }
-                if due {
-                    let wire0 = node.wire_in(&id);
-                    let r = sync_version(&node.xet, id, &h, &a.dir, spare_budget).await.with_context(|| format!("cannot sync version {}", h.seq))?;
-                    done = h.seq;
-                    done_key = key;
-                    let wire = node.wire_in(&id) - wire0;
-                    let c = node.xet.counters(&id);
-                    if ctx.json {
-                        outln!("{}", json!({
-                            "event": "version", "share": share_id_hex(&id), "seq": r.seq,
-                            "files_written": r.files_written, "files_deleted": r.files_deleted,
-                            "fetched_chunks": r.fetched_chunks, "fetched_bytes": r.fetched_bytes,
-                            "fetched_nodes": r.fetched_nodes, "dedup_chunks": r.dedup_chunks, "spares_used": r.spares_used,
-                            "seconds": r.seconds, "wire_in": wire,
-                            "fetched_from": c.fetched_from.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::HashMap<_, _>>(),
-                        }));
-                    } else if !ctx.quiet {
-                        outln!(
-                            "version {}: {} files written, {} removed; fetched {} chunks ({}) and {} nodes, {} chunks already here, {} on the wire, {:.2}s",
-                            r.seq, r.files_written, r.files_deleted, r.fetched_chunks, human_bytes(r.fetched_bytes),
-                            r.fetched_nodes, r.dedup_chunks, human_bytes(wire), r.seconds
-                        );
-                    }
-                    let newer = node.xet.newest_head(&id).is_some_and(|n| {
-                        n.seq > done
-                            || (!n.value.writers.is_empty() && node.xet.view_key(&id) != done_key)
-                    });
-                    if !a.follow && !newer {
-                        return Ok(());
-                    }
-                    continue;
-                }
+        let run = ccbt_node::sync::SyncLoop {
+            node: &node,
+            share: id,
+            dir: &a.dir,
+            follow: a.follow,
+            // Spare copies only pay off for a follower that will see the next version.
+            spare: if a.follow { ctx.config.xet.sync_spare_mib << 20 } else { 0 },
+            first_timeout: Some(Duration::from_secs(a.net.timeout)),
+            resume: true,
+            retry: None,
+            hint: ctx.no_source_hint(),
+        }
+        .run(|r| {
+            let Ok(s) = r else { return };
+            let r = &s.report;
+            if ctx.json {
+                let c = node.xet.counters(&id);
+                outln!("{}", json!({
+                    "event": "version", "share": share_id_hex(&id), "seq": r.seq,
+                    "files_written": r.files_written, "files_deleted": r.files_deleted,
+                    "fetched_chunks": r.fetched_chunks, "fetched_bytes": r.fetched_bytes,
+                    "fetched_nodes": r.fetched_nodes, "dedup_chunks": r.dedup_chunks, "spares_used": r.spares_used,
+                    "seconds": r.seconds, "wire_in": s.wire_in,
+                    "fetched_from": c.fetched_from.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::HashMap<_, _>>(),
+                }));
+            } else if !ctx.quiet {
+                outln!(
+                    "version {}: {} files written, {} removed; fetched {} chunks ({}) and {} nodes, {} chunks already here, {} on the wire, {:.2}s",
+                    r.seq, r.files_written, r.files_deleted, r.fetched_chunks, human_bytes(r.fetched_bytes),
+                    r.fetched_nodes, r.dedup_chunks, human_bytes(s.wire_in), r.seconds
+                );
             }
-            tokio::select! {
-                _ = heads.recv() => {}
-                _ = feeds.recv() => {}
-                _ = tokio::time::sleep_until(deadline), if done == 0 => {
-                    bail!("no peer of share {} offered a version within {}s{}", share_id_hex(&id), a.net.timeout, ctx.no_source_hint());
-                }
-                _ = &mut stop => return Ok(()),
-            }
+        });
+        tokio::select! {
+            r = run => Ok(r?),
+            _ = until_signal() => Ok(()),
         }
     })
 }

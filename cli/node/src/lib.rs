@@ -18,6 +18,7 @@ pub mod node;
 pub mod pin;
 pub mod publish;
 pub mod socket;
+pub mod sync;
 pub mod torrent;
 
 pub use config::Config;

@@ -306,6 +306,49 @@ impl Node {
         }
     }
 
+    /// Every torrent checkpointed in the data dir, served (and finished if incomplete), with
+    /// `peers` to dial; one that cannot start is logged and skipped.
+    pub fn serve_checkpoints(&self, peers: &[SocketAddr]) -> Vec<TorrentHandle> {
+        let mut torrents = Vec::new();
+        for c in ccbt_core::resume::Checkpoint::list(&self.data_dir)
+            .into_iter()
+            .flatten()
+        {
+            let Ok(meta) = ccbt_core::Metainfo::from_bytes(&c.torrent) else {
+                continue;
+            };
+            let cfg = ccbt_core::session::TorrentConfig {
+                out_dir: c.out_dir.clone(),
+                seed: true,
+                resume: true,
+                data_dir: Some(self.data_dir.clone()),
+                only: c.only.clone(),
+                skip: c.skip.clone(),
+                peers: peers.to_vec(),
+                ..Default::default()
+            };
+            match self.session.add_torrent(meta, cfg) {
+                Ok(h) => torrents.push(h),
+                Err(e) => tracing::warn!(
+                    "cannot serve torrent {}: {e}",
+                    ccbt_core::encoding::printable(&c.name)
+                ),
+            }
+        }
+        torrents
+    }
+
+    /// Stops `torrents` (checkpoints written; bounded) and removes the node's socket.
+    pub async fn stop_torrents(&self, torrents: &[TorrentHandle]) {
+        for t in torrents {
+            t.stop();
+        }
+        for t in torrents {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t.finished()).await;
+        }
+        let _ = std::fs::remove_file(crate::socket::socket_path(&self.data_dir));
+    }
+
     pub fn join_all(self: &Arc<Self>) -> Result<usize> {
         let list = self.shares.list()?;
         for (id, _) in &list {

@@ -202,3 +202,28 @@ fn resolve_bep46(ctx: &Env, k: &[u8; 32], salt: &[u8], listen: SocketAddr) -> Re
     ));
     Ok(ih)
 }
+
+/// A torrent in a session of its own: the foreground `download`, `seed` and `resume`.
+pub struct Solo {
+    pub session: ccbt_core::session::Session,
+    pub handle: ccbt_core::session::TorrentHandle,
+}
+
+/// Starts a session on `listen` (with the DHT as its peer source when on) holding `meta`.
+pub async fn solo(
+    env: &Env,
+    listen: SocketAddr,
+    meta: Metainfo,
+    cfg: TorrentConfig,
+) -> Result<Solo> {
+    let session = ccbt_core::session::Session::start(
+        env.session_config(listen),
+        ccbt_core::extension::Registry::default(),
+    )
+    .await?;
+    if let Some(d) = env.discovery(session.listen_addr()) {
+        session.set_discovery(d);
+    }
+    let handle = session.add_torrent(meta, cfg)?;
+    Ok(Solo { session, handle })
+}
