@@ -49,15 +49,13 @@ pub fn mount_cmd(ctx: &Ctx, a: MountArgs) -> Result<()> {
         }
         Target::Share { id, frozen } => (id, frozen),
     };
-    if frozen.is_none()
-        && crate::daemon::client::mount_via_daemon(ctx, &share_id_hex(&id), &a.dir, &a.net.peers)?
-    {
+    let named = match frozen {
+        Some(seq) => format!("{}@{seq}", share_id_hex(&id)),
+        None => share_id_hex(&id),
+    };
+    if crate::daemon::client::mount_via_daemon(ctx, &named, &a.dir, &a.net.peers)? {
         return Ok(());
     }
-    crate::daemon::client::refuse_if_daemon(
-        ctx,
-        "`ccbt mount ID@SEQ` runs its own session; mount the newest version through the daemon",
-    )?;
     let m = mount::mount_share(ctx, id, frozen, &a.dir, &src)?;
     if !ctx.quiet {
         eprintln!(

@@ -921,11 +921,24 @@ fn mounts_of_shares_and_torrents_go_through_a_running_daemon() {
             .unwrap()
             .contains(s(&tm))
     });
-    // `ccbt mount ID@SEQ` needs its own session: it says why in one line, not a lock error.
+    // `ccbt mount ID@SEQ` too: the daemon mounts that one version, read-only, beside the live
+    // mount, and `ccbt remove ID@SEQ` unmounts it.
     let y = root.join("y");
     std::fs::create_dir_all(&y).unwrap();
     let frozen = format!("{share}@1");
     let o = ccbt(&["--data-dir", s(&d.data), "mount", &frozen, s(&y)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("the daemon on"), "{err}");
+    assert!(same_file(&root.join("share/doc.txt"), &y.join("doc.txt")));
+    assert!(std::fs::write(y.join("new.txt"), b"x").is_err());
+    d.ccbt(&["remove", &frozen]);
+    wait_until(20.0, "the old version's mount to go", || {
+        !std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(s(&y))
+    });
+    // A bare v2 info-hash cannot be handed to the daemon (it needs the metadata): one line.
+    let o = ccbt(&["--data-dir", s(&d.data), "mount", &"ab".repeat(32), s(&y)]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("a daemon runs on"),

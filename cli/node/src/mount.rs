@@ -317,6 +317,16 @@ impl ShareMount {
 
 /// The head of old version `seq`: held here, or asked of the share's peers.
 pub fn old_head(node: &Node, newest: &Head, seq: u64, timeout: Duration) -> Result<Head> {
+    runtime()?.block_on(old_head_async(node, newest, seq, timeout))
+}
+
+/// [`old_head`] on the caller's runtime.
+pub async fn old_head_async(
+    node: &Node,
+    newest: &Head,
+    seq: u64,
+    timeout: Duration,
+) -> Result<Head> {
     let id = newest.share_id();
     if let Ok(h) = node.shares.head(&id, Some(seq)) {
         return Ok(h);
@@ -328,24 +338,22 @@ pub fn old_head(node: &Node, newest: &Head, seq: u64, timeout: Duration) -> Resu
             newest.seq
         );
     }
-    runtime()?.block_on(async {
-        if !node.xet.wait_for_peer(&id, timeout).await {
-            bail!(
-                "version {seq} is not held here and no peer of the share answered within {}s",
-                timeout.as_secs()
-            );
-        }
-        tokio::time::timeout(timeout, node.xet.fetch_head(&id, seq))
-            .await
-            .ok()
-            .flatten()
-            .with_context(|| {
-                format!(
-                    "no peer serves version {seq} of share {}",
-                    share_id_hex(&id)
-                )
-            })
-    })
+    if !node.xet.wait_for_peer(&id, timeout).await {
+        bail!(
+            "version {seq} is not held here and no peer of the share answered within {}s",
+            timeout.as_secs()
+        );
+    }
+    tokio::time::timeout(timeout, node.xet.fetch_head(&id, seq))
+        .await
+        .ok()
+        .flatten()
+        .with_context(|| {
+            format!(
+                "no peer serves version {seq} of share {}",
+                share_id_hex(&id)
+            )
+        })
 }
 
 /// Until `dir` stops being a mount point (`ccbt unmount`, umount) or SIGINT/SIGTERM.

@@ -514,7 +514,7 @@ pub fn mount_via_daemon(
     })?;
     if !ctx.quiet {
         eprintln!(
-            "the daemon on {} mounted share {share} on {}; it stays mounted after this command              ends (`ccbt remove {}` unmounts it)",
+            "the daemon on {} mounted share {share} on {}; it stays mounted after this command ends (`ccbt remove {}` unmounts it)",
             ctx.data_dir.display(),
             dir.display(),
             &id[..12.min(id.len())]
@@ -584,18 +584,6 @@ pub fn mount_torrent_via_daemon(
         );
     }
     Ok(true)
-}
-
-/// A command that needs its own session (the store and the listen port) while a daemon holds
-/// them: a clear error instead of a RocksDB lock error.
-pub fn refuse_if_daemon(ctx: &Ctx, what: &str) -> Result<()> {
-    if running_daemon(ctx).is_some() {
-        bail!(
-            "a daemon runs on {} and holds its store: {what}, or stop it (`ccbt stop`), or use              another --data-dir",
-            ctx.data_dir.display()
-        );
-    }
-    Ok(())
 }
 
 /// `ccbt download` while a daemon runs on this data dir: the daemon takes the torrent (it holds

@@ -2,7 +2,6 @@
 //! trackers; a share's residency, versions, writers and mount.
 
 use super::{Daemon, Kind};
-use ccbt_xet::head::parse_share_id;
 
 impl Daemon {
     /// A torrent's peers, files and trackers; a share's residency (blocking: store reads).
@@ -39,7 +38,7 @@ impl Daemon {
                 })
             }
             Kind::Share => {
-                let share = parse_share_id(id)?;
+                let (share, _) = super::item_share(id)?;
                 let mut v = crate::pin::residency_json(&self.node, &share);
                 if !v.is_object() {
                     v = json!({});

@@ -290,10 +290,16 @@ impl Daemon {
                         )
                     }
                 }
-            } else if let Some(id) = parse_share_id(&src) {
+            } else if let Some((id, frozen)) = item_share(&src) {
+                if frozen.is_some() && mount.is_none() {
+                    bail!("an old version (ID@SEQ) is only mounted, read-only: give --mount DIR (`ccbt export ID@SEQ DIR` writes it into a directory)");
+                }
                 (
                     Kind::Share,
-                    share_id_hex(&id),
+                    match frozen {
+                        Some(seq) => format!("{}@{seq}", share_id_hex(&id)),
+                        None => share_id_hex(&id),
+                    },
                     src.clone(),
                     String::new(),
                     None,
@@ -393,7 +399,7 @@ impl Daemon {
                 }
             },
             Kind::Share => {
-                let Some(share) = parse_share_id(&item.id) else {
+                let Some((share, _)) = item_share(&item.id) else {
                     return;
                 };
                 if let Err(e) = self.node.join_with(share, &item.extra_peers) {
@@ -590,10 +596,22 @@ impl Daemon {
         let Some(dir) = item.mount.clone() else {
             return self.set_state(&id, "following", None, None);
         };
+        // `<share>@<seq>`: that one version, read-only (held here or asked of the peers).
+        let frozen = item_share(&id).and_then(|x| x.1);
+        let head = match frozen {
+            Some(seq) => {
+                let t = Duration::from_secs(60);
+                match crate::mount::old_head_async(&self.node, &head, seq, t).await {
+                    Ok(h) => h,
+                    Err(e) => return self.set_state(&id, "error", Some(e.to_string()), None),
+                }
+            }
+            None => head,
+        };
         clear_stale_mount(&dir);
         let _ = std::fs::create_dir_all(&dir);
         let fs = &self.settings.fs;
-        let cfg = crate::mount::mount_config(fs, &self.settings.data_dir, share, false);
+        let cfg = crate::mount::mount_config(fs, &self.settings.data_dir, share, frozen.is_some());
         let xet = self.node.xet.clone();
         let rt = tokio::runtime::Handle::current();
         let d2 = dir.clone();
@@ -835,7 +853,7 @@ impl Daemon {
             }
         }
         if l.item.kind == Kind::Share {
-            if let Some(id) = parse_share_id(&l.item.id) {
+            if let Some((id, _)) = item_share(&l.item.id) {
                 v.version = self.node.xet.newest_head(&id).map(|h| h.seq);
                 v.peers = self.node.xet.peer_count(&id);
                 v.progress = if v.version.is_some() { 1.0 } else { 0.0 };
@@ -893,6 +911,15 @@ impl Daemon {
         for id in ids {
             self.halt(&id).await;
         }
+    }
+}
+
+/// The share an item id names, and the old version it is frozen at (`<share>@<seq>`: one
+/// version mounted read-only).
+pub fn item_share(id: &str) -> Option<(ShareId, Option<u64>)> {
+    match id.rsplit_once('@') {
+        Some((s, seq)) => Some((parse_share_id(s)?, Some(seq.parse().ok()?))),
+        None => Some((parse_share_id(id)?, None)),
     }
 }
 
