@@ -485,6 +485,21 @@ fn wait_for_state(
     }
 }
 
+/// The running daemon, the mount point made absolute and the add request's common part; `None`
+/// when no daemon runs.
+fn mount_request(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    peers: &[std::net::SocketAddr],
+) -> Result<Option<(Client, std::path::PathBuf, Value)>> {
+    let Some(c) = running_daemon(ctx) else {
+        return Ok(None);
+    };
+    let dir = absolute(dir.to_path_buf())?;
+    let body = json!({"mount": dir, "peers": peers});
+    Ok(Some((c, dir, body)))
+}
+
 /// `ccbt mount <share id> DIR` while a daemon runs on this data dir: the daemon mounts it (it
 /// holds the store and the listen port) and keeps it mounted after this command ends. Returns
 /// false when no daemon runs.
@@ -494,11 +509,10 @@ pub fn mount_via_daemon(
     dir: &std::path::Path,
     peers: &[std::net::SocketAddr],
 ) -> Result<bool> {
-    let Some(c) = running_daemon(ctx) else {
+    let Some((c, dir, mut body)) = mount_request(ctx, dir, peers)? else {
         return Ok(false);
     };
-    let dir = absolute(dir.to_path_buf())?;
-    let body = json!({"source": share, "mount": dir, "peers": peers});
+    body["source"] = json!(share);
     let id = add_item(&c, body, || {
         format!(
             "the daemon on {} already holds share {share}; `ccbt remove {share}` first, or mount \
@@ -532,11 +546,9 @@ pub fn mount_torrent_via_daemon(
     dir: &std::path::Path,
     peers: &[std::net::SocketAddr],
 ) -> Result<bool> {
-    let Some(c) = running_daemon(ctx) else {
+    let Some((c, dir, mut body)) = mount_request(ctx, dir, peers)? else {
         return Ok(false);
     };
-    let dir = absolute(dir.to_path_buf())?;
-    let mut body = json!({"mount": dir, "peers": peers});
     let path = std::path::Path::new(target);
     if path.is_file() {
         body["torrent_hex"] = json!(ccbt_core::encoding::to_hex(&std::fs::read(path)?));

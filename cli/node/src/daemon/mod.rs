@@ -475,6 +475,12 @@ impl Daemon {
         }
     }
 
+    /// A mount that failed: the item shows why.
+    fn mount_failed(&self, id: &str, dir: &Path, e: impl std::fmt::Display) {
+        let e = format!("cannot mount on {}: {e}", dir.display());
+        self.set_state(id, "error", Some(e), None);
+    }
+
     /// Mounts a running torrent read-only on `dir` (its pieces stream on demand).
     async fn mount_torrent(self: Arc<Self>, id: String, h: Arc<TorrentHandle>, dir: PathBuf) {
         clear_stale_mount(&dir);
@@ -497,13 +503,8 @@ impl Daemon {
                     _ => drop(m),
                 }
             }
-            Ok(Err(e)) => self.set_state(
-                &id,
-                "error",
-                Some(format!("cannot mount on {}: {e}", dir.display())),
-                None,
-            ),
-            Err(e) => self.set_state(&id, "error", Some(e.to_string()), None),
+            Ok(Err(e)) => self.mount_failed(&id, &dir, e),
+            Err(e) => self.mount_failed(&id, &dir, e),
         }
     }
 
@@ -625,13 +626,8 @@ impl Daemon {
                     l.error = None;
                 }
             }
-            Ok(Err(e)) => self.set_state(
-                &id,
-                "error",
-                Some(format!("cannot mount on {}: {e}", dir.display())),
-                None,
-            ),
-            Err(e) => self.set_state(&id, "error", Some(e.to_string()), None),
+            Ok(Err(e)) => self.mount_failed(&id, &dir, e),
+            Err(e) => self.mount_failed(&id, &dir, e),
         }
     }
 
