@@ -155,3 +155,34 @@ pub fn status_json(s: &ccbt_dht::service::Status) -> Value {
         "bad_items": st.bad_items, "other_packets": s.other_packets,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_check_their_hex() {
+        assert!(matches!(
+            Lookup::peers(&[7; 20]).request(),
+            Ok(Request::GetPeers { .. })
+        ));
+        assert!(matches!(
+            Lookup::get_mutable(&[1; 32], b"s").request(),
+            Ok(Request::Get { .. })
+        ));
+        let bad = Lookup::Peers { ih: "zz".into() };
+        assert_eq!(
+            bad.request().err().unwrap().to_string(),
+            "'ih' is not 40 hex digits"
+        );
+        let bad = Lookup::Get {
+            target: None,
+            key: Some("00".into()),
+            salt: String::new(),
+        };
+        assert_eq!(
+            bad.request().err().unwrap().to_string(),
+            "'key' is not 64 hex digits"
+        );
+    }
+}

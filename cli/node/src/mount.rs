@@ -415,3 +415,59 @@ pub fn unmount(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(dir: &Path) -> Env {
+        let mut config = crate::Config::default();
+        config.discovery.enable_dht = false;
+        Env::new(config, dir.to_path_buf(), None, true, None, false)
+    }
+
+    fn src() -> Sources<'static> {
+        Sources {
+            peers: &[],
+            trackers: &[],
+            listen: "127.0.0.1:0".parse().unwrap(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn targets_name_shares_old_versions_or_nothing_known() {
+        let t = tempfile::tempdir().unwrap();
+        let e = env(t.path());
+        let id = "ab".repeat(20);
+        // A 40-hex id with no checkpoint and no peer to ask is a share.
+        match resolve(&e, &id, &src()).unwrap() {
+            Target::Share { frozen: None, .. } => {}
+            _ => panic!("{id} should be a share"),
+        }
+        match resolve(&e, &format!("{id}@7"), &src()).unwrap() {
+            Target::Share {
+                frozen: Some(7), ..
+            } => {}
+            _ => panic!("ID@7 should be version 7"),
+        }
+        let err = resolve(&e, &format!("{id}@x"), &src()).err().unwrap();
+        assert_eq!(err.to_string(), "\"x\" is not a version number");
+        let err = resolve(&e, "no-such-thing", &src()).err().unwrap();
+        assert!(err.to_string().contains("neither a share id"), "{err}");
+        assert!(looks_like_share(&format!("{id}@3")));
+        assert!(!looks_like_share(&"ab".repeat(32)));
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_mount_point() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(check_mount_point(t.path()).is_ok());
+        let err = check_mount_point(&f).unwrap_err().to_string();
+        assert!(err.ends_with("is not a directory"), "{err}");
+        let err = check_mount_point(&t.path().join("gone")).unwrap_err();
+        assert!(err.to_string().starts_with("cannot use"), "{err}");
+    }
+}

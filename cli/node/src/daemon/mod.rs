@@ -952,3 +952,19 @@ impl ItemView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_ids_name_a_share_or_one_version_of_it() {
+        let hex = "cd".repeat(20);
+        let (id, frozen) = item_share(&hex).unwrap();
+        assert_eq!(share_id_hex(&id), hex);
+        assert_eq!(frozen, None);
+        assert_eq!(item_share(&format!("{hex}@12")).unwrap().1, Some(12));
+        assert!(item_share(&format!("{hex}@x")).is_none());
+        assert!(item_share("torrent-ish").is_none());
+    }
+}
