@@ -306,9 +306,21 @@ pub fn call<R: DeserializeOwned>(data_dir: &Path, req: &Request) -> Result<Optio
         }
     };
     use std::io::{BufRead, Write};
+    // Bounded, except a publish, whose time grows with the folder.
+    if !matches!(req, Request::Publish { .. }) {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    }
     writeln!(s, "{}", serde_json::to_string(req)?)?;
     let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line)?;
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::msg(format!(
+                "the node running on {} did not answer within 120 s (is it stuck? stop it: Ctrl-C where it runs, or `ccbt stop` for a daemon)",
+                data_dir.display()
+            )),
+            _ => Error::Io(e),
+        })?;
     let mut v: Value = serde_json::from_str(&line).context("bad reply from the running node")?;
     if let Some(e) = v["error"].as_str() {
         return Err(Error::msg(e));
