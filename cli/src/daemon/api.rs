@@ -394,10 +394,10 @@ pub fn openapi_doc() -> Value {
                     "down_kib": {"type": "integer", "minimum": 0, "nullable": true},
                     "up_kib": {"type": "integer", "minimum": 0, "nullable": true}}},
                 "AddRequest": {"type": "object", "additionalProperties": false, "properties": {
-                    "source": {"type": "string", "nullable": true, "description": "magnet link, share id, or a .torrent path the daemon can read"},
+                    "source": {"type": "string", "nullable": true, "description": "magnet link, share id (ID@SEQ with mount: that version, read-only), or a .torrent path the daemon can read"},
                     "torrent_hex": {"type": "string", "nullable": true, "description": "a .torrent file's bytes in hex"},
                     "out_dir": {"type": "string", "nullable": true, "description": "absolute path"},
-                    "mount": {"type": "string", "nullable": true, "description": "absolute path (shares)"},
+                    "mount": {"type": "string", "nullable": true, "description": "absolute path: a share mounted (writable on the owner's node), or a torrent mounted read-only"},
                     "paused": {"type": "boolean"},
                     "peers": {"type": "array", "items": {"type": "string"}}}},
                 "ItemView": {"type": "object", "properties": {

@@ -96,7 +96,7 @@ pub struct ItemView {
     pub version: Option<u64>,
 }
 
-/// Settings taken from the configuration at start (the daemon outlives the `Ctx` borrow).
+/// Settings taken from the configuration at start (the daemon outlives the `Env` borrow).
 struct Settings {
     base: TorrentConfig,
     data_dir: PathBuf,
