@@ -172,7 +172,7 @@ pub fn mount_torrent(
     };
     let name = meta.name.clone();
     // Streaming priority: players read a file's head and tail (container indexes) first.
-    let edges = crate::daemon::edge_pieces(&meta);
+    let edges = crate::torrent::edge_pieces(&meta);
     let handle = Arc::new(session.add_torrent(meta, cfg)?);
     for p in edges {
         handle.set_piece_priority(p, 2);

@@ -203,6 +203,20 @@ fn resolve_bep46(ctx: &Env, k: &[u8; 32], salt: &[u8], listen: SocketAddr) -> Re
     Ok(ih)
 }
 
+/// The first and last piece of every file: what a player reads first.
+pub fn edge_pieces(meta: &Metainfo) -> Vec<u32> {
+    meta.files
+        .iter()
+        .filter(|f| !f.pad && f.length > 0)
+        .flat_map(|f| {
+            [
+                (f.offset / meta.piece_length) as u32,
+                ((f.offset + f.length - 1) / meta.piece_length) as u32,
+            ]
+        })
+        .collect()
+}
+
 /// A torrent in a session of its own: the foreground `download`, `seed` and `resume`.
 pub struct Solo {
     pub session: ccbt_core::session::Session,

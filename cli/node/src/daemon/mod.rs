@@ -76,6 +76,22 @@ struct Live {
     last: (u64, u64),
 }
 
+impl Live {
+    /// An item not running yet (started by `start_item`).
+    fn new(item: Item, last: (u64, u64)) -> Live {
+        Live {
+            item,
+            handle: None,
+            mounted: None,
+            tmount: None,
+            state: "paused".into(),
+            error: None,
+            task: None,
+            last,
+        }
+    }
+}
+
 /// An item as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ItemView {
@@ -356,19 +372,10 @@ impl Daemon {
             self.save_torrent(&id, b)?;
         }
         self.save(&item)?;
-        self.live.lock().unwrap().insert(
-            id.clone(),
-            Live {
-                item: item.clone(),
-                handle: None,
-                mounted: None,
-                tmount: None,
-                state: "paused".into(),
-                error: None,
-                task: None,
-                last: (0, 0),
-            },
-        );
+        self.live
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Live::new(item.clone(), (0, 0)));
         if !item.paused {
             self.start_item(&id);
         }
@@ -450,7 +457,7 @@ impl Daemon {
         }
         // Streaming priority for a mount: players read a file's head and tail first.
         let edges = if item.mount.is_some() {
-            edge_pieces(&meta)
+            crate::torrent::edge_pieces(&meta)
         } else {
             Vec::new()
         };
@@ -879,19 +886,10 @@ impl Daemon {
                 .ok()
                 .flatten()
                 .map_or((0, 0), |c| (c.pieces_have, c.pieces_total));
-            self.live.lock().unwrap().insert(
-                id.clone(),
-                Live {
-                    item,
-                    handle: None,
-                    mounted: None,
-                    tmount: None,
-                    state: "paused".into(),
-                    error: None,
-                    task: None,
-                    last,
-                },
-            );
+            self.live
+                .lock()
+                .unwrap()
+                .insert(id.clone(), Live::new(item, last));
             if !paused {
                 self.start_item(&id);
             }
@@ -929,20 +927,6 @@ fn clear_stale_mount(dir: &Path) {
                 .status();
         }
     }
-}
-
-/// The first and last piece of every file: what a player reads first.
-pub fn edge_pieces(meta: &Metainfo) -> Vec<u32> {
-    meta.files
-        .iter()
-        .filter(|f| !f.pad && f.length > 0)
-        .flat_map(|f| {
-            [
-                (f.offset / meta.piece_length) as u32,
-                ((f.offset + f.length - 1) / meta.piece_length) as u32,
-            ]
-        })
-        .collect()
 }
 
 impl ItemView {
