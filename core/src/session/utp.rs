@@ -177,7 +177,7 @@ fn new_entry(conn: Conn, key: Key, cmd: &mpsc::UnboundedSender<Cmd>) -> Entry {
 
 async fn run(
     mux: Arc<UdpMux>,
-    mut input: mpsc::Receiver<Datagram>,
+    mut input: mpsc::Receiver<Vec<Datagram>>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     accepted: mpsc::Sender<(UtpStream, SocketAddr)>,
@@ -192,30 +192,40 @@ async fn run(
         let mut touched: Vec<Key> = Vec::new();
         tokio::select! {
             d = input.recv() => {
-                let Some((pkt, from)) = d else { return };
+                let Some(batch) = d else { return };
                 let now = Instant::now();
-                let Ok(p) = Packet::decode(&pkt) else { continue };
-                if p.ty == Type::Syn {
-                    let key = (from, p.conn_id.wrapping_add(1));
-                    if let Some(e) = conns.get_mut(&key) {
-                        e.conn.handle(&p, now);
-                        touched.push(key);
-                    } else if conns.len() < MAX_CONNS {
-                        let conn = Conn::accept(&p, rand::random(), now);
-                        let mut e = new_entry(conn, key, &cmd_tx);
-                        let s = e.stream.take().expect("new");
-                        if accepted.try_send((s, from)).is_ok() {
+                for (pkt, from) in batch {
+                    let Ok(p) = Packet::decode(&pkt) else { continue };
+                    let key = if p.ty == Type::Syn {
+                        let key = (from, p.conn_id.wrapping_add(1));
+                        if let Some(e) = conns.get_mut(&key) {
+                            e.conn.handle(&p, now);
+                        } else if conns.len() < MAX_CONNS {
+                            let conn = Conn::accept(&p, rand::random(), now);
+                            let mut e = new_entry(conn, key, &cmd_tx);
+                            let s = e.stream.take().expect("new");
+                            if accepted.try_send((s, from)).is_err() {
+                                continue;
+                            }
                             conns.insert(key, e);
-                            touched.push(key);
+                        } else {
+                            send_reset(&mux, &p, from).await;
+                            continue;
                         }
+                        key
+                    } else if let Some(e) = conns.get_mut(&(from, p.conn_id)) {
+                        e.conn.handle(&p, now);
+                        (from, p.conn_id)
                     } else {
-                        send_reset(&mux, &p, from).await;
+                        if p.ty != Type::Reset {
+                            send_reset(&mux, &p, from).await;
+                        }
+                        continue;
+                    };
+                    // One flush per connection per batch: the ACKs of a batch go as one.
+                    if !touched.contains(&key) {
+                        touched.push(key);
                     }
-                } else if let Some(e) = conns.get_mut(&(from, p.conn_id)) {
-                    e.conn.handle(&p, now);
-                    touched.push((from, p.conn_id));
-                } else if p.ty != Type::Reset {
-                    send_reset(&mux, &p, from).await;
                 }
             }
             c = cmds.recv() => {
@@ -310,9 +320,7 @@ async fn flush(mux: &UdpMux, key: Key, e: &mut Entry, now: Instant) {
             }
         }
     }
-    for d in e.conn.poll_transmit(now) {
-        let _ = mux.socket.send_to(&d, key.0).await;
-    }
+    mux.send_all(key.0, &e.conn.poll_transmit(now)).await;
     if now.duration_since(e.last_log) >= Duration::from_secs(1) {
         e.last_log = now;
         tracing::debug!("uTP {}: {:?}", key.0, e.conn.stats);
@@ -340,5 +348,5 @@ async fn send_reset(mux: &UdpMux, p: &Packet, to: SocketAddr) {
         sack: None,
         payload: Vec::new(),
     };
-    let _ = mux.socket.send_to(&r.encode(), to).await;
+    mux.send_all(to, &[r.encode()]).await;
 }
