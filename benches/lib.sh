@@ -10,7 +10,7 @@ if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
   exec ./scripts/netns.sh "$@"
 fi
 export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
-cargo build --release -q -p ccbt --offline
+cargo build --release -q -p ccbt -p ccbt-delayline --offline
 BIN=$PWD/target/release/ccbt
 LT=$PWD/tests/scripts/lt_tool.py
 W=$(mktemp -d "/tmp/ccbt-bench-${BENCH_NAME:-run}.XXXXXX")

@@ -3,7 +3,7 @@
 # namespace on a link of its own to a router namespace. Every link is capped by tc tbf both ways
 # (seeder SEED_RATE; leechers from 20 to 100 Mbit/s) and has a delay of its own (a round trip of
 # 20 to 100 ms, spread independently of the rate; the seeder's 20 ms): there is no sch_netem in
-# this kernel, so the router sends every packet through scripts/delayline.py, which holds a
+# this kernel, so the router sends every packet through the delay line (benches/delayline), which holds a
 # packet from S to D for the sum of both links' one-way delays. Run twice with the same seeder,
 # tracker (opentracker) and topology: all leechers ccbt, then all leechers libtorrent. Reports
 # completion times (p50, p95, last), the seeder's upload bytes (from the qdisc's counters, not
@@ -58,7 +58,7 @@ if [ "$DELAY" = on ]; then
   mkfifo "$W/dl.in"
   sleep infinity > "$W/dl.in" &
   DL_SLEEP=$!
-  ip netns exec "$NS-r" /usr/bin/python3 scripts/delayline.py dl0 0 0 "$W/hosts" \
+  ip netns exec "$NS-r" target/release/delayline dl0 0 0 "$W/hosts" \
     < "$W/dl.in" > "$W/dl.out" 2> "$W/dl.err" &
   DL_PID=$!
   for _ in $(seq 50); do grep -q ready "$W/dl.out" 2>/dev/null && break; sleep 0.1; done

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A two-host network with a delayed, lossy path between them, for benchmarks on a kernel without
 # netem: namespaces dlA (10.77.1.2) and dlB (10.77.2.2), each joined by a veth pair to a router
-# namespace dlR, where every packet between them goes through scripts/delayline.py (a TUN device
-# that delays and drops in userspace). One-way delay DELAY_MS each way: RTT = 2 x DELAY_MS.
+# namespace dlR, where every packet between them goes through the delay line (a TUN device that
+# delays and drops in userspace: target/release/delayline, from benches/delayline; benches/lib.sh
+# builds it). One-way delay DELAY_MS each way: RTT = 2 x DELAY_MS.
 # Nothing here can reach another machine: the namespaces have no other interface.
 # usage: scripts/delaynet.sh up DELAY_MS LOSS | down
 #   then: ip netns exec dlA CMD ..., ip netns exec dlB CMD ...
@@ -25,7 +26,8 @@ up)
   # sleeper below) closes, or on SIGTERM from `down`.
   mkfifo /tmp/delaynet.in
   (sleep infinity > /tmp/delaynet.in & echo $! > /tmp/delaynet.sleep)
-  ip netns exec dlR /usr/bin/python3 scripts/delayline.py dl0 "$DELAY" "$LOSS" \
+  [ -x target/release/delayline ] || { echo "target/release/delayline missing: cargo build --release -p ccbt-delayline" >&2; exit 1; }
+  ip netns exec dlR target/release/delayline dl0 "$DELAY" "$LOSS" \
     < /tmp/delaynet.in > /tmp/delaynet.out 2> /tmp/delaynet.err &
   echo $! > /tmp/delaynet.pid
   for _ in $(seq 50); do grep -q ready /tmp/delaynet.out 2>/dev/null && break; sleep 0.1; done

@@ -807,6 +807,16 @@ impl Conn {
             }
             self.last_block = Instant::now();
             self.blocks_this_second += 1;
+            // Slow start for the pipeline: a block back while at least half the pipeline is
+            // out allows one more request (doubling per round trip, as TCP's window), so a
+            // long fast path is not held to `pipeline_depth` blocks per round trip for the
+            // first second. The once-a-second sizing (twice the last second's blocks) rules
+            // from then on.
+            if self.outstanding.len() + 1 >= self.pipeline / 2 {
+                self.pipeline = (self.pipeline + 1)
+                    .min(MAX_PIPELINE)
+                    .min(self.peer_reqq.saturating_sub(1).max(1));
+            }
             if let Some(p) = s.peers.get_mut(&self.key) {
                 p.down_total += data.len() as u64;
             }
