@@ -36,6 +36,11 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 const DEAD_AFTER: Duration = Duration::from_secs(60);
 /// Out-of-order packets kept (beyond this the window is closed anyway).
 const MAX_REORDER: usize = 4096;
+/// Packets past the cumulative ACK that a selective ACK covers: as many as the extension's one
+/// length byte allows (252 bytes). With 32 bytes (256 packets), a sender with thousands of
+/// packets in flight learnt nothing of those past the first 256 after a loss and stalled with its
+/// window and send credit full until the repair.
+const SACK_BITS: usize = 252 * 8;
 /// Packets a paced sender may send back to back.
 const PACE_BURST: u32 = 10;
 /// Paths shorter than this are not paced (loopback and LANs, even loaded: a window's burst
@@ -289,7 +294,7 @@ impl Conn {
         let mut bits = vec![0u8; 4];
         for &s in self.reorder.keys() {
             let i = s.wrapping_sub(self.ack).wrapping_sub(2) as usize;
-            if i < 32 * 8 {
+            if i < SACK_BITS {
                 if i / 8 >= bits.len() {
                     bits.resize((i / 8 / 4 + 1) * 4, 0);
                 }

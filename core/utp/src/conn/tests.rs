@@ -332,3 +332,34 @@ fn a_loss_at_a_shallow_queue_lowers_the_target_below_it() {
     c.ledbat(10_000, MSS, now + Duration::from_secs(61));
     assert_eq!(c.target_us, 20_000.0);
 }
+
+#[test]
+fn a_selective_ack_covers_a_large_window_past_a_hole() {
+    // A hole, then 1500 packets: the SACK tells the sender about all it can hold (2016 past
+    // the ACK), not only the first 256, or a sender with a large window stalls until the repair.
+    let now = Instant::now();
+    let mut a = Conn::connect(3, now);
+    let syn = Packet::decode(&a.poll_transmit(now)[0]).unwrap();
+    let mut b = Conn::accept(&syn, 100, now);
+    let first = b.ack.wrapping_add(1);
+    for k in 1..=1500u16 {
+        let p = Packet {
+            ty: Type::Data,
+            conn_id: b.recv_id,
+            ts: 0,
+            ts_diff: 0,
+            wnd: RECV_BUF as u32,
+            seq: first.wrapping_add(k), // `first` itself is lost
+            ack: 0,
+            sack: None,
+            payload: vec![7; 100],
+        };
+        b.handle(&p, now);
+    }
+    let ack = Packet::decode(&b.poll_transmit(now)[0]).unwrap();
+    assert_eq!(ack.ack, first.wrapping_sub(1));
+    let bits = ack.sack.expect("a SACK");
+    assert!(bits.len() <= 252 && bits.len() % 4 == 0);
+    let set = bits.iter().map(|b| b.count_ones()).sum::<u32>();
+    assert_eq!(set, 1500, "every packet past the hole is acknowledged");
+}
