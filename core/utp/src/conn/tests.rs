@@ -359,7 +359,7 @@ fn a_selective_ack_covers_a_large_window_past_a_hole() {
     let ack = Packet::decode(&b.poll_transmit(now)[0]).unwrap();
     assert_eq!(ack.ack, first.wrapping_sub(1));
     let bits = ack.sack.expect("a SACK");
-    assert!(bits.len() <= 252 && bits.len() % 4 == 0);
+    assert!(bits.len() <= 252 && bits.len().is_multiple_of(4));
     let set = bits.iter().map(|b| b.count_ones()).sum::<u32>();
     assert_eq!(set, 1500, "every packet past the hole is acknowledged");
 }
