@@ -1,9 +1,8 @@
 //! A userspace netem for a kernel without sch_netem: a TUN device that holds every IP packet
 //! routed into it for DELAY ms, drops a LOSS fraction of them (at random, seeded), and writes
 //! the rest back into the kernel, which routes them on. `scripts/delaynet.sh` and the benches
-//! build the namespaces around it. The same interface as `scripts/delayline.py`, which it
-//! replaces where packet rates matter: that one costs a Python loop per packet and capped a
-//! 24-leecher swarm near 25 MB/s on two cores; this one reads and writes in a tight loop.
+//! build the namespaces around it. It replaced a Python version (`scripts/delayline.py`, same
+//! interface) whose loop per packet took most of a core in the 24-leecher swarm bench.
 //!
 //! usage: delayline NAME DELAY_MS LOSS [HOSTS]   (prints "ready" once the device exists)
 //! HOSTS: a file of "IPv4 MS" lines, each host's own link delay: a packet from S to D is held
