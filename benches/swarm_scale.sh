@@ -17,8 +17,9 @@ BENCH_NAME=scale; . benches/lib.sh "$0" "$@"
 chmod 755 "$W"
 NS=sw$$
 cleanup_more() {
-  [ -n "${DL_PID:-}" ] && kill "$DL_PID" 2>/dev/null
-  [ -n "${DL_SLEEP:-}" ] && kill "$DL_SLEEP" 2>/dev/null
+  # `|| true`: under set -e a failed kill (already gone) would end this before the namespaces go.
+  [ -n "${DL_PID:-}" ] && kill "$DL_PID" 2>/dev/null || true
+  [ -n "${DL_SLEEP:-}" ] && kill "$DL_SLEEP" 2>/dev/null || true
   sleep 0.2
   for i in $(seq 0 "$N"); do ip netns del "$NS-n$i" 2>/dev/null || true; done
   ip netns del "$NS-r" 2>/dev/null || true
@@ -58,9 +59,11 @@ if [ "$DELAY" = on ]; then
   mkfifo "$W/dl.in"
   sleep infinity > "$W/dl.in" &
   DL_SLEEP=$!
+  PIDS+=("$DL_SLEEP") # killed before the exit trap's `wait`, which would otherwise never return
   ip netns exec "$NS-r" target/release/delayline dl0 0 0 "$W/hosts" \
     < "$W/dl.in" > "$W/dl.out" 2> "$W/dl.err" &
   DL_PID=$!
+  PIDS+=("$DL_PID")
   for _ in $(seq 50); do grep -q ready "$W/dl.out" 2>/dev/null && break; sleep 0.1; done
   grep -q ready "$W/dl.out" || { cat "$W/dl.err"; exit 1; }
   ip -n "$NS-r" link set dl0 up
