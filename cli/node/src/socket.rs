@@ -307,8 +307,9 @@ pub fn call<R: DeserializeOwned>(data_dir: &Path, req: &Request) -> Result<Optio
     };
     use std::io::{BufRead, Write};
     // Bounded, except a publish, whose time grows with the folder.
+    const REPLY_SECS: u64 = 120;
     if !matches!(req, Request::Publish { .. }) {
-        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(REPLY_SECS)))?;
     }
     writeln!(s, "{}", serde_json::to_string(req)?)?;
     let mut line = String::new();
@@ -316,7 +317,7 @@ pub fn call<R: DeserializeOwned>(data_dir: &Path, req: &Request) -> Result<Optio
         .read_line(&mut line)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::msg(format!(
-                "the node running on {} did not answer within 120 s (is it stuck? stop it: Ctrl-C where it runs, or `ccbt stop` for a daemon)",
+                "the node running on {} did not answer within {REPLY_SECS} s (is it stuck? stop it: Ctrl-C where it runs, or `ccbt stop` for a daemon)",
                 data_dir.display()
             )),
             _ => Error::Io(e),

@@ -133,31 +133,30 @@ impl UdpMux {
     /// are dropped, as a lossy path would: the protocols above retransmit.
     pub async fn send_all(&self, to: SocketAddr, datagrams: &[Vec<u8>]) {
         let max = self.state.max_gso_segments().max(1);
-        let mut i = 0;
         let mut joined = Vec::new();
-        while i < datagrams.len() {
-            let size = datagrams[i].len();
-            let mut j = i + 1;
-            let mut bytes = size;
-            while j < datagrams.len()
-                && j - i < max
-                && datagrams[j].len() <= size
-                && bytes + datagrams[j].len() <= GSO_MAX_BYTES
-                && size > 0
-            {
-                bytes += datagrams[j].len();
-                j += 1;
-                if datagrams[j - 1].len() < size {
-                    break; // only the last segment may be short
+        let mut rest = datagrams;
+        while let Some(first) = rest.first() {
+            // A run: datagrams of the first one's size, the last of it possibly shorter.
+            let size = first.len();
+            let (mut n, mut bytes) = (1, size);
+            while size > 0 && n < max.min(rest.len()) {
+                let len = rest[n].len();
+                if len > size || bytes + len > GSO_MAX_BYTES {
+                    break;
+                }
+                bytes += len;
+                n += 1;
+                if len < size {
+                    break;
                 }
             }
-            let (contents, segment_size) = if j - i == 1 {
-                (&datagrams[i][..], None)
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let (contents, segment_size) = if n == 1 {
+                (&first[..], None)
             } else {
                 joined.clear();
-                for d in &datagrams[i..j] {
-                    joined.extend_from_slice(d);
-                }
+                run.iter().for_each(|d| joined.extend_from_slice(d));
                 (&joined[..], Some(size))
             };
             let t = quinn_udp::Transmit {
@@ -173,7 +172,6 @@ impl UdpMux {
                     self.state.try_send((&*self.socket).into(), &t)
                 })
                 .await;
-            i = j;
         }
     }
 }
@@ -221,14 +219,14 @@ async fn read_loop(m: std::sync::Weak<UdpMux>) {
             // ICMP port-unreachable from an earlier send surfaces here on Linux: not ours.
             Err(_) => continue,
         };
+        let krpc = mux.krpc.lock().unwrap().clone();
         let mut utp = Vec::new();
         for (b, meta) in bufs.iter().zip(&meta).take(n) {
             let from = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
             let stride = meta.stride.max(1);
             for pkt in b[..meta.len].chunks(stride) {
                 if !pkt.is_empty() && pkt[0] == b'd' {
-                    let tx = mux.krpc.lock().unwrap().clone();
-                    match tx {
+                    match &krpc {
                         Some(tx) if tx.try_send((pkt.to_vec(), from)).is_ok() => {}
                         _ => {
                             mux.other.fetch_add(1, Ordering::Relaxed);
