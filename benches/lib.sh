@@ -11,7 +11,8 @@ if [ -z "${CCBT_BENCH_IN_NETNS:-}" ]; then
 fi
 export CCBT_ENABLE_DHT=false CCBT_DHT_BOOTSTRAP= CCBT_PORT_MAPPING=false
 cargo build --release -q -p ccbt -p ccbt-delayline --offline
-BIN=$PWD/target/release/ccbt
+# CCBT_BENCH_BIN: another build of ccbt to measure (an A/B of a change), in place of this tree's.
+BIN=${CCBT_BENCH_BIN:-$PWD/target/release/ccbt}
 LT=$PWD/tests/scripts/lt_tool.py
 W=$(mktemp -d "/tmp/ccbt-bench-${BENCH_NAME:-run}.XXXXXX")
 PIDS=()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ccbt builds and tests with, only those that are missing.
-# librocksdb-dev + libclang-dev: link Debian's RocksDB (see .cargo/config.toml) instead of a 20-minute build.
+# librocksdb-dev (+ libsnappy-dev) + libclang-dev: link Debian's RocksDB statically (see .cargo/config.toml) instead of a 20-minute build.
 # python3-libtorrent, mktorrent: independent BitTorrent software the interop tests compare against.
 # fuse3: mount/umount helpers for the FUSE tests.
 # iproute2: the loopback-only network namespace the suite runs in; python3-cryptography: ed25519
@@ -10,7 +10,7 @@
 # prometheus: promtool checks the daemon's metrics; tmux drives the dashboard; python3-venv holds
 # schemathesis (PyPI), which fuzzes the daemon's API against its OpenAPI document.
 set -euo pipefail
-PKGS=(librocksdb-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light miniupnpd-nftables nftables prometheus tmux python3-venv wrk)
+PKGS=(librocksdb-dev libsnappy-dev libclang-dev pkg-config python3-libtorrent mktorrent fuse3 bc casync aria2 opentracker transmission-cli transmission-daemon rsync fio stress-ng dbench iproute2 python3-cryptography stunnel4 openssl nginx-light miniupnpd-nftables nftables prometheus tmux python3-venv wrk)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
