@@ -263,7 +263,8 @@ impl Picker {
         let mut out = Vec::new();
         // 1. Finish partial pieces this peer has. A seed's upload is the swarm's scarcest
         //    resource: it only finishes partials no more common than the rarest piece not yet
-        //    started, and leaves the rest (other peers hold them) until nothing new is left.
+        //    started, and leaves the rest (other peers hold them) until nothing new is left. A
+        //    piece a reader waits for (the streaming window) is never put off.
         let partials: Vec<u32> = self.partial.keys().copied().collect();
         let from_seed = bf.all();
         let rarest_open = if from_seed {
@@ -271,12 +272,17 @@ impl Picker {
         } else {
             None
         };
+        let window = self.stream_from;
+        let streamed =
+            |piece: u32| window.is_some_and(|(from, count)| piece >= from && piece - from < count);
         let mut deferred = Vec::new();
         for &piece in &partials {
             if out.len() >= max {
                 return out;
             }
-            if rarest_open.is_some_and(|r| self.availability[piece as usize] > r) {
+            if rarest_open.is_some_and(|r| self.availability[piece as usize] > r)
+                && !streamed(piece)
+            {
                 deferred.push(piece);
             } else if bf.get(piece as usize) {
                 self.take_from(piece, max, 0, &mut out, already);
@@ -502,6 +508,36 @@ mod tests {
         p.pick(&leecher, 1, &|_| false);
         let most = bf(4, &[0, 1, 2]);
         let got = p.pick(&most, 3, &|_| false);
+        assert!(got.iter().all(|b| b.piece == 0), "{got:?}");
+    }
+
+    #[test]
+    fn two_pickers_break_ties_in_different_orders() {
+        // Two leechers in the same state must not ask a seed for the same pieces in the same
+        // order (a fixed tie-break seed made every ccbt leecher of a swarm do so).
+        let order = || {
+            let mut p = Picker::new(
+                BLOCK_SIZE as u64,
+                256 * BLOCK_SIZE as u64,
+                Bitfield::new(256),
+            );
+            let seed = Bitfield::full(256);
+            p.peer_bitfield(&seed);
+            p.pick(&seed, 16, &|_| false)
+        };
+        assert_ne!(order(), order());
+    }
+
+    #[test]
+    fn a_partial_in_the_streaming_window_is_finished_by_a_seed() {
+        let mut p = Picker::new(P, 4 * P, Bitfield::new(4));
+        let seed = bf(4, &[0, 1, 2, 3]);
+        let leecher = bf(4, &[0]);
+        p.peer_bitfield(&seed);
+        p.peer_bitfield(&leecher);
+        p.pick(&leecher, 1, &|_| false);
+        p.set_stream_window(0, 1);
+        let got = p.pick(&seed, 3, &|_| false);
         assert!(got.iter().all(|b| b.piece == 0), "{got:?}");
     }
 
