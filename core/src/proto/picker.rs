@@ -47,6 +47,9 @@ struct Partial {
 
 const RECEIVED: u8 = u8::MAX;
 
+/// Pieces on their way past which a seed is asked only for the rarest pieces (`Picker::pick`).
+const BUSY_PIECES: usize = 4;
+
 /// Peers are identified by a small key the session chooses.
 pub type PeerKey = u64;
 
@@ -288,11 +291,28 @@ impl Picker {
                 self.take_from(piece, max, 0, &mut out, already);
             }
         }
-        // 2. Start new pieces.
+        // 2. Start new pieces. A seed is not asked to start a piece other peers hold while
+        //    rarer pieces are on their way and this leecher has `BUSY_PIECES` pieces coming:
+        //    its share of the seed is left to leechers asking for pieces nobody else has yet.
+        let rarest_wanted = if from_seed {
+            self.want
+                .ones()
+                .map(|i| self.availability[i])
+                .min()
+                .unwrap_or(0)
+        } else {
+            u16::MAX
+        };
         while out.len() < max {
             let Some(piece) = self.new_piece(bf) else {
                 break;
             };
+            if self.availability[piece as usize] > rarest_wanted
+                && self.partial.len() >= BUSY_PIECES
+                && !window.is_some_and(|(from, count)| piece >= from && piece - from < count)
+            {
+                break;
+            }
             let blocks = self.blocks_in(piece) as usize;
             self.partial.insert(
                 piece,
@@ -526,6 +546,31 @@ mod tests {
             p.pick(&seed, 16, &|_| false)
         };
         assert_ne!(order(), order());
+    }
+
+    #[test]
+    fn a_busy_leecher_asks_a_seed_only_for_pieces_nobody_else_has() {
+        let mut p = Picker::new(P, 8 * P, Bitfield::new(8));
+        let seed = Bitfield::full(8);
+        p.peer_bitfield(&seed);
+        p.peer_bitfield(&bf(8, &[4, 5, 6, 7]));
+        // Pieces 0-3 only the seed has: asked for. 4-7 another peer holds: not from the seed
+        // while four pieces are on their way.
+        let got = p.pick(&seed, 32, &|_| false);
+        assert_eq!(got.len(), 16);
+        assert!(got.iter().all(|b| b.piece < 4), "{got:?}");
+        // With fewer on their way, the seed is asked for common pieces too, up to four pieces
+        // (a leecher with little else coming is never held back).
+        let mut p = Picker::new(P, 8 * P, Bitfield::new(8));
+        p.peer_bitfield(&seed);
+        p.peer_bitfield(&bf(8, &[2, 3, 4, 5, 6, 7]));
+        let got = p.pick(&seed, 32, &|_| false);
+        assert_eq!(got.len(), 16, "{got:?}");
+        assert!(got.iter().filter(|b| b.piece >= 2).count() == 8, "{got:?}");
+        // One seed alone: every piece is as rare as the rarest.
+        let mut p = Picker::new(P, 8 * P, Bitfield::new(8));
+        p.peer_bitfield(&seed);
+        assert_eq!(p.pick(&seed, 32, &|_| false).len(), 32);
     }
 
     #[test]
