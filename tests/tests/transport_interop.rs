@@ -63,6 +63,21 @@ fn seed(root: &Path, torrent: &Path, name: &str, encryption: &str) -> (ChildGuar
     (g, listen)
 }
 
+/// A libtorrent leecher finished; if not, the end of the ccbt seeder's debug log goes with the
+/// failure (a stall cannot be diagnosed from libtorrent's summary alone).
+fn assert_lt_done(r: &serde_json::Value, root: &Path, seed_name: &str) {
+    if r["done"] != true {
+        let log =
+            std::fs::read_to_string(root.join(format!("{seed_name}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "libtorrent did not finish: {r}\nccbt seeder log, last lines:\n{}",
+            tail.join("\n")
+        );
+    }
+}
+
 #[test]
 fn libtorrent_forced_to_rc4_downloads_from_ccbt_and_seeds_to_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -75,7 +90,7 @@ fn libtorrent_forced_to_rc4_downloads_from_ccbt_and_seeds_to_it() {
         &["leech", s(&t), s(&root.join("lt")), &port, "60", &listen],
         &[("LT_SETTINGS", LT_RC4_ONLY)],
     );
-    assert_eq!(r["done"], true, "{r}");
+    assert_lt_done(&r, root, "s1");
     assert!(same(&root.join("seed"), &root.join("lt")));
     let log = std::fs::read_to_string(root.join("s1.log")).unwrap();
     assert!(log.contains("MSE, RC4"), "no encrypted peer in the log");
@@ -116,7 +131,7 @@ fn require_refuses_plaintext_peers_and_serves_encrypted_ones() {
         &["leech", s(&t), s(&root.join("rc4")), &port, "60", &listen],
         &[("LT_SETTINGS", LT_RC4_ONLY)],
     );
-    assert_eq!(r["done"], true, "{r}");
+    assert_lt_done(&r, root, "s1");
     assert!(same(&root.join("seed"), &root.join("rc4")));
 }
 
@@ -275,7 +290,7 @@ fn utp_both_ways_with_libtorrent_that_has_tcp_off() {
         &["leech", s(&t), s(&root.join("lt")), &port, "60", &listen],
         &[("LT_SETTINGS", LT_UTP_ONLY)],
     );
-    assert_eq!(r["done"], true, "{r}");
+    assert_lt_done(&r, root, "s1");
     assert!(same(&root.join("seed"), &root.join("lt")));
     // ccbt to ccbt over uTP only.
     let dl2 = root.join("dl2");
