@@ -263,6 +263,17 @@ impl Picker {
         max: usize,
         already: &dyn Fn(Block) -> bool,
     ) -> Vec<Block> {
+        self.pick_with(bf, max, 0, already)
+    }
+
+    /// [`Picker::pick`] for a peer that has `outstanding` blocks requested already.
+    pub fn pick_with(
+        &mut self,
+        bf: &Bitfield,
+        max: usize,
+        outstanding: usize,
+        already: &dyn Fn(Block) -> bool,
+    ) -> Vec<Block> {
         let mut out = Vec::new();
         // 1. Finish partial pieces this peer has. A seed's upload is the swarm's scarcest
         //    resource: it only finishes partials no more common than the rarest piece not yet
@@ -307,8 +318,11 @@ impl Picker {
             let Some(piece) = self.new_piece(bf) else {
                 break;
             };
+            // A seed is never left idle for this leecher, though: its other pieces may be
+            // coming from slow peers.
             if self.availability[piece as usize] > rarest_wanted
                 && self.partial.len() >= BUSY_PIECES
+                && outstanding + out.len() > 0
                 && !window.is_some_and(|(from, count)| piece >= from && piece - from < count)
             {
                 break;
@@ -567,6 +581,23 @@ mod tests {
         let got = p.pick(&seed, 32, &|_| false);
         assert_eq!(got.len(), 16, "{got:?}");
         assert!(got.iter().filter(|b| b.piece >= 2).count() == 8, "{got:?}");
+        // A seed with nothing outstanding for this leecher gets a common piece (the pieces on
+        // their way may be coming slowly from elsewhere), one with requests out does not.
+        let mut p = Picker::new(P, 8 * P, Bitfield::new(8));
+        p.peer_bitfield(&seed);
+        let others = bf(8, &[0, 1, 2, 3, 4, 5, 6]);
+        p.peer_bitfield(&others);
+        let elsewhere = p.pick(&others, 16, &|_| false);
+        assert_eq!(elsewhere.len(), 16);
+        let got = p.pick_with(&seed, 8, 0, &|_| false);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(
+            got.iter().all(|b| b.piece == 7),
+            "the rare piece first: {got:?}"
+        );
+        assert!(p.pick_with(&seed, 8, 4, &|_| false).is_empty());
+        let got = p.pick_with(&seed, 8, 0, &|b| b.piece == 7);
+        assert_eq!(got.len(), 4, "an idle seed gets a common piece: {got:?}");
         // One seed alone: every piece is as rare as the rarest.
         let mut p = Picker::new(P, 8 * P, Bitfield::new(8));
         p.peer_bitfield(&seed);

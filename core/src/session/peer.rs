@@ -555,7 +555,7 @@ impl Conn {
         let reqs: Vec<(Block, u32)> = {
             let mut s = self.t.state.lock().unwrap();
             let (out, shun) = (&self.outstanding, &self.shunned);
-            let picked = s.picker.pick(from, want, &|b| {
+            let picked = s.picker.pick_with(from, want, out.len(), &|b| {
                 out.contains_key(&b) || shun.contains_key(&b)
             });
             picked
