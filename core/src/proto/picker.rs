@@ -517,16 +517,21 @@ mod tests {
         assert_eq!(got[2].piece, 1, "then the next rarest");
     }
 
-    #[test]
-    fn a_seed_is_asked_for_rare_pieces_before_partials_others_hold() {
+    /// Four pieces, a seed, and a leecher holding piece 0, from which piece 0 is started.
+    fn partial_from_a_leecher() -> (Picker, Bitfield) {
         let mut p = Picker::new(P, 4 * P, Bitfield::new(4));
         let seed = bf(4, &[0, 1, 2, 3]);
         let leecher = bf(4, &[0]);
         p.peer_bitfield(&seed);
         p.peer_bitfield(&leecher);
-        // Piece 0 is started from the leecher (it holds only piece 0).
         let got = p.pick(&leecher, 1, &|_| false);
         assert_eq!(got[0].piece, 0);
+        (p, seed)
+    }
+
+    #[test]
+    fn a_seed_is_asked_for_rare_pieces_before_partials_others_hold() {
+        let (mut p, seed) = partial_from_a_leecher();
         // The seed is asked for pieces only it has, not the rest of piece 0.
         let first = p.pick(&seed, 12, &|_| false);
         assert_eq!(first.len(), 12);
@@ -536,10 +541,7 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert!(got.iter().all(|b| b.piece == 0), "{got:?}");
         // A peer that is not a seed finishes partials first, as before.
-        let mut p = Picker::new(P, 4 * P, Bitfield::new(4));
-        p.peer_bitfield(&seed);
-        p.peer_bitfield(&leecher);
-        p.pick(&leecher, 1, &|_| false);
+        let (mut p, _) = partial_from_a_leecher();
         let most = bf(4, &[0, 1, 2]);
         let got = p.pick(&most, 3, &|_| false);
         assert!(got.iter().all(|b| b.piece == 0), "{got:?}");
@@ -606,12 +608,7 @@ mod tests {
 
     #[test]
     fn a_partial_in_the_streaming_window_is_finished_by_a_seed() {
-        let mut p = Picker::new(P, 4 * P, Bitfield::new(4));
-        let seed = bf(4, &[0, 1, 2, 3]);
-        let leecher = bf(4, &[0]);
-        p.peer_bitfield(&seed);
-        p.peer_bitfield(&leecher);
-        p.pick(&leecher, 1, &|_| false);
+        let (mut p, seed) = partial_from_a_leecher();
         p.set_stream_window(0, 1);
         let got = p.pick(&seed, 3, &|_| false);
         assert!(got.iter().all(|b| b.piece == 0), "{got:?}");
