@@ -286,7 +286,7 @@ impl Picker {
         } else {
             None
         };
-        let window = self.stream_from;
+        let window = self.stream_from; // (a copy: `take_from` borrows self mutably below)
         let streamed =
             |piece: u32| window.is_some_and(|(from, count)| piece >= from && piece - from < count);
         let mut deferred = Vec::new();
@@ -323,7 +323,7 @@ impl Picker {
             if self.availability[piece as usize] > rarest_wanted
                 && self.partial.len() >= BUSY_PIECES
                 && outstanding + out.len() > 0
-                && !window.is_some_and(|(from, count)| piece >= from && piece - from < count)
+                && !streamed(piece)
             {
                 break;
             }
