@@ -303,15 +303,21 @@ pub fn wait_until_logs(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    print_log_tails(logs, 40);
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// Prints the last `n` lines of each log, before a test fails (a flake in CI leaves nothing else
+/// to read).
+pub fn print_log_tails(logs: &[&Path], n: usize) {
     for l in logs {
         let text = std::fs::read_to_string(l).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         eprintln!("--- last lines of {}:", l.display());
-        for x in &lines[lines.len().saturating_sub(40)..] {
+        for x in &lines[lines.len().saturating_sub(n)..] {
             eprintln!("{x}");
         }
     }
-    panic!("timed out after {secs}s waiting for {what}");
 }
 
 /// A tmpfs of `size` (mount's syntax: "8m") on `dir` (made if missing), for a disk that fills

@@ -67,14 +67,8 @@ fn seed(root: &Path, torrent: &Path, name: &str, encryption: &str) -> (ChildGuar
 /// failure (a stall cannot be diagnosed from libtorrent's summary alone).
 fn assert_lt_done(r: &serde_json::Value, root: &Path, seed_name: &str) {
     if r["done"] != true {
-        let log =
-            std::fs::read_to_string(root.join(format!("{seed_name}.log"))).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "libtorrent did not finish: {r}\nccbt seeder log, last lines:\n{}",
-            tail.join("\n")
-        );
+        print_log_tails(&[&root.join(format!("{seed_name}.log"))], 60);
+        panic!("libtorrent did not finish: {r}");
     }
 }
 
