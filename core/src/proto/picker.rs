@@ -281,11 +281,18 @@ impl Picker {
         //    piece a reader waits for (the streaming window) is never put off.
         let partials: Vec<u32> = self.partial.keys().copied().collect();
         let from_seed = bf.all();
-        let rarest_open = if from_seed {
-            self.open.ones().map(|i| self.availability[i]).min()
-        } else {
-            None
-        };
+        // For a seed: the availability of the rarest piece not yet started, and of the rarest
+        // wanted at all (`open` is a subset of `want`: one walk finds both).
+        let (mut rarest_open, mut rarest_wanted) = (None, u16::MAX);
+        if from_seed {
+            for i in self.want.ones() {
+                let a = self.availability[i];
+                rarest_wanted = rarest_wanted.min(a);
+                if self.open.get(i) {
+                    rarest_open = Some(rarest_open.map_or(a, |r: u16| r.min(a)));
+                }
+            }
+        }
         let window = self.stream_from; // (a copy: `take_from` borrows self mutably below)
         let streamed =
             |piece: u32| window.is_some_and(|(from, count)| piece >= from && piece - from < count);
@@ -305,15 +312,6 @@ impl Picker {
         // 2. Start new pieces. A seed is not asked to start a piece other peers hold while
         //    rarer pieces are on their way and this leecher has `BUSY_PIECES` pieces coming:
         //    its share of the seed is left to leechers asking for pieces nobody else has yet.
-        let rarest_wanted = if from_seed {
-            self.want
-                .ones()
-                .map(|i| self.availability[i])
-                .min()
-                .unwrap_or(0)
-        } else {
-            u16::MAX
-        };
         while out.len() < max {
             let Some(piece) = self.new_piece(bf) else {
                 break;
