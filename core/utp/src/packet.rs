@@ -72,10 +72,11 @@ impl Packet {
             let data = b
                 .get(at + 2..at + 2 + len as usize)
                 .ok_or(PacketError::BadExtension)?;
-            if next == EXT_SACK {
-                if len == 0 || len % 4 != 0 {
-                    return Err(PacketError::BadExtension);
-                }
+            // BEP 29 draws the mask in 4-byte words, but libtorrent sizes it by the byte
+            // (`(span + 7) / 8`, so often 1 to 3 bytes). Rejecting those dropped every packet
+            // libtorrent sent while it held out-of-order data, ACKs and requests alike, and a
+            // transfer to it could stall for good. An empty mask says nothing.
+            if next == EXT_SACK && len > 0 {
                 sack = Some(data.to_vec());
             }
             next = n;
@@ -154,6 +155,32 @@ mod tests {
         assert!(!Packet::is_utp(
             b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe"
         ));
+    }
+
+    /// libtorrent's selective ACK, sized by the byte: a 1-byte mask (here packet ack+2 and
+    /// ack+4 received) is a valid packet, as is a 3-byte one.
+    #[test]
+    fn a_sack_of_any_byte_length_decodes() {
+        // STATE, extension 1 (SACK), then ext header [next=0, len=1], mask 0b101.
+        let mut b = vec![0x21, 1, 0, 7];
+        b.resize(HEADER, 0);
+        b.extend_from_slice(&[0, 1, 0b101]);
+        let p = Packet::decode(&b).unwrap();
+        assert_eq!(p.ty, Type::State);
+        assert_eq!(p.sack, Some(vec![0b101]));
+        assert!(p.payload.is_empty());
+        // DATA with a 3-byte mask and a payload after it.
+        let mut d = vec![0x01, 1, 0, 7];
+        d.resize(HEADER, 0);
+        d.extend_from_slice(&[0, 3, 1, 0, 0x80, b'h', b'i']);
+        let p = Packet::decode(&d).unwrap();
+        assert_eq!(p.sack, Some(vec![1, 0, 0x80]));
+        assert_eq!(p.payload, b"hi");
+        // A zero-length mask is no mask.
+        let mut z = vec![0x21, 1, 0, 7];
+        z.resize(HEADER, 0);
+        z.extend_from_slice(&[0, 0]);
+        assert_eq!(Packet::decode(&z).unwrap().sack, None);
     }
 
     #[test]

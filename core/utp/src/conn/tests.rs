@@ -363,3 +363,50 @@ fn a_selective_ack_covers_a_large_window_past_a_hole() {
     let set = bits.iter().map(|b| b.count_ones()).sum::<u32>();
     assert_eq!(set, 1500, "every packet past the hole is acknowledged");
 }
+
+#[test]
+fn a_one_byte_sack_as_libtorrent_sends_acks_what_it_names() {
+    // libtorrent sizes its SACK mask by the byte. A sender must read such an ACK off the wire
+    // and mark the packets it names, or it resends them and never sees its repairs acked.
+    let t0 = Instant::now();
+    let mut a = Conn::connect(5, t0);
+    let syn = Packet::decode(&a.poll_transmit(t0)[0]).unwrap();
+    let mut b = Conn::accept(&syn, 500, t0);
+    let state = Packet::decode(&b.poll_transmit(t0)[0]).unwrap();
+    let now = t0 + Duration::from_millis(10);
+    a.handle(&state, now);
+    a.write(&bytes(6 * MSS, 1));
+    let sent: Vec<Packet> = a
+        .poll_transmit(now)
+        .iter()
+        .map(|d| Packet::decode(d).unwrap())
+        .filter(|p| p.ty == Type::Data)
+        .collect();
+    assert!(sent.len() >= 4, "a window of data leaves");
+    let first = sent[0].seq;
+    // Packet `first` is lost; `first + 1` and `first + 3` arrive: cumulative ACK first - 1,
+    // mask bit 0 = first + 1, bit 2 = first + 3. Built as bytes, as libtorrent sends it.
+    let mut wire = Packet {
+        ty: Type::State,
+        conn_id: a.recv_id,
+        ts: 1,
+        ts_diff: 1,
+        wnd: RECV_BUF as u32,
+        seq: state.seq,
+        ack: first.wrapping_sub(1),
+        sack: None,
+        payload: Vec::new(),
+    }
+    .encode();
+    wire[1] = 1; // extension: SACK
+    wire.extend_from_slice(&[0, 1, 0b101]);
+    let ack = Packet::decode(&wire).expect("libtorrent's ACK decodes");
+    a.handle(&ack, now + Duration::from_millis(10));
+    let acked: Vec<u16> = a
+        .debug_inflight()
+        .into_iter()
+        .filter(|&(_, ty, acked, _)| ty == Type::Data && acked)
+        .map(|(seq, ..)| seq)
+        .collect();
+    assert_eq!(acked, vec![first.wrapping_add(1), first.wrapping_add(3)]);
+}
