@@ -46,6 +46,8 @@ const PACE_BURST: u32 = 10;
 /// Paths shorter than this are not paced (loopback and LANs, even loaded: a window's burst
 /// does not outrun their buffers).
 const PACE_MIN_RTT: Duration = Duration::from_millis(10);
+/// The shortest tail-loss probe timeout (two smoothed RTTs otherwise; see [`Conn::probe_at`]).
+const MIN_PTO: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -115,6 +117,12 @@ pub struct Conn {
     last_ack_seen: u16,
     /// After a loss the window is cut once per round trip: until this seq is acked.
     recovery_until: Option<u16>,
+    /// The last time data left for the first time or an ACK acknowledged something: a tail
+    /// loss probe goes out when neither happens for a probe timeout.
+    last_progress: Instant,
+    /// The packet resent as a tail loss probe, until an ACK makes progress. When the probe is
+    /// acknowledged, the packets before it that it overtook are lost ([`Conn::detect_losses`]).
+    probe_seq: Option<u16>,
     close_requested: bool,
     /// The responder sends no data until the dialler has spoken after its SYN: the dialler
     /// takes its `ack` from the first STATE, which must not skip data of ours it never saw.
@@ -175,6 +183,8 @@ impl Conn {
             loss_timer: None,
             last_ack_seen: 0,
             recovery_until: None,
+            last_progress: now,
+            probe_seq: None,
             close_requested: false,
             peer_confirmed: false,
             fin_sent: false,
@@ -279,10 +289,12 @@ impl Conn {
         RECV_BUF.saturating_sub(self.recv_buf.len() + self.reorder_bytes + self.unread) as u32
     }
 
+    /// Bytes sent and neither acknowledged nor taken for lost (RFC 6675's pipe): packets marked
+    /// for resending have left the path.
     fn bytes_in_flight(&self) -> usize {
         self.inflight
             .iter()
-            .filter(|s| !s.acked && s.sent_at.is_some())
+            .filter(|s| !s.acked && !s.resend && s.sent_at.is_some())
             .map(|s| s.data.len().max(1))
             .sum()
     }
@@ -341,7 +353,7 @@ impl Conn {
                     + self
                         .inflight
                         .iter()
-                        .filter(|s| s.sent_at.is_none())
+                        .filter(|s| s.resend && !s.acked)
                         .map(|s| s.data.len())
                         .sum::<usize>();
                 let limit = (self.cwnd as usize).min(self.peer_wnd);
@@ -364,6 +376,13 @@ impl Conn {
                 to_send.push(i);
             }
         }
+        // Repairs and new data alike fit the window, lowest sequence first: after a timeout or
+        // a large loss, resending every hole at once overflowed the receiver's socket buffer
+        // again (a libtorrent peer on a busy machine), and every repair was lost with it. A
+        // tail loss probe goes regardless.
+        let limit = (self.cwnd as usize).min(self.peer_wnd);
+        let mut flight = self.bytes_in_flight();
+        let mut full = false;
         for i in to_send {
             if self.pace_at.is_some_and(|t| t > now) {
                 break; // paced: the rest leaves at `pace_at` (poll_timeout)
@@ -372,11 +391,19 @@ impl Conn {
                 let s = &self.inflight[i];
                 (s.ty, s.seq, s.data.clone())
             };
+            let len = data.len().max(1);
+            full |= flight > 0 && flight + len > limit;
+            if full && self.probe_seq != Some(seq) {
+                continue;
+            }
+            flight += len;
             self.paced(data.len(), now);
             let p = self.packet(ty, seq, data, now);
             let s = &mut self.inflight[i];
             if s.transmissions > 0 {
                 self.stats.retransmits += 1;
+            } else {
+                self.last_progress = now;
             }
             s.transmissions += 1;
             s.sent_at = Some(now);
@@ -425,10 +452,11 @@ impl Conn {
         if !self.is_open() {
             return None;
         }
+        // Packets already taken for lost wait for the window, not for a timer.
         let rto = self
             .inflight
             .iter()
-            .filter(|s| !s.acked)
+            .filter(|s| !s.acked && !s.resend)
             .filter_map(|s| s.sent_at)
             .min()
             .map(|t| t + self.rto);
@@ -437,7 +465,7 @@ impl Conn {
         let paced = self
             .pace_at
             .filter(|_| self.inflight.iter().any(|s| s.resend && !s.acked));
-        [rto, keep, paced, self.loss_timer]
+        [rto, keep, paced, self.loss_timer, self.probe_at()]
             .into_iter()
             .flatten()
             .min()
@@ -458,12 +486,13 @@ impl Conn {
         if self.loss_timer.is_some_and(|t| t <= now) && self.detect_losses(now) {
             self.on_loss();
         }
+        if self.probe_at().is_some_and(|t| t <= now) {
+            self.send_probe();
+        }
         let rto = self.rto;
-        let Some(s) = self
-            .inflight
-            .iter_mut()
-            .find(|s| !s.acked && s.sent_at.is_some_and(|t| now.duration_since(t) >= rto))
-        else {
+        let Some(s) = self.inflight.iter_mut().find(|s| {
+            !s.acked && !s.resend && s.sent_at.is_some_and(|t| now.duration_since(t) >= rto)
+        }) else {
             return;
         };
         let limit = if s.ty == Type::Syn {
@@ -480,9 +509,44 @@ impl Conn {
             s.resend = true;
         }
         self.stats.timeouts += 1;
+        // The timeout supersedes a probe that went unanswered; the next one waits a probe
+        // timeout after the repairs.
+        self.probe_seq = None;
+        self.last_progress = now;
         self.ssthresh = (self.cwnd / 2.0).max(MIN_CWND);
         self.cwnd = MIN_CWND;
         self.rto = (self.rto * 2).min(MAX_RTO);
+    }
+
+    /// When a tail loss probe is due (RFC 8985's TLP): two smoothed RTTs without progress while
+    /// packets are unacknowledged. A burst lost whole at the end of a flight (a receiver's full
+    /// socket buffer) leaves no later packet to be acknowledged past it, so nothing shows the
+    /// loss but the retransmission timeout, at least 500 ms; a probe shows it in about a round
+    /// trip, at no cost to the window.
+    fn probe_at(&self) -> Option<Instant> {
+        if self.probe_seq.is_some() || self.state != State::Connected {
+            return None;
+        }
+        let srtt = self.srtt?;
+        let waiting = self
+            .inflight
+            .iter()
+            .any(|s| !s.acked && !s.resend && s.sent_at.is_some());
+        waiting.then(|| self.last_progress + (srtt * 2).max(MIN_PTO))
+    }
+
+    /// Resends the newest unacknowledged packet: its ACK carries a selective ACK of it, and the
+    /// holes before it are then repaired at once.
+    fn send_probe(&mut self) {
+        if let Some(s) = self
+            .inflight
+            .iter_mut()
+            .rev()
+            .find(|s| !s.acked && s.sent_at.is_some())
+        {
+            s.resend = true;
+            self.probe_seq = Some(s.seq);
+        }
     }
 
     fn rtt_sample(&mut self, r: Duration) {
@@ -576,12 +640,17 @@ impl Conn {
         let srtt = self.srtt.unwrap_or(self.rto);
         let reorder = srtt + srtt / 4;
         let (mut acked_after, mut lost, mut next) = (0, false, None::<Instant>);
+        let mut probe_after = false;
         for s in self.inflight.iter_mut().rev() {
             if s.acked {
                 acked_after += 1;
+                probe_after |= self.probe_seq == Some(s.seq);
                 continue;
             }
-            let Some(t) = s.sent_at.filter(|_| acked_after >= 3 && !s.resend) else {
+            let Some(t) = s
+                .sent_at
+                .filter(|_| (acked_after >= 3 || probe_after) && !s.resend)
+            else {
                 continue;
             };
             if now.duration_since(t) >= reorder {
@@ -662,12 +731,16 @@ impl Conn {
                 }
             }
         }
-        if sacked_after_hole >= 3 {
+        if sacked_after_hole >= 3 || (self.probe_seq.is_some() && sacked_after_hole > 0) {
             lost |= self.detect_losses(now);
         }
         if lost {
             self.dup_acks = 0;
             self.on_loss();
+        }
+        if acked_bytes > 0 {
+            self.last_progress = now;
+            self.probe_seq = None;
         }
         if let Some(r) = newest_sample {
             self.rtt_sample(r);

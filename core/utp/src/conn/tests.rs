@@ -410,3 +410,72 @@ fn a_one_byte_sack_as_libtorrent_sends_acks_what_it_names() {
         .collect();
     assert_eq!(acked, vec![first.wrapping_add(1), first.wrapping_add(3)]);
 }
+
+#[test]
+fn a_burst_lost_at_the_tail_is_repaired_by_a_probe_not_a_timeout() {
+    // The last dozen packets of a flight lost together (a receiver's socket buffer full): no
+    // later packet is acknowledged past them, so only a tail loss probe (two round trips)
+    // finds them before the retransmission timeout (at least 500 ms).
+    let x = bytes(60 * MSS, 6);
+    let clean = run(0.0, 4, &x, b"");
+    let n = clean.a.stats.packets_sent as usize;
+    let o = run_burst(0.0, 4, n - 14..n - 2, &x, b"");
+    assert!(o.got_b == x, "B got {} of {} bytes", o.got_b.len(), x.len());
+    assert!(
+        o.took < clean.took + Duration::from_millis(300),
+        "with the tail lost {:?}, without {:?}",
+        o.took,
+        clean.took
+    );
+    assert_eq!(o.a.stats.timeouts, 0, "{:?}", o.a.stats);
+}
+
+#[test]
+fn after_a_timeout_the_repairs_restart_from_a_small_window() {
+    // A window's flight lost whole, then the retransmission timeout: the repairs leave as the
+    // restarted window allows, not all at once (a burst of them overflowed the receiver again).
+    let mut now = Instant::now();
+    let mut a = Conn::connect(9, now);
+    let syn = Packet::decode(&a.poll_transmit(now)[0]).unwrap();
+    let mut b = Conn::accept(&syn, 900, now);
+    a.write(&bytes(2_000 * MSS, 3));
+    // A clean path until a flight of 40 packets or more leaves at once.
+    let mut flight = Vec::new();
+    for _ in 0..200 {
+        for d in b.poll_transmit(now) {
+            a.handle(&Packet::decode(&d).unwrap(), now);
+        }
+        now += Duration::from_millis(2);
+        flight = a.poll_transmit(now);
+        if flight.len() >= 40 {
+            break;
+        }
+        for d in &flight {
+            b.handle(&Packet::decode(d).unwrap(), now);
+        }
+        b.read();
+    }
+    assert!(
+        flight.len() >= 40,
+        "the window grew ({} packets)",
+        flight.len()
+    );
+    // That flight is lost, and the tail loss probe with it: nothing comes back.
+    for _ in 0..10 {
+        let t = a.poll_timeout().expect("a timer");
+        now = now.max(t);
+        a.handle_timeout(now);
+        if a.stats.timeouts > 0 {
+            break;
+        }
+        let probe = a.poll_transmit(now);
+        assert!(probe.len() <= 1, "a probe is one packet");
+    }
+    assert_eq!(a.stats.timeouts, 1);
+    let repairs = a.poll_transmit(now);
+    assert!(
+        (1..=2).contains(&repairs.len()),
+        "{} packets resent at once after the timeout",
+        repairs.len()
+    );
+}
