@@ -19,6 +19,10 @@ const TARGET_US: f64 = 60_000.0;
 const MIN_TARGET_US: f64 = 8_000.0;
 /// A loss with less queueing than this is taken for a lossy link, not congestion.
 const RANDOM_LOSS_QUEUE_US: f64 = 2_000.0;
+/// ... unless more than one packet in this many of the window is lost in the same round trip:
+/// a link dropping at random loses a few, a full buffer (a receiver's socket buffer on a busy
+/// host overflows in microseconds, before any queueing delay shows) drops a run of them.
+const RANDOM_LOSS_SHARE: usize = 50;
 const GAIN: f64 = 1.0;
 const MIN_CWND: f64 = (2 * MSS) as f64;
 const MAX_CWND: f64 = (8 << 20) as f64;
@@ -117,6 +121,11 @@ pub struct Conn {
     last_ack_seen: u16,
     /// After a loss the window is cut once per round trip: until this seq is acked.
     recovery_until: Option<u16>,
+    /// Packets lost in this round trip of recovery, the window (in packets) when it began, and
+    /// whether the cut was the light one for a lossy link (see [`Conn::on_loss`]).
+    recovery_lost: usize,
+    recovery_window: usize,
+    recovery_light: bool,
     /// The last time data left for the first time or an ACK acknowledged something: a tail
     /// loss probe goes out when neither happens for a probe timeout.
     last_progress: Instant,
@@ -183,6 +192,9 @@ impl Conn {
             loss_timer: None,
             last_ack_seen: 0,
             recovery_until: None,
+            recovery_lost: 0,
+            recovery_window: 0,
+            recovery_light: false,
             last_progress: now,
             probe_seq: None,
             close_requested: false,
@@ -483,8 +495,11 @@ impl Conn {
             self.state = State::TimedOut;
             return;
         }
-        if self.loss_timer.is_some_and(|t| t <= now) && self.detect_losses(now) {
-            self.on_loss();
+        if self.loss_timer.is_some_and(|t| t <= now) {
+            let lost = self.detect_losses(now);
+            if lost > 0 {
+                self.on_loss(lost);
+            }
         }
         if self.probe_at().is_some_and(|t| t <= now) {
             self.send_probe();
@@ -565,11 +580,16 @@ impl Conn {
         self.rto = (self.srtt.unwrap() + self.rttvar * 4).clamp(MIN_RTO, MAX_RTO);
     }
 
-    fn on_loss(&mut self) {
+    /// `lost` packets were found lost.
+    fn on_loss(&mut self, lost: usize) {
         if self.recovery_until.is_some() {
+            self.recovery_lost += lost;
+            self.escalate_light_cut();
             return;
         }
         self.recovery_until = Some(self.seq.wrapping_sub(1));
+        self.recovery_lost = lost;
+        self.recovery_window = self.inflight.len();
         // CUBIC's 0.7, not Reno's half: on a long path a random loss every thousand packets
         // would otherwise hold the window near a few dozen packets. Congestion itself shows
         // first as queueing delay, which LEDBAT answers before any loss.
@@ -582,10 +602,28 @@ impl Conn {
         // buffer: cut a little (as TCP Veno does), or random losses every few round trips
         // hold a long path's window far below what it carries.
         // Slow start goes on after such a loss: it ends when the queue shows.
-        if q < RANDOM_LOSS_QUEUE_US {
+        self.recovery_light = q < RANDOM_LOSS_QUEUE_US;
+        if self.recovery_light {
             self.cwnd = (self.cwnd * 0.85).max(MIN_CWND);
+            self.escalate_light_cut();
         } else {
             self.cwnd = (self.cwnd * 0.7).max(MIN_CWND);
+            self.ssthresh = self.cwnd;
+        }
+    }
+
+    /// A light cut turns out to be for a full buffer, not a lossy link: more than one packet
+    /// in [`RANDOM_LOSS_SHARE`] of the window lost in one round trip. Halve the window from where
+    /// it was and leave slow start, once per round trip. (Seen against libtorrent on a busy
+    /// host: its socket buffer overflowed on every burst, a fifth of all packets were resent,
+    /// and the window never came down because no queueing delay showed.)
+    fn escalate_light_cut(&mut self) {
+        if self.recovery_light
+            && self.recovery_lost > 2
+            && self.recovery_lost * RANDOM_LOSS_SHARE > self.recovery_window
+        {
+            self.recovery_light = false;
+            self.cwnd = (self.w_max * 0.5).max(MIN_CWND);
             self.ssthresh = self.cwnd;
         }
     }
@@ -636,10 +674,10 @@ impl Conn {
     /// not one per round trip: a burst lost at a shallow queue in slow start otherwise takes
     /// hundreds of round trips to repair while the window sits full. Holes not yet due set
     /// `loss_timer`, since the ACKs that would bring us back here may have stopped.
-    fn detect_losses(&mut self, now: Instant) -> bool {
+    fn detect_losses(&mut self, now: Instant) -> usize {
         let srtt = self.srtt.unwrap_or(self.rto);
         let reorder = srtt + srtt / 4;
-        let (mut acked_after, mut lost, mut next) = (0, false, None::<Instant>);
+        let (mut acked_after, mut lost, mut next) = (0, 0, None::<Instant>);
         let mut probe_after = false;
         for s in self.inflight.iter_mut().rev() {
             if s.acked {
@@ -655,7 +693,7 @@ impl Conn {
             };
             if now.duration_since(t) >= reorder {
                 s.resend = true;
-                lost = true;
+                lost += 1;
             } else {
                 next = Some(next.map_or(t + reorder, |n| n.min(t + reorder)));
             }
@@ -721,22 +759,22 @@ impl Conn {
                 .any(|s| !s.acked && s.sent_at.is_some());
         self.dup_acks = if dup { self.dup_acks + 1 } else { 0 };
         self.last_ack_seen = p.ack;
-        let mut lost = false;
+        let mut lost = 0;
         if self.dup_acks >= 3 {
             let srtt = self.srtt.unwrap_or(self.rto);
             if let Some(s) = self.inflight.iter_mut().find(|s| !s.acked) {
                 if !s.resend && s.sent_at.is_some_and(|t| now.duration_since(t) >= srtt) {
                     s.resend = true;
-                    lost = true;
+                    lost += 1;
                 }
             }
         }
         if sacked_after_hole >= 3 || (self.probe_seq.is_some() && sacked_after_hole > 0) {
-            lost |= self.detect_losses(now);
+            lost += self.detect_losses(now);
         }
-        if lost {
+        if lost > 0 {
             self.dup_acks = 0;
-            self.on_loss();
+            self.on_loss(lost);
         }
         if acked_bytes > 0 {
             self.last_progress = now;

@@ -225,16 +225,16 @@ fn loss_cuts_the_window_and_delay_holds_it() {
     c.cwnd = 100_000.0;
     c.ssthresh = 50_000.0;
     c.stats.queueing_us = 20_000; // a queue: congestion
-    c.on_loss();
+    c.on_loss(1);
     assert_eq!(c.cwnd as usize, 70_000);
     assert_eq!(c.ssthresh as usize, 70_000);
-    c.on_loss(); // the same round trip: once
+    c.on_loss(1); // the same round trip: once
     assert_eq!(c.cwnd as usize, 70_000);
     // No queue at all: a lossy link. A small cut, and slow start goes on.
     let mut r = Conn::connect(1, now);
     r.state = State::Connected;
     r.cwnd = 100_000.0;
-    r.on_loss();
+    r.on_loss(1);
     assert_eq!(r.cwnd as usize, 85_000);
     assert_eq!(r.ssthresh, MAX_CWND);
     // Queueing delay above the target shrinks the window; below it, it grows.
@@ -316,13 +316,13 @@ fn a_loss_at_a_shallow_queue_lowers_the_target_below_it() {
     c.ssthresh = 50_000.0;
     // A random loss on an empty path says nothing about the buffer.
     c.stats.queueing_us = 2_000;
-    c.on_loss();
+    c.on_loss(1);
     assert_eq!(c.target_us, TARGET_US);
     // A loss with a 20 ms queue: the buffer holds about 20 ms, so aim at half of it, where a
     // TCP flow filling it shows us delay above target.
     c.recovery_until = None;
     c.stats.queueing_us = 20_000;
-    c.on_loss();
+    c.on_loss(1);
     assert_eq!(c.target_us, 10_000.0);
     c.ledbat(10_000, MSS, now); // the base delay
     let w = c.cwnd;
@@ -478,4 +478,31 @@ fn after_a_timeout_the_repairs_restart_from_a_small_window() {
         "{} packets resent at once after the timeout",
         repairs.len()
     );
+}
+
+#[test]
+fn a_run_of_losses_without_a_queue_is_a_full_buffer_not_a_lossy_link() {
+    // No queueing delay shows (a receiver's socket buffer overflows in microseconds): a loss
+    // or two in a round trip is a lossy link (a light cut, slow start goes on), but more than
+    // one packet in fifty of the window is a full buffer: the window halves.
+    let now = Instant::now();
+    let mut c = Conn::connect(1, now);
+    c.state = State::Connected;
+    c.peer_confirmed = true;
+    c.cwnd = 400_000.0;
+    c.write(&bytes(400 * MSS, 1));
+    c.poll_transmit(now);
+    let window = c.inflight.len();
+    assert!(window > 250, "{window} packets in flight");
+    c.stats.queueing_us = 0;
+    c.on_loss(1);
+    assert_eq!(c.cwnd, 340_000.0, "a light cut");
+    assert_eq!(c.ssthresh, MAX_CWND, "slow start goes on");
+    c.on_loss(2); // the same round trip: 3 of ~296
+    assert_eq!(c.cwnd, 340_000.0);
+    c.on_loss(window / RANDOM_LOSS_SHARE); // now past one in fifty
+    assert_eq!(c.cwnd, 200_000.0, "half the window before the loss");
+    assert_eq!(c.ssthresh, 200_000.0);
+    c.on_loss(50); // once per round trip
+    assert_eq!(c.cwnd, 200_000.0);
 }
