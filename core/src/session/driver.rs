@@ -48,8 +48,10 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
             quit_rx.clone(),
         )));
     }
-    // Every 500 ms while there is work; every 2 s for a complete torrent with no peer (a daemon
-    // holding a hundred idle torrents). New peers and stops wake it at once either way.
+    // Every 500 ms while there is work; every 15 s for a complete torrent with no peer (a daemon
+    // holding a hundred idle torrents), all of them on the same 15 s grid so that they share
+    // one wake-up of the runtime (at 2 s each, a hundred idle torrents were a hundred wake-ups
+    // a second, most of an idle daemon's CPU). New peers and stops wake it at once either way.
     let mut idle = false;
     let started = Instant::now();
     let mut last_choke = Instant::now() - Duration::from_secs(60);
@@ -58,10 +60,17 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
     let mut turn = 0u64;
     let mut completed_at: Option<Instant> = None;
     let mut last_rate = Instant::now();
+    // The soonest a known peer's redial backoff ends (an idle driver wakes for it).
+    let mut next_redial: Option<Instant> = None;
     loop {
-        let nap = if idle { 2000 } else { 500 };
+        let until = if idle {
+            let tick = idle_tick(Instant::now());
+            next_redial.map_or(tick, |r| r.min(tick))
+        } else {
+            Instant::now() + Duration::from_millis(500)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(nap)) => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
             _ = stop.changed() => {}
             _ = t.wake.notified() => {}
         }
@@ -77,6 +86,7 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
         last_rate = Instant::now();
         let complete;
         let to_dial: Vec<SocketAddr>;
+        next_redial = None;
         {
             let mut s = t.state.lock().unwrap();
             for p in s.peers.values_mut() {
@@ -102,22 +112,25 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .saturating_sub(s.peers.len() + s.connecting.len());
             let now = Instant::now();
-            let mut cands: Vec<SocketAddr> = s
-                .known
-                .iter()
-                .filter(|(a, (last, fails))| {
-                    !connected.contains(a)
-                        && !s.connecting.contains(a)
-                        && !s.banned.contains(&a.ip())
-                        && !is_self(&t, **a)
-                        && last.is_none_or(|l| now.duration_since(l) >= redial_after(*fails))
-                })
-                .map(|(a, _)| *a)
-                .collect();
-            if complete && !t.cfg.swarm {
-                // Seeds only dial the peers they were told about (some clients never dial
-                // loopback peers); the rest find us through trackers.
-                cands.retain(|a| t.cfg.peers.contains(a));
+            let seed_only_told = complete && !t.cfg.swarm;
+            let mut cands = Vec::new();
+            for (a, (last, fails)) in &s.known {
+                if connected.contains(a)
+                    || s.connecting.contains(a)
+                    || s.banned.contains(&a.ip())
+                    || is_self(&t, *a)
+                    // Seeds only dial the peers they were told about (some clients never
+                    // dial loopback peers); the rest find us through trackers.
+                    || (seed_only_told && !t.cfg.peers.contains(a))
+                {
+                    continue;
+                }
+                match last.map(|l| l + redial_after(*fails)) {
+                    Some(due) if due > now => {
+                        next_redial = Some(next_redial.map_or(due, |n| n.min(due)));
+                    }
+                    _ => cands.push(*a),
+                }
             }
             cands.truncate(room);
             for a in &cands {
@@ -202,5 +215,41 @@ pub(super) async fn drive(t: Arc<TorrentShared>, mut stop: watch::Receiver<bool>
     let _ = quit_tx.send(true);
     for tr in trackers {
         let _ = tokio::time::timeout(Duration::from_secs(3), tr).await;
+    }
+}
+
+/// How often an idle torrent's driver wakes (see [`drive`]).
+const IDLE_TICK: Duration = Duration::from_secs(15);
+
+/// The next point after `now` on the process-wide [`IDLE_TICK`] grid: every idle driver wakes
+/// at the same instant, so the runtime wakes once for all of them.
+fn idle_tick(now: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let since = now.saturating_duration_since(epoch).as_millis() as u64;
+    let step = IDLE_TICK.as_millis() as u64;
+    epoch + Duration::from_millis((since / step + 1) * step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_drivers_share_their_wake_ups() {
+        let t0 = Instant::now();
+        let a = idle_tick(t0);
+        let b = idle_tick(t0 + Duration::from_millis(3_700));
+        let c = idle_tick(a);
+        assert_eq!(
+            a, b,
+            "drivers that went idle at different times wake together"
+        );
+        assert!(a > t0 && a <= t0 + IDLE_TICK + Duration::from_millis(1));
+        assert_eq!(
+            c.duration_since(a),
+            IDLE_TICK,
+            "and the next tick is a whole period on"
+        );
     }
 }

@@ -313,6 +313,19 @@ impl Session {
             latency: latency::LatencyProbe::start(),
             discovery: std::sync::OnceLock::new(),
         });
+        {
+            let weak = Arc::downgrade(&inner);
+            inner.latency.set_activity(Box::new(move || {
+                weak.upgrade().map_or(0, |i| {
+                    let ts = i.torrents.lock().unwrap();
+                    ts.values()
+                        .map(|t| {
+                            t.wire_in.load(Ordering::Relaxed) + t.wire_out.load(Ordering::Relaxed)
+                        })
+                        .sum()
+                })
+            }));
+        }
         if !cfg.port_mapping.is_empty() {
             let weak = Arc::downgrade(&inner);
             let methods = cfg.port_mapping.clone();
