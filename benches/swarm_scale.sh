@@ -8,6 +8,7 @@
 # tracker (opentracker) and topology: all leechers ccbt, then all leechers libtorrent. Reports
 # completion times (p50, p95, last), the seeder's upload bytes (from the qdisc's counters, not
 # from either client) and total CPU. Leechers leave the swarm when complete (both clients alike).
+# SWARM_DETAIL=1 lists each leecher's link and completion time.
 # usage: [CLIENTS="ccbt libtorrent"] benches/swarm_scale.sh [LEECHERS=24] [MIB=32] [SEED_RATE=40mbit] [DELAY=on|off]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -119,6 +120,9 @@ run() { # label
   for i in $(seq 1 "$N"); do
     cmp -s "$W/dl$i/data/a.bin" "$W/seed/data/a.bin" || { echo "$label leecher $i: incomplete or wrong"; tail -3 "$W/log.$i"; failed=$((failed + 1)); }
   done
+  if [ -n "${SWARM_DETAIL:-}" ]; then # each leecher's link and time, slowest last
+    for i in $(seq 1 "$N"); do echo "  $label leecher $i: $(rate_of "$i") $(rtt_of "$i") ms $(awk '{print $1}' "$W/time.$i") s"; done | sort -k6 -n
+  fi
   local up=$(( $(sent) - before ))
   local times cpu
   times=$(for i in $(seq 1 "$N"); do awk '{print $1}' "$W/time.$i"; done)
