@@ -8,7 +8,7 @@
 # tracker (opentracker) and topology: all leechers ccbt, then all leechers libtorrent. Reports
 # completion times (p50, p95, last), the seeder's upload bytes (from the qdisc's counters, not
 # from either client) and total CPU. Leechers leave the swarm when complete (both clients alike).
-# SWARM_DETAIL=1 lists each leecher's link and completion time.
+# SWARM_DETAIL=1 lists each leecher's link and completion time, and the qdiscs' counters.
 # usage: [CLIENTS="ccbt libtorrent"] benches/swarm_scale.sh [LEECHERS=24] [MIB=32] [SEED_RATE=40mbit] [DELAY=on|off]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,6 +122,10 @@ run() { # label
   done
   if [ -n "${SWARM_DETAIL:-}" ]; then # each leecher's link and time, slowest last
     for i in $(seq 1 "$N"); do echo "  $label leecher $i: $(rate_of "$i") $(rtt_of "$i") ms $(awk '{print $1}' "$W/time.$i") s"; done | sort -k6 -n
+  fi
+  if [ -n "${SWARM_DETAIL:-}" ]; then # the seeder's qdisc: bytes sent, packets dropped
+    ip netns exec "$NS-n0" tc -s qdisc show dev eth0 | awk '/Sent/ {print "  seeder qdisc (cumulative):", $0; exit}'
+    ip netns exec "$NS-r" tc -s qdisc show | awk '/dropped/ {gsub(",", ""); d += $7} END {print "  packets dropped at the leechers\x27 downlinks (cumulative):", d}'
   fi
   local up=$(( $(sent) - before ))
   local times cpu
