@@ -358,23 +358,22 @@ impl Conn {
         if matches!(self.state, State::Closed | State::TimedOut | State::Reset) {
             return out;
         }
+        let limit = (self.cwnd as usize).min(self.peer_wnd);
         // New data into packets, as the windows allow (at least one packet when nothing flies).
+        // What flies or waits to go is summed once, not per packet: a window holds thousands.
         if self.state == State::Connected && self.peer_confirmed {
-            loop {
-                let flying = self.bytes_in_flight()
-                    + self
-                        .inflight
-                        .iter()
-                        .filter(|s| s.resend && !s.acked)
-                        .map(|s| s.data.len())
-                        .sum::<usize>();
-                let limit = (self.cwnd as usize).min(self.peer_wnd);
-                if self.send_buf.is_empty() || (flying > 0 && flying + MSS > limit) {
-                    break;
-                }
+            let mut flying = self.bytes_in_flight()
+                + self
+                    .inflight
+                    .iter()
+                    .filter(|s| s.resend && !s.acked)
+                    .map(|s| s.data.len())
+                    .sum::<usize>();
+            while !self.send_buf.is_empty() && (flying == 0 || flying + MSS <= limit) {
                 let n = self.send_buf.len().min(MSS);
                 let data = take_front(&mut self.send_buf, n);
                 self.push_packet(Type::Data, data);
+                flying += n;
             }
             if self.close_requested && self.send_buf.is_empty() && !self.fin_sent {
                 self.fin_sent = true;
@@ -392,7 +391,6 @@ impl Conn {
         // a large loss, resending every hole at once overflowed the receiver's socket buffer
         // again (a libtorrent peer on a busy machine), and every repair was lost with it. A
         // tail loss probe goes regardless.
-        let limit = (self.cwnd as usize).min(self.peer_wnd);
         let mut flight = self.bytes_in_flight();
         let mut full = false;
         for i in to_send {

@@ -126,6 +126,14 @@ fn run_burst(
     }
 }
 
+/// A dials (connection id `id`), B answers its SYN (initial sequence `seq`), both at `now`.
+fn dial_and_accept(id: u16, seq: u16, now: Instant) -> (Conn, Conn) {
+    let mut a = Conn::connect(id, now);
+    let syn = Packet::decode(&a.poll_transmit(now)[0]).unwrap();
+    let b = Conn::accept(&syn, seq, now);
+    (a, b)
+}
+
 fn bytes(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
 }
@@ -338,9 +346,7 @@ fn a_selective_ack_covers_a_large_window_past_a_hole() {
     // A hole, then 1500 packets: the SACK tells the sender about all it can hold (2016 past
     // the ACK), not only the first 256, or a sender with a large window stalls until the repair.
     let now = Instant::now();
-    let mut a = Conn::connect(3, now);
-    let syn = Packet::decode(&a.poll_transmit(now)[0]).unwrap();
-    let mut b = Conn::accept(&syn, 100, now);
+    let (_a, mut b) = dial_and_accept(3, 100, now);
     let first = b.ack.wrapping_add(1);
     for k in 1..=1500u16 {
         let p = Packet {
@@ -369,9 +375,7 @@ fn a_one_byte_sack_as_libtorrent_sends_acks_what_it_names() {
     // libtorrent sizes its SACK mask by the byte. A sender must read such an ACK off the wire
     // and mark the packets it names, or it resends them and never sees its repairs acked.
     let t0 = Instant::now();
-    let mut a = Conn::connect(5, t0);
-    let syn = Packet::decode(&a.poll_transmit(t0)[0]).unwrap();
-    let mut b = Conn::accept(&syn, 500, t0);
+    let (mut a, mut b) = dial_and_accept(5, 500, t0);
     let state = Packet::decode(&b.poll_transmit(t0)[0]).unwrap();
     let now = t0 + Duration::from_millis(10);
     a.handle(&state, now);
@@ -435,9 +439,7 @@ fn after_a_timeout_the_repairs_restart_from_a_small_window() {
     // A window's flight lost whole, then the retransmission timeout: the repairs leave as the
     // restarted window allows, not all at once (a burst of them overflowed the receiver again).
     let mut now = Instant::now();
-    let mut a = Conn::connect(9, now);
-    let syn = Packet::decode(&a.poll_transmit(now)[0]).unwrap();
-    let mut b = Conn::accept(&syn, 900, now);
+    let (mut a, mut b) = dial_and_accept(9, 900, now);
     a.write(&bytes(2_000 * MSS, 3));
     // A clean path until a flight of 40 packets or more leaves at once.
     let mut flight = Vec::new();
