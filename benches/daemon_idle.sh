@@ -4,6 +4,7 @@
 # qbittorrent-nox holding the same torrents, measured in the same run one after the other (each
 # alone on the machine). Then the API's latency under load (wrk, p50 and p99) on `GET /api/items`.
 # Loopback only, in a network namespace of its own; DHT, LSD, UPnP off everywhere.
+# IDLE_DETAIL=1 also lists each daemon's resident memory by mapping.
 # usage: benches/daemon_idle.sh [N=100] [MEASURE_SECS=60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,10 @@ measure() { # label pid
   printf '%-22s RSS %7.1f MiB (anon %6.1f MiB, PSS %6.1f MiB)   CPU %6.3f s per minute\n' "$label" \
     "$(echo "$rss / 1024" | bc -l)" "$(echo "$anon / 1024" | bc -l)" "$(echo "$pss / 1024" | bc -l)" "$cpu"
   echo "$label $rss $cpu" >> "$W/all"
+  if [ -n "${IDLE_DETAIL:-}" ]; then # resident KiB by mapping (file and permissions), the largest first
+    awk '/^[0-9a-f]+-[0-9a-f]+ / {n = ($6 == "" ? "[anon]" : $6) " " $2} /^Rss:/ {r[n] += $2} END {for (k in r) if (r[k] >= 64) print "    " r[k], k}' \
+      "/proc/$pid/smaps" | sort -rn | head -14
+  fi
 }
 # ccbt
 API=127.0.0.1:$((20000 + RANDOM % 10000))
