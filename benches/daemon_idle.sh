@@ -13,6 +13,10 @@ for t in transmission-daemon transmission-remote qbittorrent-nox wrk curl; do
   command -v "$t" >/dev/null || { echo "$t missing (make deps; qbittorrent-nox: apt-get install qbittorrent-nox)"; exit 1; }
 done
 BENCH_NAME=idle; . benches/lib.sh "$0" "$@"
+# cli/link-order.txt places the functions an idle daemon runs together (cli/build.rs); names the
+# build no longer has (after large changes) are placed elsewhere, and resident code grows.
+FOUND=$(nm --defined-only "$BIN" | awk '{print $3}' | sort -u | comm -12 - <(sort -u cli/link-order.txt) | wc -l)
+echo "link order: $FOUND of $(wc -l < cli/link-order.txt) functions found in the binary (scripts/link-order.sh refreshes it)"
 echo "making $N torrents and 10 shares..."
 mkdir -p "$W/data" "$W/t"
 for i in $(seq "$N"); do

@@ -2,7 +2,7 @@
 # Regenerates cli/link-order.txt, the functions an idle daemon runs, which cli/build.rs has the
 # linker place together (see docs/performance.md, "Daemon idle cost"). Runs `ccbt daemon` under
 # callgrind through the daemon_idle benchmark's load: start, 100 torrents added through the API,
-# 10 shares, items and metrics read, 20 s at rest, a clean stop. Every function callgrind saw run
+# 10 shares, items and metrics read, 90 s at rest (the benchmark measures the first 80), a clean stop. Every function callgrind saw run
 # in the binary is listed, in first-call order. Re-run it after large changes (a function missing
 # from the list is only placed elsewhere, never lost). Loopback only, in a namespace of its own.
 # usage: scripts/link-order.sh
@@ -50,7 +50,7 @@ for _ in $(seq 20); do
   curl -sf -H "Authorization: Bearer $TOKEN" "http://$API/api/items" > /dev/null
   curl -sf "http://$API/metrics" > /dev/null
 done
-sleep 20
+sleep 90
 "$BIN" --data-dir "$W/cd" stop > /dev/null
 for _ in $(seq 600); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.2; done
 kill -0 "$DPID" 2>/dev/null && { echo "the daemon did not stop"; exit 1; }

@@ -15,6 +15,7 @@ pub use ccbt_node::daemon::{alerts, metrics, AddRequest, Daemon, ItemView};
 use ccbt_node::Node;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct DaemonArgs {
@@ -61,8 +62,41 @@ fn load_or_make_token(data_dir: &Path) -> Result<String> {
     Ok(t)
 }
 
+/// Returns the heap freed during a busy spell to the kernel once the daemon is at rest: glibc
+/// keeps freed pages in its arenas (0.35 MiB of an idle daemon's 4.7 MiB heap). "At rest" is
+/// under 100 ms of CPU in 30 s, and the trim runs once per rest, not every 30 s.
+async fn trim_at_rest() {
+    fn cpu() -> Duration {
+        // SAFETY: getrusage writes the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
+        t(u.ru_utime) + t(u.ru_stime)
+    }
+    let mut last = cpu();
+    let mut trimmed = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let now = cpu();
+        let busy = now.saturating_sub(last) > Duration::from_millis(100);
+        last = now;
+        if busy {
+            trimmed = false;
+        } else if !trimmed {
+            trimmed = true;
+            // SAFETY: malloc_trim only releases free pages; it walks the arenas under their locks.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    }
+}
+
 /// `ccbt daemon`.
 pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
+    // Two malloc arenas, not one per thread that ever allocated (up to 16 here): freed memory in
+    // a thread's own arena serves no other thread, and an idle daemon kept 1.6 MiB in five.
+    // Set before the runtime starts its threads.
+    // SAFETY: mallopt only changes allocator settings; no allocation is in flight in this call.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let rt = crate::runtime()?;
     let _in = rt.enter();
     let api: SocketAddr = match a.api {
@@ -122,6 +156,7 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
                 node.session.listen_addr()
             );
         }
+        tokio::spawn(trim_at_rest());
         let app = api::router(d.clone(), token);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
