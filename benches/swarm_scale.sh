@@ -101,8 +101,12 @@ grep -q '"ready": true' "$W/seed.out" || { echo "seeder not ready"; cat "$W/seed
 sent() { ip netns exec "$NS-n0" tc -s qdisc show dev eth0 | awk '/Sent/ {print $2; exit}'; }
 pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR*p+99)/100); if (i<1) i=1; print a[i]}'; }
 run() { # label
-  local label=$1 before pids=()
+  local label=$1 before pids=() sampler=
   before=$(sent)
+  if [ -n "${SWARM_DETAIL:-}" ]; then # the seeder's upload each second, to see when it idles
+    (while :; do echo "$(date +%s.%N) $(sent)"; sleep 1; done) > "$W/upload.$label" &
+    sampler=$!
+  fi
   for i in $(seq 1 "$N"); do
     rm -rf "$W/dl$i" "$W/d$i"
     if [ "$label" = ccbt ]; then
@@ -122,6 +126,10 @@ run() { # label
   done
   if [ -n "${SWARM_DETAIL:-}" ]; then # each leecher's link and time, slowest last
     for i in $(seq 1 "$N"); do echo "  $label leecher $i: $(rate_of "$i") $(rtt_of "$i") ms $(awk '{print $1}' "$W/time.$i") s"; done | sort -k6 -n
+  fi
+  if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null || true
+    echo "  seeder upload, MB/s each second: $(awk 'NR > 1 {printf "%.1f ", ($2 - b) / ($1 - t) / 1e6} {t = $1; b = $2}' "$W/upload.$label")"
   fi
   if [ -n "${SWARM_DETAIL:-}" ]; then # the seeder's qdisc: bytes sent, packets dropped
     ip netns exec "$NS-n0" tc -s qdisc show dev eth0 | awk '/Sent/ {print "  seeder qdisc (cumulative):", $0; exit}'
