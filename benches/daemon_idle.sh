@@ -18,17 +18,8 @@ BENCH_NAME=idle; . benches/lib.sh "$0" "$@"
 FOUND=$(nm --defined-only "$BIN" | awk '{print $3}' | sort -u | comm -12 - <(sort -u cli/link-order.txt) | wc -l)
 echo "link order: $FOUND of $(wc -l < cli/link-order.txt) functions found in the binary (scripts/link-order.sh refreshes it)"
 echo "making $N torrents and 10 shares..."
-mkdir -p "$W/data" "$W/t"
-for i in $(seq "$N"); do
-  mkdir -p "$W/data/t$i"
-  head -c 65536 /dev/urandom > "$W/data/t$i/f.bin"
-  "$BIN" -q create "$W/data/t$i" --v1 -o "$W/t/t$i.torrent"
-done
-for i in $(seq 10); do
-  mkdir -p "$W/share$i"
-  head -c 200000 /dev/urandom > "$W/share$i/a.bin"
-  "$BIN" -q --data-dir "$W/cd" publish "$W/share$i" > /dev/null
-done
+. benches/idle_items.sh
+make_idle_items "$W" "$BIN" "$N"
 # Sample PID's RSS (KiB) and CPU seconds over SECS.
 measure() { # label pid
   local label=$1 pid=$2 c0 c1 rss

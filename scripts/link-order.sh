@@ -23,17 +23,8 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-mkdir -p "$W/data" "$W/t"
-for i in $(seq 100); do
-  mkdir -p "$W/data/t$i"
-  head -c 65536 /dev/urandom > "$W/data/t$i/f.bin"
-  "$BIN" -q create "$W/data/t$i" --v1 -o "$W/t/t$i.torrent"
-done
-for i in $(seq 10); do
-  mkdir -p "$W/share$i"
-  head -c 200000 /dev/urandom > "$W/share$i/a.bin"
-  "$BIN" -q --data-dir "$W/cd" publish "$W/share$i" > /dev/null
-done
+. benches/idle_items.sh
+make_idle_items "$W" "$BIN" 100
 API=127.0.0.1:$((20000 + RANDOM % 10000))
 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$W/cg.out" \
   "$BIN" --data-dir "$W/cd" daemon --api "$API" --listen "127.0.0.1:$((30000 + RANDOM % 10000))" \
