@@ -134,6 +134,7 @@ run() { # label
   if [ -n "${SWARM_DETAIL:-}" ]; then # the seeder's qdisc: bytes sent, packets dropped
     ip netns exec "$NS-n0" tc -s qdisc show dev eth0 | awk '/Sent/ {print "  seeder qdisc (cumulative):", $0; exit}'
     ip netns exec "$NS-r" tc -s qdisc show | awk '/dropped/ {gsub(",", ""); d += $7} END {print "  packets dropped at the leechers\x27 downlinks (cumulative):", d}'
+    if [ "$DELAY" = on ]; then ip -n "$NS-r" -s link show dl0 | awk 'f {printf "  delay line (cumulative): %d packets of %.0f bytes on average\n", $2, $1 / $2; exit} /RX:/ {f = 1}'; fi
   fi
   local up=$(( $(sent) - before ))
   local times cpu
