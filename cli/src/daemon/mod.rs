@@ -62,9 +62,32 @@ fn load_or_make_token(data_dir: &Path) -> Result<String> {
     Ok(t)
 }
 
-/// Returns the heap freed during a busy spell to the kernel once the daemon is at rest: glibc
-/// keeps freed pages in its arenas (0.35 MiB of an idle daemon's 4.7 MiB heap). "At rest" is
-/// under 100 ms of CPU in 30 s, and the trim runs once per rest, not every 30 s.
+/// When to hand the heap freed during a busy spell back to the kernel: glibc keeps freed pages
+/// in its arenas (0.35 MiB of an idle daemon's 4.7 MiB heap). Fed the process's CPU time every
+/// 30 s; "at rest" is under 100 ms of it since the last look, and a rest is trimmed once, not
+/// every 30 s.
+#[derive(Default)]
+struct RestTrim {
+    last: Duration,
+    trimmed: bool,
+}
+
+impl RestTrim {
+    const BUSY: Duration = Duration::from_millis(100);
+
+    /// The CPU time used so far; true when the heap should be trimmed now.
+    fn tick(&mut self, cpu: Duration) -> bool {
+        let busy = cpu.saturating_sub(self.last) > Self::BUSY;
+        self.last = cpu;
+        if busy {
+            self.trimmed = false;
+            false
+        } else {
+            !std::mem::replace(&mut self.trimmed, true)
+        }
+    }
+}
+
 async fn trim_at_rest() {
     fn cpu() -> Duration {
         // SAFETY: getrusage writes the struct it is given.
@@ -73,17 +96,13 @@ async fn trim_at_rest() {
         let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
         t(u.ru_utime) + t(u.ru_stime)
     }
-    let mut last = cpu();
-    let mut trimmed = false;
+    let mut rest = RestTrim {
+        last: cpu(),
+        trimmed: false,
+    };
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let now = cpu();
-        let busy = now.saturating_sub(last) > Duration::from_millis(100);
-        last = now;
-        if busy {
-            trimmed = false;
-        } else if !trimmed {
-            trimmed = true;
+        if rest.tick(cpu()) {
             // SAFETY: malloc_trim only releases free pages; it walks the arenas under their locks.
             let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
         }
@@ -175,4 +194,21 @@ pub fn run(ctx: &Ctx, a: DaemonArgs) -> Result<()> {
         let _ = std::fs::remove_file(ccbt_node::socket::socket_path(&ctx.data_dir));
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RestTrim;
+    use std::time::Duration;
+
+    #[test]
+    fn the_heap_is_trimmed_once_per_rest() {
+        let ms = Duration::from_millis;
+        let mut r = RestTrim::default();
+        assert!(!r.tick(ms(900)), "busy: loading");
+        assert!(r.tick(ms(950)), "at rest: trim");
+        assert!(!r.tick(ms(960)), "still at rest: once is enough");
+        assert!(!r.tick(ms(2_000)), "busy again");
+        assert!(r.tick(ms(2_050)), "a new rest: trim again");
+    }
 }
