@@ -127,11 +127,9 @@ run() { # label
   if [ -n "${SWARM_DETAIL:-}" ]; then # each leecher's link and time, slowest last
     for i in $(seq 1 "$N"); do echo "  $label leecher $i: $(rate_of "$i") $(rtt_of "$i") ms $(awk '{print $1}' "$W/time.$i") s"; done | sort -k6 -n
   fi
-  if [ -n "$sampler" ]; then
+  if [ -n "$sampler" ]; then # the seeder's upload each second; its qdisc: bytes sent, packets dropped
     kill "$sampler" 2>/dev/null || true
     echo "  seeder upload, MB/s each second: $(awk 'NR > 1 {printf "%.1f ", ($2 - b) / ($1 - t) / 1e6} {t = $1; b = $2}' "$W/upload.$label")"
-  fi
-  if [ -n "${SWARM_DETAIL:-}" ]; then # the seeder's qdisc: bytes sent, packets dropped
     ip netns exec "$NS-n0" tc -s qdisc show dev eth0 | awk '/Sent/ {print "  seeder qdisc (cumulative):", $0; exit}'
     ip netns exec "$NS-r" tc -s qdisc show | awk '/dropped/ {gsub(",", ""); d += $7} END {print "  packets dropped at the leechers\x27 downlinks (cumulative):", d}'
     if [ "$DELAY" = on ]; then ip -n "$NS-r" -s link show dl0 | awk 'f {printf "  delay line (cumulative): %d packets of %.0f bytes on average\n", $2, $1 / $2; exit} /RX:/ {f = 1}'; fi

@@ -7,6 +7,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=link-order.txt");
+    println!("cargo:rerun-if-env-changed=CC");
     // rust-lld is this target's default linker since Rust 1.90; the flags below are lld's.
     if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") {
         return;
